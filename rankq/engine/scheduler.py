@@ -1,0 +1,159 @@
+"""Which ready message goes out next: priority levels, fair groups and the two policies.
+
+Ready messages live in one `Level` per priority number. Inside a level, each group has a min-heap of
+message ids (ids grow with log order, so the heap is FIFO and a redelivered message keeps its
+place). Groups are served round robin when fair groups are on; otherwise every message shares one
+group slot. Heaps are cleaned lazily: an id whose message is no longer ready at this level is
+skipped when it reaches the top.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import deque
+from typing import Callable
+
+from .message import READY, Message
+
+ALL = ""  # the single group slot used when fair groups are off
+
+
+class Level:
+    __slots__ = ("priority", "heaps", "rotation", "ready")
+
+    def __init__(self, priority: int) -> None:
+        self.priority = priority
+        self.heaps: dict[str, list[int]] = {}
+        self.rotation: deque[str] = deque()  # group slots with (possibly stale) entries
+        self.ready = 0
+
+    def push(self, slot: str, msg_id: int) -> None:
+        heap = self.heaps.get(slot)
+        if heap is None:
+            heap = self.heaps[slot] = []
+            self.rotation.append(slot)
+        heapq.heappush(heap, msg_id)
+
+    def pop(
+        self,
+        messages: dict[int, Message],
+        slot_of: Callable[[Message], str],
+        eligible: Callable[[str], bool] | None,
+    ) -> Message | None:
+        """Take the oldest ready message of the next eligible group slot, or None."""
+        rotation = self.rotation
+        attempts = len(rotation)
+        while attempts > 0 and rotation:
+            attempts -= 1
+            slot = rotation[0]
+            heap = self.heaps[slot]
+            while heap:
+                msg = messages.get(heap[0])
+                if (
+                    msg is not None
+                    and msg.state == READY
+                    and msg.priority == self.priority
+                    and slot_of(msg) == slot
+                ):
+                    break
+                heapq.heappop(heap)
+            if not heap:
+                del self.heaps[slot]
+                rotation.popleft()
+                continue
+            rotation.rotate(-1)
+            if eligible is not None and not eligible(slot):
+                continue
+            return messages[heapq.heappop(heap)]
+        return None
+
+
+class ReadySet:
+    """All ready messages of one queue, by priority level."""
+
+    __slots__ = ("levels", "active", "current_weight", "fair")
+
+    def __init__(self, fair: bool) -> None:
+        self.levels: dict[int, Level] = {}
+        self.active: list[int] = []  # sorted priorities whose level has ready messages
+        self.current_weight: dict[int, int] = {}  # smooth weighted round robin state
+        self.fair = fair
+
+    def slot_of(self, msg: Message) -> str:
+        return msg.group if self.fair else ALL
+
+    def add(self, msg: Message) -> None:
+        level = self.levels.get(msg.priority)
+        if level is None:
+            level = self.levels[msg.priority] = Level(msg.priority)
+        level.push(self.slot_of(msg), msg.id)
+        level.ready += 1
+        if level.ready == 1:
+            bisect.insort(self.active, msg.priority)
+
+    def discard(self, msg: Message) -> None:
+        """Count a ready message out; its heap entry is dropped lazily."""
+        level = self.levels[msg.priority]
+        level.ready -= 1
+        if level.ready == 0:
+            self._deactivate(level)
+
+    def _deactivate(self, level: Level) -> None:
+        self.active.remove(level.priority)
+        self.current_weight.pop(level.priority, None)
+        del self.levels[level.priority]
+
+    def __len__(self) -> int:
+        return sum(self.levels[p].ready for p in self.active)
+
+    def _take(self, level: Level, messages, eligible) -> Message | None:
+        msg = level.pop(messages, self.slot_of, eligible)
+        if msg is not None:
+            level.ready -= 1
+            if level.ready == 0:
+                self._deactivate(level)
+        return msg
+
+    def take_strict(self, messages, eligible) -> Message | None:
+        for priority in list(self.active):
+            msg = self._take(self.levels[priority], messages, eligible)
+            if msg is not None:
+                return msg
+        return None
+
+    def take_weighted(self, messages, weights: dict[int, int], eligible) -> Message | None:
+        """Smooth weighted round robin over the non-empty classes.
+
+        A priority without a configured weight (left over from a policy change) gets weight 1.
+        """
+        candidates = list(self.active)
+        cw = self.current_weight
+        while candidates:
+            total = 0
+            for p in candidates:
+                w = weights.get(p, 1)
+                total += w
+                cw[p] = cw.get(p, 0) + w
+            best = candidates[0]
+            for p in candidates[1:]:
+                if cw[p] > cw[best]:
+                    best = p
+            cw[best] -= total
+            msg = self._take(self.levels[best], messages, eligible)
+            if msg is not None:
+                return msg
+            # Nothing eligible there (group caps): undo this round and try without it.
+            for p in candidates:
+                if p in cw:
+                    cw[p] -= weights.get(p, 1)
+            if best in cw:
+                cw[best] += total
+            candidates.remove(best)
+        return None
+
+    def rebuilt(self, fair: bool, ready_messages) -> "ReadySet":
+        new = ReadySet(fair)
+        for msg in ready_messages:
+            new.add(msg)
+        return new
