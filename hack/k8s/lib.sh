@@ -1,0 +1,55 @@
+# Shared settings for the local control plane scripts. Sourced, never executed.
+# shellcheck shell=bash
+
+K8S_HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$K8S_HACK_DIR/../.." && pwd)"
+
+# versions.env holds plain KEY=value lines.
+while IFS='=' read -r _k _v; do
+    case "$_k" in ''|\#*) continue ;; esac
+    # An explicit environment override wins (e.g. KUBERNETES_VERSION=v1.34.3 make k8s-up).
+    if [ -z "${!_k:-}" ]; then printf -v "$_k" '%s' "$_v"; fi
+    export "${_k?}"
+done < "$K8S_HACK_DIR/versions.env"
+unset _k _v
+
+# Built binaries live outside the repo, one directory per Kubernetes version.
+K8S_CACHE_ROOT="${RANKQ_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rankq}"
+K8S_BUILD_DIR="$K8S_CACHE_ROOT/k8s-$KUBERNETES_VERSION"
+K8S_BUILD_BIN="$K8S_BUILD_DIR/bin"
+
+# Runtime state (certs, data, logs, pidfiles, kubeconfig, bin links) of one control plane.
+K8S_STATE_DIR="${RANKQ_K8S_DIR:-$REPO_ROOT/.k8s}"
+
+# Loopback ports. Override with the environment when two checkouts run side by side.
+K8S_APISERVER_PORT="${RANKQ_K8S_APISERVER_PORT:-16443}"
+K8S_ETCD_CLIENT_PORT="${RANKQ_K8S_ETCD_CLIENT_PORT:-12379}"
+K8S_ETCD_PEER_PORT="${RANKQ_K8S_ETCD_PEER_PORT:-12380}"
+K8S_KCM_PORT="${RANKQ_K8S_KCM_PORT:-10257}"
+K8S_SCHED_PORT="${RANKQ_K8S_SCHED_PORT:-10259}"
+K8S_KWOK_PORT="${RANKQ_K8S_KWOK_PORT:-10247}"
+K8S_BIND_ADDRESS="${RANKQ_K8S_BIND_ADDRESS:-127.0.0.1}"
+
+K8S_SERVICE_CIDR="10.96.0.0/16"
+K8S_CLUSTER_IP_KUBERNETES="10.96.0.1"
+K8S_POD_CIDR="10.244.0.0/16"
+
+# Every binary the harness may run, and the subset envtest's KUBEBUILDER_ASSETS provides.
+K8S_ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+
+k8s_log() { printf '[k8s] %s\n' "$*" >&2; }
+k8s_die() { printf '[k8s] error: %s\n' "$*" >&2; exit 1; }
+
+# k8s_find_binary NAME -> path on stdout, or nothing. KUBEBUILDER_ASSETS wins, then the build cache.
+k8s_find_binary() {
+    local name="$1"
+    if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$name" ]; then
+        printf '%s\n' "$KUBEBUILDER_ASSETS/$name"; return 0
+    fi
+    if [ -x "$K8S_BUILD_BIN/$name" ]; then
+        printf '%s\n' "$K8S_BUILD_BIN/$name"; return 0
+    fi
+    return 1
+}
+
+k8s_have_go() { command -v go >/dev/null 2>&1; }

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Start a local Kubernetes control plane as background processes (`make k8s-up`).
+#
+#   etcd -> kube-apiserver -> kube-controller-manager, kube-scheduler -> kwok + fake nodes
+#
+# Idempotent: components already running (pidfile + matching executable) are left alone, missing
+# ones are started, and the script returns once the API is ready, the controllers and scheduler
+# are healthy, the fake nodes are Ready and the default ServiceAccount exists.
+# State lives in $K8S_STATE_DIR (default .k8s/): bin/ links, pki/, etcd/, logs/, run/, kubeconfig.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$K8S_HACK_DIR/proc.sh"
+
+t_start=$(date +%s.%N)
+elapsed() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+
+NODES="${RANKQ_K8S_NODES:-3}"
+READY_TIMEOUT="${RANKQ_K8S_READY_TIMEOUT:-120}"
+
+# --- binaries --------------------------------------------------------------------------------
+missing=()
+for b in "${K8S_ALL_BINARIES[@]}"; do k8s_find_binary "$b" >/dev/null || missing+=("$b"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if k8s_have_go; then
+        "$K8S_HACK_DIR/build.sh"
+    else
+        for b in etcd kube-apiserver kubectl; do
+            k8s_find_binary "$b" >/dev/null || k8s_die "no $b: set KUBEBUILDER_ASSETS to a directory with etcd, kube-apiserver and kubectl, or install Go so hack/k8s/build.sh can build them"
+        done
+        k8s_log "no Go toolchain: starting without ${missing[*]} (API only, like envtest: no controllers, scheduler or nodes)"
+    fi
+fi
+
+mkdir -p "$K8S_STATE_DIR"/{bin,logs,run,etcd,pki}
+chmod 0700 "$K8S_STATE_DIR/etcd"
+for b in "${K8S_ALL_BINARIES[@]}"; do
+    if p="$(k8s_find_binary "$b")"; then ln -sfn "$p" "$K8S_STATE_DIR/bin/$b"; else rm -f "$K8S_STATE_DIR/bin/$b"; fi
+done
+have() { [ -x "$K8S_STATE_DIR/bin/$1" ]; }
+KUBECTL="$K8S_STATE_DIR/bin/kubectl"
+
+# --- certificates and kubeconfigs --------------------------------------------------------------
+"$K8S_HACK_DIR/pki.sh"
+PKI="$K8S_STATE_DIR/pki"
+SERVER="https://127.0.0.1:$K8S_APISERVER_PORT"
+
+write_kubeconfig() { # write_kubeconfig FILE CERTNAME
+    local file="$1" name="$2" tmp
+    tmp="$(mktemp "$file.XXXXXX")"
+    cat > "$tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: rankq-local
+  cluster:
+    server: $SERVER
+    certificate-authority-data: $(base64 -w0 < "$PKI/ca.crt")
+users:
+- name: $name
+  user:
+    client-certificate-data: $(base64 -w0 < "$PKI/$name.crt")
+    client-key-data: $(base64 -w0 < "$PKI/$name.key")
+contexts:
+- name: rankq-local
+  context:
+    cluster: rankq-local
+    user: $name
+current-context: rankq-local
+EOF
+    chmod 0600 "$tmp"
+    mv -f "$tmp" "$file"
+}
+write_kubeconfig "$K8S_STATE_DIR/kubeconfig" admin
+for c in kube-controller-manager kube-scheduler kwok; do write_kubeconfig "$PKI/$c.kubeconfig" "$c"; done
+cat > "$K8S_STATE_DIR/env" <<EOF
+# source .k8s/env  -> kubectl and helm of the local control plane on PATH, KUBECONFIG set
+export KUBECONFIG="$K8S_STATE_DIR/kubeconfig"
+export PATH="$K8S_STATE_DIR/bin:\$PATH"
+EOF
+
+# --- etcd ----------------------------------------------------------------------------------
+ETCD_URL="http://127.0.0.1:$K8S_ETCD_CLIENT_PORT"
+proc_start etcd "$K8S_ETCD_CLIENT_PORT" "$K8S_STATE_DIR/bin/etcd" \
+    --name=rankq-local \
+    --data-dir="$K8S_STATE_DIR/etcd" \
+    --listen-client-urls="$ETCD_URL" \
+    --advertise-client-urls="$ETCD_URL" \
+    --listen-peer-urls="http://127.0.0.1:$K8S_ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$K8S_ETCD_PEER_PORT" \
+    --initial-cluster="rankq-local=http://127.0.0.1:$K8S_ETCD_PEER_PORT" \
+    --unsafe-no-fsync \
+    --log-level=warn
+proc_wait etcd 30 curl -fsS -o /dev/null "$ETCD_URL/health"
+
+# --- kube-apiserver ------------------------------------------------------------------------
+proc_start kube-apiserver "$K8S_APISERVER_PORT" "$K8S_STATE_DIR/bin/kube-apiserver" \
+    --etcd-servers="$ETCD_URL" \
+    --bind-address="$K8S_BIND_ADDRESS" \
+    --advertise-address="$K8S_BIND_ADDRESS" \
+    --secure-port="$K8S_APISERVER_PORT" \
+    --tls-cert-file="$PKI/apiserver.crt" \
+    --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=NodeRestriction \
+    --allow-privileged=true \
+    --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" \
+    --service-account-signing-key-file="$PKI/sa.key" \
+    --api-audiences=https://kubernetes.default.svc.cluster.local \
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+    --proxy-client-key-file="$PKI/front-proxy-client.key" \
+    --profiling=false
+api_ready() {
+    curl -fsS -o /dev/null --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+        "$SERVER/readyz"
+}
+proc_wait kube-apiserver "$READY_TIMEOUT" api_ready
+k8s_log "API ready at $SERVER after $(elapsed)s"
+
+# --- controllers and scheduler ----------------------------------------------------------------
+if have kube-controller-manager; then
+    proc_start kube-controller-manager "$K8S_KCM_PORT" "$K8S_STATE_DIR/bin/kube-controller-manager" \
+        --kubeconfig="$PKI/kube-controller-manager.kubeconfig" \
+        --authentication-kubeconfig="$PKI/kube-controller-manager.kubeconfig" \
+        --authorization-kubeconfig="$PKI/kube-controller-manager.kubeconfig" \
+        --bind-address=127.0.0.1 \
+        --secure-port="$K8S_KCM_PORT" \
+        --cert-dir="$K8S_STATE_DIR/run/kube-controller-manager-certs" \
+        --service-account-private-key-file="$PKI/sa.key" \
+        --root-ca-file="$PKI/ca.crt" \
+        --cluster-signing-cert-file="$PKI/ca.crt" \
+        --cluster-signing-key-file="$PKI/ca.key" \
+        --use-service-account-credentials=true \
+        --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
+        --leader-elect=false \
+        --controllers='*,bootstrapsigner,tokencleaner' \
+        --horizontal-pod-autoscaler-sync-period=5s \
+        --profiling=false
+fi
+if have kube-scheduler; then
+    proc_start kube-scheduler "$K8S_SCHED_PORT" "$K8S_STATE_DIR/bin/kube-scheduler" \
+        --kubeconfig="$PKI/kube-scheduler.kubeconfig" \
+        --authentication-kubeconfig="$PKI/kube-scheduler.kubeconfig" \
+        --authorization-kubeconfig="$PKI/kube-scheduler.kubeconfig" \
+        --bind-address=127.0.0.1 \
+        --secure-port="$K8S_SCHED_PORT" \
+        --cert-dir="$K8S_STATE_DIR/run/kube-scheduler-certs" \
+        --leader-elect=false \
+        --profiling=false
+fi
+if have kwok; then
+    cat > "$K8S_STATE_DIR/run/kwok.yaml" <<EOF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options: {}
+EOF
+    proc_start kwok "" "$K8S_STATE_DIR/bin/kwok" \
+        --kubeconfig="$PKI/kwok.kubeconfig" \
+        --config="$K8S_STATE_DIR/run/kwok.yaml" \
+        --manage-all-nodes=false \
+        --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+        --cidr=10.244.0.1/16 \
+        --node-ip=10.240.0.1 \
+        --node-lease-duration-seconds=40
+    nodes_yaml="$K8S_STATE_DIR/run/nodes.yaml"
+    : > "$nodes_yaml"
+    for i in $(seq 0 $((NODES - 1))); do
+        cat >> "$nodes_yaml" <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations:
+    node.alpha.kubernetes.io/ttl: "0"
+    kwok.x-k8s.io/node: fake
+  labels:
+    type: kwok
+    kubernetes.io/arch: amd64
+    kubernetes.io/os: linux
+    kubernetes.io/hostname: kwok-node-$i
+    kubernetes.io/role: agent
+    node-role.kubernetes.io/agent: ""
+    topology.kubernetes.io/zone: zone-$((i % 3))
+status:
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  nodeInfo: {architecture: amd64, operatingSystem: linux, kubeletVersion: fake, kubeProxyVersion: fake}
+EOF
+    done
+    "$KUBECTL" --kubeconfig="$K8S_STATE_DIR/kubeconfig" apply -f "$nodes_yaml" >/dev/null
+fi
+
+# --- wait until the cluster does what tests expect ---------------------------------------------
+kc() { "$KUBECTL" --kubeconfig="$K8S_STATE_DIR/kubeconfig" --request-timeout=5s "$@"; }
+healthz() { curl -fsSk -o /dev/null --max-time 5 "https://127.0.0.1:$1/healthz"; }
+if have kube-controller-manager; then
+    proc_wait kube-controller-manager 60 healthz "$K8S_KCM_PORT"
+    default_sa() { kc get serviceaccount default -n default >/dev/null 2>&1; }
+    proc_wait kube-controller-manager 60 default_sa
+fi
+have kube-scheduler && proc_wait kube-scheduler 60 healthz "$K8S_SCHED_PORT"
+if have kwok; then
+    nodes_ready() {
+        local n
+        n="$(kc get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$' || true)"
+        [ "$n" -ge "$NODES" ]
+    }
+    proc_wait kwok 60 nodes_ready
+fi
+
+components="etcd kube-apiserver"
+for c in kube-controller-manager kube-scheduler kwok; do have "$c" && components+=" $c"; done
+echo "$components" > "$K8S_STATE_DIR/run/components"
+k8s_log "control plane up in $(elapsed)s: $components"
+k8s_log "export KUBECONFIG=$K8S_STATE_DIR/kubeconfig   (or: source $K8S_STATE_DIR/env)"
