@@ -1,0 +1,144 @@
+"""A Raft member: PySyncObj configured for RankQ, ticked by a thread of our own.
+
+Why our own tick thread: PySyncObj's auto-tick sleeps a fixed period between ticks, so a lone node
+would acknowledge a write only after that period. Here the thread ticks again at once while
+proposals of a single-node group wait for commit, and otherwise sleeps until a socket or a new
+proposal wakes it (commands wake the poller when batching of append-entries is off; our batches
+already amortise each entry).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.config import FAIL_REASON
+
+from .state_machine import EngineStateMachine
+
+log = logging.getLogger("rankq.replication")
+
+FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
+
+
+@dataclass
+class RaftSettings:
+    self_address: str  # host:port of this node's Raft endpoint
+    peers: list[str] = field(default_factory=list)  # the other members' host:port
+    data_dir: str = "."
+    password: str | None = None
+    tick_period: float = 0.05
+    election_timeout: tuple[float, float] = (0.4, 1.4)
+    heartbeat_period: float = 0.1
+    connection_timeout: float = 3.5
+    compaction_min_entries: int = 20_000
+    compaction_min_seconds: int = 300
+
+    @property
+    def journal_file(self) -> str:
+        return os.path.join(self.data_dir, "raft.journal")
+
+    @property
+    def snapshot_file(self) -> str:
+        return os.path.join(self.data_dir, "raft.snapshot")
+
+
+class ReplicationError(Exception):
+    """A proposal was not committed (no leader, lost leadership, queue full)."""
+
+    def __init__(self, reason: int) -> None:
+        self.reason = FAIL_NAMES.get(reason, str(reason))
+        super().__init__(f"write not committed: {self.reason}")
+
+
+class RaftNode:
+    def __init__(self, settings: RaftSettings, on_woken: Callable[[set[str]], None] | None = None) -> None:
+        os.makedirs(settings.data_dir, exist_ok=True)
+        self.settings = settings
+        self.state_machine = EngineStateMachine(on_woken)
+        conf = SyncObjConf(
+            autoTick=False,
+            appendEntriesUseBatch=False,
+            journalFile=settings.journal_file,
+            fullDumpFile=settings.snapshot_file,
+            password=settings.password,
+            raftMinTimeout=settings.election_timeout[0],
+            raftMaxTimeout=settings.election_timeout[1],
+            appendEntriesPeriod=settings.heartbeat_period,
+            connectionTimeout=settings.connection_timeout,
+            logCompactionMinEntries=settings.compaction_min_entries,
+            logCompactionMinTime=settings.compaction_min_seconds,
+            commandsWaitLeader=True,
+        )
+        self.syncobj = SyncObj(settings.self_address, list(settings.peers), conf, consumers=[self.state_machine])
+        self._waiting = 0  # proposals not yet answered
+        self._waiting_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raft-tick", daemon=True)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        sync = self.syncobj
+        period = self.settings.tick_period
+        try:
+            while not self._stop.is_set():
+                alone = not self.settings.peers
+                try:
+                    sync.doTick(0.0 if (alone and self._waiting) else period)
+                except Exception:
+                    log.exception("raft tick failed")
+                    self._stop.wait(period)
+        finally:
+            sync.destroy()
+
+    # ---- proposals ----------------------------------------------------------------------------
+
+    def propose(self, now: int, commands: list, done: Callable[[list | None, Exception | None], None]) -> None:
+        """Replicate a batch; `done(results, error)` runs on the Raft thread once it is applied."""
+
+        def callback(results, reason):
+            with self._waiting_lock:
+                self._waiting -= 1
+            if reason == FAIL_REASON.SUCCESS:
+                done(results, None)
+            else:
+                done(None, ReplicationError(reason))
+
+        with self._waiting_lock:
+            self._waiting += 1
+        self.state_machine.apply_batch(now, commands, callback=callback)
+
+    # ---- status -------------------------------------------------------------------------------
+
+    @property
+    def engine(self):
+        return self.state_machine.engine
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self.state_machine.lock
+
+    def is_leader(self) -> bool:
+        return self.syncobj._isLeader()
+
+    def leader(self) -> str | None:
+        leader = self.syncobj._getLeader()
+        return None if leader is None else leader.address if hasattr(leader, "address") else str(leader)
+
+    def is_ready(self) -> bool:
+        return self.syncobj.isReady() and self.leader() is not None
+
+    def status(self) -> dict:
+        return self.syncobj.getStatus()

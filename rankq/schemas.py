@@ -1,0 +1,261 @@
+"""Wire models of the HTTP API (pydantic v2), shared by the server and the Python client.
+
+Durations are seconds (floats) and timestamps are ISO 8601 in UTC on the wire; the engine keeps
+integer milliseconds. Conversions live here so both sides agree on them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_WAIT = 20.0
+MAX_BATCH = 1000
+MAX_VISIBILITY = 12 * 3600.0
+
+# Settings whose wire value is seconds and whose engine value is milliseconds.
+SECONDS_FIELDS = {
+    "visibility_timeout": "visibility_timeout_ms",
+    "dead_letter_retention": "dead_letter_retention_ms",
+    "retention": "retention_ms",
+    "dedup_window": "dedup_window_ms",
+    "retry_base": "retry_base_ms",
+    "retry_max": "retry_max_ms",
+}
+
+
+def to_ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(round(seconds * 1000))
+
+
+def from_ms(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+def ts(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueueSettings(Strict):
+    """Queue settings. Every field is optional: unset fields keep their current (or default) value."""
+
+    policy: Literal["strict", "weighted"] | None = Field(None, description="strict: lowest priority number first; weighted: smooth weighted round robin over priority classes")
+    weights: dict[int, int] | None = Field(None, description="priority class -> weight (weighted policy); default {1:30, 2:25, 3:20, 4:15, 5:10}")
+    default_priority: int | None = Field(None, description="priority of a message that names none (default 3)")
+    fair_groups: bool | None = Field(None, description="serve the groups of one priority round robin")
+    group_max_inflight: int | None = Field(None, ge=1, description="cap on leased messages per group (fair groups); null: no cap")
+    visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="seconds a dequeued message stays leased (default 30)")
+    max_deliveries: int | None = Field(None, ge=0, description="deliveries before a message is dead-lettered; 0: retry forever (default 5)")
+    dead_letter: bool | None = Field(None, description="keep messages that ran out of deliveries in the dead-letter queue (default true); false drops them")
+    dead_letter_retention: float | None = Field(None, ge=0, description="seconds dead letters are kept; null: until redriven or deleted (default 14 days)")
+    retention: float | None = Field(None, ge=0, description="seconds an acked message's status and result stay readable (default 3600)")
+    max_length: int | None = Field(None, ge=1, description="most messages (ready + delayed + leased); an enqueue beyond it gets 429; null: unbounded")
+    max_payload_bytes: int | None = Field(None, ge=1, le=64 * 1024 * 1024, description="largest payload in bytes (default 262144)")
+    dedup_window: float | None = Field(None, ge=0, description="seconds a dedup key is remembered (default 300)")
+    retry_base: float | None = Field(None, ge=0, description="first retry delay after a nack without delay, doubling per delivery (default 1)")
+    retry_max: float | None = Field(None, ge=0, description="longest retry delay (default 300)")
+
+    def to_engine(self) -> dict:
+        """The fields that were given, in engine units."""
+        out = {}
+        for key, value in self.model_dump(exclude_unset=True).items():
+            if key in SECONDS_FIELDS:
+                out[SECONDS_FIELDS[key]] = to_ms(value)
+            else:
+                out[key] = value
+        # `null` is meaningful only where the engine allows None.
+        for key in ("policy", "weights", "default_priority", "fair_groups", "visibility_timeout_ms",
+                    "max_deliveries", "dead_letter", "retention_ms", "max_payload_bytes",
+                    "dedup_window_ms", "retry_base_ms", "retry_max_ms"):
+            if key in out and out[key] is None:
+                del out[key]
+        return out
+
+    @classmethod
+    def from_engine(cls, config: dict) -> "QueueSettings":
+        back = {v: k for k, v in SECONDS_FIELDS.items()}
+        return cls(**{back.get(k, k): from_ms(v) if k in back else v for k, v in config.items()})
+
+
+class CreateQueue(QueueSettings):
+    name: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class QueueCounts(BaseModel):
+    ready: int
+    delayed: int
+    leased: int
+    dead: int
+    acked_retained: int = 0
+
+
+class QueueInfo(BaseModel):
+    name: str
+    settings: QueueSettings
+    counts: QueueCounts
+    totals: dict[str, int] = {}
+    created_at: datetime | None = None
+
+
+class QueueList(BaseModel):
+    queues: list[QueueInfo]
+
+
+class EnqueueRequest(Strict):
+    payload: Any = Field(..., description="any JSON value")
+    priority: int | None = Field(None, description="lower is served sooner; default: the queue's default_priority")
+    group: str | None = Field(None, min_length=1, max_length=256, description="fairness key (default 'default')")
+    delay: float | None = Field(None, ge=0, le=365 * 86400, description="seconds before the message becomes ready")
+    deliver_at: datetime | None = Field(None, description="time at which the message becomes ready")
+    headers: dict[str, str] | None = None
+    dedup_key: str | None = Field(None, min_length=1, max_length=256, description="an enqueue with a key seen within the dedup window returns the first id")
+
+
+class EnqueueResult(BaseModel):
+    id: int
+    seq: int
+    duplicate: bool = False
+
+
+class EnqueueBatchRequest(Strict):
+    messages: list[EnqueueRequest] = Field(..., min_length=1, max_length=MAX_BATCH)
+
+
+class EnqueueBatchResult(BaseModel):
+    results: list[EnqueueResult]
+
+
+class DequeueRequest(Strict):
+    max: int = Field(1, ge=1, le=MAX_BATCH, description="most messages to lease")
+    wait: float = Field(0, ge=0, le=MAX_WAIT, description="seconds to wait for a message when none is ready (long poll)")
+    visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="lease length for these messages; default: the queue's")
+
+
+class Delivered(BaseModel):
+    id: int
+    seq: int
+    payload: Any = None
+    payload_base64: str | None = Field(None, description="set instead of payload for a binary message (enqueued over gRPC)")
+    priority: int
+    group: str
+    deliveries: int
+    lease_token: str
+    lease_expires_at: datetime
+    enqueued_at: datetime
+    headers: dict[str, str] | None = None
+
+
+class DequeueResult(BaseModel):
+    messages: list[Delivered]
+
+
+class AckRequest(Strict):
+    lease_token: str = Field(..., min_length=1, max_length=128)
+    result: Any = Field(None, description="JSON kept with the message status for the queue's retention")
+
+
+class AckBatchItem(AckRequest):
+    id: int
+
+
+class AckBatchRequest(Strict):
+    items: list[AckBatchItem] = Field(..., min_length=1, max_length=MAX_BATCH)
+
+
+class AckItemResult(BaseModel):
+    id: int
+    ok: bool
+    status: int = 200
+    detail: str | None = None
+
+
+class AckBatchResult(BaseModel):
+    results: list[AckItemResult]
+
+
+class AckResult(BaseModel):
+    id: int
+    state: Literal["acked"] = "acked"
+
+
+class NackRequest(Strict):
+    lease_token: str = Field(..., min_length=1, max_length=128)
+    delay: float | None = Field(None, ge=0, le=365 * 86400, description="seconds before redelivery; default: exponential backoff with jitter")
+    error: str | None = Field(None, max_length=4096, description="why it failed; kept as last_error")
+
+
+class NackResult(BaseModel):
+    id: int
+    state: Literal["ready", "delayed", "dead"]
+    available_at: datetime | None = None
+
+
+class ExtendRequest(Strict):
+    lease_token: str = Field(..., min_length=1, max_length=128)
+    visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="new lease length from now; default: the queue's")
+
+
+class ExtendResult(BaseModel):
+    id: int
+    lease_expires_at: datetime
+
+
+class PriorityRequest(Strict):
+    priority: int
+
+
+class MessageStatus(BaseModel):
+    id: int
+    seq: int
+    queue: str
+    state: Literal["ready", "delayed", "leased", "dead", "acked"]
+    priority: int | None = None
+    group: str | None = None
+    deliveries: int = 0
+    enqueued_at: datetime | None = None
+    available_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    acked_at: datetime | None = None
+    last_error: str | None = None
+    result: Any = None
+    headers: dict[str, str] | None = None
+    dedup_key: str | None = None
+    payload: Any = None
+    payload_base64: str | None = None
+
+
+class DeadLetterPage(BaseModel):
+    messages: list[MessageStatus]
+    next_after: int | None = Field(None, description="pass as `after` for the next page; null at the end")
+
+
+class RedriveRequest(Strict):
+    ids: list[int] | None = Field(None, max_length=100_000, description="ids to move back; null or absent: all dead letters")
+
+
+class RedriveResult(BaseModel):
+    redriven: list[int]
+    not_found: list[int]
+
+
+class CancelResult(BaseModel):
+    id: int
+    state: Literal["cancelled"] = "cancelled"
+    was: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    errors: list[dict] | None = None

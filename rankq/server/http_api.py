@@ -1,0 +1,331 @@
+"""The HTTP API (FastAPI) under /api/v1, plus /healthz, /readyz and /metrics.
+
+Handlers are thin: parse with the wire models, call the QueueService, shape the answer. Errors from
+the engine map to statuses in one table; a client mistake is always a 4xx with a JSON `detail`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import schemas as s
+from ..engine import Conflict, EngineError, Full, Invalid, MessageInfo, NotFound, TooLarge
+from ..engine import commands as c
+from . import logs, metrics
+from .service import QueueService, QueueView, Unavailable
+
+STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Full: 429}
+MAX_BODY = 64 * 1024 * 1024
+
+
+def status_of(err: Exception) -> int:
+    for cls, code in STATUS.items():
+        if isinstance(err, cls):
+            return code
+    if isinstance(err, Unavailable):
+        return 503
+    return 500
+
+
+def encode_payload(value) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def payload_fields(payload) -> dict:
+    """The wire form of a stored payload: JSON text stays JSON, bytes travel as base64."""
+    if payload is None:
+        return {}
+    if isinstance(payload, bytes):
+        return {"payload": None, "payload_base64": base64.b64encode(payload).decode()}
+    return {"payload": json.loads(payload)}
+
+
+def queue_info(view: QueueView) -> dict:
+    return s.QueueInfo(
+        name=view.name,
+        settings=s.QueueSettings.from_engine(view.config),
+        counts=s.QueueCounts(**view.counts),
+        totals=view.totals,
+        created_at=s.ts(view.created_at),
+    ).model_dump(mode="json")
+
+
+def message_status(info: MessageInfo) -> dict:
+    out = {
+        "id": info.id,
+        "seq": info.id,
+        "queue": info.queue,
+        "state": info.state,
+        "priority": info.priority,
+        "group": info.group,
+        "deliveries": info.deliveries,
+        "enqueued_at": s.iso(info.enqueued_at),
+        "available_at": s.iso(info.available_at),
+        "lease_expires_at": s.iso(info.lease_expires_at),
+        "acked_at": s.iso(info.acked_at),
+        "last_error": info.last_error,
+        "result": info.result,
+        "headers": info.headers,
+        "dedup_key": info.dedup_key,
+        "payload": None,
+        "payload_base64": None,
+    }
+    out.update(payload_fields(info.payload))
+    return out
+
+
+def new_message(m: s.EnqueueRequest) -> c.NewMessage:
+    return c.NewMessage(
+        payload=encode_payload(m.payload),
+        priority=m.priority,
+        group=m.group,
+        delay_ms=s.to_ms(m.delay),
+        deliver_at_ms=None if m.deliver_at is None else int(m.deliver_at.timestamp() * 1000),
+        headers=m.headers,
+        dedup_key=m.dedup_key,
+    )
+
+
+def delivered_json(deliveries) -> str:
+    """Build the dequeue body by hand: the stored JSON payload text is spliced in, not re-parsed."""
+    parts = []
+    for d in deliveries:
+        meta = {
+            "id": d.id,
+            "seq": d.id,
+            "priority": d.priority,
+            "group": d.group,
+            "deliveries": d.deliveries,
+            "lease_token": d.lease_token,
+            "lease_expires_at": s.iso(d.lease_expires_at),
+            "enqueued_at": s.iso(d.enqueued_at),
+            "headers": d.headers,
+        }
+        if isinstance(d.payload, bytes):
+            meta["payload"] = None
+            meta["payload_base64"] = base64.b64encode(d.payload).decode()
+            parts.append(json.dumps(meta, ensure_ascii=False, separators=(",", ":")))
+        else:
+            head = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
+            parts.append(head[:-1] + ',"payload":' + d.payload + "}")
+    return '{"messages":[' + ",".join(parts) + "]}"
+
+
+def raw(body: str, status: int = 200) -> Response:
+    return Response(content=body, status_code=status, media_type="application/json")
+
+
+async def log_request(request: Request) -> None:
+    route = request.scope.get("route")
+    client = request.client.host if request.client else "-"
+    tid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    logs.trace_id.set(tid)
+    logs.request_line(getattr(route, "path", request.url.path), request.method, str(request.url.path), client, tid)
+
+
+def build_app(service: QueueService) -> FastAPI:
+    app = FastAPI(
+        title="RankQ",
+        version="0.1.0",
+        description="Replicated priority queues. Durations are seconds; timestamps are ISO 8601 UTC.",
+    )
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(log_request)])
+    err = {"model": s.ErrorBody}
+    common = {404: err, 409: err, 422: err, 503: err}
+
+    @app.exception_handler(EngineError)
+    async def engine_error(request: Request, exc: EngineError):
+        return _error(request, status_of(exc), exc.detail)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, exc: Unavailable):
+        return _error(request, 503, f"no leader can commit writes right now ({exc}); retry shortly", {"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        parts = []
+        for e in errors[:5]:
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{loc}: {e.get('msg')}")
+        detail = "invalid request: " + "; ".join(parts)
+        return _error(request, 422, detail, extra={"errors": _jsonable_errors(errors)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(request, exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        logs.error_line(_route(request), f"internal error: {exc!r}", 500, exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
+        return await call_next(request)
+
+    # ---- queues ----------------------------------------------------------------------------------
+
+    @api.post("/queues", status_code=201, response_model=s.QueueInfo, responses=common, tags=["queues"])
+    async def create_queue(body: s.CreateQueue):
+        """Create a queue with the given settings (unset ones take defaults)."""
+        settings = s.QueueSettings.model_validate(body.model_dump(exclude={"name"}, exclude_unset=True))
+        view = await service.create_queue(body.name, settings.to_engine())
+        return JSONResponse(queue_info(view), status_code=201)
+
+    @api.get("/queues", response_model=s.QueueList, tags=["queues"])
+    async def list_queues():
+        return JSONResponse({"queues": [queue_info(v) for v in service.list_queues()]})
+
+    @api.get("/queues/{name}", response_model=s.QueueInfo, responses=common, tags=["queues"])
+    async def get_queue(name: str):
+        """Settings and counts (ready, delayed, leased, dead)."""
+        return JSONResponse(queue_info(service.get_queue(name)))
+
+    @api.patch("/queues/{name}", response_model=s.QueueInfo, responses=common, tags=["queues"])
+    async def update_queue(name: str, body: s.QueueSettings):
+        """Change settings live; fields left out keep their values, `null` clears optional limits."""
+        return JSONResponse(queue_info(await service.update_queue(name, body.to_engine())))
+
+    @api.delete("/queues/{name}", status_code=204, responses=common, tags=["queues"])
+    async def delete_queue(name: str):
+        await service.delete_queue(name)
+        return Response(status_code=204)
+
+    # ---- messages --------------------------------------------------------------------------------
+
+    @api.post("/queues/{name}/messages", status_code=201, response_model=s.EnqueueResult,
+              responses={**common, 413: err, 429: err}, tags=["messages"])
+    async def enqueue(name: str, body: s.EnqueueRequest):
+        """Enqueue one message; 201 with its id (the original id when the dedup key was seen)."""
+        [(mid, dup)] = await service.enqueue(name, [new_message(body)])
+        return raw('{"id":%d,"seq":%d,"duplicate":%s}' % (mid, mid, "true" if dup else "false"), 201)
+
+    @api.post("/queues/{name}/messages/batch", status_code=201, response_model=s.EnqueueBatchResult,
+              responses={**common, 413: err, 429: err}, tags=["messages"])
+    async def enqueue_batch(name: str, body: s.EnqueueBatchRequest):
+        """Enqueue up to 1000 messages at once; all are accepted or none."""
+        out = await service.enqueue(name, [new_message(m) for m in body.messages])
+        items = ",".join('{"id":%d,"seq":%d,"duplicate":%s}' % (i, i, "true" if d else "false") for i, d in out)
+        return raw('{"results":[' + items + "]}", 201)
+
+    @api.post("/queues/{name}/dequeue", response_model=s.DequeueResult, responses=common, tags=["messages"])
+    async def dequeue(name: str, body: s.DequeueRequest | None = None):
+        """Lease up to `max` messages. With `wait`, return as soon as one is ready (or [] when the wait ends)."""
+        body = body or s.DequeueRequest()
+        got = await service.dequeue(name, body.max, body.wait, s.to_ms(body.visibility_timeout))
+        return raw(delivered_json(got))
+
+    @api.post("/queues/{name}/messages/{id}/ack", response_model=s.AckResult, responses=common, tags=["leases"])
+    async def ack(name: str, id: int, body: s.AckRequest):
+        """Finish a leased message. A stale or wrong lease token gets 409."""
+        [res] = await service.ack(name, [c.AckItem(id, body.lease_token, body.result)])
+        if res is not None:
+            raise res
+        return raw('{"id":%d,"state":"acked"}' % id)
+
+    @api.post("/queues/{name}/ack", response_model=s.AckBatchResult, responses=common, tags=["leases"])
+    async def ack_batch(name: str, body: s.AckBatchRequest):
+        """Ack many messages; each item succeeds or fails on its own."""
+        out = await service.ack(name, [c.AckItem(i.id, i.lease_token, i.result) for i in body.items])
+        results = [
+            {"id": i.id, "ok": r is None, "status": 200 if r is None else status_of(r), "detail": None if r is None else r.detail}
+            for i, r in zip(body.items, out)
+        ]
+        return JSONResponse({"results": results})
+
+    @api.post("/queues/{name}/messages/{id}/nack", response_model=s.NackResult, responses=common, tags=["leases"])
+    async def nack(name: str, id: int, body: s.NackRequest):
+        """Give a message back: after `delay`, or after exponential backoff with jitter when unset."""
+        res = await service.nack(name, id, body.lease_token, s.to_ms(body.delay), body.error)
+        return JSONResponse({"id": id, "state": res["state"], "available_at": s.iso(res["available_at"])})
+
+    @api.post("/queues/{name}/messages/{id}/extend", response_model=s.ExtendResult, responses=common, tags=["leases"])
+    async def extend(name: str, id: int, body: s.ExtendRequest):
+        """Keep the lease for `visibility_timeout` more seconds from now."""
+        due = await service.extend(name, id, body.lease_token, s.to_ms(body.visibility_timeout))
+        return JSONResponse({"id": id, "lease_expires_at": s.iso(due)})
+
+    @api.put("/queues/{name}/messages/{id}/priority", response_model=s.MessageStatus, responses=common, tags=["messages"])
+    async def set_priority(name: str, id: int, body: s.PriorityRequest):
+        """Change the priority of a ready or delayed message (409 while leased)."""
+        return JSONResponse(message_status(await service.set_priority(name, id, body.priority)))
+
+    @api.get("/queues/{name}/messages/{id}", response_model=s.MessageStatus, responses=common, tags=["messages"])
+    async def get_message(name: str, id: int):
+        """State of a message: ready, delayed, leased, dead or acked (with its result, while retained)."""
+        return JSONResponse(message_status(service.get_message(name, id)))
+
+    @api.delete("/queues/{name}/messages/{id}", response_model=s.CancelResult, responses=common, tags=["messages"])
+    async def cancel(name: str, id: int):
+        """Cancel a ready or delayed message, or delete a dead letter (409 while leased)."""
+        was = await service.cancel(name, id)
+        return JSONResponse({"id": id, "state": "cancelled", "was": was})
+
+    # ---- dead letters ------------------------------------------------------------------------------
+
+    @api.get("/queues/{name}/dlq", response_model=s.DeadLetterPage, responses=common, tags=["dead letters"])
+    async def list_dead(name: str, after: int | None = Query(None, description="list ids greater than this"),
+                        limit: int = Query(100, ge=1, le=1000)):
+        items = service.dead_letters(name, after, limit)
+        next_after = items[-1].id if len(items) == limit else None
+        return JSONResponse({"messages": [message_status(i) for i in items], "next_after": next_after})
+
+    @api.post("/queues/{name}/dlq/redrive", response_model=s.RedriveResult, responses=common, tags=["dead letters"])
+    async def redrive(name: str, body: s.RedriveRequest | None = None):
+        """Move dead letters back to the queue (all, or the given ids) with a fresh delivery count."""
+        ids = None if body is None else body.ids
+        return JSONResponse(await service.redrive(name, ids))
+
+    app.include_router(api)
+
+    # ---- health ----------------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz():
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz():
+        """A leader is known and this node has applied the log: requests can be served."""
+        if service.is_ready():
+            return {"status": "ready", "leader": service.node.leader()}
+        return JSONResponse({"detail": "not ready: no leader elected or log not yet applied"}, status_code=503)
+
+    @app.get("/metrics", tags=["health"])
+    async def prometheus():
+        body, ctype = metrics.render(service)
+        return Response(content=body, media_type=ctype)
+
+    return app
+
+
+def _route(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", request.url.path)
+
+
+def _error(request: Request, status: int, detail: str, headers=None, extra=None) -> JSONResponse:
+    logs.error_line(_route(request), detail, status)
+    body = {"detail": detail}
+    if extra:
+        body.update(extra)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _jsonable_errors(errors) -> list[dict]:
+    out = []
+    for e in errors[:20]:
+        out.append({"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))})
+    return out

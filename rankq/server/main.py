@@ -1,0 +1,111 @@
+"""Process wiring for `rankq server`: Raft node, queue service, HTTP and gRPC servers, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from pydantic import BaseModel, Field
+
+from ..replication import RaftNode, RaftSettings
+from . import logs
+from .service import QueueService
+
+log = logging.getLogger("rankq.server")
+
+
+class ServerConfig(BaseModel):
+    data_dir: str = "./data"
+    host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    grpc_port: int = Field(9090, ge=0, le=65535)  # 0 disables gRPC
+    node_id: str | None = None
+    raft_host: str | None = None  # address peers use for this node; default: host
+    raft_port: int = Field(7070, ge=1, le=65535)
+    peers: list[str] = []  # other members as host:port
+    raft_password: str | None = None
+    log_format: str = "text"
+    log_level: str = "INFO"
+    demo_queue: str | None = None  # created on start when missing
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.raft_host or self.host}:{self.raft_port}"
+
+
+async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:
+    # Snapshots fork the process; gRPC's own fork handlers must stay out of that.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    import uvicorn
+
+    from .http_api import build_app
+
+    node = RaftNode(
+        RaftSettings(
+            self_address=config.raft_address,
+            peers=[p for p in config.peers if p != config.raft_address],
+            data_dir=config.data_dir,
+            password=config.raft_password,
+        )
+    )
+    service = QueueService(node)
+    await service.start()
+
+    app = build_app(service)
+    http = uvicorn.Server(
+        uvicorn.Config(app, host=config.host, port=config.http_port, log_config=None, access_log=False,
+                       lifespan="off", timeout_graceful_shutdown=5)
+    )
+    grpc_server = None
+    if config.grpc_port:
+        from .grpc_api import start_grpc
+
+        grpc_server = await start_grpc(service, config.host, config.grpc_port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    http_task = asyncio.create_task(http.serve(), name="http")
+    if config.demo_queue:
+        asyncio.create_task(_ensure_demo_queue(service, config.demo_queue))
+
+    host = config.host
+    log.info("RankQ node %s serving HTTP on http://%s:%d (docs at /docs), gRPC on %s:%s, Raft on %s, data in %s",
+             config.node_id or config.raft_address, host, config.http_port, host, config.grpc_port or "off",
+             config.raft_address, os.path.abspath(config.data_dir))
+    if started is not None:
+        started.set()
+    await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down")
+    http.should_exit = True
+    if grpc_server is not None:
+        await grpc_server.stop(grace=2)
+    await http_task
+    await service.stop()
+
+
+async def _ensure_demo_queue(service: QueueService, name: str) -> None:
+    """Create the demo queue once a leader can commit it; never fail the server over it."""
+    for _ in range(600):
+        if service.is_ready():
+            try:
+                service.get_queue(name)
+                return
+            except Exception:
+                pass
+            try:
+                await service.create_queue(name, {"policy": "weighted"})
+                log.info("created demo queue %r", name)
+                return
+            except Exception as err:
+                log.debug("demo queue not created yet: %s", err)
+        await asyncio.sleep(0.1)
+
+
+def run(config: ServerConfig) -> None:
+    logs.setup(config.log_format, config.log_level)
+    asyncio.run(serve(config))

@@ -1,0 +1,246 @@
+"""The queue service both APIs call: proposes commands, waits for commit, serves reads, long polls.
+
+It is the asyncio side of the replication boundary. Writes from many concurrent requests are
+gathered into one proposal while the previous one is being committed (group commit), so the log
+sees one entry per batch however many requests arrive. Reads come from the local copy of the state
+under the engine lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine import EngineError, MessageInfo, NotFound, QueueConfig
+from ..engine import commands as c
+from ..replication import RaftNode, ReplicationError
+
+log = logging.getLogger("rankq.server")
+
+MAX_WAIT_SECONDS = 20.0
+MAX_BATCH_COMMANDS = 2000
+MIN_TICK_INTERVAL = 0.05
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Unavailable(Exception):
+    """The group cannot commit writes right now (no leader yet, or leadership lost)."""
+
+
+@dataclass(frozen=True)
+class QueueView:
+    name: str
+    config: dict
+    counts: dict[str, int]
+    totals: dict[str, int]
+    created_at: int
+
+
+class QueueService:
+    def __init__(self, node: RaftNode, max_inflight: int = 2) -> None:
+        self.node = node
+        self.max_inflight = max_inflight
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._inflight = 0
+        self._ready_events: dict[str, asyncio.Event] = {}
+        self._deadline_changed: asyncio.Event | None = None
+        self._ticker: asyncio.Task | None = None
+        node.state_machine.on_woken = self._woken_from_raft
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._deadline_changed = asyncio.Event()
+        self.node.start()
+        self._ticker = asyncio.create_task(self._tick_loop(), name="rankq-ticker")
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+        await asyncio.to_thread(self.node.stop)
+
+    def is_ready(self) -> bool:
+        return self.node.is_ready()
+
+    # ---- proposing ----------------------------------------------------------------------------
+
+    async def submit(self, cmd) -> Any:
+        """Replicate one command and return its result, or raise its EngineError."""
+        fut = self._loop.create_future()
+        self._pending.append((cmd, fut))
+        self._flush()
+        result = await fut
+        return result
+
+    def _flush(self) -> None:
+        while self._pending and self._inflight < self.max_inflight:
+            batch = self._pending[:MAX_BATCH_COMMANDS]
+            del self._pending[:MAX_BATCH_COMMANDS]
+            self._inflight += 1
+            loop = self._loop
+
+            def done(results, error, batch=batch):
+                loop.call_soon_threadsafe(self._resolve, batch, results, error)
+
+            try:
+                self.node.propose(now_ms(), [cmd for cmd, _ in batch], done)
+            except Exception as err:  # pragma: no cover - defensive: never strand a request
+                self._resolve(batch, None, err)
+
+    def _resolve(self, batch, results, error) -> None:
+        self._inflight -= 1
+        if error is not None:
+            exc = Unavailable(str(error)) if isinstance(error, ReplicationError) else error
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            for (_, fut), res in zip(batch, results):
+                if fut.done():
+                    continue
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+        self._deadline_changed.set()
+        self._flush()
+
+    # ---- time ---------------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        """Propose a Tick when the earliest delay, lease or retention deadline comes due."""
+        while True:
+            with self.node.lock:
+                deadline = self.node.engine.next_deadline()
+            self._deadline_changed.clear()
+            wait = 3600.0 if deadline is None else max(MIN_TICK_INTERVAL, (deadline - now_ms()) / 1000)
+            try:
+                await asyncio.wait_for(self._deadline_changed.wait(), timeout=wait)
+                continue  # something changed: look at the deadline again
+            except asyncio.TimeoutError:
+                pass
+            if not self.node.is_leader():
+                await asyncio.sleep(MIN_TICK_INTERVAL)
+                continue
+            try:
+                await self.submit(c.Tick())
+            except Exception as err:
+                log.debug("tick not committed: %s", err)
+                await asyncio.sleep(MIN_TICK_INTERVAL)
+
+    # ---- long polling -------------------------------------------------------------------------
+
+    def _woken_from_raft(self, queues: set[str]) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._wake, queues)
+
+    def _wake(self, queues: set[str]) -> None:
+        for name in queues:
+            ev = self._ready_events.pop(name, None)
+            if ev is not None:
+                ev.set()
+
+    def _ready_event(self, queue: str) -> asyncio.Event:
+        ev = self._ready_events.get(queue)
+        if ev is None:
+            ev = self._ready_events[queue] = asyncio.Event()
+        return ev
+
+    # ---- queue operations ---------------------------------------------------------------------
+
+    async def create_queue(self, name: str, settings: dict) -> QueueView:
+        await self.submit(c.CreateQueue(name, settings, os.urandom(16)))
+        return self.get_queue(name)
+
+    async def update_queue(self, name: str, changes: dict) -> QueueView:
+        await self.submit(c.UpdateQueue(name, changes))
+        return self.get_queue(name)
+
+    async def delete_queue(self, name: str) -> None:
+        await self.submit(c.DeleteQueue(name))
+        ev = self._ready_events.pop(name, None)
+        if ev is not None:
+            ev.set()
+
+    def list_queues(self) -> list[QueueView]:
+        with self.node.lock:
+            return [self._view(q) for q in self.node.engine.queues.values()]
+
+    def get_queue(self, name: str) -> QueueView:
+        with self.node.lock:
+            return self._view(self.node.engine.queue(name))
+
+    @staticmethod
+    def _view(q) -> QueueView:
+        return QueueView(q.name, q.config.as_dict(), q.counts(), dict(q.totals), q.created_at)
+
+    async def enqueue(self, queue: str, messages: list[c.NewMessage]) -> list[tuple[int, bool]]:
+        return await self.submit(c.Enqueue(queue, tuple(messages)))
+
+    async def dequeue(self, queue: str, max: int = 1, wait: float = 0.0, visibility_timeout_ms: int | None = None):
+        """Lease up to `max` messages; with `wait`, hold on until one is ready or the wait ends."""
+        wait = min(max_wait(wait), MAX_WAIT_SECONDS)
+        deadline = time.monotonic() + wait
+        cmd = c.Dequeue(queue, max, visibility_timeout_ms)
+        while True:
+            ev = self._ready_event(queue)  # taken before proposing, so no wake-up is missed
+            got = await self.submit(cmd)
+            left = deadline - time.monotonic()
+            if got or left <= 0:
+                return got
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                return []
+            if queue not in self.node.engine.queues:
+                raise NotFound(f"queue {queue!r} not found")
+
+    async def ack(self, queue: str, items: list[c.AckItem]) -> list[EngineError | None]:
+        return await self.submit(c.Ack(queue, tuple(items)))
+
+    async def nack(self, queue: str, mid: int, token: str, delay_ms: int | None = None, error: str | None = None) -> dict:
+        return await self.submit(c.Nack(queue, mid, token, delay_ms, error, random.random()))
+
+    async def extend(self, queue: str, mid: int, token: str, visibility_timeout_ms: int | None = None) -> int:
+        return await self.submit(c.Extend(queue, mid, token, visibility_timeout_ms))
+
+    async def set_priority(self, queue: str, mid: int, priority: int) -> MessageInfo:
+        await self.submit(c.SetPriority(queue, mid, priority))
+        return self.get_message(queue, mid)
+
+    async def cancel(self, queue: str, mid: int) -> str:
+        return await self.submit(c.Cancel(queue, mid))
+
+    async def redrive(self, queue: str, ids: list[int] | None) -> dict:
+        return await self.submit(c.Redrive(queue, None if ids is None else tuple(ids)))
+
+    def get_message(self, queue: str, mid: int) -> MessageInfo:
+        with self.node.lock:
+            return self.node.engine.message(queue, mid)
+
+    def dead_letters(self, queue: str, after: int | None = None, limit: int = 100) -> list[MessageInfo]:
+        with self.node.lock:
+            return self.node.engine.queue(queue).dead_letters(after, limit)
+
+
+def max_wait(wait: float) -> float:
+    return max(0.0, float(wait or 0.0))
+
+
+def default_config() -> dict:
+    return QueueConfig().as_dict()
