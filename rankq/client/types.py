@@ -1,0 +1,117 @@
+"""What the client returns, the same whichever transport (HTTP or gRPC) carried it.
+
+Payloads: a message enqueued as JSON comes back as the decoded JSON value; a message enqueued as
+raw bytes comes back as `bytes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    id: int
+    duplicate: bool = False
+
+    @property
+    def seq(self) -> int:
+        """The message's position in the replicated log (equal to its id)."""
+        return self.id
+
+
+@dataclass(frozen=True)
+class Message:
+    """A leased message. Ack, nack or extend it with its `lease_token` before `lease_expires_at`."""
+
+    queue: str
+    id: int
+    payload: Any
+    priority: int
+    group: str
+    deliveries: int
+    lease_token: str
+    lease_expires_at: datetime
+    enqueued_at: datetime
+    headers: dict[str, str] | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.id
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """One message of a batch enqueue; same fields as `enqueue`'s keyword arguments."""
+
+    payload: Any
+    priority: int | None = None
+    group: str | None = None
+    delay: float | None = None
+    deliver_at: datetime | None = None
+    headers: dict[str, str] | None = None
+    dedup_key: str | None = None
+
+
+@dataclass(frozen=True)
+class AckOutcome:
+    id: int
+    ok: bool
+    status: int = 200
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class NackResult:
+    id: int
+    state: str  # ready, delayed or dead
+    available_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MessageStatus:
+    id: int
+    queue: str
+    state: str  # ready, delayed, leased, dead or acked
+    priority: int | None = None
+    group: str | None = None
+    deliveries: int = 0
+    enqueued_at: datetime | None = None
+    available_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    acked_at: datetime | None = None
+    last_error: str | None = None
+    result: Any = None
+    headers: dict[str, str] | None = None
+    dedup_key: str | None = None
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    ready: int = 0
+    delayed: int = 0
+    leased: int = 0
+    dead: int = 0
+    acked_retained: int = 0
+
+    @property
+    def depth(self) -> int:
+        return self.ready + self.delayed + self.leased
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    name: str
+    settings: dict[str, Any]  # wire units: durations in seconds (see rankq.schemas.QueueSettings)
+    counts: QueueCounts
+    totals: dict[str, int] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RedriveResult:
+    redriven: list[int]
+    not_found: list[int]
