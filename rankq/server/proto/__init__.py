@@ -1,0 +1,1 @@
+"""Generated gRPC modules of rankq.proto (package rankq.v1); regenerate with generate.sh."""

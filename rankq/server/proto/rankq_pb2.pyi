@@ -1,0 +1,482 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Weights(_message.Message):
+    __slots__ = ("classes",)
+    class ClassesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    classes: _containers.ScalarMap[int, int]
+    def __init__(self, classes: _Optional[_Mapping[int, int]] = ...) -> None: ...
+
+class QueueSettings(_message.Message):
+    __slots__ = ("policy", "weights", "default_priority", "fair_groups", "group_max_inflight", "visibility_timeout", "max_deliveries", "dead_letter", "dead_letter_retention", "retention", "max_length", "max_payload_bytes", "dedup_window", "retry_base", "retry_max")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    FAIR_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BASE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_MAX_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    weights: Weights
+    default_priority: int
+    fair_groups: bool
+    group_max_inflight: int
+    visibility_timeout: float
+    max_deliveries: int
+    dead_letter: bool
+    dead_letter_retention: float
+    retention: float
+    max_length: int
+    max_payload_bytes: int
+    dedup_window: float
+    retry_base: float
+    retry_max: float
+    def __init__(self, policy: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., default_priority: _Optional[int] = ..., fair_groups: _Optional[bool] = ..., group_max_inflight: _Optional[int] = ..., visibility_timeout: _Optional[float] = ..., max_deliveries: _Optional[int] = ..., dead_letter: _Optional[bool] = ..., dead_letter_retention: _Optional[float] = ..., retention: _Optional[float] = ..., max_length: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., dedup_window: _Optional[float] = ..., retry_base: _Optional[float] = ..., retry_max: _Optional[float] = ...) -> None: ...
+
+class QueueCounts(_message.Message):
+    __slots__ = ("ready", "delayed", "leased", "dead", "acked_retained")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    DELAYED_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_FIELD_NUMBER: _ClassVar[int]
+    ACKED_RETAINED_FIELD_NUMBER: _ClassVar[int]
+    ready: int
+    delayed: int
+    leased: int
+    dead: int
+    acked_retained: int
+    def __init__(self, ready: _Optional[int] = ..., delayed: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., acked_retained: _Optional[int] = ...) -> None: ...
+
+class QueueInfo(_message.Message):
+    __slots__ = ("name", "settings", "counts", "totals", "created_at")
+    class TotalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    settings: QueueSettings
+    counts: QueueCounts
+    totals: _containers.ScalarMap[str, int]
+    created_at: int
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ..., counts: _Optional[_Union[QueueCounts, _Mapping]] = ..., totals: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[int] = ...) -> None: ...
+
+class CreateQueueRequest(_message.Message):
+    __slots__ = ("name", "settings")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    settings: QueueSettings
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ...) -> None: ...
+
+class ListQueuesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListQueuesResponse(_message.Message):
+    __slots__ = ("queues",)
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[QueueInfo]
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ...) -> None: ...
+
+class GetQueueRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UpdateQueueRequest(_message.Message):
+    __slots__ = ("name", "settings", "clear")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    settings: QueueSettings
+    clear: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ..., clear: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteQueueRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteQueueResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NewMessage(_message.Message):
+    __slots__ = ("payload", "content_type", "priority", "group", "delay", "deliver_at", "headers", "dedup_key")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_AT_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    content_type: str
+    priority: int
+    group: str
+    delay: float
+    deliver_at: int
+    headers: _containers.ScalarMap[str, str]
+    dedup_key: str
+    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., delay: _Optional[float] = ..., deliver_at: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., dedup_key: _Optional[str] = ...) -> None: ...
+
+class EnqueueRequest(_message.Message):
+    __slots__ = ("queue", "message", "ref")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    message: NewMessage
+    ref: int
+    def __init__(self, queue: _Optional[str] = ..., message: _Optional[_Union[NewMessage, _Mapping]] = ..., ref: _Optional[int] = ...) -> None: ...
+
+class EnqueueResponse(_message.Message):
+    __slots__ = ("id", "duplicate")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    duplicate: bool
+    def __init__(self, id: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class EnqueueBatchRequest(_message.Message):
+    __slots__ = ("queue", "messages")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    messages: _containers.RepeatedCompositeFieldContainer[NewMessage]
+    def __init__(self, queue: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[NewMessage, _Mapping]]] = ...) -> None: ...
+
+class EnqueueBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[EnqueueResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResponse, _Mapping]]] = ...) -> None: ...
+
+class EnqueueAck(_message.Message):
+    __slots__ = ("ref", "id", "duplicate", "status", "code", "detail")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    id: int
+    duplicate: bool
+    status: int
+    code: int
+    detail: str
+    def __init__(self, ref: _Optional[int] = ..., id: _Optional[int] = ..., duplicate: _Optional[bool] = ..., status: _Optional[int] = ..., code: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class DequeueRequest(_message.Message):
+    __slots__ = ("queue", "max", "wait", "visibility_timeout")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    max: int
+    wait: float
+    visibility_timeout: float
+    def __init__(self, queue: _Optional[str] = ..., max: _Optional[int] = ..., wait: _Optional[float] = ..., visibility_timeout: _Optional[float] = ...) -> None: ...
+
+class Delivery(_message.Message):
+    __slots__ = ("id", "payload", "content_type", "priority", "group", "deliveries", "lease_token", "lease_expires_at", "enqueued_at", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ENQUEUED_AT_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    payload: bytes
+    content_type: str
+    priority: int
+    group: str
+    deliveries: int
+    lease_token: str
+    lease_expires_at: int
+    enqueued_at: int
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[int] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., deliveries: _Optional[int] = ..., lease_token: _Optional[str] = ..., lease_expires_at: _Optional[int] = ..., enqueued_at: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class DequeueResponse(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[Delivery]
+    def __init__(self, messages: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
+
+class Grant(_message.Message):
+    __slots__ = ("queue", "visibility_timeout", "credits")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    visibility_timeout: float
+    credits: int
+    def __init__(self, queue: _Optional[str] = ..., visibility_timeout: _Optional[float] = ..., credits: _Optional[int] = ...) -> None: ...
+
+class SetPriorityRequest(_message.Message):
+    __slots__ = ("queue", "id", "priority")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: int
+    priority: int
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class GetMessageRequest(_message.Message):
+    __slots__ = ("queue", "id")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: int
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+
+class MessageStatus(_message.Message):
+    __slots__ = ("id", "queue", "state", "priority", "group", "deliveries", "enqueued_at", "available_at", "lease_expires_at", "acked_at", "last_error", "result_json", "headers", "dedup_key", "payload", "content_type")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    ENQUEUED_AT_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_AT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ACKED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    queue: str
+    state: str
+    priority: int
+    group: str
+    deliveries: int
+    enqueued_at: int
+    available_at: int
+    lease_expires_at: int
+    acked_at: int
+    last_error: str
+    result_json: str
+    headers: _containers.ScalarMap[str, str]
+    dedup_key: str
+    payload: bytes
+    content_type: str
+    def __init__(self, id: _Optional[int] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., deliveries: _Optional[int] = ..., enqueued_at: _Optional[int] = ..., available_at: _Optional[int] = ..., lease_expires_at: _Optional[int] = ..., acked_at: _Optional[int] = ..., last_error: _Optional[str] = ..., result_json: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., dedup_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class CancelMessageRequest(_message.Message):
+    __slots__ = ("queue", "id")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: int
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+
+class CancelMessageResponse(_message.Message):
+    __slots__ = ("id", "state", "was")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WAS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    state: str
+    was: str
+    def __init__(self, id: _Optional[int] = ..., state: _Optional[str] = ..., was: _Optional[str] = ...) -> None: ...
+
+class AckRequest(_message.Message):
+    __slots__ = ("queue", "id", "lease_token", "result_json")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: int
+    lease_token: str
+    result_json: str
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ..., result_json: _Optional[str] = ...) -> None: ...
+
+class AckResponse(_message.Message):
+    __slots__ = ("id", "state")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    state: str
+    def __init__(self, id: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class AckItem(_message.Message):
+    __slots__ = ("id", "lease_token", "result_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    lease_token: str
+    result_json: str
+    def __init__(self, id: _Optional[int] = ..., lease_token: _Optional[str] = ..., result_json: _Optional[str] = ...) -> None: ...
+
+class AckBatchRequest(_message.Message):
+    __slots__ = ("queue", "items")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    items: _containers.RepeatedCompositeFieldContainer[AckItem]
+    def __init__(self, queue: _Optional[str] = ..., items: _Optional[_Iterable[_Union[AckItem, _Mapping]]] = ...) -> None: ...
+
+class AckOutcome(_message.Message):
+    __slots__ = ("id", "ok", "status", "detail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    ok: bool
+    status: int
+    detail: str
+    def __init__(self, id: _Optional[int] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class AckBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[AckOutcome]
+    def __init__(self, results: _Optional[_Iterable[_Union[AckOutcome, _Mapping]]] = ...) -> None: ...
+
+class NackRequest(_message.Message):
+    __slots__ = ("queue", "id", "lease_token", "delay", "error")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: int
+    lease_token: str
+    delay: float
+    error: str
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ..., delay: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class NackResponse(_message.Message):
+    __slots__ = ("id", "state", "available_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_AT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    state: str
+    available_at: int
+    def __init__(self, id: _Optional[int] = ..., state: _Optional[str] = ..., available_at: _Optional[int] = ...) -> None: ...
+
+class ExtendRequest(_message.Message):
+    __slots__ = ("queue", "id", "lease_token", "visibility_timeout")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: int
+    lease_token: str
+    visibility_timeout: float
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ..., visibility_timeout: _Optional[float] = ...) -> None: ...
+
+class ExtendResponse(_message.Message):
+    __slots__ = ("id", "lease_expires_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    lease_expires_at: int
+    def __init__(self, id: _Optional[int] = ..., lease_expires_at: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("queue", "after", "limit")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    after: int
+    limit: int
+    def __init__(self, queue: _Optional[str] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("messages", "next_after")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[MessageStatus]
+    next_after: int
+    def __init__(self, messages: _Optional[_Iterable[_Union[MessageStatus, _Mapping]]] = ..., next_after: _Optional[int] = ...) -> None: ...
+
+class RedriveRequest(_message.Message):
+    __slots__ = ("queue", "ids", "all")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    all: bool
+    def __init__(self, queue: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class RedriveResponse(_message.Message):
+    __slots__ = ("redriven", "not_found")
+    REDRIVEN_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    redriven: _containers.RepeatedScalarFieldContainer[int]
+    not_found: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, redriven: _Optional[_Iterable[int]] = ..., not_found: _Optional[_Iterable[int]] = ...) -> None: ...
