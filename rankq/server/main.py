@@ -29,6 +29,8 @@ class ServerConfig(BaseModel):
     log_format: str = "text"
     log_level: str = "INFO"
     demo_queue: str | None = None  # created on start when missing
+    snapshot_entries: int = Field(20_000, ge=10)  # log entries between snapshots
+    snapshot_seconds: int = Field(300, ge=1)  # or this long since the last one
 
     @property
     def raft_address(self) -> str:
@@ -48,6 +50,8 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
             peers=[p for p in config.peers if p != config.raft_address],
             data_dir=config.data_dir,
             password=config.raft_password,
+            compaction_min_entries=config.snapshot_entries,
+            compaction_min_seconds=config.snapshot_seconds,
         )
     )
     service = QueueService(node)
