@@ -1,0 +1,77 @@
+"""RankQ: replicated priority queues.
+
+The public client API lives here: ``rankq.Client``, ``rankq.AsyncClient``, their result types and
+errors (``rankq.RankQError`` and subclasses). They are imported on first use, so importing a
+submodule such as ``rankq.engine`` or ``rankq.server`` does not load the client.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_CLIENT_NAMES = (
+    "AckOutcome",
+    "ApiError",
+    "AsyncClient",
+    "Client",
+    "ConflictError",
+    "EnqueueResult",
+    "InvalidRequestError",
+    "Message",
+    "MessageStatus",
+    "NackResult",
+    "NewMessage",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "QueueCounts",
+    "QueueFullError",
+    "QueueInfo",
+    "RankQError",
+    "RedriveResult",
+    "ServerError",
+    "TransportError",
+    "UnavailableError",
+)
+
+__all__ = ["__version__", *_CLIENT_NAMES]
+
+if TYPE_CHECKING:
+    from .client import (  # noqa: F401
+        AckOutcome,
+        ApiError,
+        AsyncClient,
+        Client,
+        ConflictError,
+        EnqueueResult,
+        InvalidRequestError,
+        Message,
+        MessageStatus,
+        NackResult,
+        NewMessage,
+        NotFoundError,
+        PayloadTooLargeError,
+        QueueCounts,
+        QueueFullError,
+        QueueInfo,
+        RankQError,
+        RedriveResult,
+        ServerError,
+        TransportError,
+        UnavailableError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        value = getattr(client, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rankq' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_CLIENT_NAMES))
