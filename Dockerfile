@@ -1,0 +1,13 @@
+# The RankQ image: one image for the server, the operator and workers.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY rankq ./rankq
+RUN pip install --no-cache-dir . && rm -rf /src
+RUN useradd --uid 10001 --create-home rankq && mkdir -p /data && chown rankq /data
+USER 10001
+WORKDIR /data
+EXPOSE 8080 9090 7070
+ENTRYPOINT ["rankq"]
+CMD ["server", "--host", "0.0.0.0", "--data-dir", "/data"]

@@ -1,0 +1,53 @@
+# RankQ developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN_DIR ?= .run
+HTTP_PORT ?= 8080
+GRPC_PORT ?= 9090
+RAFT_PORT ?= 7070
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test test-all test-engine test-server bench proto clean
+
+help: ## List the commands
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "RankQ needs Python 3.11 or newer")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(STAMP) ## Create .venv and install RankQ with its test tools
+
+run: $(STAMP) ## Start a local server with a demo queue (data in .run/)
+	@echo "RankQ: HTTP http://127.0.0.1:$(HTTP_PORT)  API docs http://127.0.0.1:$(HTTP_PORT)/docs  gRPC 127.0.0.1:$(GRPC_PORT)"
+	@echo "       demo queue 'demo' (weighted); try: $(VENV)/bin/rankq send demo '{\"hello\": 1}' && $(VENV)/bin/rankq receive demo --ack"
+	$(VENV)/bin/rankq server --data-dir $(RUN_DIR)/node-0 --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
+		--raft-port $(RAFT_PORT) --demo-queue demo
+
+test: $(STAMP) ## Install what is needed and run the test suite (CI runs this)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: $(STAMP) ## Every test, the slow ones too
+	$(PY) -m pytest -q
+
+test-engine: $(STAMP) ## Only the engine's unit and property tests (seconds)
+	$(PY) -m pytest tests/engine -q
+
+test-server: $(STAMP) ## Only the server tests against real processes
+	$(PY) -m pytest tests/server tests/client -q
+
+bench: $(STAMP) ## Benchmarks; results in bench/results/latest.{json,md}
+	$(PY) -m bench.run
+
+proto: $(STAMP) ## Regenerate the gRPC modules from rankq/server/proto/rankq.proto
+	bash rankq/server/proto/generate.sh
+
+clean: ## Remove local data and caches (keeps .venv)
+	rm -rf $(RUN_DIR) .pytest_cache .hypothesis
+
+include mk/k8s.mk
