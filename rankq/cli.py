@@ -1,14 +1,79 @@
-"""The `rankq` command: run a server, manage queues, send and receive messages."""
+"""The `rankq` command: run a server, manage queues, send and receive messages.
+
+Client commands talk to the server at --url (or $RANKQ_URL) and print rich tables, or JSON with
+--output json. A failed request prints one line, e.g. `error: 404: queue 'x' not found`, and exits
+with status 1; a usage mistake exits with status 2.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+from dataclasses import dataclass, fields, is_dataclass
+from datetime import datetime, timezone
+from typing import Any
+
 import click
 
+from .client.errors import RankQError
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+DEFAULT_URL = "http://127.0.0.1:8080"
+STDIN_BATCH = 100
+
+
+class RankQGroup(click.Group):
+    """The top-level group: a client error becomes one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RankQError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(1)
+
+
+@dataclass
+class CliState:
+    url: str
+    output: str
+    timeout: float
+    _client: Any = None
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+    def client(self):
+        """The client for --url, opened on first use and closed when the command ends."""
+        if self._client is None:
+            from .client import Client
+
+            try:
+                client = Client(self.url, timeout=self.timeout)
+            except ValueError as err:
+                raise click.BadParameter(str(err), param_hint="'--url'") from err
+            except ImportError as err:
+                raise click.UsageError(f"cannot use {self.url}: {err}") from err
+            self._client = click.get_current_context().find_root().with_resource(client)
+        return self._client
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+@click.group(cls=RankQGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rankq")
-def main() -> None:
+@click.option("--url", envvar="RANKQ_URL", default=DEFAULT_URL, show_default=True,
+              help="Server for the client commands: http(s)://host:port or grpc://host:port "
+                   "(env RANKQ_URL).")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="Tables for people, JSON for scripts.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds each request may take (a long poll gets its --wait on top).")
+@click.pass_context
+def main(ctx: click.Context, url: str, output: str, timeout: float) -> None:
     """RankQ: replicated priority queues."""
+    ctx.obj = CliState(url=url, output=output, timeout=timeout)
 
 
 @main.command()
@@ -26,8 +91,12 @@ def main() -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--demo-queue", default=None, help="Create this queue (weighted policy) on start if missing.")
+@click.option("--snapshot-entries", default=20_000, show_default=True, type=click.IntRange(min=10),
+              help="Write a snapshot and compact the log after this many log entries...")
+@click.option("--snapshot-seconds", default=300, show_default=True, type=click.IntRange(min=1),
+              help="...or after this many seconds since the last snapshot.")
 def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, peers, raft_password_file,
-           log_format, log_level, demo_queue) -> None:
+           log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds) -> None:
     """Run a queue server node."""
     import os
 
@@ -43,9 +112,525 @@ def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, 
             raft_host=raft_host, raft_port=raft_port,
             peers=[p.strip() for p in peers.split(",") if p.strip()],
             raft_password=password or None, log_format=log_format, log_level=log_level,
-            demo_queue=demo_queue,
+            demo_queue=demo_queue, snapshot_entries=snapshot_entries, snapshot_seconds=snapshot_seconds,
         )
     )
+
+
+# ---- output ----------------------------------------------------------------------------------------
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def jsonable(value: Any) -> Any:
+    """Result objects as JSON values: datetimes as ISO 8601 UTC, a bytes payload as payload_base64."""
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
+        payload = getattr(value, "payload", None)
+        if isinstance(payload, bytes):
+            out["payload"] = None
+            out["payload_base64"] = base64.b64encode(payload).decode()
+        return out
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(jsonable(value), indent=2, ensure_ascii=False))
+
+
+def show(value: Any) -> str:
+    """One value for a table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(jsonable(value), ensure_ascii=False)
+
+
+def short(value: Any, width: int = 60) -> str:
+    text = show(value) if not isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def table(*columns: str, title: str | None = None, **column_opts: dict):
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for name in columns:
+        opts = {"min_width": len(name), **column_opts.get(name.replace(" ", "_"), {})}
+        t.add_column(name, **opts)
+    return t
+
+
+def add_row(t, *cells: Any) -> None:
+    from rich.text import Text
+
+    t.add_row(*(Text(c if isinstance(c, str) else show(c)) for c in cells))
+
+
+def print_table(t) -> None:
+    console().print(t)
+
+
+def note(text: str) -> None:
+    """A line for people that is not part of the result: stderr, so stdout stays clean."""
+    click.echo(text, err=True)
+
+
+def key_values(title: str, rows: list[tuple[str, Any]]):
+    t = table("field", "value", title=title)
+    for k, v in rows:
+        add_row(t, k, show(v))
+    return t
+
+
+# ---- argument parsing --------------------------------------------------------------------------
+
+CLEAR = object()  # "none" given for a setting that can be cleared
+
+
+class OrNone(click.ParamType):
+    """A number, or `none` to clear the setting."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+        self.name = f"{kind.__name__}|none"
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return "N|none" if self.kind is int else "SECONDS|none"
+
+    def convert(self, value, param, ctx):
+        if value is CLEAR or isinstance(value, self.kind):
+            return value
+        if str(value).strip().lower() in ("none", "null"):
+            return CLEAR
+        try:
+            out = self.kind(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'none'", param, ctx)
+        if out < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return out
+
+
+class Weights(click.ParamType):
+    name = "weights"
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return "P=W,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        out = {}
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            prio, sep, weight = part.partition("=")
+            try:
+                if not sep:
+                    raise ValueError
+                out[int(prio)] = int(weight)
+            except ValueError:
+                self.fail(f"{part!r} is not PRIORITY=WEIGHT (e.g. 1=30,2=25)", param, ctx)
+        if not out:
+            self.fail("give at least one PRIORITY=WEIGHT", param, ctx)
+        return out
+
+
+SETTINGS = ("policy", "weights", "default_priority", "visibility_timeout", "max_deliveries", "max_length",
+            "max_payload_bytes", "fair_groups", "group_max_inflight", "dead_letter", "dead_letter_retention",
+            "retention", "dedup_window", "retry_base", "retry_max")
+
+SECONDS = click.FloatRange(min=0)
+
+
+def settings_options(f):
+    """The queue settings flags, shared by `queue create` and `queue update`."""
+    opts = [
+        click.option("--policy", type=click.Choice(["strict", "weighted"]),
+                     help="strict: lowest priority number first; weighted: share by class weights."),
+        click.option("--weights", type=Weights(), help="Class weights for --policy weighted, e.g. 1=30,2=25,3=20."),
+        click.option("--default-priority", type=int, help="Priority of a message that names none."),
+        click.option("--visibility-timeout", type=SECONDS, metavar="SECONDS",
+                     help="How long a received message stays leased."),
+        click.option("--max-deliveries", type=click.IntRange(min=0), metavar="N",
+                     help="Deliveries before a message is dead-lettered (0: retry forever)."),
+        click.option("--max-length", type=OrNone(int),
+                     help="Most messages held; further sends are refused. 'none': unbounded."),
+        click.option("--max-payload-bytes", type=click.IntRange(min=1), metavar="N", help="Largest payload."),
+        click.option("--fair-groups/--no-fair-groups", default=None,
+                     help="Serve the groups of one priority round robin."),
+        click.option("--group-max-inflight", type=OrNone(int),
+                     help="Cap on leased messages per group (fair groups). 'none': no cap."),
+        click.option("--dead-letter/--no-dead-letter", default=None,
+                     help="Keep messages out of deliveries in the dead-letter queue, or drop them."),
+        click.option("--dead-letter-retention", type=OrNone(float),
+                     help="How long dead letters are kept. 'none': until redriven or deleted."),
+        click.option("--retention", type=SECONDS, metavar="SECONDS",
+                     help="How long an acked message's status and result stay readable."),
+        click.option("--dedup-window", type=SECONDS, metavar="SECONDS", help="How long a dedup key is remembered."),
+        click.option("--retry-base", type=SECONDS, metavar="SECONDS",
+                     help="First redelivery delay after a nack without --delay (doubles each time)."),
+        click.option("--retry-max", type=SECONDS, metavar="SECONDS", help="Longest redelivery delay."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def take_settings(kwargs: dict) -> dict:
+    out = {}
+    for key in SETTINGS:
+        value = kwargs.pop(key)
+        if value is None:
+            continue
+        out[key] = None if value is CLEAR else value
+    return out
+
+
+def parse_json_or_text(text: str, raw: bool = False) -> Any:
+    """JSON when `text` is valid JSON, else the text itself as a JSON string."""
+    if raw:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_headers(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="'--header'")
+        out[key] = value
+    return out or None
+
+
+# ---- queues ------------------------------------------------------------------------------------
+
+@main.group()
+def queue() -> None:
+    """Create, list, show, change and delete queues."""
+
+
+def print_queue(state: CliState, info) -> None:
+    if state.json:
+        print_json(info)
+        return
+    rows = [(k, v) for k, v in info.settings.items()]
+    print_table(key_values(f"queue {info.name}", rows))
+    c = info.counts
+    t = table("ready", "delayed", "leased", "dead", "acked (retained)")
+    add_row(t, str(c.ready), str(c.delayed), str(c.leased), str(c.dead), str(c.acked_retained))
+    print_table(t)
+    if info.totals:
+        t = table(*info.totals.keys(), title="since created")
+        add_row(t, *(str(v) for v in info.totals.values()))
+        print_table(t)
+
+
+@queue.command("create")
+@click.argument("name")
+@settings_options
+@pass_state
+def queue_create(state: CliState, name: str, **kwargs) -> None:
+    """Create queue NAME; settings not given take the server's defaults."""
+    info = state.client().create_queue(name, **take_settings(kwargs))
+    if state.json:
+        print_json(info)
+    else:
+        click.echo(f"created queue {info.name} (policy {info.settings.get('policy')})")
+
+
+@queue.command("list")
+@pass_state
+def queue_list(state: CliState) -> None:
+    """List queues with their message counts."""
+    queues = state.client().list_queues()
+    if state.json:
+        print_json(queues)
+        return
+    if not queues:
+        note("no queues")
+        return
+    t = table("name", "policy", "ready", "delayed", "leased", "dead",
+              ready={"justify": "right"}, delayed={"justify": "right"},
+              leased={"justify": "right"}, dead={"justify": "right"})
+    for q in queues:
+        c = q.counts
+        add_row(t, q.name, str(q.settings.get("policy")), str(c.ready), str(c.delayed), str(c.leased), str(c.dead))
+    print_table(t)
+
+
+@queue.command("show")
+@click.argument("name")
+@pass_state
+def queue_show(state: CliState, name: str) -> None:
+    """Show the settings and counts of queue NAME."""
+    print_queue(state, state.client().get_queue(name))
+
+
+@queue.command("update")
+@click.argument("name")
+@settings_options
+@pass_state
+def queue_update(state: CliState, name: str, **kwargs) -> None:
+    """Change settings of queue NAME live; settings not given keep their values."""
+    changes = take_settings(kwargs)
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one setting (see --help)")
+    info = state.client().update_queue(name, **changes)
+    if state.json:
+        print_json(info)
+    else:
+        values = (("none" if info.settings.get(k) is None else show(info.settings.get(k))) for k in changes)
+        click.echo(f"updated queue {info.name}: " + ", ".join(f"{k}={v}" for k, v in zip(changes, values)))
+
+
+@queue.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def queue_delete(state: CliState, name: str, yes: bool) -> None:
+    """Delete queue NAME and every message in it."""
+    if not yes:
+        click.confirm(f"Delete queue {name!r} and all its messages?", abort=True, err=True)
+    state.client().delete_queue(name)
+    if state.json:
+        print_json({"name": name, "deleted": True})
+    else:
+        click.echo(f"deleted queue {name}")
+
+
+# ---- messages ----------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("queue")
+@click.argument("payload")
+@click.option("--priority", "-p", type=int, help="Lower is served sooner (default: the queue's default).")
+@click.option("--group", "-g", help="Fairness key.")
+@click.option("--delay", type=SECONDS, metavar="SECONDS", help="Hold the message back this long.")
+@click.option("--dedup-key", help="A repeat with this key inside the queue's dedup window returns the first id.")
+@click.option("--header", "headers", multiple=True, metavar="KEY=VALUE", help="A message header; repeatable.")
+@click.option("--raw", is_flag=True, help="Send PAYLOAD as a string even if it is valid JSON.")
+@pass_state
+def send(state: CliState, queue: str, payload: str, priority, group, delay, dedup_key, headers, raw) -> None:
+    """Enqueue PAYLOAD to QUEUE.
+
+    PAYLOAD is sent as JSON when it parses as JSON, otherwise as a JSON string. With PAYLOAD `-`,
+    each line of stdin is one message (empty lines are skipped), sent in batches of 100.
+    """
+    client = state.client()
+    opts = dict(priority=priority, group=group, delay=delay, headers=parse_headers(headers))
+    if payload != "-":
+        res = client.enqueue(queue, parse_json_or_text(payload, raw), dedup_key=dedup_key, **opts)
+        if state.json:
+            print_json({"id": res.id, "duplicate": res.duplicate})
+        elif res.duplicate:
+            click.echo(f"message {res.id} (duplicate: the dedup key was seen before, nothing new enqueued)")
+        else:
+            click.echo(f"enqueued message {res.id}")
+        return
+    if dedup_key is not None:
+        raise click.UsageError("--dedup-key names one message; it cannot be used with '-' (one message per line)")
+    from .client import NewMessage
+
+    results = []
+    batch: list = []
+
+    def flush() -> None:
+        try:
+            results.extend(client.enqueue_batch(queue, batch))
+        except RankQError:
+            if results:
+                note(f"{len(results)} messages were enqueued before this failure")
+            raise
+        batch.clear()
+
+    for line in click.get_text_stream("stdin"):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        batch.append(NewMessage(payload=parse_json_or_text(line, raw), **opts))
+        if len(batch) >= STDIN_BATCH:
+            flush()
+    if batch:
+        flush()
+    if state.json:
+        print_json([{"id": r.id, "duplicate": r.duplicate} for r in results])
+    elif results:
+        click.echo(f"enqueued {len(results)} messages (ids {results[0].id}..{results[-1].id})")
+    else:
+        note("no messages: stdin had no non-empty lines")
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--max", "max_", type=click.IntRange(1, 1000), default=1, show_default=True, help="Most messages to take.")
+@click.option("--wait", type=click.FloatRange(0, 20), default=0, show_default=True, metavar="SECONDS",
+              help="Wait this long for a message when none is ready.")
+@click.option("--visibility-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Lease length (default: the queue's).")
+@click.option("--ack", "ack_", is_flag=True, help="Ack the messages right away (no result).")
+@pass_state
+def receive(state: CliState, queue: str, max_: int, wait: float, visibility_timeout, ack_: bool) -> None:
+    """Lease messages from QUEUE and print them with their lease tokens.
+
+    Without --ack the messages stay leased: finish them with `rankq ack QUEUE ID TOKEN` (or `nack`)
+    before the lease runs out, or they are delivered again.
+    """
+    client = state.client()
+    messages = client.dequeue(queue, max=max_, wait=wait, visibility_timeout=visibility_timeout)
+    acked: dict[int, Any] = {}
+    if ack_ and messages:
+        acked = {o.id: o for o in client.ack_batch(messages)}
+    if state.json:
+        out = []
+        for m in messages:
+            item = jsonable(m)
+            if ack_:
+                item["acked"] = acked[m.id].ok
+            out.append(item)
+        print_json(out)
+    elif not messages:
+        note("no messages")
+    else:
+        cols = ["id", "priority", "group", "deliveries", "lease token", "payload"] + (["acked"] if ack_ else [])
+        t = table(*cols, lease_token={"no_wrap": True}, payload={"overflow": "fold", "min_width": 10})
+        for m in messages:
+            row = [str(m.id), str(m.priority), m.group, str(m.deliveries), m.lease_token, short(m.payload)]
+            if ack_:
+                row.append("yes" if acked[m.id].ok else "no")
+            add_row(t, *row)
+        print_table(t)
+    failed = [o for o in acked.values() if not o.ok]
+    for o in failed:
+        click.echo(f"error: ack of message {o.id} failed: {o.status}: {o.detail}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("id", type=int)
+@click.argument("token")
+@click.option("--result", metavar="JSON", help="Result kept with the message status (JSON, else a string).")
+@pass_state
+def ack(state: CliState, queue: str, id: int, token: str, result: str | None) -> None:
+    """Finish message ID of QUEUE, leased with lease TOKEN."""
+    value = None if result is None else parse_json_or_text(result)
+    state.client().ack(queue, id, token, result=value)
+    if state.json:
+        print_json({"id": id, "state": "acked"})
+    else:
+        click.echo(f"acked message {id}")
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("id", type=int)
+@click.argument("token")
+@click.option("--delay", type=SECONDS, metavar="SECONDS",
+              help="Redeliver after this long (default: the queue's backoff).")
+@click.option("--error", metavar="TEXT", help="Why it failed; kept as the message's last error.")
+@pass_state
+def nack(state: CliState, queue: str, id: int, token: str, delay: float | None, error: str | None) -> None:
+    """Give message ID of QUEUE (leased with TOKEN) back for redelivery."""
+    res = state.client().nack(queue, id, token, delay=delay, error=error)
+    if state.json:
+        print_json(res)
+    elif res.state == "dead":
+        click.echo(f"message {id} is dead (out of deliveries)")
+    elif res.state == "delayed" and res.available_at is not None:
+        click.echo(f"message {id} is delayed until {_iso(res.available_at)}")
+    else:
+        click.echo(f"message {id} is {res.state}")
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("id", type=int)
+@pass_state
+def message(state: CliState, queue: str, id: int) -> None:
+    """Show the state of message ID of QUEUE (ready, delayed, leased, dead or acked)."""
+    status = state.client().get_message(queue, id)
+    if state.json:
+        print_json(status)
+        return
+    rows = [(f.name, getattr(status, f.name)) for f in fields(status) if f.name not in ("id", "queue")]
+    print_table(key_values(f"message {status.id} in {status.queue}", rows))
+
+
+# ---- dead letters ------------------------------------------------------------------------------
+
+@main.group()
+def dlq() -> None:
+    """List and redrive dead letters."""
+
+
+@dlq.command("list")
+@click.argument("queue")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="Most to list.")
+@click.option("--after", type=int, metavar="ID", help="List ids greater than this (the next page).")
+@pass_state
+def dlq_list(state: CliState, queue: str, limit: int, after: int | None) -> None:
+    """List the dead letters of QUEUE, oldest id first."""
+    items = state.client().dead_letters(queue, after=after, limit=limit)
+    if state.json:
+        print_json(items)
+        return
+    if not items:
+        note("no dead letters")
+        return
+    t = table("id", "priority", "group", "deliveries", "last error", "payload",
+              last_error={"overflow": "fold"}, payload={"overflow": "fold", "min_width": 10})
+    for m in items:
+        add_row(t, str(m.id), show(m.priority), show(m.group), str(m.deliveries), show(m.last_error), short(m.payload))
+    print_table(t)
+    if len(items) == limit:
+        note(f"more may follow: --after {items[-1].id}")
+
+
+@dlq.command("redrive")
+@click.argument("queue")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "all_", is_flag=True, help="Redrive every dead letter of QUEUE.")
+@pass_state
+def dlq_redrive(state: CliState, queue: str, ids: tuple[int, ...], all_: bool) -> None:
+    """Move dead letters of QUEUE (the given IDS, or --all) back with a fresh delivery count."""
+    if bool(ids) == all_:
+        raise click.UsageError("give the ids to redrive, or --all (not both)")
+    res = state.client().redrive(queue, None if all_ else list(ids))
+    if state.json:
+        print_json(res)
+        return
+    click.echo(f"redriven {len(res.redriven)} message(s)" + (f": {', '.join(map(str, res.redriven))}" if res.redriven else ""))
+    if res.not_found:
+        note(f"not dead letters (skipped): {', '.join(map(str, res.not_found))}")
 
 
 if __name__ == "__main__":
