@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -471,7 +472,7 @@ def send(state: CliState, queue: str, payload: str, priority, group, delay, dedu
             raise
         batch.clear()
 
-    for line in click.get_text_stream("stdin"):
+    for line in sys.stdin:
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
