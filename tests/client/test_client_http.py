@@ -29,7 +29,7 @@ from rankq import (
     UnavailableError,
 )
 from rankq.client.http_transport import HttpTransport
-from serverproc import wait_for
+from serverproc import ServerProcess, wait_for
 
 
 def closed_port_url() -> str:
@@ -420,3 +420,37 @@ def test_public_names_and_light_import():
     assert issubclass(rankq.NotFoundError, rankq.RankQError)
     code = "import sys, rankq, rankq.engine; assert 'httpx' not in sys.modules and 'rankq.client' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_grpc_url_uses_the_grpc_transport():
+    grpc_transport = pytest.importorskip("rankq.client.grpc_transport")
+
+    async def build():
+        rq = AsyncClient("grpc://127.0.0.1:19999", timeout=3)
+        try:
+            return type(rq._transport), rq._transport.target
+        finally:
+            await rq.close()
+
+    assert asyncio.run(build()) == (grpc_transport.GrpcTransport, "127.0.0.1:19999")
+
+
+@pytest.fixture(scope="module")
+def grpc_server(tmp_path_factory):
+    pytest.importorskip("rankq.server.grpc_api")
+    pytest.importorskip("rankq.client.grpc_transport")
+    srv = ServerProcess(str(tmp_path_factory.mktemp("grpc-server")), grpc=True).start(timeout=30)
+    yield srv
+    srv.stop()
+
+
+def test_binary_payload_from_grpc_arrives_as_bytes_over_http(grpc_server, qname):
+    with Client(f"grpc://127.0.0.1:{grpc_server.grpc_port}") as over_grpc, Client(grpc_server.url) as over_http:
+        over_grpc.create_queue(qname)
+        sent = over_grpc.enqueue(qname, b"\x00\xffraw", priority=1)
+        over_grpc.enqueue(qname, {"json": True})
+        got = over_http.dequeue(qname, max=2)
+        assert [(m.id, m.payload) for m in got][0] == (sent.id, b"\x00\xffraw")
+        assert got[1].payload == {"json": True}
+        over_http.ack(got[0])
+        assert over_grpc.get_message(qname, sent.id).state == "acked"
