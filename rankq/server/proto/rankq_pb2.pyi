@@ -191,6 +191,18 @@ class EnqueueBatchResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[EnqueueResponse]
     def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResponse, _Mapping]]] = ...) -> None: ...
 
+class EnqueueStreamRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[EnqueueRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[EnqueueRequest, _Mapping]]] = ...) -> None: ...
+
+class EnqueueStreamResponse(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[EnqueueAck]
+    def __init__(self, acks: _Optional[_Iterable[_Union[EnqueueAck, _Mapping]]] = ...) -> None: ...
+
 class EnqueueAck(_message.Message):
     __slots__ = ("ref", "id", "duplicate", "status", "code", "detail")
     REF_FIELD_NUMBER: _ClassVar[int]

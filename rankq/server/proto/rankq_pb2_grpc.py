@@ -121,13 +121,13 @@ class RankQStub:
                 _registered_method=True)
         self.EnqueueStream = channel.stream_stream(
                 '/rankq.v1.RankQ/EnqueueStream',
-                request_serializer=rankq__pb2.EnqueueRequest.SerializeToString,
-                response_deserializer=rankq__pb2.EnqueueAck.FromString,
+                request_serializer=rankq__pb2.EnqueueStreamRequest.SerializeToString,
+                response_deserializer=rankq__pb2.EnqueueStreamResponse.FromString,
                 _registered_method=True)
         self.DequeueStream = channel.stream_stream(
                 '/rankq.v1.RankQ/DequeueStream',
                 request_serializer=rankq__pb2.Grant.SerializeToString,
-                response_deserializer=rankq__pb2.Delivery.FromString,
+                response_deserializer=rankq__pb2.DequeueResponse.FromString,
                 _registered_method=True)
 
 
@@ -247,9 +247,10 @@ class RankQServicer:
 
     def EnqueueStream(self, request_iterator, context):
         """---- streams
-        Each request is enqueued on its own (not as a batch); the server answers every request with one
-        EnqueueAck carrying the request's `ref`, possibly out of order. A refused message gets an ack
-        with an error status; the stream goes on.
+        Frames carry several requests each (one message per frame caps a Python peer at a few thousand
+        messages a second). Every request is enqueued on its own, not as an all-or-nothing batch, and
+        gets exactly one EnqueueAck with its `ref`; acks arrive in frames as commits land, possibly out
+        of order. A refused message gets an ack with an error status; the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -355,13 +356,13 @@ def add_RankQServicer_to_server(servicer, server):
             ),
             'EnqueueStream': grpc.stream_stream_rpc_method_handler(
                     servicer.EnqueueStream,
-                    request_deserializer=rankq__pb2.EnqueueRequest.FromString,
-                    response_serializer=rankq__pb2.EnqueueAck.SerializeToString,
+                    request_deserializer=rankq__pb2.EnqueueStreamRequest.FromString,
+                    response_serializer=rankq__pb2.EnqueueStreamResponse.SerializeToString,
             ),
             'DequeueStream': grpc.stream_stream_rpc_method_handler(
                     servicer.DequeueStream,
                     request_deserializer=rankq__pb2.Grant.FromString,
-                    response_serializer=rankq__pb2.Delivery.SerializeToString,
+                    response_serializer=rankq__pb2.DequeueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -848,8 +849,8 @@ class RankQ:
             request_iterator,
             target,
             '/rankq.v1.RankQ/EnqueueStream',
-            rankq__pb2.EnqueueRequest.SerializeToString,
-            rankq__pb2.EnqueueAck.FromString,
+            rankq__pb2.EnqueueStreamRequest.SerializeToString,
+            rankq__pb2.EnqueueStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -876,7 +877,7 @@ class RankQ:
             target,
             '/rankq.v1.RankQ/DequeueStream',
             rankq__pb2.Grant.SerializeToString,
-            rankq__pb2.Delivery.FromString,
+            rankq__pb2.DequeueResponse.FromString,
             options,
             channel_credentials,
             insecure,
