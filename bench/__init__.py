@@ -1,0 +1,1 @@
+"""RankQ benchmarks: `python -m bench.run` (or `make bench`) writes bench/results/latest.{json,md}."""
