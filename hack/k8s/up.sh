@@ -97,6 +97,7 @@ proc_start kube-apiserver "$K8S_APISERVER_PORT" "$K8S_STATE_DIR/bin/kube-apiserv
     --etcd-servers="$ETCD_URL" \
     --bind-address="$K8S_BIND_ADDRESS" \
     --advertise-address="$K8S_BIND_ADDRESS" \
+    --endpoint-reconciler-type=none \
     --secure-port="$K8S_APISERVER_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" \
     --tls-private-key-file="$PKI/apiserver.key" \
@@ -139,6 +140,9 @@ if have kube-controller-manager; then
         --cluster-signing-key-file="$PKI/ca.key" \
         --use-service-account-credentials=true \
         --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
+        --allocate-node-cidrs=true \
+        --cluster-cidr="$K8S_POD_CIDR" \
+        --node-cidr-mask-size=24 \
         --leader-elect=false \
         --controllers='*,bootstrapsigner,tokencleaner' \
         --horizontal-pod-autoscaler-sync-period=5s \
@@ -192,6 +196,7 @@ metadata:
 status:
   allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
   capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  addresses: [{type: InternalIP, address: 10.240.0.$((i + 10))}, {type: Hostname, address: kwok-node-$i}]
   nodeInfo: {architecture: amd64, operatingSystem: linux, kubeletVersion: fake, kubeProxyVersion: fake}
 EOF
     done
@@ -214,6 +219,38 @@ if have kwok; then
         [ "$n" -ge "$NODES" ]
     }
     proc_wait kwok 60 nodes_ready
+fi
+if have kwok && have kube-controller-manager && have kube-scheduler; then
+    # kwok (v0.7) creates a node's pod IP pool on first use without a lock, so pods that land on a
+    # fresh node at the same moment can get the same IP. One pinned pod per node, created before
+    # any test runs, creates the pools; the pods are deleted right away.
+    nodes_have_cidrs() {
+        [ "$(kc get nodes -l type=kwok -o jsonpath='{range .items[*]}{.spec.podCIDR}{"\n"}{end}' 2>/dev/null | grep -c .)" -ge "$NODES" ]
+    }
+    proc_wait kube-controller-manager 60 nodes_have_cidrs
+    kube_system_sa() { kc get serviceaccount default -n kube-system >/dev/null 2>&1; }
+    proc_wait kube-controller-manager 60 kube_system_sa
+    warm_yaml="$K8S_STATE_DIR/run/warmup.yaml"
+    : > "$warm_yaml"
+    for i in $(seq 0 $((NODES - 1))); do
+        cat >> "$warm_yaml" <<EOF
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: kwok-ip-pool-warmup-$i, namespace: kube-system, labels: {app: kwok-ip-pool-warmup}}
+spec:
+  nodeName: kwok-node-$i
+  automountServiceAccountToken: false
+  tolerations: [{operator: Exists}]
+  containers: [{name: pause, image: registry.k8s.io/pause:3.10}]
+EOF
+    done
+    kc apply -f "$warm_yaml" >/dev/null
+    warm_ips() {
+        [ "$(kc get pods -n kube-system -l app=kwok-ip-pool-warmup -o jsonpath='{range .items[*]}{.status.podIP}{"\n"}{end}' | grep -c .)" -ge "$NODES" ]
+    }
+    proc_wait kwok 60 warm_ips
+    kc delete pods -n kube-system -l app=kwok-ip-pool-warmup --wait=false >/dev/null
 fi
 
 components="etcd kube-apiserver"
