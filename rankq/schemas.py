@@ -259,3 +259,34 @@ class CancelResult(BaseModel):
 class ErrorBody(BaseModel):
     detail: str
     errors: list[dict] | None = None
+
+
+class Member(BaseModel):
+    id: str
+    address: str = Field(..., description="Raft address host:port")
+    http_url: str | None = None
+    grpc_target: str | None = None
+    role: Literal["leader", "follower"]
+    self: bool = Field(False, description="the node that answered")
+    healthy: bool = Field(..., description="connected to the answering node")
+    match_index: int | None = Field(None, description="last log index known replicated there (from the leader)")
+    lag: int | None = Field(None, description="entries behind the commit index (from the leader)")
+
+
+class ClusterStatus(BaseModel):
+    leader: str | None
+    leader_address: str | None
+    term: int
+    commit_index: int
+    last_applied: int
+    has_quorum: bool | None = None
+    self: str
+    members: list[Member]
+
+
+class AddMember(Strict):
+    address: str = Field(..., pattern=r"^[^\s:]+:\d{1,5}$", description="Raft address host:port of the new member (already started with the full peer list)")
+
+
+class TransferLeader(Strict):
+    to: str | None = Field(None, description="node id or Raft address; default: the most caught-up follower")

@@ -48,6 +48,12 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
+        self.start_async()
+        self.wait_ready(timeout)
+        return self
+
+    def start_async(self) -> "ServerProcess":
+        """Launch the process without waiting (a group member is ready only once a leader exists)."""
         os.makedirs(self.data_dir, exist_ok=True)
         cmd = [
             sys.executable, "-m", "rankq.cli", "server", "--data-dir", self.data_dir, "--host", "127.0.0.1",
@@ -56,7 +62,6 @@ class ServerProcess:
         ]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -66,6 +71,10 @@ class ServerProcess:
             return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
 
         wait_for(ready, timeout, "server /readyz")
+
+    def signal(self, sig) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
 
     def kill9(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -86,3 +95,86 @@ class ServerProcess:
     def logs(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as fh:
             return fh.read()
+
+
+class Cluster:
+    """A Raft group of real server processes on loopback."""
+
+    def __init__(self, root: str, size: int, password: str = "test-secret", grpc: bool = False) -> None:
+        self.root = root
+        self.password = password
+        self.nodes: list[ServerProcess] = []
+        for i in range(size):
+            self.nodes.append(self._new_node(i, grpc))
+        self._wire()
+
+    def _new_node(self, i: int, grpc: bool = False) -> ServerProcess:
+        node = ServerProcess(os.path.join(self.root, f"n{i}"), grpc=grpc)
+        node.node_id = f"n{i}"
+        os.makedirs(node.data_dir, exist_ok=True)
+        secret = os.path.join(self.root, "raft-secret")
+        if not os.path.exists(secret):
+            with open(secret, "w") as fh:
+                fh.write(self.password)
+        node.secret_file = secret
+        return node
+
+    @property
+    def raft_addresses(self) -> list[str]:
+        return [f"127.0.0.1:{n.raft_port}" for n in self.nodes]
+
+    def _wire(self, members: list[ServerProcess] | None = None) -> None:
+        members = members or self.nodes
+        peers = ",".join(f"{n.node_id}=127.0.0.1:{n.raft_port}" for n in members)
+        for n in members:
+            n.extra = ["--node-id", n.node_id, "--peers", peers, "--raft-password-file", n.secret_file]
+
+    def start(self, timeout: float = 30.0) -> "Cluster":
+        for n in self.nodes:
+            n.start_async()
+        for n in self.nodes:
+            n.wait_ready(timeout)
+        return self
+
+    def add_node(self) -> ServerProcess:
+        """Start one more process whose peer list is the current group plus itself."""
+        node = self._new_node(len(self.nodes))
+        self._wire(self.running() + [node])
+        self.nodes.append(node)
+        node.start_async()
+        return node
+
+    def running(self) -> list[ServerProcess]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def status(self, node: ServerProcess | None = None) -> dict:
+        node = node or self.running()[0]
+        return httpx.get(node.url + "/api/v1/cluster", timeout=2).json()
+
+    def leader(self, timeout: float = 10.0, among: list[ServerProcess] | None = None) -> ServerProcess:
+        """The node that every running node agrees leads."""
+        nodes = among or self.running()
+
+        def agreed():
+            seen = set()
+            answered = 0
+            for n in nodes:
+                try:
+                    seen.add(self.status(n)["leader_address"])
+                    answered += 1
+                except httpx.HTTPError:
+                    continue  # still starting, or going away
+            if answered * 2 > len(nodes) and len(seen) == 1 and None not in seen:
+                addr = seen.pop()
+                return next((n for n in nodes if f"127.0.0.1:{n.raft_port}" == addr), None)
+            return None
+
+        return wait_for(agreed, timeout, "an agreed leader")
+
+    def followers(self) -> list[ServerProcess]:
+        lead = self.leader()
+        return [n for n in self.running() if n is not lead]
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()

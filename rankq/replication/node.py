@@ -15,10 +15,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj import SyncObjConf
 from pysyncobj.config import FAIL_REASON
 
 from .state_machine import EngineStateMachine
+from .syncobj import GuardedSyncObj
 
 log = logging.getLogger("rankq.replication")
 
@@ -27,14 +28,23 @@ FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
 @dataclass
 class RaftSettings:
-    self_address: str  # host:port of this node's Raft endpoint
+    self_address: str  # host:port other members reach this node at (a DNS name works)
     peers: list[str] = field(default_factory=list)  # the other members' host:port
+    bind_address: str | None = None  # host:port to listen on; default: self_address
     data_dir: str = "."
     password: str | None = None
     tick_period: float = 0.05
-    election_timeout: tuple[float, float] = (0.4, 1.4)
+    # Failover time is mostly the election timeout: a follower that hears nothing from the leader
+    # for a random 0.5-1.0 s starts an election. Heartbeats every 0.1 s leave room for a busy
+    # 2-core machine without spurious elections (measured by `make bench`, failover section).
+    election_timeout: tuple[float, float] = (0.5, 1.0)
     heartbeat_period: float = 0.1
-    connection_timeout: float = 3.5
+    # A leader that hears from no majority for this long steps down, so an isolated leader stops
+    # answering as leader soon after the others have elected a new one.
+    leader_fallback_timeout: float = 1.5
+    connection_timeout: float = 2.0
+    connection_retry: float = 0.5
+    dns_cache_seconds: float = 2.0  # pod IPs change on restart: do not cache names for long
     compaction_min_entries: int = 20_000
     compaction_min_seconds: int = 300
 
@@ -66,15 +76,23 @@ class RaftNode:
             journalFile=settings.journal_file,
             fullDumpFile=settings.snapshot_file,
             password=settings.password,
+            bindAddress=settings.bind_address,
             raftMinTimeout=settings.election_timeout[0],
             raftMaxTimeout=settings.election_timeout[1],
             appendEntriesPeriod=settings.heartbeat_period,
+            leaderFallbackTimeout=settings.leader_fallback_timeout,
             connectionTimeout=settings.connection_timeout,
+            connectionRetryTime=settings.connection_retry,
+            dnsCacheTime=settings.dns_cache_seconds,
+            dnsFailCacheTime=min(1.0, settings.dns_cache_seconds),
             logCompactionMinEntries=settings.compaction_min_entries,
             logCompactionMinTime=settings.compaction_min_seconds,
-            commandsWaitLeader=True,
+            dynamicMembershipChange=True,
+            # Fail at once while no leader is known: the API answers 503 with a retry hint
+            # instead of holding the request.
+            commandsWaitLeader=False,
         )
-        self.syncobj = SyncObj(settings.self_address, list(settings.peers), conf, consumers=[self.state_machine])
+        self.syncobj = GuardedSyncObj(settings.self_address, list(settings.peers), conf, consumers=[self.state_machine])
         self._waiting = 0  # proposals not yet answered
         self._waiting_lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,7 +112,7 @@ class RaftNode:
         period = self.settings.tick_period
         try:
             while not self._stop.is_set():
-                alone = not self.settings.peers
+                alone = not self._has_peers()
                 try:
                     sync.doTick(0.0 if (alone and self._waiting) else period)
                 except Exception:
@@ -102,6 +120,9 @@ class RaftNode:
                     self._stop.wait(period)
         finally:
             sync.destroy()
+
+    def _has_peers(self) -> bool:
+        return bool(self.syncobj.otherNodes)
 
     # ---- proposals ----------------------------------------------------------------------------
 
@@ -119,6 +140,35 @@ class RaftNode:
         with self._waiting_lock:
             self._waiting += 1
         self.state_machine.apply_batch(now, commands, callback=callback)
+
+    # ---- membership ---------------------------------------------------------------------------
+
+    def _outcome(self, done: Callable[[Exception | None], None]):
+        def callback(_result, reason):
+            done(None if reason == FAIL_REASON.SUCCESS else ReplicationError(reason))
+
+        return callback
+
+    def add_member(self, address: str, done: Callable[[Exception | None], None]) -> None:
+        """Add one member (committed as a log entry); wait for `done` before the next change."""
+        self.syncobj.addNodeToCluster(address, callback=self._outcome(done))
+
+    def remove_member(self, address: str, done: Callable[[Exception | None], None]) -> None:
+        self.syncobj.removeNodeFromCluster(address, callback=self._outcome(done))
+
+    def transfer_leadership(self, address: str | None, done: Callable[[Exception | None], None]) -> None:
+        """Ask the leader to hand over to `address` (or the most caught-up follower)."""
+        self.syncobj.transferLeadership(address, callback=self._outcome(done))
+
+    def members(self) -> list[str]:
+        """Raft addresses of every member this node knows, itself first."""
+        return [self.settings.self_address] + sorted(n.address for n in self.syncobj.otherNodes)
+
+    def is_connected(self, address: str) -> bool:
+        for node in self.syncobj.otherNodes:
+            if node.address == address:
+                return self.syncobj.isNodeConnected(node)
+        return address == self.settings.self_address
 
     # ---- status -------------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ class EngineStateMachine(SyncObjConsumer):
         super().__init__()
         # Everything set from here on is snapshotted.
         self.engine = Engine()
+        # Raft address -> how clients reach that member (node id, HTTP URL, gRPC target).
+        self.directory: dict[str, dict] = {}
 
     @replicated
     def apply_batch(self, now: int, commands: list) -> list:
@@ -47,3 +49,9 @@ class EngineStateMachine(SyncObjConsumer):
         if woke and self.on_woken is not None:
             self.on_woken(woke)
         return results
+
+    @replicated
+    def register_member(self, address: str, info: dict) -> None:
+        """Publish how clients reach a member, so every node can name and point to the leader."""
+        with self.lock:
+            self.directory[address] = dict(info)

@@ -19,10 +19,12 @@ from .. import schemas as s
 from ..engine import Conflict, EngineError, Full, Invalid, MessageInfo, NotFound, TooLarge
 from ..engine import commands as c
 from . import logs, metrics
-from .service import QueueService, QueueView, Unavailable
+from .asgi import LeaderHeaders
+from .errors import ClusterConflict, Unavailable
+from .http_cluster import build_cluster_router
+from .service import QueueService, QueueView
 
-STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Full: 429}
-MAX_BODY = 64 * 1024 * 1024
+STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Full: 429, ClusterConflict: 409}
 
 
 def status_of(err: Exception) -> int:
@@ -144,6 +146,10 @@ def build_app(service: QueueService) -> FastAPI:
     async def engine_error(request: Request, exc: EngineError):
         return _error(request, status_of(exc), exc.detail)
 
+    @app.exception_handler(ClusterConflict)
+    async def cluster_conflict(request: Request, exc: ClusterConflict):
+        return _error(request, 409, str(exc))
+
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable):
         return _error(request, 503, f"no leader can commit writes right now ({exc}); retry shortly", {"Retry-After": "1"})
@@ -167,12 +173,7 @@ def build_app(service: QueueService) -> FastAPI:
         logs.error_line(_route(request), f"internal error: {exc!r}", 500, exc_info=exc)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(LeaderHeaders, service=service)
 
     # ---- queues ----------------------------------------------------------------------------------
 
@@ -288,6 +289,7 @@ def build_app(service: QueueService) -> FastAPI:
         return JSONResponse(await service.redrive(name, ids))
 
     app.include_router(api)
+    app.include_router(build_cluster_router(service, log_request))
 
     # ---- health ----------------------------------------------------------------------------------
 

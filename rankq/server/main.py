@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 
 from pydantic import BaseModel, Field
 
@@ -33,8 +34,35 @@ class ServerConfig(BaseModel):
     snapshot_seconds: int = Field(300, ge=1)  # or this long since the last one
 
     @property
+    def advertised_host(self) -> str:
+        """The name other members and clients reach this node at."""
+        if self.raft_host:
+            return self.raft_host
+        if self.host in ("0.0.0.0", "::", ""):
+            return socket.gethostname()
+        return self.host
+
+    @property
     def raft_address(self) -> str:
-        return f"{self.raft_host or self.host}:{self.raft_port}"
+        return f"{self.advertised_host}:{self.raft_port}"
+
+    @property
+    def peer_addresses(self) -> list[str]:
+        """`--peers` entries may be `host:port` or `id=host:port`; Raft needs the addresses."""
+        out = []
+        for peer in self.peers:
+            addr = peer.split("=", 1)[1] if "=" in peer else peer
+            if addr != self.raft_address:
+                out.append(addr)
+        return out
+
+    def member_info(self) -> dict:
+        host = self.advertised_host
+        return {
+            "node_id": self.node_id or self.raft_address,
+            "http_url": f"http://{host}:{self.http_port}",
+            "grpc_target": f"{host}:{self.grpc_port}" if self.grpc_port else None,
+        }
 
 
 async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:
@@ -47,14 +75,18 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     node = RaftNode(
         RaftSettings(
             self_address=config.raft_address,
-            peers=[p for p in config.peers if p != config.raft_address],
+            peers=config.peer_addresses,
+            bind_address=f"{config.host}:{config.raft_port}",
             data_dir=config.data_dir,
             password=config.raft_password,
             compaction_min_entries=config.snapshot_entries,
             compaction_min_seconds=config.snapshot_seconds,
         )
     )
-    service = QueueService(node)
+    if config.peer_addresses and not config.raft_password:
+        log.warning("Raft traffic between members is NOT authenticated or encrypted: "
+                    "set --raft-password-file or RANKQ_RAFT_PASSWORD")
+    service = QueueService(node, member_info=config.member_info())
     await service.start()
 
     app = build_app(service)

@@ -19,20 +19,21 @@ from typing import Any
 from ..engine import EngineError, MessageInfo, NotFound, QueueConfig
 from ..engine import commands as c
 from ..replication import RaftNode, ReplicationError
+from .cluster import ClusterOps
+from .errors import ClusterConflict, Unavailable
+
+__all__ = ["QueueService", "QueueView", "Unavailable", "ClusterConflict"]
 
 log = logging.getLogger("rankq.server")
 
 MAX_WAIT_SECONDS = 20.0
 MAX_BATCH_COMMANDS = 2000
 MIN_TICK_INTERVAL = 0.05
+PROPOSAL_TIMEOUT = 5.0  # a write not committed by then is answered 503 (outcome unknown)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class Unavailable(Exception):
-    """The group cannot commit writes right now (no leader yet, or leadership lost)."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,19 @@ class QueueView:
     created_at: int
 
 
-class QueueService:
-    def __init__(self, node: RaftNode, max_inflight: int = 2) -> None:
+class QueueService(ClusterOps):
+    def __init__(self, node: RaftNode, max_inflight: int = 2, member_info: dict | None = None,
+                 proposal_timeout: float = PROPOSAL_TIMEOUT) -> None:
         self.node = node
         self.max_inflight = max_inflight
+        self.member_info = member_info or {}
+        self.proposal_timeout = proposal_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._inflight = 0
+        self._batches: dict[int, tuple[float, list]] = {}  # proposals awaiting commit
+        self._batch_ids = 0
+        self._tasks: list[asyncio.Task] = []
         self._ready_events: dict[str, asyncio.Event] = {}
         self._deadline_changed: asyncio.Event | None = None
         self._ticker: asyncio.Task | None = None
@@ -63,12 +70,18 @@ class QueueService:
         self._deadline_changed = asyncio.Event()
         self.node.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="rankq-ticker")
+        self._tasks = [
+            self._ticker,
+            asyncio.create_task(self._expire_loop(), name="rankq-expire"),
+            asyncio.create_task(self._register_loop(), name="rankq-register"),
+        ]
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._ticker
+                await task
             except asyncio.CancelledError:
                 pass
         await asyncio.to_thread(self.node.stop)
@@ -91,17 +104,43 @@ class QueueService:
             batch = self._pending[:MAX_BATCH_COMMANDS]
             del self._pending[:MAX_BATCH_COMMANDS]
             self._inflight += 1
+            self._batch_ids += 1
+            bid = self._batch_ids
+            self._batches[bid] = (time.monotonic(), batch)
             loop = self._loop
 
-            def done(results, error, batch=batch):
-                loop.call_soon_threadsafe(self._resolve, batch, results, error)
+            def done(results, error, bid=bid):
+                loop.call_soon_threadsafe(self._resolve, bid, results, error)
 
             try:
                 self.node.propose(now_ms(), [cmd for cmd, _ in batch], done)
             except Exception as err:  # pragma: no cover - defensive: never strand a request
-                self._resolve(batch, None, err)
+                self._resolve(bid, None, err)
 
-    def _resolve(self, batch, results, error) -> None:
+    async def _expire_loop(self) -> None:
+        """Answer requests whose proposal has not committed in time (leader lost mid-flight).
+
+        Their outcome is unknown: the entry may still commit later. Clients retry writes with a
+        dedup key, which makes the retry safe.
+        """
+        while True:
+            await asyncio.sleep(0.25)
+            cutoff = time.monotonic() - self.proposal_timeout
+            for bid, (started, batch) in list(self._batches.items()):
+                if started < cutoff:
+                    del self._batches[bid]
+                    self._inflight -= 1
+                    exc = Unavailable(f"not committed within {self.proposal_timeout:g}s; the outcome is unknown")
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+            self._flush()
+
+    def _resolve(self, bid, results, error) -> None:
+        entry = self._batches.pop(bid, None)
+        if entry is None:  # already answered as timed out
+            return
+        batch = entry[1]
         self._inflight -= 1
         if error is not None:
             exc = Unavailable(str(error)) if isinstance(error, ReplicationError) else error

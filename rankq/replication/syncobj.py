@@ -1,0 +1,66 @@
+"""PySyncObj's SyncObj with one correction to how a follower treats overlapping append-entries.
+
+Why: the leader pipelines append-entries (it advances a follower's next index before the answer
+arrives), and an answer to an older message moves that index back, so the follower later receives
+entries it already holds. PySyncObj's follower then deletes everything after `prevLogIdx` and
+appends what the message carries (logging "truncating already-applied log entries"). Because a
+message carries at most `appendEntriesBatchSizeBytes`, it can carry *fewer* entries than were
+deleted, dropping entries the leader already counted for commit on that follower. In a 3-node
+group under load that opens a window where an acknowledged write exists on a single node.
+
+The correction is Raft's own rule (§5.3): a follower deletes entries only on a conflict (same
+index, different term); an entry it holds with the same index and term is kept, and entries of the
+sending leader's own term are never in conflict with it. Messages are trimmed to what is new before
+PySyncObj handles them; everything else (terms, votes, commit index, snapshots) is untouched.
+"""
+
+from __future__ import annotations
+
+from pysyncobj import SyncObj
+
+
+class GuardedSyncObj(SyncObj):
+    def _SyncObj__onMessageReceived(self, node, message):  # overrides the name-mangled handler
+        if (
+            type(message) is dict
+            and message.get("type") == "append_entries"
+            and "prevLogIdx" in message
+            and "transmission" not in message
+            and message.get("entries")
+        ):
+            message = self._trim_known_entries(message)
+        return SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _trim_known_entries(self, message: dict) -> dict:
+        log = self._SyncObj__raftLog
+        if len(log) == 0:
+            return message
+        first_idx = log[0][1]
+        last_idx = log[-1][1]
+        entries = message["entries"]
+        matched = 0
+        for entry in entries:
+            idx, term = entry[1], entry[2]
+            if idx < first_idx or idx > last_idx:
+                break
+            if log[idx - first_idx][2] != term:
+                return message  # a real conflict: let PySyncObj truncate from here
+            matched += 1
+        if matched == 0:
+            return message
+        rest = entries[matched:]
+        last_matched = entries[matched - 1]
+        if rest:
+            # Everything up to our last entry matched; append only the new tail.
+            return {**message, "prevLogIdx": last_matched[1], "prevLogTerm": last_matched[2], "entries": rest}
+        # All carried entries are already here. Keep whatever follows them when it was written in
+        # the sender's term (it came from this very leader, so it is in the leader's log too).
+        tail_idx = last_matched[1]
+        leader_term = message["term"]
+        for idx in range(tail_idx + 1, last_idx + 1):
+            if log[idx - first_idx][2] != leader_term:
+                # An older term's tail: unverified, so answer only for what was matched and let
+                # PySyncObj drop the unverified rest, as Raft allows for uncommitted entries.
+                return {**message, "prevLogIdx": tail_idx, "prevLogTerm": last_matched[2], "entries": []}
+        last = log[-1]
+        return {**message, "prevLogIdx": last[1], "prevLogTerm": last[2], "entries": []}
