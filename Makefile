@@ -9,7 +9,7 @@ GRPC_PORT ?= 9090
 RAFT_PORT ?= 7070
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-all test-engine test-server bench proto clean
+.PHONY: help venv run test test-all test-engine test-server chaos bench proto clean
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test-engine: $(STAMP) ## Only the engine's unit and property tests (seconds)
 
 test-server: $(STAMP) ## Only the server tests against real processes
 	$(PY) -m pytest tests/server tests/client -q
+
+chaos: $(STAMP) ## The full chaos suite (kills, pauses, partitions in network namespaces; needs root)
+	$(PY) -m pytest tests/chaos -m chaos -q
 
 bench: $(STAMP) ## Benchmarks; results in bench/results/latest.{json,md}
 	$(PY) -m bench.run
