@@ -86,22 +86,20 @@ def decode_payload(payload: bytes, content_type: str) -> Any:
 
 
 def error_from_rpc(err: grpc.aio.AioRpcError) -> Exception:
-    """The rankq exception for a failed call: by `rankq-status` when present, else by gRPC code."""
-    status = None
-    for key, value in err.trailing_metadata() or ():
-        if key == "rankq-status":
-            try:
-                status = int(value)
-            except ValueError:
-                pass
-            break
+    """The rankq exception for a failed call: by `rankq-status` when present, else by gRPC code.
+
+    The leader's gRPC target (or its id) rides along as `leader` when the server named it.
+    """
+    meta = dict(err.trailing_metadata() or ())
     detail = err.details() or err.code().name
-    if status is None:
+    try:
+        status = int(meta["rankq-status"])
+    except (KeyError, ValueError):
         code = err.code()
         if code in TRANSPORT_CODES:
             return TransportError(f"gRPC {code.name}: {detail}")
         status = STATUS_OF_CODE.get(code, 500)
-    return error_for(status, detail)
+    return error_for(status, detail, leader=meta.get("rankq-leader-target") or meta.get("rankq-leader"))
 
 
 def new_message_pb(m: NewMessage) -> pb.NewMessage:

@@ -211,17 +211,6 @@ def route_of(method: str) -> str:
     return f"/{SERVICE_NAME}/{method}"
 
 
-async def fail(context, route: str, err: Exception, already_exists: bool = False) -> None:
-    code, status, detail = error_status(err)
-    if status == 500:
-        logs.error_line(route, f"internal error: {err!r}", 500, exc_info=err)
-    else:
-        logs.error_line(route, detail, status)
-    if already_exists and isinstance(err, Conflict):
-        code = grpc.StatusCode.ALREADY_EXISTS
-    await context.abort(code, detail, trailing_metadata=(("rankq-status", str(status)),))
-
-
 def unary(fn):
     """Log the request line; turn the handler's errors into a status with `rankq-status`."""
     method = fn.__name__
@@ -232,7 +221,7 @@ def unary(fn):
         try:
             return await fn(self, request, context)
         except Exception as err:
-            await fail(context, route, err, already_exists=method == "CreateQueue")
+            await self.fail(context, route, err, already_exists=method == "CreateQueue")
 
     handler.__name__ = method
     handler.__doc__ = fn.__doc__
@@ -242,6 +231,28 @@ def unary(fn):
 class RankQServicer(pb_grpc.RankQServicer):
     def __init__(self, service: QueueService) -> None:
         self.service = service
+
+    async def fail(self, context, route: str, err: Exception, already_exists: bool = False) -> None:
+        """End the call with the error's code, `rankq-status` and, when known, the leader."""
+        code, status, detail = error_status(err)
+        if status == 500:
+            logs.error_line(route, f"internal error: {err!r}", 500, exc_info=err)
+        else:
+            logs.error_line(route, detail, status)
+        if already_exists and isinstance(err, Conflict):
+            code = grpc.StatusCode.ALREADY_EXISTS
+        await context.abort(code, detail, trailing_metadata=(("rankq-status", str(status)), *self._leader()))
+
+    def _leader(self) -> tuple:
+        """`rankq-leader` (its id) and `rankq-leader-target` (its gRPC address) for clients to follow."""
+        leader_info = getattr(self.service, "leader_info", None)
+        info = leader_info() if leader_info is not None else None
+        if not info:
+            return ()
+        out = [("rankq-leader", str(info.get("node_id") or info["address"]))]
+        if info.get("grpc_target"):
+            out.append(("rankq-leader-target", info["grpc_target"]))
+        return tuple(out)
 
     # ---- queues ---------------------------------------------------------------------------------
 
@@ -517,10 +528,8 @@ class RankQServicer(pb_grpc.RankQServicer):
                     if got:
                         state["credits"] -= len(got)
                         yield pb.DequeueResponse(messages=[delivery(d) for d in got])
-            except EngineError as err:
-                await fail(context, route, err)
-            except Unavailable as err:
-                await fail(context, route, err)
+            except Exception as err:
+                await self.fail(context, route, err)
         finally:
             reader.cancel()
 

@@ -250,7 +250,9 @@ class RankQServicer:
         Frames carry several requests each (one message per frame caps a Python peer at a few thousand
         messages a second). Every request is enqueued on its own, not as an all-or-nothing batch, and
         gets exactly one EnqueueAck with its `ref`; acks arrive in frames as commits land, possibly out
-        of order. A refused message gets an ack with an error status; the stream goes on.
+        of order. A refused message gets an ack with an error status; the stream goes on. Ids follow
+        the send order, except that the accepted messages of a frame holding a refused one may land
+        after later frames.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
