@@ -19,8 +19,8 @@ k8s-down: ## Stop what k8s-up started and delete its state (logs stay in .k8s/lo
 k8s-status: ## Tell which control-plane processes run and whether the API is ready
 	@bash $(K8S_HACK)/status.sh
 
-k8s-test: ## Run the Kubernetes harness smoke tests (brings the control plane up if needed)
-	$(PYTHON) -m pytest tests/k8s -q
+k8s-test: $(STAMP) ## Run the Kubernetes harness smoke tests (brings the control plane up if needed)
+	$(or $(PY),$(PYTHON)) -m pytest tests/k8s -q
 
 kind-up: ## With Docker: create the kind cluster "rankq" and load $(KIND_IMAGE)
 	@KIND_IMAGE=$(KIND_IMAGE) bash $(K8S_HACK)/kind.sh up

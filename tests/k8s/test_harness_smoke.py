@@ -428,6 +428,30 @@ def test_aggregation_layer_proxies_to_local_api_server(
         k8s.kubectl("delete", "apiservice", apiservice, "--wait=false", check=False)
 
 
+def test_helm_installs_a_chart(k8s: Cluster, namespace: str, tmp_path: Path) -> None:
+    """The helm in .k8s/bin talks to this cluster (the operator chart is installed with it)."""
+    k8s.require("helm")
+    chart = tmp_path / "smoke"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: smoke\nversion: 0.1.0\n")
+    (chart / "values.yaml").write_text("greeting: hello\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n"
+    )
+    cmd = [
+        str(k8s.helm_path), "install", "smoke", str(chart), "--namespace", namespace,
+        "--set", "greeting=hi", "--wait", "--timeout", "60s",
+    ]
+    proc = subprocess.run(cmd, env=k8s.env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert k8s.get_json("configmap", "smoke-cm", namespace=namespace)["data"] == {"greeting": "hi"}
+    listed = subprocess.run(
+        [str(k8s.helm_path), "list", "-n", namespace, "-o", "json"], env=k8s.env, capture_output=True, text=True, timeout=30
+    )
+    assert [r["status"] for r in json.loads(listed.stdout)] == ["deployed"]
+
+
 def test_kubectl_errors_surface(k8s: Cluster) -> None:
     """The helper reports API errors instead of hiding them (guards every test above)."""
     with pytest.raises(k8s.Error, match="NotFound|not found"):
