@@ -23,11 +23,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install RankQ with its test tools
 
-run: $(STAMP) ## Start a local server with a demo queue (data in .run/)
-	@echo "RankQ: HTTP http://127.0.0.1:$(HTTP_PORT)  API docs http://127.0.0.1:$(HTTP_PORT)/docs  gRPC 127.0.0.1:$(GRPC_PORT)"
-	@echo "       demo queue 'demo' (weighted); try: $(VENV)/bin/rankq send demo '{\"hello\": 1}' && $(VENV)/bin/rankq receive demo --ack"
-	$(VENV)/bin/rankq server --data-dir $(RUN_DIR)/node-0 --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
-		--raft-port $(RAFT_PORT) --demo-queue demo
+run: $(STAMP) ## Start a local 3-node group with a demo queue (data and logs in .run/)
+	$(VENV)/bin/rankq dev cluster --nodes 3 --data-dir $(RUN_DIR) --http-port $(HTTP_PORT) \
+		--grpc-port $(GRPC_PORT) --raft-port $(RAFT_PORT) --demo-queue demo
 
 test: $(STAMP) ## Install what is needed and run the test suite (CI runs this)
 	$(PY) -m pytest -m "not slow" -q

@@ -636,3 +636,76 @@ def dlq_redrive(state: CliState, queue: str, ids: tuple[int, ...], all_: bool) -
 
 if __name__ == "__main__":
     main()
+
+
+# ---- the group ------------------------------------------------------------------------------------
+
+@main.group()
+def cluster() -> None:
+    """Status and membership of a replicated group (over HTTP)."""
+
+
+def print_cluster(state: CliState, status: dict) -> None:
+    if state.json:
+        print_json(status)
+        return
+    t = table("id", "address", "role", "healthy", "match", "lag", "http",
+              title=f"leader {status.get('leader')}  term {status.get('term')}  "
+                    f"commit {status.get('commit_index')}  (answered by {status.get('self')})")
+    for m in status.get("members", []):
+        add_row(t, m["id"], m["address"], m["role"], "yes" if m["healthy"] else "NO",
+                show(m.get("match_index")), show(m.get("lag")), show(m.get("http_url")))
+    print_table(t)
+
+
+@cluster.command("status")
+@pass_state
+def cluster_status(state: CliState) -> None:
+    """Leader, term, commit index and every member's role, health and replication progress."""
+    print_cluster(state, state.client().cluster_status())
+
+
+@cluster.command("add")
+@click.argument("address")
+@pass_state
+def cluster_add(state: CliState, address: str) -> None:
+    """Add the node at Raft ADDRESS (host:port). Start it first with the full peer list."""
+    print_cluster(state, state.client().add_member(address))
+
+
+@cluster.command("remove")
+@click.argument("member")
+@pass_state
+def cluster_remove(state: CliState, member: str) -> None:
+    """Remove MEMBER (node id or Raft address). Move leadership away from it first."""
+    print_cluster(state, state.client().remove_member(member))
+
+
+@cluster.command("transfer-leader")
+@click.option("--to", default=None, help="Node id or Raft address (default: the most caught-up follower).")
+@pass_state
+def cluster_transfer(state: CliState, to: str | None) -> None:
+    """Hand leadership to another member, e.g. before restarting the leader."""
+    print_cluster(state, state.client().transfer_leader(to))
+
+
+# ---- local development ------------------------------------------------------------------------------
+
+@main.group()
+def dev() -> None:
+    """Helpers for running RankQ on this machine."""
+
+
+@dev.command("cluster")
+@click.option("--nodes", default=3, show_default=True, type=click.Choice(["1", "3", "5", "7"]),
+              help="How many members.")
+@click.option("--data-dir", default=".run", show_default=True, help="Parent of each node's data dir.")
+@click.option("--http-port", default=8080, show_default=True, type=int, help="HTTP port of node 0; node i uses +i.")
+@click.option("--grpc-port", default=9090, show_default=True, type=int, help="gRPC port of node 0; node i uses +i.")
+@click.option("--raft-port", default=7070, show_default=True, type=int, help="Raft port of node 0; node i uses +i.")
+@click.option("--demo-queue", default="demo", show_default=True, help="Queue to create once a leader exists ('' for none).")
+def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_port: int, demo_queue: str) -> None:
+    """Run a local group on 127.0.0.1 under a supervisor that restarts crashed nodes (Ctrl-C stops all)."""
+    from .devcluster import DevCluster
+
+    DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run()

@@ -43,7 +43,7 @@ from datetime import datetime
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
-from .errors import TransportError, UnavailableError, error_for
+from .errors import InvalidRequestError, TransportError, UnavailableError, error_for
 from .transport import AsyncTransport
 from .types import (
     AckOutcome,
@@ -121,29 +121,58 @@ class AsyncClient:
     ...     for msg in await rq.dequeue("emails", max=10, wait=5):
     ...         await rq.ack(msg, result={"sent": True})
 
-    `url` picks the transport: ``http://`` / ``https://`` or ``grpc://host:port``. `timeout`
+    `url` picks the transport: ``http://`` / ``https://`` or ``grpc://host:port``. Give several
+    members of a replicated group (a list, or one comma-separated string) and the client moves to
+    the next one when a node cannot be reached or answers 503; any member accepts any request.
+    `timeout`
     (seconds) bounds each request (a long poll gets its `wait` on top). `retries` is how many times
     a failed idempotent call is repeated; see the module documentation for which calls qualify.
     Durations are seconds; queue settings use the wire names (see ``rankq.schemas.QueueSettings``).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
                  transport: AsyncTransport | None = None) -> None:
         if retries < 0:
             raise ValueError("retries must be 0 or more")
-        self.url = url
+        urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else [str(u).strip() for u in url]
+        urls = [u for u in urls if u]
+        if not urls:
+            raise ValueError("no server URL given")
+        self.urls = urls
+        self.url = urls[0]
         self.timeout = timeout
         self.retries = retries
         self.retry_backoff = retry_backoff
-        self._transport = transport if transport is not None else make_transport(url, timeout)
+        self._transports: dict[int, AsyncTransport] = {}
+        if transport is not None:
+            self._transports[0] = transport
+        else:
+            for u in urls:  # fail early on a malformed URL
+                urlsplit(u)
+            self._transports[0] = make_transport(urls[0], timeout)
+        self._current = 0
         self._closed = False
+
+    @property
+    def _transport(self) -> AsyncTransport:
+        t = self._transports.get(self._current)
+        if t is None:
+            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout)
+        return t
+
+    def _next_node(self) -> None:
+        """Use the next member's URL from now on (after it failed to answer or had no leader)."""
+        if len(self.urls) > 1:
+            self._current = (self._current + 1) % len(self.urls)
+            self.url = self.urls[self._current]
 
     async def close(self) -> None:
         """Close the connections. The client cannot be used afterwards."""
         if not self._closed:
             self._closed = True
-            await self._transport.close()
+            for t in self._transports.values():
+                await t.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -160,6 +189,7 @@ class AsyncClient:
             try:
                 return await op()
             except (TransportError, UnavailableError):
+                self._next_node()
                 if not retry or attempt >= self.retries:
                     raise
             delay = min(RETRY_CAP, self.retry_backoff * (2 ** attempt))
@@ -330,6 +360,30 @@ class AsyncClient:
         wanted = None if ids is None else [int(i) for i in ids]
         return await self._call(lambda: self._transport.redrive(queue, wanted), retry=True)
 
+    # ---- the group (HTTP only) -----------------------------------------------------------------
+
+    def _admin(self, name: str):
+        fn = getattr(self._transport, name, None)
+        if fn is None:
+            raise InvalidRequestError("cluster administration is served over HTTP: use an http:// URL")
+        return fn
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """Leader, term, commit index, and every member's id, address, role, health and progress."""
+        return await self._call(lambda: self._admin("cluster_status")(), retry=True)
+
+    async def add_member(self, address: str) -> dict[str, Any]:
+        """Add a started node (Raft address host:port) to the group; one change at a time."""
+        return await self._call(lambda: self._admin("add_member")(address), retry=False)
+
+    async def remove_member(self, member: str) -> dict[str, Any]:
+        """Remove a member by node id or Raft address (transfer leadership away from it first)."""
+        return await self._call(lambda: self._admin("remove_member")(member), retry=False)
+
+    async def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
+        """Move leadership to `to` (node id or address), or to the most caught-up follower."""
+        return await self._call(lambda: self._admin("transfer_leader")(to), retry=False)
+
 
 class _LoopThread:
     """An event loop running forever in a daemon thread; `run` submits a coroutine and waits."""
@@ -388,7 +442,7 @@ class Client:
     `close()` (or leaving the ``with`` block) closes the connections and stops the thread.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
                  transport: AsyncTransport | None = None) -> None:
         self.url = url
@@ -527,9 +581,22 @@ class Client:
     def redrive(self, queue: str, ids: Iterable[int] | None = None) -> RedriveResult:
         return self._run(self._async.redrive(queue, None if ids is None else list(ids)))
 
+    def cluster_status(self) -> dict[str, Any]:
+        return self._run(self._async.cluster_status())
+
+    def add_member(self, address: str) -> dict[str, Any]:
+        return self._run(self._async.add_member(address))
+
+    def remove_member(self, member: str) -> dict[str, Any]:
+        return self._run(self._async.remove_member(member))
+
+    def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
+        return self._run(self._async.transfer_leader(to))
+
 
 for _name in ("create_queue", "list_queues", "get_queue", "update_queue", "delete_queue", "enqueue",
               "enqueue_batch", "dequeue", "ack", "ack_batch", "nack", "extend", "set_priority",
-              "get_message", "cancel", "dead_letters", "iter_dead_letters", "redrive"):
+              "get_message", "cancel", "dead_letters", "iter_dead_letters", "redrive", "cluster_status",
+              "add_member", "remove_member", "transfer_leader"):
     getattr(Client, _name).__doc__ = getattr(AsyncClient, _name).__doc__
 del _name

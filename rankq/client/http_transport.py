@@ -164,6 +164,20 @@ class HttpTransport:
         out = await self._call("POST", f"/queues/{_seg(queue)}/dlq/redrive", json=body)
         return RedriveResult(redriven=list(out.get("redriven", [])), not_found=list(out.get("not_found", [])))
 
+    # ---- the group -----------------------------------------------------------------------------
+
+    async def cluster_status(self) -> dict[str, Any]:
+        return await self._call("GET", "/cluster")
+
+    async def add_member(self, address: str) -> dict[str, Any]:
+        return await self._call("POST", "/cluster/members", json={"address": address})
+
+    async def remove_member(self, member: str) -> dict[str, Any]:
+        return await self._call("DELETE", f"/cluster/members/{_seg(member)}")
+
+    async def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
+        return await self._call("POST", "/cluster/transfer-leader", json={"to": to})
+
 
 # ---- wire <-> types ------------------------------------------------------------------------------
 

@@ -302,7 +302,9 @@ def build_app(service: QueueService) -> FastAPI:
     async def readyz():
         """A leader is known and this node has applied the log: requests can be served."""
         if service.is_ready():
-            return {"status": "ready", "leader": service.node.leader()}
+            leader = service.leader_info() or {}
+            return {"status": "ready", "leader": leader.get("node_id") or leader.get("address"),
+                    "leader_address": leader.get("address")}
         return JSONResponse({"detail": "not ready: no leader elected or log not yet applied"}, status_code=503)
 
     @app.get("/metrics", tags=["health"])
