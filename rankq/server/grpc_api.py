@@ -95,11 +95,16 @@ def dump_json(value) -> str:
 
 
 def stored_payload(payload: bytes, content_type: str):
-    """JSON content is stored as JSON text (as over HTTP); anything else as the raw bytes."""
+    """JSON content is stored as its JSON text (as over HTTP), once checked; anything else as bytes."""
     if content_type == OCTETS:
         return payload
     if content_type == JSON or content_type.partition(";")[0].strip().lower() == JSON:
-        return dump_json(parse_json("payload", payload))
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:
+            raise Invalid("payload is not UTF-8 JSON text") from None
+        parse_json("payload", text)
+        return text
     return payload
 
 
