@@ -13,9 +13,9 @@ for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     proc_stop "$name"
 done
 
-rm -rf "$K8S_STATE_DIR"/{bin,etcd,pki,run} "$K8S_STATE_DIR"/kubeconfig "$K8S_STATE_DIR"/env
+rm -rf "${K8S_STATE_DIR:?}"/{bin,etcd,pki,run} "${K8S_STATE_DIR:?}"/kubeconfig "${K8S_STATE_DIR:?}"/env
 if [ "${RANKQ_K8S_KEEP_LOGS:-1}" = 0 ]; then
-    rm -rf "$K8S_STATE_DIR"
+    rm -rf "${K8S_STATE_DIR:?}"
 else
     k8s_log "logs kept in $K8S_STATE_DIR/logs"
 fi

@@ -1,5 +1,5 @@
 # Shared settings for the local control plane scripts. Sourced, never executed.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables for the scripts that source this file
 
 K8S_HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$K8S_HACK_DIR/../.." && pwd)"
@@ -27,7 +27,6 @@ K8S_ETCD_CLIENT_PORT="${RANKQ_K8S_ETCD_CLIENT_PORT:-12379}"
 K8S_ETCD_PEER_PORT="${RANKQ_K8S_ETCD_PEER_PORT:-12380}"
 K8S_KCM_PORT="${RANKQ_K8S_KCM_PORT:-10257}"
 K8S_SCHED_PORT="${RANKQ_K8S_SCHED_PORT:-10259}"
-K8S_KWOK_PORT="${RANKQ_K8S_KWOK_PORT:-10247}"
 K8S_BIND_ADDRESS="${RANKQ_K8S_BIND_ADDRESS:-127.0.0.1}"
 
 K8S_SERVICE_CIDR="10.96.0.0/16"
