@@ -230,3 +230,25 @@ def test_wrong_raft_secret_cannot_join(tmp_path):
         assert r.status_code == 503
     finally:
         g.stop()
+
+
+def test_client_moves_to_another_member_and_cli_shows_the_group(cluster):
+    from click.testing import CliRunner
+
+    from rankq import Client
+    from rankq.cli import main as cli
+
+    g = cluster(3)
+    urls = [n.url for n in g.nodes]
+    with Client(urls, timeout=5, retries=5) as client:
+        client.create_queue("f")
+        first = client.enqueue("f", {"n": 1}, dedup_key="order-1")
+        g.nodes[0].kill9()  # the client's current node goes away
+        again = client.enqueue("f", {"n": 1}, dedup_key="order-1")
+        assert again.id == first.id and again.duplicate
+        assert client.get_queue("f").counts.ready == 1
+    out = CliRunner().invoke(cli, ["--url", ",".join(urls[1:]), "-o", "json", "cluster", "status"])
+    assert out.exit_code == 0, out.output
+    status = __import__("json").loads(out.output)
+    assert {m["id"] for m in status["members"]} == {"n0", "n1", "n2"}
+    assert [m for m in status["members"] if m["id"] == "n0"][0]["healthy"] is False
