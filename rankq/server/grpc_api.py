@@ -19,6 +19,7 @@ import math
 from functools import partial
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection
 
 from .. import schemas as s
@@ -63,6 +64,32 @@ def error_status(err: Exception) -> tuple[grpc.StatusCode, int, str]:
 
 
 # ---- request checks (the HTTP wire models do these with pydantic) -------------------------------
+
+
+class Undecodable:
+    """A request that did not parse. Handlers refuse it with INVALID_ARGUMENT (gRPC alone would
+    answer UNKNOWN, as if the server had failed)."""
+
+    __slots__ = ("detail",)
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+def tolerant(cls):
+    def deserialize(data: bytes):
+        try:
+            return cls.FromString(data)
+        except DecodeError as err:
+            return Undecodable(f"request is not a valid {cls.DESCRIPTOR.full_name}: {err}")
+
+    return deserialize
+
+
+def checked(request):
+    if type(request) is Undecodable:
+        raise Invalid(request.detail)
+    return request
 
 
 def seconds_ms(name: str, value: float, low: float = 0.0, high: float | None = None, open_low: bool = False) -> int:
@@ -224,7 +251,7 @@ def unary(fn):
     async def handler(self, request, context):
         logs.request_line(route, "RPC", method, peer_ip(context))
         try:
-            return await fn(self, request, context)
+            return await fn(self, checked(request), context)
         except Exception as err:
             await self.fail(context, route, err, already_exists=method == "CreateQueue")
 
@@ -421,6 +448,7 @@ class RankQServicer(pb_grpc.RankQServicer):
         async def read() -> None:
             queue = ""
             async for frame in request_iterator:
+                frame = checked(frame)
                 groups: dict[str, tuple[list, list]] = {}
                 for req in frame.requests:
                     queue = req.queue or queue
@@ -458,6 +486,8 @@ class RankQServicer(pb_grpc.RankQServicer):
                     break
                 wake.clear()
                 await wake.wait()
+            if not reader.cancelled() and isinstance(reader.exception(), Invalid):
+                await self.fail(context, route, reader.exception())
             reader.result()  # surface a broken request stream
         finally:
             reader.cancel()
@@ -501,12 +531,15 @@ class RankQServicer(pb_grpc.RankQServicer):
             break
         if first is None:
             return
-        state = {"credits": first.credits, "closed": False}
+        state = {"credits": 0, "closed": False, "error": None}
         granted = asyncio.Event()
 
         async def read() -> None:
             try:
                 async for grant in request_iterator:
+                    if type(grant) is Undecodable:
+                        state["error"] = Invalid(grant.detail)
+                        break
                     state["credits"] += grant.credits
                     granted.set()
             finally:
@@ -516,12 +549,16 @@ class RankQServicer(pb_grpc.RankQServicer):
         reader = asyncio.get_running_loop().create_task(read())
         try:
             try:
+                first = checked(first)
+                state["credits"] += first.credits
                 if not first.queue:
                     raise Invalid("the first grant must name the queue")
                 vt = (seconds_ms("visibility_timeout", first.visibility_timeout, 0.0, MAX_VISIBILITY, open_low=True)
                       if first.HasField("visibility_timeout") else None)
                 self.service.get_queue(first.queue)  # fail fast on an unknown queue
                 while True:
+                    if state["error"] is not None:
+                        raise state["error"]
                     credits = state["credits"]
                     if credits <= 0:
                         if state["closed"]:
@@ -539,6 +576,25 @@ class RankQServicer(pb_grpc.RankQServicer):
             reader.cancel()
 
 
+def method_handlers(servicer: RankQServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """What the generated add_RankQServicer_to_server registers, with requests parsed tolerantly."""
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    out = {}
+    for method in pb.DESCRIPTOR.services_by_name["RankQ"].methods:
+        make = kinds[(method.client_streaming, method.server_streaming)]
+        out[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=tolerant(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    return out
+
+
 async def start_grpc(service: QueueService, host: str, port: int) -> grpc.aio.Server:
     """Start serving rankq.v1.RankQ (with server reflection) on host:port; returns the running server."""
     server = grpc.aio.server(
@@ -548,7 +604,9 @@ async def start_grpc(service: QueueService, host: str, port: int) -> grpc.aio.Se
             ("grpc.so_reuseport", 0),  # a port taken by another process is an error, not shared
         ]
     )
-    pb_grpc.add_RankQServicer_to_server(RankQServicer(service), server)
+    handlers = method_handlers(RankQServicer(service))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server.add_insecure_port(address)

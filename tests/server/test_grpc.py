@@ -345,6 +345,20 @@ def test_bad_input_is_invalid_argument_never_unknown(stub, queue, make):
     assert (err.code(), rankq_status(err)) == (grpc.StatusCode.INVALID_ARGUMENT, 422), err.details()
 
 
+@pytest.mark.parametrize("body", [b"\x0a\x02\xff\xfe", b"\x0a\x09garbage"], ids=["bad-utf8", "corrupt"])
+def test_undecodable_requests_are_invalid_argument(server, body):
+    with grpc.insecure_channel(server.grpc) as channel:
+        get_queue = channel.unary_unary("/rankq.v1.RankQ/GetQueue", request_serializer=bytes,
+                                        response_deserializer=bytes)
+        err = rpc_error(get_queue, body)
+        assert (err.code(), rankq_status(err)) == (grpc.StatusCode.INVALID_ARGUMENT, 422)
+        stream = channel.stream_stream("/rankq.v1.RankQ/EnqueueStream", request_serializer=bytes,
+                                       response_deserializer=bytes)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(iter([body]), timeout=10))
+        assert (info.value.code(), rankq_status(info.value)) == (grpc.StatusCode.INVALID_ARGUMENT, 422)
+
+
 def test_client_raises_the_same_exception_classes_as_http(server, queue):
     async def scenario():
         t = GrpcTransport(server.grpc, timeout=10)
