@@ -17,6 +17,10 @@ elapsed() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b 
 NODES="${RANKQ_K8S_NODES:-3}"
 READY_TIMEOUT="${RANKQ_K8S_READY_TIMEOUT:-120}"
 
+for cmd in curl openssl setsid flock base64; do
+    command -v "$cmd" >/dev/null || k8s_die "$cmd not found (Debian: apt-get install curl openssl util-linux coreutils)"
+done
+
 # --- binaries --------------------------------------------------------------------------------
 missing=()
 for b in "${K8S_ALL_BINARIES[@]}"; do k8s_find_binary "$b" >/dev/null || missing+=("$b"); done
@@ -220,7 +224,9 @@ if have kwok; then
     }
     proc_wait kwok 60 nodes_ready
 fi
-if have kwok && have kube-controller-manager && have kube-scheduler; then
+kwok_pid="$(proc_pid kwok 2>/dev/null || true)"
+if have kwok && have kube-controller-manager && have kube-scheduler \
+    && [ "$(cat "$K8S_STATE_DIR/run/kwok-pools-warm" 2>/dev/null)" != "$kwok_pid" ]; then
     # kwok (v0.7) creates a node's pod IP pool on first use without a lock, so pods that land on a
     # fresh node at the same moment can get the same IP. One pinned pod per node, created before
     # any test runs, creates the pools; the pods are deleted right away.
@@ -251,6 +257,7 @@ EOF
     }
     proc_wait kwok 60 warm_ips
     kc delete pods -n kube-system -l app=kwok-ip-pool-warmup --wait=false >/dev/null
+    echo "$kwok_pid" > "$K8S_STATE_DIR/run/kwok-pools-warm"
 fi
 
 components="etcd kube-apiserver"
