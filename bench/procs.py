@@ -84,11 +84,16 @@ class Proc:
 
     # ---- /proc readings -----------------------------------------------------------------------
 
-    def rss_bytes(self) -> int:
+    def memory(self) -> dict:
+        """VmRSS and its parts (anonymous memory; file pages, e.g. a mapped journal) in bytes."""
+        out = {}
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise Failure(f"no VmRSS for {self.name}")
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) * 1024
+        if "VmRSS" not in out:
+            raise Failure(f"no VmRSS for {self.name}")
+        return out
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far (all threads)."""

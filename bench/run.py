@@ -55,6 +55,8 @@ class Plan:
     grpc_streams: int = 8
     grpc_conns: int = 2
     grpc_window: int = 256  # unanswered messages per stream
+    grpc_paced_streams: int = 2  # open loop: frames gather what falls due within grpc_linger
+    grpc_linger: str = "1ms"
     pair_producers: int = 2
     pair_consumers: int = 4
     pair_max: int = 100  # dequeue max and producer batch size
@@ -104,6 +106,16 @@ def setup_tools() -> dict:
         if not tools.get(key):
             raise Failure(f"bench/setup.sh did not report {key}")
     return tools
+
+
+def cpu_us(cpu: dict, messages: int, plan: Plan | None = None) -> float | None:
+    """Server CPU microseconds per message; a run with a warm-up inside is prorated to its measured part."""
+    if not messages or "cpu_seconds" not in cpu:
+        return None
+    seconds = cpu["cpu_seconds"]
+    if plan is not None:
+        seconds *= plan.duration / (plan.duration + plan.warmup)
+    return seconds / messages * 1e6
 
 
 def payload_json() -> str:
@@ -184,8 +196,10 @@ class Bench:
             secs = r["duration_us"] / 1e6
             if errors:
                 raise Failure(f"wrk saw {errors} errors against {server.kind}: {r}")
-            return {"value": r["requests"] * per_request / secs, "requests_per_s": r["requests"] / secs,
-                    "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000, "server_cpu_percent": cpu.get("cpu_percent")}
+            msgs = r["requests"] * per_request
+            return {"value": msgs / secs, "requests_per_s": r["requests"] / secs,
+                    "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000, "server_cpu_percent": cpu.get("cpu_percent"),
+                    "server_cpu_us_per_msg": cpu_us(cpu, msgs)}
 
         return measure
 
@@ -198,7 +212,8 @@ class Bench:
             r = self.load("grpc-stream", args, timeout=p.duration + p.warmup + 60)
         if r["errors"] or r["refused"]:
             raise Failure(f"gRPC stream against {server.kind}: {r}")
-        return {"value": r["rate"], "acked": r["acked"], "server_cpu_percent": cpu.get("cpu_percent")}
+        return {"value": r["rate"], "acked": r["acked"], "mean_frame": r.get("mean_frame"),
+                "server_cpu_percent": cpu.get("cpu_percent"), "server_cpu_us_per_msg": cpu_us(cpu, r["acked"], p)}
 
     def pairs_measure(self, server: Server) -> dict:
         p = self.plan
@@ -210,7 +225,8 @@ class Bench:
             r = self.load("pairs", args, timeout=p.duration + p.warmup + 60)
         if r["errors"] or r["ack_failures"]:
             raise Failure(f"pairs against {server.kind}: {r}")
-        return {"value": r["pairs_rate"], "enqueue_rate": r["enqueue_rate"], "server_cpu_percent": cpu.get("cpu_percent")}
+        return {"value": r["pairs_rate"], "enqueue_rate": r["enqueue_rate"], "server_cpu_percent": cpu.get("cpu_percent"),
+                "server_cpu_us_per_msg": cpu_us(cpu, r["acked"], p)}
 
     def paced_http(self, rate: float):
         p = self.plan
@@ -233,8 +249,8 @@ class Bench:
         p = self.plan
 
         def measure(server: Server) -> dict:
-            args = ["-addr", server.grpc_addr, "-proto", str(PROTO), "-queue", "bench", "-streams", str(p.grpc_streams),
-                    "-conns", str(p.grpc_conns), "-rate", f"{rate:.0f}", "-payload-bytes", str(PAYLOAD_BYTES),
+            args = ["-addr", server.grpc_addr, "-proto", str(PROTO), "-queue", "bench", "-streams", str(p.grpc_paced_streams),
+                    "-conns", str(min(p.grpc_conns, p.grpc_paced_streams)), "-linger", p.grpc_linger, "-rate", f"{rate:.0f}", "-payload-bytes", str(PAYLOAD_BYTES),
                     "-duration", f"{p.latency_duration}s", "-warmup", f"{p.warmup}s"]
             with P.cpu_meter(server.proc) as cpu:
                 r = self.load("grpc-stream", args, timeout=p.latency_duration + 60)
@@ -242,7 +258,8 @@ class Bench:
                 raise Failure(f"paced gRPC against {server.kind}: {r}")
             lat = r["latency"]
             return {"value": lat["p99_ms"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "p999_ms": lat["p999_ms"],
-                    "max_ms": lat["max_ms"], "achieved_rate": r["achieved_rate"], "server_cpu_percent": cpu.get("cpu_percent")}
+                    "max_ms": lat["max_ms"], "achieved_rate": r["achieved_rate"], "mean_frame": r.get("mean_frame"),
+                    "server_cpu_percent": cpu.get("cpu_percent")}
 
         return measure
 
@@ -260,13 +277,13 @@ class Bench:
                 P.wait_rankq_ready(server)
                 P.create_queue(server)
                 time.sleep(0.5)
-                rss0 = server.proc.rss_bytes()
+                mem0 = server.proc.memory()
                 fill = self.load("fill", ["-base", server.base, "-queue", "bench", "-count", str(p.fill_count),
                                           "-batch", str(p.fill_batch), "-conns", str(p.fill_conns),
                                           "-payload-bytes", str(PAYLOAD_BYTES), "-deadline", "300s"], timeout=360)
                 P.wait_until(lambda: P.queue_counts(server)["ready"] == p.fill_count, 30, server.proc, "the fill")
                 time.sleep(1.0)
-                rss1 = server.proc.rss_bytes()
+                mem1 = server.proc.memory()
                 journal = sum(f.stat().st_size for f in data.iterdir() if f.is_file())
                 server.proc.kill9()
                 restarted = P.start_rankq(self.procs, self._name("rankq-restart"), data, self.grpc, ports=server.ports,
@@ -277,15 +294,18 @@ class Bench:
                 P.wait_until(lambda: P.queue_counts(restarted)["ready"] == p.fill_count, 600, restarted.proc,
                              "all messages back after restart", poll=0.05)
                 t_all = time.monotonic() - t0
-                rss_restarted = restarted.proc.rss_bytes()
+                mem_restarted = restarted.proc.memory()
                 restarted.proc.stop()
             finally:
                 server.proc.stop()
                 shutil.rmtree(data, ignore_errors=True)
-            per_million = (rss1 - rss0) / p.fill_count * 1_000_000 / MiB
+            scale = 1_000_000 / p.fill_count / MiB
+            per_million = (mem1["VmRSS"] - mem0["VmRSS"]) * scale
             runs.append({
-                "rss_before_mib": rss0 / MiB, "rss_after_mib": rss1 / MiB, "rss_per_million_mib": per_million,
-                "rss_after_restart_mib": rss_restarted / MiB, "fill_rate": fill["rate"], "fill_seconds": fill["seconds"],
+                "rss_before_mib": mem0["VmRSS"] / MiB, "rss_after_mib": mem1["VmRSS"] / MiB, "rss_per_million_mib": per_million,
+                "anon_per_million_mib": (mem1.get("RssAnon", 0) - mem0.get("RssAnon", 0)) * scale,
+                "file_per_million_mib": (mem1.get("RssFile", 0) - mem0.get("RssFile", 0)) * scale,
+                "rss_after_restart_mib": mem_restarted["VmRSS"] / MiB, "fill_rate": fill["rate"], "fill_seconds": fill["seconds"],
                 "data_dir_mib": journal / MiB, "restart_ready_s": t_ready, "restart_all_s": t_all,
             })
             # The floor: the same server starting on an empty data dir.
@@ -312,6 +332,8 @@ def summarise(name: str, raw: dict, unit: str, higher_is_better: bool = True, ta
     out = {"unit": unit, "rankq": rq, "null": nl, "ratio": (rq / nl) if rq and nl else None,
            "rankq_server_cpu_percent": median(r.get("server_cpu_percent") for r in raw["rankq"]),
            "null_server_cpu_percent": median(r.get("server_cpu_percent") for r in raw["null"]),
+           "rankq_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in raw["rankq"]),
+           "null_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in raw["null"]),
            "runs": raw}
     if target:
         op, value = target
@@ -401,6 +423,8 @@ def run(plan: Plan, only: list[str], workdir: Path) -> dict:
                 "target": "<= 300 MiB per 1M messages", "met": rss <= 300, "fill_count": plan.fill_count,
                 "fill_rate": median(r["fill_rate"] for r in raw["runs"]),
                 "data_dir_mib": median(r["data_dir_mib"] for r in raw["runs"]),
+                "anon_per_million_mib": median(r["anon_per_million_mib"] for r in raw["runs"]),
+                "file_per_million_mib": median(r["file_per_million_mib"] for r in raw["runs"]),
                 "rss_after_restart_mib": median(r["rss_after_restart_mib"] for r in raw["runs"]),
                 "runs": raw["runs"],
             }
@@ -447,7 +471,7 @@ def markdown(results: dict) -> str:
         f"(the framework ceiling), measured in the same run; *ratio* = RankQ / null. {m['payload_bytes']}-byte "
         "payloads; every enqueue is committed to the Raft journal before it is answered.",
         "",
-        "| Measure | RankQ | Null server | Ratio | RankQ server CPU | Target | Met |",
+        "| Measure | RankQ | Null server | Ratio | Server CPU: RankQ (null), µs/msg | Target | Met |",
         "| --- | ---: | ---: | ---: | ---: | --- | :---: |",
     ]
     plan = m["plan"]
@@ -472,14 +496,15 @@ def markdown(results: dict) -> str:
             continue
         p50 = median(v["p50_ms"] for v in x["runs"]["rankq"])
         p50n = median(v["p50_ms"] for v in x["runs"]["null"])
-        lines.append(f"| {transport} enqueue p50 at {x['rate']:,.0f} msg/s (half of peak, open loop) | {fmt(p50, 'ms')} | "
+        lines.append(f"| {transport} enqueue p50 at {x['rate']:,.0f} msg/s (half of RankQ's peak, open loop) | {fmt(p50, 'ms')} | "
                      f"{fmt(p50n, 'ms')} | {p50 / p50n:.1f}× | | | |")
         lines.append(_row(f"{transport} enqueue **p99** at {x['rate']:,.0f} msg/s", x, times=True))
     if "memory" in r:
         x = r["memory"]
         lines.append(f"| RSS per 1M queued messages (filled {x['fill_count']:,} in batches of {plan['fill_batch']} "
                      f"at {x['fill_rate']:,.0f} msg/s) | {fmt(x['rankq'], 'MiB')} | {fmt(x['null'], 'MiB')} (payload bytes) | "
-                     f"{x['ratio']:.1f}× | | {x['target']} | {_met(x)} |")
+                     f"{x['ratio']:.1f}× | anonymous {x['anon_per_million_mib']:,.0f} MiB + file pages "
+                     f"{x['file_per_million_mib']:,.0f} MiB; data dir {x['data_dir_mib']:,.0f} MiB | {x['target']} | {_met(x)} |")
     if "restart" in r:
         x = r["restart"]
         lines.append(f"| Restart after kill -9 with {x['fill_count']:,} queued (until /readyz and all ready; "
@@ -511,9 +536,13 @@ def _met(x: dict) -> str:
 
 def _row(label: str, x: dict, times: bool = False) -> str:
     ratio = "–" if x.get("ratio") is None else f"{x['ratio']:.1f}×" if times else f"{x['ratio']:.0%}"
-    cpu = x.get("rankq_server_cpu_percent")
+    cpu, cpu_null = x.get("rankq_server_cpu_percent"), x.get("null_server_cpu_percent")
+    cell = "" if cpu is None else f"{cpu:.0f}% ({cpu_null:.0f}%)" if cpu_null is not None else f"{cpu:.0f}%"
+    us, us_null = x.get("rankq_cpu_us_per_msg"), x.get("null_cpu_us_per_msg")
+    if us is not None and us_null is not None:
+        cell += f", {us:.0f} ({us_null:.0f}) µs"
     return (f"| {label} | {fmt(x['rankq'], x['unit'])} | {fmt(x['null'], x['unit'])} | {ratio} | "
-            f"{'' if cpu is None else f'{cpu:.0f}%'} | {x.get('target', '')} | {_met(x)} |")
+            f"{cell} | {x.get('target', '')} | {_met(x)} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,7 +117,8 @@ func (p *enqueueProto) unwrap(reply *dynamicpb.Message) []protoreflect.Message {
 // grpcStream runs EnqueueStream on several streams (spread over a few connections).
 //
 // Closed loop (rate 0): each stream keeps `window` requests unanswered and counts acks per second.
-// When the stream carries frames, a frame holds whatever fits the window (or is due), up to -frame.
+// When the stream carries frames, a frame holds whatever fits the window (closed loop) or falls due
+// within -linger of its first request (open loop), up to -frame.
 // Open loop (rate > 0): requests are sent at a constant total rate, shared by the streams, and latency runs from each request's scheduled send time to its ack.
 func grpcStream(args []string) error {
 	fs := flag.NewFlagSet("grpc-stream", flag.ExitOnError)
@@ -135,6 +136,7 @@ func grpcStream(args []string) error {
 	duration := fs.Duration("duration", 10*time.Second, "measured time (open loop: whole run)")
 	warmup := fs.Duration("warmup", 2*time.Second, "time before measuring")
 	frame := fs.Int("frame", 100, "most requests per stream message, when the stream carries frames")
+	linger := fs.Duration("linger", time.Millisecond, "open loop: how long a frame waits for more requests after its first is due")
 	fs.Parse(args)
 	if err := loopbackOnly(*addr); err != nil {
 		return err
@@ -213,6 +215,8 @@ func grpcStream(args []string) error {
 						return
 					}
 					due = append(due, at)
+					// Requests due within -linger of the first travel with it (it waits for them).
+					wait := time.NewTimer(time.Until(at.Add(*linger)))
 				more:
 					for len(due) < maxFrame {
 						select {
@@ -221,10 +225,11 @@ func grpcStream(args []string) error {
 								break more
 							}
 							due = append(due, at)
-						default:
+						case <-wait.C:
 							break more
 						}
 					}
+					wait.Stop()
 					n = len(due)
 				} else {
 					select {
