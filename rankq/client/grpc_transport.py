@@ -387,9 +387,11 @@ class GrpcTransport:
                        refill: bool = False) -> "DequeueStream":
         """Receive leased messages over one stream, never more than the credits granted.
 
-        `credits` is the first grant; give more with `grant(n)`. With `refill`, taking the next
-        message from the iterator grants one credit back for the previous one, which keeps
-        `credits` messages in flight (a prefetch window). Use as an async context manager.
+        `credits` is the first grant; give more with `grant(n)`. With `refill`, every message taken
+        from the iterator earns its credit back once the next one is asked for, which keeps up to
+        `credits` messages in flight (a prefetch window); earned credits are granted together,
+        when half the window is owed or the received messages are all taken. Use as an async
+        context manager.
         """
         return DequeueStream(self, queue, credits, visibility_timeout, refill)
 
@@ -401,6 +403,7 @@ class DequeueStream:
                  visibility_timeout: float | None, refill: bool) -> None:
         self.queue = queue
         self.refill = refill
+        self._threshold = max(1, credits // 2)
         self._grants: asyncio.Queue[int | None] = asyncio.Queue()
         self._grants.put_nowait(credits)
         self._owed = 0
@@ -430,7 +433,7 @@ class DequeueStream:
         return self
 
     async def __anext__(self) -> Message:
-        if self._owed:
+        if self._owed and (self._owed >= self._threshold or not self._buffer):
             await self.grant(self._owed)
             self._owed = 0
         while not self._buffer:
@@ -442,7 +445,7 @@ class DequeueStream:
                 raise StopAsyncIteration
             self._buffer = list(reversed(frame.messages))
         if self.refill:
-            self._owed = 1
+            self._owed += 1
         return message_of(self.queue, self._buffer.pop())
 
     async def finish(self) -> None:

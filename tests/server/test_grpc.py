@@ -501,6 +501,31 @@ def test_dequeue_stream_sends_no_more_than_the_credits_granted(server, stub, que
     assert (counts_end.leased, counts_end.ready) == (5, 0)
 
 
+def test_dequeue_stream_refill_keeps_a_window_of_credits(server, stub, queue):
+    stub.EnqueueBatch(pb.EnqueueBatchRequest(queue=queue, messages=[raw(b"%d" % i) for i in range(7)]), timeout=10)
+
+    async def scenario():
+        t = GrpcTransport(server.grpc, timeout=10)
+        try:
+            leased_seen = []
+            async with t.dequeue_stream(queue, credits=2, refill=True) as stream:
+                got = []
+                async for m in stream:
+                    got.append(m.payload)
+                    leased_seen.append((await t.get_queue(queue)).counts.leased)
+                    if len(got) == 7:
+                        break
+            return got, leased_seen
+        finally:
+            await t.close()
+
+    got, leased_seen = run(scenario())
+    assert sorted(got) == [b"%d" % i for i in range(7)]
+    # When the k-th message is taken, at most 2 + (k - 1) credits were ever granted, so the server
+    # has leased (nobody acks here) no more than k + 1 messages.
+    assert all(leased <= k + 1 for k, leased in enumerate(leased_seen, start=1)), leased_seen
+
+
 def test_dequeue_stream_waits_for_messages_and_ends_after_half_close(server, queue):
     async def scenario():
         async with grpc.aio.insecure_channel(server.grpc) as channel:
