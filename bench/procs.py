@@ -33,6 +33,18 @@ def port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
+def machine_load() -> dict:
+    """How busy the machine is: 1-minute load average and the share of the last 10 s in which some
+    runnable task waited for a CPU (Linux PSI; absent on kernels without it)."""
+    out = {"loadavg": os.getloadavg()[0]}
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()
+        out["cpu_pressure"] = float(dict(kv.split("=") for kv in some[1:])["avg10"])
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    return out
+
+
 class Failure(Exception):
     """A server or load generator did not do what the benchmark needs."""
 

@@ -163,10 +163,10 @@ class Bench:
             for i in range(self.plan.reps):
                 server = self.rankq()
                 try:
-                    out["rankq"].append(measure(server))
+                    out["rankq"].append({**measure(server), **P.machine_load()})
                 finally:
                     self.drop(server)
-                out["null"].append(measure(null))
+                out["null"].append({**measure(null), **P.machine_load()})
                 log(f"{label} rep {i + 1}/{self.plan.reps}: rankq {out['rankq'][-1]['value']:,.0f}  "
                     f"null {out['null'][-1]['value']:,.0f}")
         finally:
@@ -373,9 +373,28 @@ def meta(plan: Plan, tools: dict) -> dict:
     }
 
 
-def run(plan: Plan, only: list[str], workdir: Path) -> dict:
+def wait_quiet(limit: float) -> dict:
+    """Wait up to `limit` seconds for the machine to be nearly idle (other work skews every figure)."""
+    cores = os.cpu_count() or 1
+    deadline = time.monotonic() + limit
+    first = True
+    while True:
+        now = P.machine_load()
+        if now["loadavg"] < 0.75 * cores and now.get("cpu_pressure", 0) < 20:
+            return now
+        if time.monotonic() > deadline:
+            log(f"machine still busy ({now}); measuring anyway")
+            return now
+        if first:
+            log(f"machine busy ({now}); waiting up to {limit:.0f}s for it to quieten")
+            first = False
+        time.sleep(5)
+
+
+def run(plan: Plan, only: list[str], workdir: Path, quiet: float = 0) -> dict:
     tools = setup_tools()
-    results = {"meta": meta(plan, tools), "results": {}}
+    load_at_start = wait_quiet(quiet) if quiet > 0 else P.machine_load()
+    results = {"meta": {**meta(plan, tools), "load_at_start": load_at_start}, "results": {}}
     res = results["results"]
     b = Bench(plan, tools, workdir)
     try:
@@ -439,6 +458,11 @@ def run(plan: Plan, only: list[str], workdir: Path) -> dict:
     finally:
         b.procs.close()
     results["meta"]["loadavg_end"] = os.getloadavg()[0]
+    samples = [r for x in res.values() if isinstance(x.get("runs"), dict) for side in x["runs"].values() for r in side]
+    pressure = [r["cpu_pressure"] for r in samples if "cpu_pressure" in r]
+    if pressure:
+        results["meta"]["cpu_pressure_median"] = median(pressure)
+        results["meta"]["cpu_pressure_max"] = max(pressure)
     return results
 
 
@@ -464,8 +488,12 @@ def markdown(results: dict) -> str:
         f"Single node, {m['cores']} cores ({m['cpu']}), Python {m['python']}, uvicorn {m['uvicorn']} "
         f"(uvloop {'yes' if m['uvloop'] else 'no'}, httptools {'yes' if m['httptools'] else 'no'}), grpcio {m['grpcio']}; "
         f"commit {m['commit']}{' (with uncommitted changes)' if m['worktree_dirty'] else ''}, {m['date']}. "
-        f"Load average {m['loadavg_start']:.1f} at the start, {m.get('loadavg_end', 0):.1f} at the end "
-        f"(load generators share the machine with the server).",
+        f"Load average {m['loadavg_start']:.1f} at the start, {m.get('loadavg_end', 0):.1f} at the end; "
+        + (f"CPU pressure (share of time a runnable task waited for a core, 10 s average) after each measurement: "
+           f"median {m['cpu_pressure_median']:.0f}%, max {m['cpu_pressure_max']:.0f}%. "
+           if "cpu_pressure_median" in m else "")
+        + "The load generators share the two cores with the server; other work on the machine slows RankQ and "
+        "the null server alike, so the ratios are steadier than the absolute figures.",
         "",
         f"Medians of {reps} repetitions. *Null* is a server on the same stack whose handlers only parse and answer "
         f"(the framework ceiling), measured in the same run; *ratio* = RankQ / null. {m['payload_bytes']}-byte "
@@ -553,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="results path prefix (default bench/results/latest; --quick: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs, data dirs)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for `rankq server`")
+    parser.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
+                        help="first wait up to this long for the machine to be nearly idle (default 120; --quick 0)")
     args = parser.parse_args(argv)
     # make's SIGTERM (or a CI timeout) still stops every process the run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -568,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (workdir / "results" if args.quick else HERE / "results" / "latest")
     started = time.monotonic()
     try:
-        results = run(plan, only, workdir)
+        quiet = args.wait_quiet if args.wait_quiet is not None else (0 if args.quick else 120)
+        results = run(plan, only, workdir, quiet)
     except Failure as err:
         log(f"benchmark failed: {err}")
         log(f"logs kept in {workdir / 'logs'}")
