@@ -1,0 +1,190 @@
+"""The `Queue` custom resource (group rankq.io, version v1alpha1) as pydantic models.
+
+These models are the single source of the CRD schema (`crd.py` generates `crds/queue.yaml` from
+them) and of the operator's view of a manifest. Field names are camelCase on the wire, as in every
+Kubernetes API; durations are whole seconds and say so in their names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "rankq.io"
+VERSION = "v1alpha1"
+KIND = "Queue"
+PLURAL = "queues"
+SINGULAR = "queue"
+SHORT_NAMES = ["rq"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DEFAULT_IMAGE = "rankq:0.1.0"
+ALLOWED_REPLICAS = (1, 3, 5, 7)
+
+# Ports inside a pod. Fixed so peer addresses are stable and need no configuration.
+HTTP_PORT = 8080
+GRPC_PORT = 9090
+RAFT_PORT = 7070
+
+# Marks a field whose content Kubernetes itself defines (affinity, resources, ...): kept verbatim.
+PRESERVE = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def k8s(**extra: Any) -> dict[str, Any]:
+    """Extra keys for a field's generated schema (x-kubernetes-* markers, CEL validations)."""
+    return {"json_schema_extra": extra}
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class StorageSpec(Model):
+    size: str = Field("1Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
+                      description="Size of each member's PersistentVolumeClaim, e.g. 10Gi.")
+    storage_class_name: str | None = Field(None, description="StorageClass of the claims; default: the cluster's default class.")
+    keep_on_delete: bool = Field(True, description="Keep the claims (and the queued data) when the Queue is deleted.")
+    ephemeral: bool = Field(False, description="Use an emptyDir instead of claims: data lives only as long as the pod "
+                                                 "(development and tests; a group that loses a majority of pods loses its data).")
+
+
+class QueueSettingsSpec(Model):
+    """Settings of the queue inside the group; applied live through the leader, no restarts."""
+
+    name: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                             description="Name of the queue inside the group; default: the Queue's metadata.name.")
+    policy: Literal["strict", "weighted"] = Field(
+        "weighted", description="strict: lowest priority number first; weighted: weighted round robin over priority classes.")
+    weights: dict[str, int] | None = Field(
+        None, description="Priority class -> weight for the weighted policy, e.g. {\"1\": 30, \"2\": 25}.",
+        **k8s(**{"x-kubernetes-validations": [
+            {"rule": "self.all(k, k.matches('^[0-9]+$') && self[k] >= 1)",
+             "message": "weights maps a priority class (a whole number) to a weight of at least 1"}]}))
+    default_priority: int | None = Field(None, ge=0, description="Priority of a message that names none (server default 3).")
+    fair_groups: bool = Field(False, description="Serve the message groups of one priority round robin.")
+    group_max_inflight: int | None = Field(None, ge=1, description="Most leased messages per group (fair groups).")
+    visibility_timeout_seconds: int = Field(30, ge=1, le=12 * 3600, description="Seconds a received message stays leased.")
+    retention_seconds: int = Field(3600, ge=0, description="Seconds an acknowledged message's status stays readable.")
+    max_length: int | None = Field(None, ge=1, description="Most messages (ready + delayed + leased); beyond it enqueues get 429.")
+    max_payload_bytes: int = Field(262144, ge=1, le=64 * 1024 * 1024, description="Largest payload in bytes.")
+
+
+class DeadLetterSpec(Model):
+    enabled: bool = Field(True, description="Keep messages that ran out of deliveries; false drops them.")
+    max_deliveries: int = Field(5, ge=0, description="Deliveries before a message is dead-lettered; 0 retries forever.")
+    retention_seconds: int | None = Field(1209600, ge=0, description="Seconds dead letters are kept (default 14 days).")
+
+
+class SecretKeyRef(Model):
+    name: str = Field(..., min_length=1, description="Secret in the Queue's namespace.")
+    key: str = Field("token", min_length=1, description="Key in the Secret.")
+
+
+class AuthSpec(Model):
+    secret_ref: SecretKeyRef | None = Field(None, description="Bearer token clients must present (env RANKQ_API_TOKEN in the pods).")
+
+
+class QueueSpec(Model):
+    replicas: int = Field(
+        3, description="Members of the Raft group: 1, 3, 5 or 7.",
+        **k8s(**{"x-kubernetes-validations": [
+            {"rule": "self in [1, 3, 5, 7]",
+             "message": "replicas must be 1, 3, 5 or 7: a Raft group needs an odd size so that a majority survives failures"}]}))
+    image: str = Field(DEFAULT_IMAGE, min_length=1, description="Server image; a change rolls the pods one at a time, leader last.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent")
+    resources: dict[str, Any] = Field(default_factory=dict, description="Container resources (requests, limits).", **k8s(**PRESERVE))
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    queue: QueueSettingsSpec = Field(default_factory=QueueSettingsSpec)
+    dead_letter: DeadLetterSpec = Field(default_factory=DeadLetterSpec)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    affinity: dict[str, Any] | None = Field(None, description="Pod affinity; default: prefer one member per node.", **k8s(**PRESERVE))
+    tolerations: list[dict[str, Any]] | None = Field(None, description="Pod tolerations.",
+                                                     **k8s(items=PRESERVE))
+    node_selector: dict[str, str] | None = Field(None, description="Pod node selector.")
+    topology_spread_constraints: list[dict[str, Any]] | None = Field(
+        None, description="Pod topology spread; default: spread members across nodes (maxSkew 1).", **k8s(items=PRESERVE))
+    priority_class_name: str | None = None
+    workers: dict[str, Any] | None = Field(None, description="Reserved for worker Deployments (not acted on yet).", **k8s(**PRESERVE))
+
+    def queue_name(self, cr_name: str) -> str:
+        return self.queue.name or cr_name
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class MessageCounts(Model):
+    ready: int = 0
+    leased: int = 0
+    delayed: int = 0
+    dead: int = 0
+
+
+class MemberStatus(Model):
+    pod: str
+    address: str | None = None
+    role: str | None = None
+    healthy: bool | None = None
+    lag: int | None = None
+
+
+class QueueStatus(Model):
+    phase: Literal["Pending", "Creating", "Running", "Scaling", "Updating", "Degraded"] | None = None
+    leader: str | None = Field(None, description="Pod that is the Raft leader.")
+    replicas: int | None = Field(None, description="Pods of the StatefulSet (scale subresource).")
+    ready_replicas: int | None = None
+    selector: str | None = Field(None, description="Label selector of the pods (scale subresource).")
+    members: list[MemberStatus] | None = Field(None, description="Raft members as the leader reports them.")
+    messages: MessageCounts | None = None
+    depth: int | None = Field(None, description="ready + delayed + leased messages.")
+    term: int | None = None
+    current_image: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] | None = Field(
+        None, **k8s(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}))
+
+
+class QueueResource(Model):
+    """A whole `Queue` object as the operator reads it."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: dict[str, Any]
+    spec: QueueSpec = Field(default_factory=QueueSpec)
+    status: QueueStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata["name"]
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.get("namespace") or "default"
+
+    @property
+    def uid(self) -> str | None:
+        return self.metadata.get("uid")
+
+    @property
+    def generation(self) -> int | None:
+        return self.metadata.get("generation")
+
+    @classmethod
+    def from_body(cls, body: Any) -> "QueueResource":
+        data = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+        data["metadata"] = dict(data["metadata"] or {})
+        data["spec"] = dict(data["spec"] or {})
+        return cls.model_validate(data)

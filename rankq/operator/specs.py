@@ -1,0 +1,359 @@
+"""Pure builders: one function per child object of a `Queue`, each returning a plain dict.
+
+Nothing here talks to the API server. `reconcile.py` compares what these return with what exists
+and applies the difference. Names, labels and addresses used by several builders live here too, so
+the StatefulSet, the Services and the operator agree on them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .models import GRPC_PORT, HTTP_PORT, RAFT_PORT, QueueResource
+
+MANAGED_BY = "rankq-operator"
+ROLE_LABEL = "rankq.io/role"
+QUEUE_LABEL = "rankq.io/queue"
+LEADER, FOLLOWER = "leader", "follower"
+DATA_DIR = "/var/lib/rankq"
+DRAIN_TIMEOUT = 50  # seconds a preStop drain may wait; the grace period allows for it
+MAX_REPLICAS = 7
+
+
+# ---- names and labels ------------------------------------------------------------------------------
+
+def peer_service_name(q: QueueResource) -> str:
+    return f"{q.name}-peers"
+
+
+def config_name(q: QueueResource) -> str:
+    return f"{q.name}-config"
+
+
+def raft_secret_name(q: QueueResource) -> str:
+    return f"{q.name}-raft"
+
+
+def pod_name(q: QueueResource, ordinal: int) -> str:
+    return f"{q.name}-{ordinal}"
+
+
+def raft_host(q: QueueResource, pod: str) -> str:
+    """The stable DNS name of a member (headless Service, publishNotReadyAddresses)."""
+    return f"{pod}.{peer_service_name(q)}.{q.namespace}.svc"
+
+
+def raft_address(q: QueueResource, pod: str) -> str:
+    return f"{raft_host(q, pod)}:{RAFT_PORT}"
+
+
+def http_url(q: QueueResource, pod: str) -> str:
+    return f"http://{raft_host(q, pod)}:{HTTP_PORT}"
+
+
+def peers_value(q: QueueResource, members: int) -> str:
+    """`--peers` for members 0..members-1: `id=host:port,...`."""
+    return ",".join(f"{pod_name(q, i)}={raft_address(q, pod_name(q, i))}" for i in range(members))
+
+
+def selector_labels(q: QueueResource) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "rankq", QUEUE_LABEL: q.name}
+
+
+def labels(q: QueueResource, component: str) -> dict[str, str]:
+    return {
+        **selector_labels(q),
+        "app.kubernetes.io/instance": q.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector_string(q: QueueResource) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(q).items())
+
+
+def owner_reference(q: QueueResource) -> dict[str, Any]:
+    return {
+        "apiVersion": q.api_version,
+        "kind": q.kind,
+        "name": q.name,
+        "uid": q.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(q: QueueResource, name: str, component: str, **extra: Any) -> dict[str, Any]:
+    meta = {"name": name, "namespace": q.namespace, "labels": labels(q, component),
+            "ownerReferences": [owner_reference(q)]}
+    meta.update(extra)
+    return meta
+
+
+def quorum(replicas: int) -> int:
+    return replicas // 2 + 1
+
+
+# ---- queue settings ----------------------------------------------------------------------------------
+
+def queue_settings(q: QueueResource) -> dict[str, Any]:
+    """The queue's settings in the server's wire format (PATCH /api/v1/queues/{name})."""
+    s, dl = q.spec.queue, q.spec.dead_letter
+    out: dict[str, Any] = {
+        "policy": s.policy,
+        "fair_groups": s.fair_groups,
+        "visibility_timeout": float(s.visibility_timeout_seconds),
+        "retention": float(s.retention_seconds),
+        "max_payload_bytes": s.max_payload_bytes,
+        "max_deliveries": dl.max_deliveries,
+        "dead_letter": dl.enabled,
+        "dead_letter_retention": None if dl.retention_seconds is None else float(dl.retention_seconds),
+        "max_length": s.max_length,
+        "group_max_inflight": s.group_max_inflight,
+    }
+    if s.weights:
+        out["weights"] = {int(k): v for k, v in sorted(s.weights.items(), key=lambda kv: int(kv[0]))}
+    if s.default_priority is not None:
+        out["default_priority"] = s.default_priority
+    return out
+
+
+# ---- children ----------------------------------------------------------------------------------------
+
+def build_configmap(q: QueueResource, members: int | None = None) -> dict[str, Any]:
+    """Queue settings (for people and tools) and the member list new pods start with."""
+    members = q.spec.replicas if members is None else members
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(q, config_name(q), "config"),
+        "data": {
+            "queue": q.spec.queue_name(q.name),
+            "settings.json": json.dumps(queue_settings(q), sort_keys=True),
+            "peers": peers_value(q, members),
+        },
+    }
+
+
+def build_secret(q: QueueResource, password: str) -> dict[str, Any]:
+    """The Raft shared secret; `password` is generated once and kept by reconcile."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(q, raft_secret_name(q), "raft-secret"),
+        "type": "Opaque",
+        "stringData": {"password": password},
+    }
+
+
+def build_peer_service(q: QueueResource) -> dict[str, Any]:
+    """Headless Service giving every member a stable DNS name, ready or not."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(q, peer_service_name(q), "peers"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(q),
+            "ports": [
+                {"name": "raft", "port": RAFT_PORT, "targetPort": "raft", "protocol": "TCP"},
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_leader_service(q: QueueResource) -> dict[str, Any]:
+    """The Service applications use: it selects only the pod labelled as the Raft leader."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(q, q.name, "leader"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {**selector_labels(q), ROLE_LABEL: LEADER},
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_pdb(q: QueueResource) -> dict[str, Any]:
+    """Voluntary disruptions may never take the group below a majority."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(q, q.name, "pdb"),
+        "spec": {"minAvailable": quorum(q.spec.replicas), "selector": {"matchLabels": selector_labels(q)}},
+    }
+
+
+def build_service_account(q: QueueResource) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(q, q.name, "rbac")}
+
+
+def build_role(q: QueueResource) -> dict[str, Any]:
+    """Members may read and label their own pods (the role label), nothing else."""
+    pods = [pod_name(q, i) for i in range(MAX_REPLICAS)]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": metadata(q, q.name, "rbac"),
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "resourceNames": pods, "verbs": ["get", "patch"]}],
+    }
+
+
+def build_role_binding(q: QueueResource) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(q, q.name, "rbac"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": q.name},
+        "subjects": [{"kind": "ServiceAccount", "name": q.name, "namespace": q.namespace}],
+    }
+
+
+def build_rbac(q: QueueResource) -> list[dict[str, Any]]:
+    return [build_service_account(q), build_role(q), build_role_binding(q)]
+
+
+def server_args(q: QueueResource) -> list[str]:
+    """`rankq server` flags; $(VAR) is expanded by the kubelet from the container's env."""
+    return [
+        "server",
+        "--node-id=$(POD_NAME)",
+        "--host=0.0.0.0",
+        f"--raft-host=$(POD_NAME).{peer_service_name(q)}.$(POD_NAMESPACE).svc",
+        f"--raft-port={RAFT_PORT}",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        "--peers=$(RANKQ_PEERS)",
+        f"--data-dir={DATA_DIR}",
+        "--log-format=json",
+    ]
+
+
+def server_env(q: QueueResource) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # Read once at container start: scaling changes the ConfigMap, not the pod template.
+        {"name": "RANKQ_PEERS", "valueFrom": {"configMapKeyRef": {"name": config_name(q), "key": "peers"}}},
+        {"name": "RANKQ_RAFT_PASSWORD",
+         "valueFrom": {"secretKeyRef": {"name": raft_secret_name(q), "key": "password"}}},
+    ]
+    ref = q.spec.auth.secret_ref
+    if ref is not None:
+        env.append({"name": "RANKQ_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def default_affinity(q: QueueResource) -> dict[str, Any]:
+    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": selector_labels(q)}},
+    }]}}
+
+
+def default_topology_spread(q: QueueResource) -> list[dict[str, Any]]:
+    return [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+             "labelSelector": {"matchLabels": selector_labels(q)}}]
+
+
+def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str, Any]:
+    """The servers. `replicas` is the member count reconcile is at (scaling moves it one at a time).
+
+    updateStrategy OnDelete: the operator rolls pods itself, followers first and the leader last
+    after a leadership transfer. podManagementPolicy Parallel: a fresh group needs a majority up at
+    once before any member can become ready.
+    """
+    spec = q.spec
+    replicas = spec.replicas if replicas is None else replicas
+    http_probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2,
+                  "timeoutSeconds": 1}
+    container: dict[str, Any] = {
+        "name": "rankq",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["rankq"],
+        "args": server_args(q),
+        "env": server_env(q),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "raft", "containerPort": RAFT_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": http_probe,
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 3, "timeoutSeconds": 2},
+        "lifecycle": {"preStop": {"exec": {"command": [
+            "rankq", "node", "drain", f"--url=http://127.0.0.1:{HTTP_PORT}", f"--timeout={DRAIN_TIMEOUT}"]}}},
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+    }
+    if spec.resources:
+        container["resources"] = spec.resources
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": q.name,
+        "terminationGracePeriodSeconds": DRAIN_TIMEOUT + 10,
+        "containers": [container],
+        "affinity": spec.affinity if spec.affinity is not None else default_affinity(q),
+        "topologySpreadConstraints": (spec.topology_spread_constraints
+                                      if spec.topology_spread_constraints is not None
+                                      else default_topology_spread(q)),
+    }
+    if spec.tolerations:
+        pod_spec["tolerations"] = spec.tolerations
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = spec.node_selector
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    sts_spec: dict[str, Any] = {
+        "replicas": replicas,
+        "serviceName": peer_service_name(q),
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "OnDelete"},
+        "selector": {"matchLabels": selector_labels(q)},
+        "template": {"metadata": {"labels": labels(q, "server")}, "spec": pod_spec},
+    }
+    if spec.storage.ephemeral:
+        pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    else:
+        claim: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": spec.storage.size}},
+        }
+        if spec.storage.storage_class_name:
+            claim["storageClassName"] = spec.storage.storage_class_name
+        sts_spec["volumeClaimTemplates"] = [{"metadata": {"name": "data", "labels": selector_labels(q)},
+                                             "spec": claim}]
+        sts_spec["persistentVolumeClaimRetentionPolicy"] = {
+            "whenDeleted": "Retain" if spec.storage.keep_on_delete else "Delete",
+            # A removed member must never come back with its old Raft state.
+            "whenScaled": "Delete",
+        }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(q, q.name, "server"),
+        "spec": sts_spec,
+    }
+
+
+def build_children(q: QueueResource, members: int | None = None, password: str = "") -> list[dict[str, Any]]:
+    """Every child in the order reconcile applies them (dependencies first)."""
+    return [
+        *build_rbac(q),
+        build_secret(q, password),
+        build_configmap(q, members),
+        build_peer_service(q),
+        build_leader_service(q),
+        build_pdb(q),
+        build_statefulset(q, members),
+    ]

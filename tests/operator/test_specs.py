@@ -1,0 +1,140 @@
+"""Pure builders of a Queue's children: shapes a user or Kubernetes would notice."""
+
+from __future__ import annotations
+
+import json
+
+from rankq.operator import specs
+from rankq.operator.models import QueueResource
+
+
+def queue(spec: dict | None = None, name: str = "orders", ns: str = "shop") -> QueueResource:
+    return QueueResource.from_body({
+        "apiVersion": "rankq.io/v1alpha1", "kind": "Queue",
+        "metadata": {"name": name, "namespace": ns, "uid": "u-1", "generation": 1},
+        "spec": spec or {},
+    })
+
+
+def test_every_child_is_owned_by_the_queue() -> None:
+    for child in specs.build_children(queue(), password="pw"):
+        [ref] = child["metadata"]["ownerReferences"]
+        assert ref == {"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "name": "orders", "uid": "u-1",
+                       "controller": True, "blockOwnerDeletion": True}
+        assert child["metadata"]["namespace"] == "shop"
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rankq-operator"
+
+
+def test_statefulset_shape() -> None:
+    sts = specs.build_statefulset(queue({"replicas": 5, "image": "rankq:9"}))
+    spec = sts["spec"]
+    assert spec["replicas"] == 5 and spec["serviceName"] == "orders-peers"
+    assert spec["updateStrategy"] == {"type": "OnDelete"}
+    assert spec["podManagementPolicy"] == "Parallel"
+    pod = spec["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["image"] == "rankq:9"
+    assert "--raft-host=$(POD_NAME).orders-peers.$(POD_NAMESPACE).svc" in c["args"]
+    assert "--peers=$(RANKQ_PEERS)" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["RANKQ_PEERS"]["valueFrom"]["configMapKeyRef"] == {"name": "orders-config", "key": "peers"}
+    assert env["RANKQ_RAFT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "orders-raft", "key": "password"}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["lifecycle"]["preStop"]["exec"]["command"][:3] == ["rankq", "node", "drain"]
+    assert pod["terminationGracePeriodSeconds"] > specs.DRAIN_TIMEOUT
+    assert pod["serviceAccountName"] == "orders"
+    # Default: members spread across nodes.
+    [spread] = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+    assert spec["template"]["metadata"]["labels"][specs.QUEUE_LABEL] == "orders"
+    assert specs.ROLE_LABEL not in spec["selector"]["matchLabels"]
+
+
+def test_statefulset_replicas_override_for_scaling_steps() -> None:
+    assert specs.build_statefulset(queue({"replicas": 5}), replicas=4)["spec"]["replicas"] == 4
+
+
+def test_statefulset_storage_policies() -> None:
+    kept = specs.build_statefulset(queue({"storage": {"size": "5Gi", "storageClassName": "fast"}}))["spec"]
+    [claim] = kept["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert kept["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Delete"}
+    dropped = specs.build_statefulset(queue({"storage": {"keepOnDelete": False}}))["spec"]
+    assert dropped["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    eph = specs.build_statefulset(queue({"storage": {"ephemeral": True}}))["spec"]
+    assert "volumeClaimTemplates" not in eph
+    assert eph["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+
+
+def test_scheduling_knobs_replace_defaults() -> None:
+    tol = [{"key": "dedicated", "operator": "Equal", "value": "queues", "effect": "NoSchedule"}]
+    aff = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    pod = specs.build_statefulset(queue({"tolerations": tol, "affinity": aff, "topologySpreadConstraints": [],
+                                         "nodeSelector": {"disk": "ssd"}}))["spec"]["template"]["spec"]
+    assert pod["tolerations"] == tol and pod["affinity"] == aff
+    assert pod["topologySpreadConstraints"] == [] and pod["nodeSelector"] == {"disk": "ssd"}
+
+
+def test_auth_secret_becomes_env() -> None:
+    c = specs.build_statefulset(queue({"auth": {"secretRef": {"name": "tok"}}}))["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["RANKQ_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "tok", "key": "token"}
+
+
+def test_leader_service_selects_only_the_leader() -> None:
+    svc = specs.build_leader_service(queue())
+    assert svc["metadata"]["name"] == "orders"
+    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "rankq", "rankq.io/queue": "orders",
+                                       "rankq.io/role": "leader"}
+    assert {p["name"] for p in svc["spec"]["ports"]} == {"http", "grpc"}
+
+
+def test_peer_service_is_headless_and_publishes_not_ready() -> None:
+    svc = specs.build_peer_service(queue())
+    assert svc["metadata"]["name"] == "orders-peers"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert specs.ROLE_LABEL not in svc["spec"]["selector"]
+
+
+def test_pdb_never_allows_losing_quorum() -> None:
+    for replicas, min_available in [(1, 1), (3, 2), (5, 3), (7, 4)]:
+        pdb = specs.build_pdb(queue({"replicas": replicas}))
+        assert pdb["spec"]["minAvailable"] == min_available
+        assert replicas - min_available < min_available  # those left still form a majority
+
+
+def test_configmap_holds_settings_and_peers() -> None:
+    q = queue({"replicas": 3, "queue": {"name": "jobs", "policy": "strict", "weights": {"2": 5, "1": 9},
+                                        "visibilityTimeoutSeconds": 12, "maxLength": 100},
+               "deadLetter": {"enabled": False, "maxDeliveries": 2, "retentionSeconds": 60}})
+    data = specs.build_configmap(q)["data"]
+    assert data["queue"] == "jobs"
+    assert data["peers"] == ("orders-0=orders-0.orders-peers.shop.svc:7070,"
+                             "orders-1=orders-1.orders-peers.shop.svc:7070,"
+                             "orders-2=orders-2.orders-peers.shop.svc:7070")
+    settings = json.loads(data["settings.json"])
+    assert settings["policy"] == "strict" and settings["visibility_timeout"] == 12.0
+    assert settings["weights"] == {"1": 9, "2": 5}
+    assert settings["dead_letter"] is False and settings["max_deliveries"] == 2
+    assert settings["dead_letter_retention"] == 60.0 and settings["max_length"] == 100
+    assert specs.build_configmap(q, members=4)["data"]["peers"].count("=") == 4
+
+
+def test_queue_settings_are_valid_server_settings() -> None:
+    from rankq.schemas import QueueSettings
+
+    settings = QueueSettings.model_validate(specs.queue_settings(queue({"queue": {"weights": {"1": 3}}})))
+    assert settings.weights == {1: 3}
+
+
+def test_secret_and_rbac() -> None:
+    secret = specs.build_secret(queue(), "s3cret")
+    assert secret["metadata"]["name"] == "orders-raft" and secret["stringData"] == {"password": "s3cret"}
+    sa, role, binding = specs.build_rbac(queue())
+    assert sa["kind"] == "ServiceAccount" and sa["metadata"]["name"] == "orders"
+    [rule] = role["rules"]
+    assert rule["resources"] == ["pods"] and set(rule["verbs"]) == {"get", "patch"}
+    assert rule["resourceNames"] == [f"orders-{i}" for i in range(7)]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "orders", "namespace": "shop"}]
+    assert binding["roleRef"]["name"] == "orders"
