@@ -102,13 +102,28 @@ def error_from_rpc(err: grpc.aio.AioRpcError) -> Exception:
     return error_for(status, detail, leader=meta.get("rankq-leader-target") or meta.get("rankq-leader"))
 
 
-def new_message_pb(m: NewMessage) -> pb.NewMessage:
-    payload, ctype = encode_payload(m.payload)
-    return pb.NewMessage(
-        payload=payload, content_type=ctype, priority=m.priority, group=m.group, delay=m.delay,
-        deliver_at=None if m.deliver_at is None else _ms(m.deliver_at), headers=m.headers,
-        dedup_key=m.dedup_key,
-    )
+def fill_message(out: pb.NewMessage, m: NewMessage) -> pb.NewMessage:
+    """Write `m` into a NewMessage in place (cheaper than building one and copying it)."""
+    out.payload, out.content_type = encode_payload(m.payload)
+    if m.priority is not None:
+        out.priority = m.priority
+    if m.group is not None:
+        out.group = m.group
+    if m.delay is not None:
+        out.delay = m.delay
+    if m.deliver_at is not None:
+        out.deliver_at = _ms(m.deliver_at)
+    if m.headers:
+        out.headers.update(m.headers)
+    if m.dedup_key is not None:
+        out.dedup_key = m.dedup_key
+    return out
+
+
+def enqueue_request(queue: str, m: NewMessage, ref: int = 0) -> pb.EnqueueRequest:
+    req = pb.EnqueueRequest(queue=queue, ref=ref)
+    fill_message(req.message, m)
+    return req
 
 
 def settings_pb(settings: dict[str, Any], clear: list[str] | None = None) -> pb.QueueSettings:
@@ -186,7 +201,7 @@ async def _frames(queue: str, messages, size: int):
 
     def request(m: NewMessage) -> pb.EnqueueRequest:
         nonlocal ref
-        req = pb.EnqueueRequest(queue="" if ref else queue, message=new_message_pb(m), ref=ref)
+        req = enqueue_request("" if ref else queue, m, ref)
         ref += 1
         return req
 
@@ -306,9 +321,11 @@ class GrpcTransport:
     async def enqueue(self, queue: str, messages: list[NewMessage]) -> list[EnqueueResult]:
         """One message, or a batch accepted or refused as a whole."""
         if len(messages) == 1:
-            res = await self._call("Enqueue", pb.EnqueueRequest(queue=queue, message=new_message_pb(messages[0])))
+            res = await self._call("Enqueue", enqueue_request(queue, messages[0]))
             return [EnqueueResult(res.id, res.duplicate)]
-        req = pb.EnqueueBatchRequest(queue=queue, messages=[new_message_pb(m) for m in messages])
+        req = pb.EnqueueBatchRequest(queue=queue)
+        for m in messages:
+            fill_message(req.messages.add(), m)
         res = await self._call("EnqueueBatch", req)
         return [EnqueueResult(r.id, r.duplicate) for r in res.results]
 

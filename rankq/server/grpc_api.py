@@ -227,6 +227,21 @@ def message_status(info: MessageInfo) -> pb.MessageStatus:
     return out
 
 
+def ack_frame(acks: list) -> pb.EnqueueStreamResponse:
+    """One response frame; filling acks in place is about twice as fast as building and copying."""
+    out = pb.EnqueueStreamResponse()
+    add = out.acks.add
+    for a in acks:
+        if type(a) is tuple:
+            ack = add()
+            ack.ref, ack.id = a[0], a[1]
+            if a[2]:
+                ack.duplicate = True
+        else:
+            out.acks.append(a)
+    return out
+
+
 def peer_ip(context) -> str:
     peer = context.peer() or "-"
     kind, _, rest = peer.partition(":")
@@ -431,7 +446,7 @@ class RankQServicer(pb_grpc.RankQServicer):
         route = route_of("EnqueueStream")
         logs.request_line(route, "RPC", "EnqueueStream", peer_ip(context))
         loop = asyncio.get_running_loop()
-        acks: list[pb.EnqueueAck] = []
+        acks: list = []  # (ref, id, duplicate) for an enqueued message, EnqueueAck for a refused one
         wake = asyncio.Event()
         room = asyncio.Event()
         room.set()
@@ -478,9 +493,9 @@ class RankQServicer(pb_grpc.RankQServicer):
         try:
             while True:
                 if acks:
-                    out = pb.EnqueueStreamResponse(acks=acks)
-                    acks.clear()
-                    yield out
+                    frame = ack_frame(acks)
+                    acks.clear()  # before yielding: more acks arrive while the frame is written
+                    yield frame
                     continue
                 if reader.done() and not state["inflight"]:
                     break
@@ -500,7 +515,7 @@ class RankQServicer(pb_grpc.RankQServicer):
         """
         try:
             out = await self.service.submit(c.Enqueue(queue, tuple(msgs)))
-            return [pb.EnqueueAck(ref=ref, id=mid, duplicate=dup) for ref, (mid, dup) in zip(refs, out)]
+            return [(ref, mid, dup) for ref, (mid, dup) in zip(refs, out)]
         except EngineError as err:
             if len(msgs) == 1:
                 return [self._refused(route, refs[0], err)]
@@ -510,8 +525,7 @@ class RankQServicer(pb_grpc.RankQServicer):
             *(self.service.submit(c.Enqueue(queue, (m,))) for m in msgs), return_exceptions=True
         )
         return [
-            self._refused(route, ref, res) if isinstance(res, BaseException)
-            else pb.EnqueueAck(ref=ref, id=res[0][0], duplicate=res[0][1])
+            self._refused(route, ref, res) if isinstance(res, BaseException) else (ref, res[0][0], res[0][1])
             for ref, res in zip(refs, each)
         ]
 
