@@ -709,3 +709,16 @@ def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_
     from .devcluster import DevCluster
 
     DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run()
+
+
+# ---- operator and pod-side commands --------------------------------------------------------------
+
+def _register_operator_commands() -> None:
+    from .node_cli import node
+    from .operator.command import operator_command
+
+    main.add_command(operator_command)
+    main.add_command(node)
+
+
+_register_operator_commands()

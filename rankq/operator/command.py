@@ -1,0 +1,27 @@
+"""`rankq operator`: run the operator against the current kubeconfig (or in cluster)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+
+@click.command("operator")
+@click.option("--namespace", "-n", "namespaces", multiple=True,
+              help="Watch only these namespaces (repeatable); default: all.")
+@click.option("--lease-namespace", envvar="POD_NAMESPACE", default="default", show_default=True,
+              help="Namespace of the Lease that lets one operator instance act at a time (env POD_NAMESPACE).")
+@click.option("--endpoints-file", envvar="RANKQ_ENDPOINTS_FILE", default=None,
+              help="JSON map '<ns>/<pod>' -> {http, raft} overriding pod DNS names (out-of-cluster development).")
+@click.option("--liveness", default=None, help="Serve kopf's liveness probe, e.g. http://0.0.0.0:8081/healthz.")
+@click.option("--log-level", default="INFO", show_default=True)
+def operator_command(namespaces: tuple[str, ...], lease_namespace: str, endpoints_file: str | None,
+                     liveness: str | None, log_level: str) -> None:
+    """Run the RankQ operator (Queue custom resources -> replicated queue groups)."""
+    from .handlers import Settings, run
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(log_level.upper())))
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    run(Settings(namespace=lease_namespace, endpoints_file=endpoints_file), list(namespaces) or None, liveness)
