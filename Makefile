@@ -46,7 +46,7 @@ bench: $(STAMP) ## Benchmarks; results in bench/results/latest.{json,md}
 	$(PY) -m bench.run
 
 proto: $(STAMP) ## Regenerate the gRPC modules from rankq/server/proto/rankq.proto
-	bash rankq/server/proto/generate.sh
+	PYTHON=$(PY) bash rankq/server/proto/generate.sh
 
 clean: ## Remove local data and caches (keeps .venv)
 	rm -rf $(RUN_DIR) .pytest_cache .hypothesis

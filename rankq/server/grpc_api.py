@@ -266,9 +266,13 @@ def unary(fn):
     async def handler(self, request, context):
         logs.request_line(route, "RPC", method, peer_ip(context))
         try:
-            return await fn(self, checked(request), context)
+            result = await fn(self, checked(request), context)
         except Exception as err:
             await self.fail(context, route, err, already_exists=method == "CreateQueue")
+        leader = self._leader()
+        if leader:
+            context.set_trailing_metadata(leader)  # every answer names the leader, as HTTP's header does
+        return result
 
     handler.__name__ = method
     handler.__doc__ = fn.__doc__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -142,6 +143,16 @@ async def _ensure_demo_queue(service: QueueService, name: str) -> None:
         await asyncio.sleep(0.1)
 
 
+def tune_gc() -> None:
+    """Collect the young generation less often. A queue holds millions of long-lived objects; with
+    the default thresholds the collector's work grew with queue depth and cut enqueue throughput
+    by a third at 600k queued messages. Objects alive after start-up are frozen out of collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run(config: ServerConfig) -> None:
     logs.setup(config.log_format, config.log_level)
+    tune_gc()
     asyncio.run(serve(config))
