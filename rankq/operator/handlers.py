@@ -202,6 +202,8 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
         settings.watching.client_timeout = 90
         settings.persistence.finalizer = f"{GROUP}/finalizer"
         settings.posting.level = logging.WARNING
+        # Resources are resolved once through discovery: no need to watch CRDs (least privilege).
+        settings.scanning.disabled = True
         await state.start()
         OPERATOR = state
 

@@ -80,7 +80,8 @@ class Kube:
 
     def _headers(self, content_type: str) -> dict[str, str]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
-        token = self.configuration.get_api_key_with_prefix("authorization")  # refreshes rotated tokens
+        # Refreshes rotated tokens; the key's name differs between client library versions.
+        token = self.configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             headers["Authorization"] = token
         return headers

@@ -40,6 +40,8 @@ def plan_scale(name: str, target: int, sts_replicas: int, members: set[str] | No
     healthy: members the leader is connected to. answering: pods whose HTTP API answered.
     """
     if members is None:
+        if target == sts_replicas:
+            return Action("done")
         return Action("wait", reason="no leader to change membership through")
     expected = {f"{name}-{i}" for i in range(sts_replicas)}
     # Finish a scale-up step: a started pod that is not a member yet.

@@ -1,0 +1,272 @@
+"""Helpers for the operator's control-plane tests.
+
+- `install_chart()` installs helm/rankq and returns a kubeconfig holding a token of the chart's
+  ServiceAccount, so the operator under test has exactly the chart's RBAC.
+- `OperatorProcess` runs `rankq operator` with that kubeconfig.
+- `StandIns` plays kubelet for kwok's pods: for each pod of a Queue it runs a real `rankq server`
+  with the pod's own args and env (ConfigMap, Secret and field references resolved, `$(VAR)`
+  expanded), with the pods' DNS names mapped to loopback ports. It writes the endpoints file the
+  operator reads, runs the preStop hook before stopping a deleted pod's process, and restarts the
+  process when the StatefulSet recreates the pod.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RANKQ = [sys.executable, "-c", "from rankq.cli import main; main()"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def install_chart(k8s, namespace: str, release: str, tmp: Path) -> Path:
+    """helm install into `namespace`; returns a kubeconfig with the chart ServiceAccount's token."""
+    k8s.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "queue.yaml"))
+    proc = subprocess.run(
+        [str(k8s.helm_path), "install", release, str(REPO / "helm" / "rankq"), "--namespace", namespace,
+         "--kubeconfig", str(k8s.kubeconfig), "--set", "replicas=0", "--wait=false"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    sa = f"{release}-rankq" if "rankq" not in release else release
+    token = k8s.kubectl("create", "token", sa, "-n", namespace, "--duration=2h").stdout.strip()
+    admin = yaml.safe_load(k8s.kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    if "certificate-authority" in cluster and not os.path.isabs(cluster["certificate-authority"]):
+        cluster["certificate-authority"] = str((k8s.kubeconfig.parent / cluster["certificate-authority"]).resolve())
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "c", "user": "operator"}}],
+        "current-context": "operator",
+    }
+    path = tmp / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, lease_namespace: str, endpoints_file: Path, log: Path) -> None:
+        self.kubeconfig, self.lease_namespace, self.endpoints_file, self.log = \
+            kubeconfig, lease_namespace, endpoints_file, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "OperatorProcess":
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        self.proc = subprocess.Popen(
+            [*RANKQ, "operator", "--lease-namespace", self.lease_namespace,
+             "--endpoints-file", str(self.endpoints_file)],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+class _Member:
+    def __init__(self, uid: str, proc: subprocess.Popen) -> None:
+        self.uid, self.proc = uid, proc
+
+
+class StandIns:
+    """Real server processes standing in for the pods kwok only pretends to run."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, workdir: Path, endpoints_file: Path) -> None:
+        from kubernetes import client, config
+
+        self.core = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        self.namespace = namespace
+        self.workdir = workdir
+        self.endpoints_file = endpoints_file
+        self.ports: dict[str, dict[str, int]] = {}
+        self.members: dict[str, _Member] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.busy: set[str] = set()
+
+    # -- addresses --
+
+    def port_of(self, pod: str) -> dict[str, int]:
+        with self.lock:
+            if pod not in self.ports:
+                self.ports[pod] = {"http": free_port(), "raft": free_port()}
+                self._write_endpoints()
+            return self.ports[pod]
+
+    def _write_endpoints(self) -> None:
+        data = {f"{self.namespace}/{pod}": {"http": f"http://127.0.0.1:{p['http']}", "raft": f"127.0.0.1:{p['raft']}"}
+                for pod, p in self.ports.items()}
+        existing = {}
+        if self.endpoints_file.exists():
+            try:
+                existing = json.loads(self.endpoints_file.read_text())
+            except ValueError:
+                existing = {}
+        existing.update(data)
+        tmp = self.endpoints_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(existing))
+        tmp.replace(self.endpoints_file)
+
+    def url(self, pod: str) -> str:
+        return f"http://127.0.0.1:{self.port_of(pod)['http']}"
+
+    # -- pod spec -> command line --
+
+    def _value_from(self, pod: Any, ref: Any) -> str:
+        if ref.field_ref:
+            return {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace}[ref.field_ref.field_path]
+        if ref.config_map_key_ref:
+            cm = self.core.read_namespaced_config_map(ref.config_map_key_ref.name, self.namespace)
+            return cm.data[ref.config_map_key_ref.key]
+        if ref.secret_key_ref:
+            secret = self.core.read_namespaced_secret(ref.secret_key_ref.name, self.namespace)
+            return base64.b64decode(secret.data[ref.secret_key_ref.key]).decode()
+        raise ValueError(f"unsupported valueFrom {ref}")
+
+    def command_for(self, pod: Any) -> tuple[list[str], dict[str, str]]:
+        container = pod.spec.containers[0]
+        env: dict[str, str] = {}
+        for e in container.env or []:
+            env[e.name] = e.value if e.value is not None else self._value_from(pod, e.value_from)
+        args = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in container.args]
+        mine = self.port_of(pod.metadata.name)
+        out = []
+        for arg in args:
+            key, _, value = arg.partition("=")
+            if key == "--host":
+                value = "127.0.0.1"
+            elif key == "--http-port":
+                value = str(mine["http"])
+            elif key == "--grpc-port":
+                value = "0"
+            elif key == "--raft-port":
+                value = str(mine["raft"])
+            elif key == "--raft-host":
+                value = "127.0.0.1"
+            elif key == "--data-dir":
+                value = str(self.workdir / pod.metadata.name)
+            elif key == "--peers":
+                peers = []
+                for entry in filter(None, value.split(",")):
+                    pid = entry.split("=", 1)[0]
+                    peers.append(f"{pid}=127.0.0.1:{self.port_of(pid)['raft']}")
+                value = ",".join(peers)
+            out.append(f"{key}={value}" if _ else arg)
+        proc_env = dict(os.environ)
+        proc_env.update({k: v for k, v in env.items() if k.startswith("RANKQ_")})
+        return [*RANKQ, *out], proc_env
+
+    # -- lifecycle --
+
+    def start(self) -> "StandIns":
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.sync()
+            except Exception as err:  # noqa: BLE001 - keep playing kubelet through API hiccups
+                print(f"stand-ins: {err}", file=sys.stderr)
+            self.stopping.wait(0.2)
+
+    def sync(self) -> None:
+        pods = {p.metadata.name: p for p in self.core.list_namespaced_pod(self.namespace, label_selector="app.kubernetes.io/name=rankq").items}
+        for name, member in list(self.members.items()):
+            pod = pods.get(name)
+            if name in self.busy:
+                continue
+            if pod is None or pod.metadata.uid != member.uid or pod.metadata.deletion_timestamp is not None:
+                self.busy.add(name)
+                threading.Thread(target=self._terminate, args=(name, member), daemon=True).start()
+        for name, pod in pods.items():
+            if name in self.members or name in self.busy or pod.metadata.deletion_timestamp is not None:
+                continue
+            cmd, env = self.command_for(pod)
+            (self.workdir / name).mkdir(parents=True, exist_ok=True)
+            log = open(self.workdir / f"{name}.log", "ab")
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            self.members[name] = _Member(pod.metadata.uid, proc)
+
+    def _terminate(self, name: str, member: _Member) -> None:
+        """What the kubelet does: the preStop hook, then SIGTERM, then SIGKILL after the grace period."""
+        try:
+            if member.proc.poll() is None:
+                subprocess.run([*RANKQ, "node", "drain", f"--url={self.url(name)}", "--timeout=30"],
+                               capture_output=True, timeout=40, cwd=REPO)
+                member.proc.terminate()
+                try:
+                    member.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    member.proc.kill()
+                    member.proc.wait(5)
+        finally:
+            with self.lock:
+                if self.members.get(name) is member:
+                    del self.members[name]
+            self.busy.discard(name)
+
+    def kill9(self, name: str) -> None:
+        member = self.members.get(name)
+        if member and member.proc.poll() is None:
+            member.proc.kill()
+            member.proc.wait(5)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread:
+            self.thread.join(5)
+        for member in list(self.members.values()):
+            if member.proc.poll() is None:
+                member.proc.kill()
+                member.proc.wait(5)
+        self.members.clear()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def cleanup_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
