@@ -36,7 +36,8 @@ _skipped_for_lack_of_tools = False
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "k8s: needs the local Kubernetes control plane (make k8s-up)")
+    if not any(line.split(":", 1)[0].strip() == "k8s" for line in config.getini("markers")):
+        config.addinivalue_line("markers", "k8s: needs the local Kubernetes control plane (make k8s-up)")
 
 
 def _missing_binaries() -> list[str]:
