@@ -165,18 +165,32 @@ class NsGroup:
                 if not n.alive():
                     raise RuntimeError(f"{n.node_id} exited with {n.proc.returncode}; see {n.log_path}")
             try:
-                if all(self._http.get(n.url + "/readyz").status_code == 200 for n in self.nodes):
+                unready = [n.node_id for n in self.nodes if self._http.get(n.url + "/readyz").status_code != 200]
+                if not unready:
                     lead = self.leader()
                     if lead is not None:
                         return lead
                     last = "no agreed leader"
                 else:
-                    last = "a node is not ready"
+                    last = f"not ready: {', '.join(unready)}"
             except httpx.HTTPError as err:
                 last = f"{type(err).__name__}: {err}"
             time.sleep(0.1)
-        raise TimeoutError(f"group not healthy within {timeout}s ({last})")
+        raise TimeoutError(f"group not healthy within {timeout}s ({last}); last server errors:\n{self.error_tail()}")
 
     def note(self, text: str) -> None:
         for n in self.nodes:
             n.note(text)
+
+    def error_tail(self, lines: int = 6) -> str:
+        """The last log lines of each node that are neither request lines nor expected client errors."""
+        out = []
+        for n in self.nodes:
+            try:
+                with open(n.log_path, encoding="utf-8", errors="replace") as fh:
+                    tail = fh.readlines()[-3000:]
+            except OSError:
+                continue
+            keep = [ln.rstrip() for ln in tail if "Received " not in ln and "[ERROR] /api/" not in ln]
+            out.append(f"{n.node_id} ({n.log_path}):\n    " + "\n    ".join(keep[-lines:]))
+        return "\n".join(out)

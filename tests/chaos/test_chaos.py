@@ -2,8 +2,10 @@
 nemesis kills, pauses, restarts and partitions members; then the history is checked.
 
 The short sample runs in `make test`; the long runs (`slow`) in `make chaos`. Each run's summary is
-printed at the end of the session and written to tests/chaos/last-run.json. A failing run leaves its
-history (JSON lines) and the server logs in the test's temporary directory, named in the failure.
+printed at the end of the session and written to tests/chaos/last-run.json. Each run works in its
+own directory under $RANKQ_CHAOS_ARTIFACTS (default: <tmp>/rankq-chaos), removed when the run is
+clean; a failing run keeps it — server logs (faults are marked in them), data dirs and the history as
+JSON lines — and names it in the failure.
 
 RANKQ_CHAOS_SEED fixes the fault schedule and the workload's choices (not the timing).
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +40,19 @@ QUEUE_SETTINGS = {
     "retry_max": 1,
 }
 LAST_RUN = Path(__file__).with_name("last-run.json")
+KEEP_ARTIFACTS = 6  # failed runs' directories kept, newest first
+
+
+def artifacts_dir(name: str) -> Path:
+    base = Path(os.environ.get("RANKQ_CHAOS_ARTIFACTS") or Path(tempfile.gettempdir()) / "rankq-chaos")
+    base.mkdir(parents=True, exist_ok=True)
+    old = sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in old[KEEP_ARTIFACTS - 1:]:
+        if time.time() - stale.stat().st_mtime > 3600:  # never a run still going
+            shutil.rmtree(stale, ignore_errors=True)
+    path = base / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path.mkdir()
+    return path
 
 
 def log(text: str) -> None:
@@ -85,7 +102,7 @@ def run_chaos(name: str, size: int, faults: int, workdir: Path, budget: float, *
     seed = int(os.environ.get("RANKQ_CHAOS_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
     kinds = plan(KINDS_5 if size >= 5 else KINDS_3, faults, rng)
-    log(f"\n{name}: {size} nodes, {faults} faults, seed {seed}")
+    log(f"\n{name}: {size} nodes, {faults} faults, seed {seed}, artifacts in {workdir}")
     started = time.monotonic()
     with Network(size) as net:
         group = NsGroup(net, str(workdir / name))
@@ -124,12 +141,9 @@ def run_chaos(name: str, size: int, faults: int, workdir: Path, budget: float, *
         "drained": drained,
         "violations": summarize(violations),
         "unexpected_answers": history.unexpected[:10],
+        "artifacts": str(workdir),
     }
-    if violations or history.unexpected:
-        dump = workdir / f"{name}-history.jsonl"
-        history.dump(str(dump))
-        summary["history_file"] = str(dump)
-        summary["server_logs"] = [n.log_path for n in group.nodes]
+    history.dump(str(workdir / "history.jsonl"))
     write_summary(summary)
     log(json.dumps({k: summary[k] for k in ("faults", "operations", "violations", "drained")}, indent=1))
     return summary
@@ -139,7 +153,7 @@ def assert_clean(summary: dict, faults: int) -> None:
     v = summary["violations"]
     assert v["total"] == 0, (
         f"{v['total']} violations {v['by_property']}; first ones: {json.dumps(v['examples'][:5], indent=1)}; "
-        f"history {summary.get('history_file')}, logs {summary.get('server_logs')}"
+        f"history and server logs in {summary['artifacts']}"
     )
     assert summary["drained"], "the queue did not drain after the faults stopped"
     assert summary["faults"]["total"] == faults
@@ -150,25 +164,27 @@ def assert_clean(summary: dict, faults: int) -> None:
     assert not summary["unexpected_answers"], summary["unexpected_answers"]
 
 
+def chaos(name: str, size: int, faults: int, budget: float, summaries: list) -> None:
+    workdir = artifacts_dir(name)
+    summary = run_chaos(name, size, faults, workdir, budget)
+    summaries.append(summary)
+    assert_clean(summary, faults)
+    shutil.rmtree(workdir, ignore_errors=True)  # kept only when the run failed
+
+
 @pytest.mark.timeout(300)
-def test_chaos_sample_3_nodes(netns_ready, tmp_path, chaos_summaries):
+def test_chaos_sample_3_nodes(netns_ready, chaos_summaries):
     """A short run (about two minutes) of every fault kind against 3 nodes; part of `make test`."""
-    summary = run_chaos("sample-3", 3, 12, tmp_path, budget=240)
-    chaos_summaries.append(summary)
-    assert_clean(summary, 12)
+    chaos("sample-3", 3, 12, 240, chaos_summaries)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_chaos_3_nodes(netns_ready, tmp_path, chaos_summaries):
-    summary = run_chaos("full-3", 3, 60, tmp_path, budget=1300)
-    chaos_summaries.append(summary)
-    assert_clean(summary, 60)
+def test_chaos_3_nodes(netns_ready, chaos_summaries):
+    chaos("full-3", 3, 60, 1300, chaos_summaries)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_chaos_5_nodes(netns_ready, tmp_path, chaos_summaries):
-    summary = run_chaos("full-5", 5, 50, tmp_path, budget=1300)
-    chaos_summaries.append(summary)
-    assert_clean(summary, 50)
+def test_chaos_5_nodes(netns_ready, chaos_summaries):
+    chaos("full-5", 5, 50, 1300, chaos_summaries)
