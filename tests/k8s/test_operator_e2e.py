@@ -1,0 +1,270 @@
+"""End to end with running servers: kwok's pods are backed by real `rankq server` processes.
+
+The operator (chart ServiceAccount token) sees pods and talks to the processes standing in for
+them (their DNS names mapped to loopback). Covers: leader labels and the leader-only Service,
+failover of that Service after the leader dies (measured), live settings, 3 -> 5 -> 3 and a rolling
+image change under a producer/consumer workload with no acknowledged message lost.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from operator_support import OperatorProcess, StandIns, install_chart, unique
+
+pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+
+QUEUE = "jobs"
+
+
+@pytest.fixture(scope="module")
+def env(k8s, tmp_path_factory):
+    k8s.require("kube-controller-manager", "kwok", "helm")
+    tmp = tmp_path_factory.mktemp("e2e")
+    sys_ns = unique("rankq-sys")
+    k8s.kubectl("create", "namespace", sys_ns)
+    release = unique("rq")
+    kubeconfig = install_chart(k8s, sys_ns, release, tmp)
+    endpoints = tmp / "endpoints.json"
+    op = OperatorProcess(kubeconfig, sys_ns, endpoints, tmp / "operator.log").start()
+    ns = unique("t-e2e")
+    k8s.kubectl("create", "namespace", ns)
+    k8s.wait_for(lambda: k8s.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0, 30, "default SA")
+    stand = StandIns(k8s.kubeconfig, ns, tmp / "pods", endpoints).start()
+    manifest = {"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
+                "spec": {"replicas": 3, "storage": {"ephemeral": True}, "queue": {"name": QUEUE}}}
+    k8s.apply(manifest, namespace=ns)
+    ctx = type("Ctx", (), {})()
+    ctx.k8s, ctx.ns, ctx.op, ctx.stand, ctx.tmp = k8s, ns, op, stand, tmp
+    try:
+        yield ctx
+    finally:
+        stand.stop()
+        op.stop()
+        k8s.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        k8s.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
+                    check=False)
+        k8s.kubectl("delete", "namespace", sys_ns, "--wait=false", check=False)
+
+
+def pods(ctx) -> dict[str, dict]:
+    items = ctx.k8s.get_json("pods", "-l", "rankq.io/queue=q", namespace=ctx.ns)["items"]
+    return {p["metadata"]["name"]: p for p in items}
+
+
+def labelled_leader(ctx) -> str | None:
+    leaders = [n for n, p in pods(ctx).items() if p["metadata"]["labels"].get("rankq.io/role") == "leader"]
+    assert len(leaders) <= 1, f"two pods labelled leader: {leaders}"
+    return leaders[0] if leaders else None
+
+
+def service_targets(ctx) -> set[str]:
+    slices = ctx.k8s.get_json("endpointslices", "-l", "kubernetes.io/service-name=q", namespace=ctx.ns)["items"]
+    return {e["targetRef"]["name"] for s in slices for e in (s.get("endpoints") or [])
+            if e.get("targetRef") and (e.get("conditions") or {}).get("ready", True)}
+
+
+def raft_leader(ctx) -> str | None:
+    for pod in list(ctx.stand.members):
+        try:
+            st = httpx.get(ctx.stand.url(pod) + "/api/v1/cluster", timeout=1).json()
+            if st.get("leader"):
+                return st["leader"]
+        except httpx.HTTPError:
+            continue
+    return None
+
+
+def queue_status(ctx) -> dict:
+    return ctx.k8s.get_json("queue", "q", namespace=ctx.ns).get("status") or {}
+
+
+def wait_running(ctx, replicas: int, timeout: float = 90) -> str:
+    def ok():
+        st = queue_status(ctx)
+        leader = labelled_leader(ctx)
+        members = st.get("members") or []
+        return leader if (st.get("phase") == "Running" and leader and st.get("leader") == leader
+                          and len(members) == replicas and all(m["healthy"] for m in members)
+                          and service_targets(ctx) == {leader}) else None
+    try:
+        return ctx.k8s.wait_for(ok, timeout, f"Queue q Running with {replicas} healthy members", interval=0.5)
+    except BaseException:
+        print(ctx.op.tail(80))
+        raise
+
+
+class Workload:
+    """A producer and a consumer through whichever member answers (writes go through the log)."""
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.acked_enqueues: set[int] = set()  # payload numbers the server acknowledged
+        self.received: set[int] = set()
+        self.stop = threading.Event()
+        self.errors = 0
+        self.threads = [threading.Thread(target=self.produce, daemon=True),
+                        threading.Thread(target=self.consume, daemon=True)]
+
+    def urls(self) -> list[str]:
+        leader = labelled_leader(self.ctx) if False else None  # noqa: F841 - any member works
+        return [self.ctx.stand.url(p) for p in sorted(self.ctx.stand.members)]
+
+    def _post(self, path: str, body: dict) -> httpx.Response | None:
+        for url in self.urls():
+            try:
+                r = httpx.post(url + path, json=body, timeout=3)
+                if r.status_code < 500:
+                    return r
+            except httpx.HTTPError:
+                pass
+        self.errors += 1
+        time.sleep(0.1)
+        return None
+
+    def produce(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            r = self._post(f"/api/v1/queues/{QUEUE}/messages", {"payload": {"n": n}, "dedup_key": f"m-{n}"})
+            if r is not None and r.status_code == 201:
+                self.acked_enqueues.add(n)
+                n += 1
+            time.sleep(0.01)
+
+    def consume(self) -> None:
+        while not self.stop.is_set() or len(self.received) < len(self.acked_enqueues):
+            r = self._post(f"/api/v1/queues/{QUEUE}/dequeue", {"max": 50, "wait": 0.5})
+            if r is None or r.status_code != 200:
+                continue
+            for m in r.json()["messages"]:
+                ack = self._post(f"/api/v1/queues/{QUEUE}/messages/{m['id']}/ack", {"lease_token": m["lease_token"]})
+                if ack is not None and ack.status_code == 200:
+                    self.received.add(m["payload"]["n"])
+            if self.stop.is_set() and time.monotonic() > self.drain_deadline:
+                return
+
+    def __enter__(self) -> "Workload":
+        self.drain_deadline = float("inf")
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.drain_deadline = time.monotonic() + 60
+        self.stop.set()
+        for t in self.threads:
+            t.join(75)
+
+    def assert_nothing_lost(self) -> None:
+        lost = self.acked_enqueues - self.received
+        assert len(self.acked_enqueues) > 50, f"workload too small: {len(self.acked_enqueues)}"
+        assert not lost, f"{len(lost)} acknowledged messages never delivered, e.g. {sorted(lost)[:10]}"
+
+
+@pytest.mark.timeout(180)
+def test_leader_label_and_leader_only_service(env):
+    leader = wait_running(env, 3)
+    assert leader == raft_leader(env)
+    roles = {n: p["metadata"]["labels"]["rankq.io/role"] for n, p in pods(env).items()}
+    assert sorted(roles.values()) == ["follower", "follower", "leader"]
+    st = queue_status(env)
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds == {"Ready": "True", "LeaderElected": "True", "Progressing": "False", "Degraded": "False"}
+    # The operator created the queue in the group; status counts come from it.
+    env.k8s.wait_for(lambda: queue_status(env).get("messages") is not None, 20, "message counts in status")
+    line = env.k8s.kubectl("get", "rq", "q", "-n", env.ns).stdout.splitlines()[1].split()
+    assert line[1:4] == ["3", "3", leader] and line[6] == "Running"
+
+
+@pytest.mark.timeout(180)
+def test_leader_service_fails_over_quickly(env):
+    old = wait_running(env, 3)
+    t0 = time.monotonic()
+    env.stand.kill9(old)
+    label_at = eps_at = None
+    new = None
+    deadline = t0 + 30
+    while time.monotonic() < deadline and eps_at is None:
+        leader = labelled_leader(env)
+        if label_at is None and leader and leader != old:
+            label_at, new = time.monotonic() - t0, leader
+        if new and service_targets(env) == {new}:
+            eps_at = time.monotonic() - t0
+        time.sleep(0.05)
+    print(f"\nleader-Service failover: label moved after {label_at}s, EndpointSlice after {eps_at}s")
+    (env.tmp / "failover.json").write_text(json.dumps({"label_s": label_at, "endpointslice_s": eps_at}))
+    assert new is not None and new != old, env.op.tail(40)
+    assert eps_at is not None and eps_at <= 5.0, f"Service selected the new leader only after {eps_at}s"
+    # Bring the dead member back as Kubernetes would: the pod is recreated and the process restarts.
+    env.k8s.kubectl("delete", "pod", old, "-n", env.ns, "--wait=false")
+    wait_running(env, 3)
+
+
+@pytest.mark.timeout(180)
+def test_live_settings_change_without_restarts(env):
+    leader = wait_running(env, 3)
+    pids = {n: m.proc.pid for n, m in env.stand.members.items()}
+    patch = {"spec": {"queue": {"visibilityTimeoutSeconds": 45, "maxLength": 500, "policy": "strict"},
+                      "deadLetter": {"maxDeliveries": 2, "retentionSeconds": 60}}}
+    env.k8s.kubectl("patch", "queue", "q", "-n", env.ns, "--type=merge", "-p", json.dumps(patch))
+
+    def applied():
+        s = httpx.get(env.stand.url(leader) + f"/api/v1/queues/{QUEUE}", timeout=2).json()["settings"]
+        return s if (s["visibility_timeout"] == 45 and s["max_length"] == 500 and s["policy"] == "strict"
+                     and s["max_deliveries"] == 2 and s["dead_letter_retention"] == 60) else None
+    env.k8s.wait_for(applied, 20, "settings applied through the leader")
+    # Replicated: every member has them; no process was restarted.
+    for pod in env.stand.members:
+        s = httpx.get(env.stand.url(pod) + f"/api/v1/queues/{QUEUE}", timeout=2).json()["settings"]
+        assert s["visibility_timeout"] == 45 and s["max_deliveries"] == 2
+    assert {n: m.proc.pid for n, m in env.stand.members.items()} == pids
+    events = env.k8s.get_json("events", "--field-selector", "involvedObject.name=q", namespace=env.ns)["items"]
+    assert any(e["reason"] == "SettingsApplied" for e in events)
+
+
+@pytest.mark.timeout(420)
+def test_scale_3_5_3_under_load(env):
+    wait_running(env, 3)
+    with Workload(env) as load:
+        env.k8s.kubectl("patch", "queue", "q", "-n", env.ns, "--type=merge", "-p", '{"spec":{"replicas":5}}')
+        wait_running(env, 5, timeout=150)
+        assert env.k8s.get_json("statefulset", "q", namespace=env.ns)["spec"]["replicas"] == 5
+        peers = env.k8s.get_json("configmap", "q-config", namespace=env.ns)["data"]["peers"]
+        assert peers.count("=") == 5
+        env.k8s.kubectl("patch", "queue", "q", "-n", env.ns, "--type=merge", "-p", '{"spec":{"replicas":3}}')
+        wait_running(env, 3, timeout=150)
+        assert env.k8s.get_json("statefulset", "q", namespace=env.ns)["spec"]["replicas"] == 3
+    load.assert_nothing_lost()
+    events = [e["reason"] for e in env.k8s.get_json("events", "--field-selector", "involvedObject.name=q",
+                                                   namespace=env.ns)["items"]]
+    assert events.count("MemberAdded") >= 2 and events.count("MemberRemoved") >= 2
+
+
+@pytest.mark.timeout(420)
+def test_rolling_image_change_followers_first_leader_last(env):
+    leader = wait_running(env, 3)
+    env.k8s.kubectl("get", "pods", "-n", env.ns)
+    before = {n: p["metadata"]["uid"] for n, p in pods(env).items()}
+    with Workload(env) as load:
+        env.k8s.kubectl("patch", "queue", "q", "-n", env.ns, "--type=merge", "-p", '{"spec":{"image":"rankq:0.2.0"}}')
+
+        def rolled():
+            now = pods(env)
+            images = {p["spec"]["containers"][0]["image"] for p in now.values()}
+            return images == {"rankq:0.2.0"} and len(now) == 3 and \
+                all(now[n]["metadata"]["uid"] != before[n] for n in before if n in now)
+        env.k8s.wait_for(rolled, 240, "every pod recreated on the new image", interval=1)
+        wait_running(env, 3, timeout=90)
+    load.assert_nothing_lost()
+    events = [e for e in env.k8s.get_json("events", "--field-selector", "involvedObject.name=q",
+                                          namespace=env.ns)["items"] if e["reason"] in ("RollingUpdate", "LeaderTransferred")]
+    events.sort(key=lambda e: (e.get("lastTimestamp") or "", e["metadata"]["creationTimestamp"]))
+    restarted = [e["message"].split()[1] for e in events if e["reason"] == "RollingUpdate"]
+    assert sorted(restarted) == sorted(before), restarted
+    assert restarted[-1] == leader, f"the leader {leader} was not restarted last: {restarted}"
+    assert any(e["reason"] == "LeaderTransferred" for e in events)
