@@ -342,6 +342,15 @@ def summarise(name: str, raw: dict, unit: str, higher_is_better: bool = True, ta
     return out
 
 
+def wrk_version(path: str) -> str | None:
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    words = (done.stdout + done.stderr).split()
+    return words[1] if len(words) > 1 and words[0] == "wrk" else None
+
+
 def meta(plan: Plan, tools: dict) -> dict:
     def cmd(args):
         try:
@@ -368,7 +377,7 @@ def meta(plan: Plan, tools: dict) -> dict:
         "python": platform.python_version(),
         "cpu": cpu, "cores": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
         "uvicorn": uvicorn.__version__, "uvloop": have("uvloop"), "httptools": have("httptools"),
-        "grpcio": grpc.__version__, "wrk": tools["WRK"], "payload_bytes": PAYLOAD_BYTES,
+        "grpcio": grpc.__version__, "wrk": wrk_version(tools["WRK"]), "payload_bytes": PAYLOAD_BYTES,
         "plan": asdict(plan),
     }
 
@@ -581,11 +590,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="results path prefix (default bench/results/latest; --quick: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs, data dirs)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for `rankq server`")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the markdown from the results JSON (e.g. after editing bench/analysis.md)")
     parser.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
                         help="first wait up to this long for the machine to be nearly idle (default 120; --quick 0)")
     args = parser.parse_args(argv)
     # make's SIGTERM (or a CI timeout) still stops every process the run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.render:
+        out = Path(args.out) if args.out else HERE / "results" / "latest"
+        Path(f"{out}.md").write_text(markdown(json.loads(Path(f"{out}.json").read_text())))
+        log(f"wrote {out}.md")
+        return 0
     plan = Plan.quick() if args.quick else Plan()
     if args.reps:
         plan.reps = args.reps
