@@ -95,9 +95,11 @@ def main(ctx: click.Context, url: str, output: str, timeout: float) -> None:
 @click.option("--snapshot-entries", default=20_000, show_default=True, type=click.IntRange(min=10),
               help="Write a snapshot and compact the log after this many log entries...")
 @click.option("--snapshot-seconds", default=300, show_default=True, type=click.IntRange(min=1),
-              help="...or after this many seconds since the last snapshot.")
+              help="...or after this many seconds since the last snapshot...")
+@click.option("--snapshot-mib", default=64, show_default=True, type=click.IntRange(min=1),
+              help="...or once the log since the last snapshot holds this many MiB.")
 def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, peers, raft_password_file,
-           log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds) -> None:
+           log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds, snapshot_mib) -> None:
     """Run a queue server node."""
     import os
 
@@ -114,6 +116,7 @@ def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, 
             peers=[p.strip() for p in peers.split(",") if p.strip()],
             raft_password=password or None, log_format=log_format, log_level=log_level,
             demo_queue=demo_queue, snapshot_entries=snapshot_entries, snapshot_seconds=snapshot_seconds,
+            snapshot_bytes=snapshot_mib * 1024 * 1024,
         )
     )
 

@@ -38,10 +38,19 @@ def ts(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
+_last_second: tuple = (None, "")  # (second, its text): most stamps in a burst share the second
+
+
 def iso(ms: int | None) -> str | None:
+    """`2026-01-02T03:04:05.678Z` for milliseconds since the epoch."""
+    global _last_second
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second, milli = divmod(ms, 1000)
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (second, datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return "%s.%03dZ" % (cached[1], milli)
 
 
 class Strict(BaseModel):

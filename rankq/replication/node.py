@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,6 +48,9 @@ class RaftSettings:
     dns_cache_seconds: float = 2.0  # pod IPs change on restart: do not cache names for long
     compaction_min_entries: int = 20_000
     compaction_min_seconds: int = 300
+    # ...or once the log holds this many bytes: PySyncObj keeps every log entry in memory too, so
+    # a log of a few large batches must be compacted by size, not only by count.
+    compaction_max_bytes: int = 64 * 1024 * 1024
 
     @property
     def journal_file(self) -> str:
@@ -91,6 +95,9 @@ class RaftNode:
             # Fail at once while no leader is known: the API answers 503 with a retry hint
             # instead of holding the request.
             commandsWaitLeader=False,
+            # A Raft port that is taken is an error at start-up, not a silent retry loop.
+            bindRetryTime=0.5,
+            maxBindRetries=10,
         )
         self.syncobj = GuardedSyncObj(settings.self_address, list(settings.peers), conf, consumers=[self.state_machine])
         self._waiting = 0  # proposals not yet answered
@@ -110,6 +117,7 @@ class RaftNode:
     def _run(self) -> None:
         sync = self.syncobj
         period = self.settings.tick_period
+        next_size_check = 0.0
         try:
             while not self._stop.is_set():
                 alone = not self._has_peers()
@@ -118,8 +126,18 @@ class RaftNode:
                 except Exception:
                     log.exception("raft tick failed")
                     self._stop.wait(period)
+                now = time.monotonic()
+                if now >= next_size_check:
+                    next_size_check = now + 1.0
+                    if self.log_bytes() > self.settings.compaction_max_bytes:
+                        sync.forceLogCompaction()
         finally:
             sync.destroy()
+
+    def log_bytes(self) -> int:
+        """Bytes of log kept since the last snapshot (0 where the journal does not say)."""
+        journal = getattr(self.syncobj, "_SyncObj__raftLog", None)
+        return getattr(journal, "_FileJournal__currentOffset", 0)
 
     def _has_peers(self) -> bool:
         return bool(self.syncobj.otherNodes)

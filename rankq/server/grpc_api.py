@@ -106,15 +106,19 @@ def lease_token(token: str) -> str:
     return token
 
 
-def parse_json(name: str, data: bytes | str) -> object:
-    try:
-        return json.loads(data, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise Invalid(f"{name} is not valid JSON: {err}") from None
-
-
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for all calls: json.loads with options builds a new decoder each time.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def parse_json(name: str, data: bytes | str) -> object:
+    try:
+        return _STRICT_JSON.decode(data.decode() if isinstance(data, bytes) else data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise Invalid(f"{name} is not valid JSON: {err}") from None
 
 
 def dump_json(value) -> str:

@@ -10,6 +10,7 @@ import signal
 import socket
 
 from pydantic import BaseModel, Field
+from pysyncobj import SyncObjException
 
 from ..replication import RaftNode, RaftSettings
 from . import logs
@@ -33,6 +34,7 @@ class ServerConfig(BaseModel):
     demo_queue: str | None = None  # created on start when missing
     snapshot_entries: int = Field(20_000, ge=10)  # log entries between snapshots
     snapshot_seconds: int = Field(300, ge=1)  # or this long since the last one
+    snapshot_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)  # or once the log is this large
 
     @property
     def advertised_host(self) -> str:
@@ -73,17 +75,11 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
 
     from .http_api import build_app
 
-    node = RaftNode(
-        RaftSettings(
-            self_address=config.raft_address,
-            peers=config.peer_addresses,
-            bind_address=f"{config.host}:{config.raft_port}",
-            data_dir=config.data_dir,
-            password=config.raft_password,
-            compaction_min_entries=config.snapshot_entries,
-            compaction_min_seconds=config.snapshot_seconds,
-        )
-    )
+    try:
+        node = make_node(config)
+    except SyncObjException as err:
+        log.error("cannot listen for Raft on %s:%d (%s): is the port taken?", config.host, config.raft_port, err)
+        raise SystemExit(1) from None
     if config.peer_addresses and not config.raft_password:
         log.warning("Raft traffic between members is NOT authenticated or encrypted: "
                     "set --raft-password-file or RANKQ_RAFT_PASSWORD")
@@ -123,6 +119,21 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         await grpc_server.stop(grace=2)
     await http_task
     await service.stop()
+
+
+def make_node(config: ServerConfig) -> RaftNode:
+    return RaftNode(
+        RaftSettings(
+            self_address=config.raft_address,
+            peers=config.peer_addresses,
+            bind_address=f"{config.host}:{config.raft_port}",
+            data_dir=config.data_dir,
+            password=config.raft_password,
+            compaction_min_entries=config.snapshot_entries,
+            compaction_min_seconds=config.snapshot_seconds,
+            compaction_max_bytes=config.snapshot_bytes,
+        )
+    )
 
 
 async def _ensure_demo_queue(service: QueueService, name: str) -> None:

@@ -107,3 +107,18 @@ def test_snapshot_bounds_the_log_and_restores(server_factory):
         got = api.post("/queues/s/dequeue", json={"max": 1000}).json()["messages"]
         assert sorted(m["id"] for m in got) == ids
         assert api.post("/queues/s/messages", json={"payload": "after"}).status_code == 201
+
+
+def test_a_large_log_is_compacted_by_size(server_factory):
+    srv = server_factory("bysize", extra=["--snapshot-mib", "1"])
+    snapshot = os.path.join(srv.data_dir, "raft.snapshot")
+    with client(srv) as api:
+        api.post("/queues", json={"name": "big"})
+        for _ in range(15):  # 15 entries of ~100 KiB: far below the entry count, above 1 MiB
+            body = {"messages": [{"payload": "x" * 1000}] * 100}
+            assert api.post("/queues/big/messages/batch", json=body).status_code == 201
+    wait_for(lambda: os.path.exists(snapshot), 20, "a snapshot triggered by log size")
+    srv.kill9()
+    srv.start()
+    with client(srv) as api:
+        assert api.get("/queues/big").json()["counts"]["ready"] == 1500
