@@ -175,14 +175,19 @@ class QueueState:
     def _token(self, mid: int, seq: int) -> str:
         return hashlib.blake2b(b"%d:%d" % (mid, seq), key=self.secret, digest_size=12).hexdigest()
 
-    def _leased(self, mid: int, token: str) -> Message:
+    def _live(self, mid: int, if_dead: str) -> Message:
+        """A ready, delayed or leased message, or the error that says where it went."""
         msg = self.messages.get(mid)
         if msg is None:
             if mid in self.acked:
                 raise Conflict(f"message {mid} was already acked")
             if mid in self.dead:
-                raise Conflict(f"message {mid} is dead-lettered; its lease is gone")
+                raise Conflict(f"message {mid} is dead-lettered; {if_dead}")
             raise NotFound(f"message {mid} not found in queue {self.name!r}")
+        return msg
+
+    def _leased(self, mid: int, token: str) -> Message:
+        msg = self._live(mid, "its lease is gone")
         if msg.state != LEASED:
             raise Conflict(f"message {mid} is not leased (its lease expired or was released)")
         if msg.token != token:
@@ -364,13 +369,7 @@ class QueueState:
         return "ready" if msg.state == READY else "delayed"
 
     def _queued(self, mid: int) -> Message:
-        msg = self.messages.get(mid)
-        if msg is None:
-            if mid in self.acked:
-                raise Conflict(f"message {mid} was already acked")
-            if mid in self.dead:
-                raise Conflict(f"message {mid} is dead-lettered; redrive it first")
-            raise NotFound(f"message {mid} not found in queue {self.name!r}")
+        msg = self._live(mid, "redrive it first")
         if msg.state == LEASED:
             raise Conflict(f"message {mid} is leased by a consumer; wait for its ack, nack or expiry")
         return msg
