@@ -8,12 +8,15 @@ source "$K8S_HACK_DIR/proc.sh"
 
 [ -d "$K8S_STATE_DIR" ] || { k8s_log "nothing to stop ($K8S_STATE_DIR does not exist)"; exit 0; }
 
+exec 8>"$K8S_STATE_DIR/.lock"
+flock 8
+
 # Reverse start order: the fake nodes' agent and the controllers first, etcd last.
 for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     proc_stop "$name"
 done
 
-rm -rf "${K8S_STATE_DIR:?}"/{bin,etcd,pki,run} "${K8S_STATE_DIR:?}"/kubeconfig "${K8S_STATE_DIR:?}"/env
+rm -rf "${K8S_STATE_DIR:?}"/{bin,etcd,pki,run} "${K8S_STATE_DIR:?}"/{kubeconfig,env,.lock}
 if [ "${RANKQ_K8S_KEEP_LOGS:-1}" = 0 ]; then
     rm -rf "${K8S_STATE_DIR:?}"
 else

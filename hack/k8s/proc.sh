@@ -37,9 +37,17 @@ proc_start() {
     log="$K8S_STATE_DIR/logs/$name.log"
     if [ -s "$log" ]; then mv -f "$log" "$log.1"; fi
     printf '# %s %s\n' "$(date -u +%FT%TZ)" "$real $*" > "$log"
-    setsid "$real" "$@" >> "$log" 2>&1 < /dev/null &
+    # fd 8 is the up/down lock (up.sh): a daemon must not inherit it, or down.sh would wait forever.
+    setsid "$real" "$@" >> "$log" 2>&1 < /dev/null 8>&- &
     pid=$!
     printf '%s %s\n' "$pid" "$real" > "$(proc_pidfile "$name")"
+    # Until the forked shell has exec'ed the binary, /proc/PID/exe still names bash.
+    local i
+    for ((i = 0; i < 100; i++)); do
+        proc_pid "$name" >/dev/null && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
     k8s_log "started $name (pid $pid, log ${log#"$REPO_ROOT"/})"
 }
 

@@ -36,6 +36,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 mkdir -p "$K8S_STATE_DIR"/{bin,logs,run,etcd,pki}
+# One up/down at a time per state dir: a second caller waits, then finds everything running.
+exec 8>"$K8S_STATE_DIR/.lock"
+flock 8
 chmod 0700 "$K8S_STATE_DIR/etcd"
 for b in "${K8S_ALL_BINARIES[@]}"; do
     if p="$(k8s_find_binary "$b")"; then ln -sfn "$p" "$K8S_STATE_DIR/bin/$b"; else rm -f "$K8S_STATE_DIR/bin/$b"; fi
