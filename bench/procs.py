@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -80,6 +81,11 @@ class Proc:
         except OSError:
             return ""
 
+    def sigkill(self) -> None:
+        """SIGKILL without waiting for the exit (the instant of the kill is the caller's to record)."""
+        if self.alive():
+            os.kill(self.popen.pid, signal.SIGKILL)
+
     def kill9(self) -> None:
         if self.alive():
             os.kill(self.popen.pid, signal.SIGKILL)
@@ -145,6 +151,8 @@ class Server:
         self.proc = proc
         self.http_port = http_port
         self.grpc_port = grpc_port
+        self.node_id: str | None = None  # a group member's --node-id
+        self.group: list["Server"] = [self]  # every member of its replicated group (itself alone if single)
 
     @property
     def base(self) -> str:
@@ -207,6 +215,74 @@ def queue_counts(server: Server, name: str = "bench") -> dict:
     return r.json()["counts"]
 
 
+# ---- replicated groups ----------------------------------------------------------------------------
+
+
+def start_group(procs: Procs, name: str, root: Path, size: int, grpc: bool, extra: list[str] | None = None) -> list[Server]:
+    """`size` members of one Raft group (node ids n0, n1, ...), started together, not yet waited for."""
+    root.mkdir(parents=True, exist_ok=True)
+    secret = root / "raft-secret"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32))
+    ports = [{"http": free_port(), "grpc": free_port() if grpc else 0, "raft": free_port()} for _ in range(size)]
+    peers = ",".join(f"n{i}={HOST}:{p['raft']}" for i, p in enumerate(ports))
+    members = []
+    for i, p in enumerate(ports):
+        node_args = ["--node-id", f"n{i}", "--peers", peers, "--raft-password-file", str(secret)]
+        server = start_rankq(procs, f"{name}-n{i}", root / f"n{i}", grpc, ports=p, extra=node_args + list(extra or []))
+        server.node_id = f"n{i}"
+        server.node_args = node_args + list(extra or [])
+        server.group_root = root
+        members.append(server)
+    for server in members:
+        server.group = members
+    return members
+
+
+def restart_member(procs: Procs, server: Server, name: str) -> Server:
+    """Start a stopped group member again on its ports and data dir; it takes its place in the group."""
+    again = start_rankq(procs, name, server.group_root / server.node_id, server.grpc_port is not None, ports=server.ports,
+                        extra=server.node_args)
+    again.node_id, again.node_args, again.group = server.node_id, server.node_args, server.group
+    again.group_root = server.group_root
+    server.group[server.group.index(server)] = again
+    return again
+
+
+def cluster_status(server: Server, timeout: float = 1.0) -> dict:
+    r = httpx.get(server.base + "/api/v1/cluster", timeout=timeout)
+    r.raise_for_status()
+    return r.json()
+
+
+def agreed_leader(members: list[Server]) -> Server | None:
+    """The member that every live member names as leader, or None while they do not agree."""
+    live = [m for m in members if m.proc.alive()]
+    seen = set()
+    for m in live:
+        try:
+            seen.add(cluster_status(m)["leader"])
+        except (httpx.HTTPError, OSError, ValueError):
+            return None
+    if len(seen) != 1 or None in seen:
+        return None
+    leader = seen.pop()
+    return next((m for m in live if m.node_id == leader), None)
+
+
+def wait_group_ready(members: list[Server], timeout: float = 90.0) -> Server:
+    """Wait until every member is ready (and its gRPC port open) and all agree on a leader; return it."""
+    for m in members:
+        wait_rankq_ready(m, timeout)
+    return wait_until(lambda: agreed_leader(members), timeout, None, "an agreed leader", poll=0.1)
+
+
+def stop_group(members: list[Server]) -> None:
+    for m in members:
+        m.proc.stop()
+
+
 def start_null_http(procs: Procs, name: str) -> Server:
     port = free_port()
     proc = procs.spawn(name, [sys.executable, "-m", "bench.null_http", "--host", HOST, "--port", str(port)])
@@ -240,6 +316,22 @@ def run_tool(args: list[str], timeout: float, marker: str | None = None) -> dict
         if marker is not None and line.startswith(marker):
             return json.loads(line[len(marker):])
     raise Failure(f"no result from {Path(args[0]).name}: {done.stdout[-500:]} {done.stderr[-500:]}")
+
+
+@contextmanager
+def group_cpu_meter(server: Server):
+    """`cpu_meter` over every live member of the server's group: yields a dict filled on exit with the
+    server's own reading (`cpu_seconds`, `cpu_percent`), each other member's (`others`) and their
+    sum (`group_cpu_seconds`). A server that runs alone is its own group."""
+    out: dict = {}
+    with ExitStack() as stack:
+        own = stack.enter_context(cpu_meter(server.proc))
+        others = [stack.enter_context(cpu_meter(m.proc)) for m in server.group if m is not server and m.proc.alive()]
+        yield out
+    out.update(own)
+    out["others"] = others
+    if "cpu_seconds" in own:
+        out["group_cpu_seconds"] = own["cpu_seconds"] + sum(o.get("cpu_seconds", 0.0) for o in others)
 
 
 @contextmanager

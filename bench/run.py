@@ -13,11 +13,17 @@ the end, also on failure.
     python -m bench.run                 # full run (about 10 minutes), writes bench/results/latest.*
     python -m bench.run --quick         # smoke run (about 2 minutes), results in a temp dir
     python -m bench.run --only http_single,latency
+    python -m bench.run --only replicated,failover   # the 3-node group: throughput and failover (~6 min)
+
+The replicated measures start a 3-node group on this machine (three `rankq server` processes on the
+same two cores) and compare it with a single node started in the same run; bench/failover.py kills
+the group's leader with SIGKILL at least 20 times and times the first write the new leader accepts.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -32,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import failover as F
 from . import procs as P
 from .procs import Failure, Procs, Server
 
@@ -41,7 +48,7 @@ PROTO = ROOT / "rankq" / "server" / "proto" / "rankq.proto"
 PAYLOAD_BYTES = 100
 MiB = 1024 * 1024
 
-SCENARIOS = ["http_single", "http_batch", "grpc_stream", "pairs", "latency", "memory_restart"]
+SCENARIOS = ["http_single", "http_batch", "grpc_stream", "pairs", "latency", "memory_restart", "replicated", "failover"]
 
 
 @dataclass
@@ -66,11 +73,15 @@ class Plan:
     fill_count: int = 1_000_000
     fill_batch: int = 1000
     fill_conns: int = 4
+    group_size: int = 3  # members of the replicated group
+    failover_kills: int = 20
+    failover_budget: float = 200.0  # seconds: fewer kills if they run out
     server_args: list[str] = field(default_factory=list)
 
     @classmethod
     def quick(cls) -> "Plan":
-        return cls(reps=1, duration=3.0, warmup=1.0, latency_duration=5.0, fill_count=100_000)
+        return cls(reps=1, duration=3.0, warmup=1.0, latency_duration=5.0, fill_count=100_000, failover_kills=3,
+                   failover_budget=60.0)
 
 
 TARGETS = {
@@ -81,6 +92,9 @@ TARGETS = {
     "latency_p99": ("<=", 5.0),
     "rss_per_million": ("<=", 300.0),
     "restart": None,
+    "replicated_http_batch": (">=", 50_000),
+    "replicated_grpc_stream": (">=", 50_000),
+    "failover_p99": 2.0,  # seconds from kill -9 of the leader to the first write the new leader accepts
 }
 
 
@@ -116,6 +130,17 @@ def cpu_us(cpu: dict, messages: int, plan: Plan | None = None) -> float | None:
     if plan is not None:
         seconds *= plan.duration / (plan.duration + plan.warmup)
     return seconds / messages * 1e6
+
+
+def cpu_fields(cpu: dict, messages: int, plan: Plan | None = None) -> dict:
+    """The measured server's CPU share and µs per message; for a group member also every other member's
+    share and the group's CPU per message (the replication cost)."""
+    out = {"server_cpu_percent": cpu.get("cpu_percent"), "server_cpu_us_per_msg": cpu_us(cpu, messages, plan)}
+    if cpu.get("others"):
+        out["other_cpu_percent"] = [o.get("cpu_percent") for o in cpu["others"]]
+        out["group_cpu_percent"] = cpu.get("cpu_percent", 0) + sum(o.get("cpu_percent", 0) for o in cpu["others"])
+        out["group_cpu_us_per_msg"] = cpu_us({"cpu_seconds": cpu["group_cpu_seconds"]}, messages, plan)
+    return out
 
 
 def payload_json() -> str:
@@ -155,6 +180,35 @@ class Bench:
         if server.kind == "rankq":
             shutil.rmtree(self.workdir / server.proc.name, ignore_errors=True)
 
+    def rankq_group(self) -> Server:
+        """A fresh replicated group on this machine; returns its leader (the others are `leader.group`)."""
+        name = self._name("group")
+        members = P.start_group(self.procs, name, self.workdir / name, self.plan.group_size, self.grpc,
+                                extra=self.plan.server_args)
+        leader = P.wait_group_ready(members)
+        P.create_queue(leader)
+        return leader
+
+    def drop_group(self, leader: Server) -> None:
+        P.stop_group(leader.group)
+        shutil.rmtree(leader.group_root, ignore_errors=True)
+
+    def compare_replicated(self, measures: dict) -> dict:
+        """Run each of `measures` against the leader of a fresh group and against a fresh single node,
+        `reps` times, interleaved; each group or single node serves all the measures of a repetition."""
+        out = {key: {"group": [], "single": []} for key in measures}
+        for i in range(self.plan.reps):
+            for side, start, stop in (("group", self.rankq_group, self.drop_group), ("single", self.rankq, self.drop)):
+                server = start()
+                try:
+                    for key, measure in measures.items():
+                        out[key][side].append({**measure(server), **P.machine_load()})
+                finally:
+                    stop(server)
+            log(f"replicated rep {i + 1}/{self.plan.reps}: " + "; ".join(
+                f"{key} group {v['group'][-1]['value']:,.0f} single {v['single'][-1]['value']:,.0f}" for key, v in out.items()))
+        return out
+
     def compare(self, label: str, measure, start_null) -> dict:
         """Run `measure` on a fresh RankQ server and on the null server, `reps` times, interleaved."""
         out = {"rankq": [], "null": []}
@@ -190,7 +244,7 @@ class Bench:
 
         def measure(server: Server) -> dict:
             self.wrk(server, path, body, conns, self.plan.warmup)
-            with P.cpu_meter(server.proc) as cpu:
+            with P.group_cpu_meter(server) as cpu:
                 r = self.wrk(server, path, body, conns, self.plan.duration)
             errors = sum(r[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
             secs = r["duration_us"] / 1e6
@@ -198,8 +252,7 @@ class Bench:
                 raise Failure(f"wrk saw {errors} errors against {server.kind}: {r}")
             msgs = r["requests"] * per_request
             return {"value": msgs / secs, "requests_per_s": r["requests"] / secs,
-                    "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000, "server_cpu_percent": cpu.get("cpu_percent"),
-                    "server_cpu_us_per_msg": cpu_us(cpu, msgs)}
+                    "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000, **cpu_fields(cpu, msgs)}
 
         return measure
 
@@ -208,12 +261,12 @@ class Bench:
         args = ["-addr", server.grpc_addr, "-proto", str(PROTO), "-queue", "bench", "-streams", str(p.grpc_streams),
                 "-conns", str(p.grpc_conns), "-window", str(p.grpc_window), "-payload-bytes", str(PAYLOAD_BYTES),
                 "-duration", f"{p.duration}s", "-warmup", f"{p.warmup}s"]
-        with P.cpu_meter(server.proc) as cpu:
+        with P.group_cpu_meter(server) as cpu:
             r = self.load("grpc-stream", args, timeout=p.duration + p.warmup + 60)
         if r["errors"] or r["refused"]:
             raise Failure(f"gRPC stream against {server.kind}: {r}")
         return {"value": r["rate"], "acked": r["acked"], "mean_frame": r.get("mean_frame"),
-                "server_cpu_percent": cpu.get("cpu_percent"), "server_cpu_us_per_msg": cpu_us(cpu, r["acked"], p)}
+                **cpu_fields(cpu, r["acked"], p)}
 
     def pairs_measure(self, server: Server) -> dict:
         p = self.plan
@@ -342,6 +395,35 @@ def summarise(name: str, raw: dict, unit: str, higher_is_better: bool = True, ta
     return out
 
 
+def summarise_replicated(name: str, raw: dict, unit: str) -> dict:
+    """Group (to its leader) vs single node; CPU of the leader, of each other member and of the group."""
+    grp, one = raw["group"], raw["single"]
+    g, s = median(r["value"] for r in grp), median(r["value"] for r in one)
+    out = {"unit": unit, "rankq": g, "single": s, "ratio": (g / s) if g and s else None,
+           "leader_cpu_percent": median(r.get("server_cpu_percent") for r in grp),
+           "other_cpu_percent": median(statistics.mean(r["other_cpu_percent"]) for r in grp if r.get("other_cpu_percent")),
+           "group_cpu_percent": median(r.get("group_cpu_percent") for r in grp),
+           "group_cpu_us_per_msg": median(r.get("group_cpu_us_per_msg") for r in grp),
+           "leader_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in grp),
+           "single_cpu_percent": median(r.get("server_cpu_percent") for r in one),
+           "single_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in one),
+           "runs": raw}
+    op, value = TARGETS[name]
+    out["target"] = f"{op} {value:,g} {unit}"
+    out["met"] = g is not None and ((g >= value) if op == ">=" else (g <= value))
+    return out
+
+
+def raft_settings() -> dict:
+    """The Raft timing every member runs with (the server's defaults; `rankq server` has no flags for them)."""
+    from dataclasses import fields
+
+    from rankq.replication.node import RaftSettings
+
+    keep = ("election_timeout", "heartbeat_period", "leader_fallback_timeout", "tick_period", "connection_timeout")
+    return {f.name: f.default for f in fields(RaftSettings) if f.name in keep}
+
+
 def wrk_version(path: str) -> str | None:
     try:
         done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
@@ -464,6 +546,18 @@ def run(plan: Plan, only: list[str], workdir: Path, quiet: float = 0) -> dict:
                 "empty_start_s": raw["empty_start_s"],
             }
             res["restart"]["ratio"] = res["restart"]["rankq"] / res["restart"]["null"]
+        if "replicated" in only:
+            measures = {"replicated_http_batch": b.http_enqueue(plan.batch, plan.batch_conns, b.batch_body)}
+            if b.grpc:
+                measures["replicated_grpc_stream"] = b.grpc_measure
+            log(f"{plan.group_size}-node group vs single node: " + ", ".join(measures))
+            raw = b.compare_replicated(measures)
+            for key, sides in raw.items():
+                res[key] = summarise_replicated(key, sides, "msg/s")
+        if "failover" in only:
+            log(f"failover: {plan.failover_kills} kills of the leader of a {plan.group_size}-node group")
+            raw = asyncio.run(F.run_failover(b, plan.failover_kills, plan.failover_budget, log=log))
+            res["failover"] = F.summary(raw, raft_settings(), TARGETS["failover_p99"])
     finally:
         b.procs.close()
     results["meta"]["loadavg_end"] = os.getloadavg()[0]
@@ -548,14 +642,20 @@ def markdown(results: dict) -> str:
                      f"/readyz alone {x['ready_s']:.1f} s) | {fmt(x['rankq'], 's')} | {fmt(x['null'], 's')} (empty data dir) | "
                      f"{x['ratio']:.1f}× | | | |")
     lines += ["", "Ratios for latency are RankQ / null (lower is better for both).", ""]
+    lines += replicated_markdown(r, plan)
     details = ["## Per-run values", ""]
     for key, x in r.items():
         if "runs" not in x:
             continue
-        if isinstance(x["runs"], dict):
-            rq = ", ".join(f"{v['value']:,.1f}" for v in x["runs"]["rankq"])
-            nl = ", ".join(f"{v['value']:,.1f}" for v in x["runs"]["null"])
-            details.append(f"- {key} ({x['unit']}): RankQ {rq}; null {nl}")
+        if key == "failover":
+            details.append(f"- failover, per kill (s): " + ", ".join(
+                "none" if v["failover_s"] is None else f"{v['failover_s']:.2f}" for v in x["runs"]))
+            details.append(f"- election, per kill (s): " + ", ".join(
+                "–" if v.get("elected_s") is None else f"{v['elected_s']:.2f}" for v in x["runs"]))
+        elif isinstance(x["runs"], dict):
+            sides = "; ".join(f"{'RankQ' if side == 'rankq' else side} " + ", ".join(f"{v['value']:,.1f}" for v in vals)
+                              for side, vals in x["runs"].items())
+            details.append(f"- {key} ({x['unit']}): {sides}")
         else:
             details.append(f"- {key}: " + "; ".join(", ".join(f"{k}={v:,.1f}" for k, v in run.items()) for run in x["runs"]))
     lines += details + [""]
@@ -563,6 +663,97 @@ def markdown(results: dict) -> str:
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
     return "\n".join(lines)
+
+
+def replicated_markdown(r: dict, plan: dict) -> list[str]:
+    lines = []
+    rows = [(k, label) for k, label in (
+        ("replicated_http_batch", f"HTTP enqueue, {plan['batch']} msg/request ({plan['batch_conns']} connections)"),
+        ("replicated_grpc_stream", f"gRPC EnqueueStream ({plan['grpc_streams']} streams × {plan['grpc_window']} in flight)"),
+    ) if k in r]
+    if rows:
+        size = plan.get("group_size", 3)
+        lines += [
+            f"## Replicated: a {size}-node group on this machine vs. a single node",
+            "",
+            f"The load goes to the leader of a fresh {size}-node group (all {size} `rankq server` processes on this "
+            f"machine's {os.cpu_count()} cores, with the load generator), and in the same run to a fresh single node. "
+            f"A write is answered once a majority ({size // 2 + 1} of {size}) has it in its journal. Medians of "
+            f"{plan['reps']} repetitions; *ratio* = group / single node. Server CPU is the share of one core each "
+            "process used during the measured run; µs/msg is CPU time per message summed over all members "
+            "(single node: its own).",
+            "",
+            "| Measure | Group (to leader) | Single node | Ratio | CPU: leader, each other member, group total (single) | "
+            "µs/msg: group (single) | Target | Met |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | :---: |",
+        ]
+        for key, label in rows:
+            x = r[key]
+            ratio = "–" if x["ratio"] is None else f"{x['ratio']:.0%}"
+            cpu = (f"{_pct(x['leader_cpu_percent'])}, {_pct(x['other_cpu_percent'])}, {_pct(x['group_cpu_percent'])} "
+                   f"({_pct(x['single_cpu_percent'])})")
+            us = f"{_num(x['group_cpu_us_per_msg'])} ({_num(x['single_cpu_us_per_msg'])})"
+            lines.append(f"| {label} | {fmt(x['rankq'], x['unit'])} | {fmt(x['single'], x['unit'])} | {ratio} | {cpu} | "
+                         f"{us} | {x['target']} | {_met(x)} |")
+        lines.append("")
+    x = r.get("failover")
+    if x:
+        st, cl = x["settings"], x["client"]
+        et = st.get("election_timeout") or [None, None]
+        loads = [v["loadavg"] for v in x["runs"]]
+        pressure = [v["cpu_pressure"] for v in x["runs"] if "cpu_pressure" in v]
+        lines += [
+            "## Failover: kill -9 of the leader",
+            "",
+            f"A {plan.get('group_size', 3)}-node group; a client sends small enqueues with dedup keys "
+            f"({cl['senders']} senders, one request per {cl['interval_s'] * 1000:.0f} ms each at most, "
+            f"{cl['timeout_s']:g} s timeout, to all members in turn). The leader gets SIGKILL at a recorded "
+            "instant, 0.5-1 s after the writes are flowing; *failover* is the time from the kill to the answer "
+            "of the first enqueue sent after the kill that got 201 (it names the new leader in `X-RankQ-Leader`). "
+            "*Election* is from the kill to the first poll (every 20 ms) in which a survivor's /api/v1/cluster "
+            "names a new leader; *leader lost* is when a survivor first stopped naming the old one (its election "
+            "timeout ran out). The killed node then starts again and catches up (same queue counts as the "
+            "leader) before the next kill.",
+            "",
+            f"Raft settings: election timeout {et[0]:g}-{et[1]:g} s (random per term), heartbeat every "
+            f"{st.get('heartbeat_period', 0):g} s, a leader without a majority steps down after "
+            f"{st.get('leader_fallback_timeout', 0):g} s, Raft tick {st.get('tick_period', 0):g} s. "
+            f"{x['kills']} kills in {x['seconds']:.0f} s"
+            + (f", {x['failed']} without an accepted write within {F.FAILOVER_DEADLINE:g} s (counted as that)"
+               if x["failed"] else "")
+            + f". Load average during the kills: median {median(loads):.1f}"
+            + (f", CPU pressure median {median(pressure):.0f}%" if pressure else "")
+            + (f". Every write answered 201 ({x['acked']:,}) is in the final queue."
+               if x.get("acked_all_kept") else f". Writes answered 201: {x['acked']:,}; final counts {x['final_counts']}.")
+            ,
+            "",
+            "| From the kill to | n | p50 | p90 | p99 | max | Target | Met |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | :---: |",
+        ]
+        for key, label in (("failover", "**first write accepted by the new leader** (failover)"),
+                           ("election", "a survivor names the new leader (election)"),
+                           ("leader_lost", "a survivor stops naming the old leader (election timeout)")):
+            d = x[key]
+            target = (x["target"], _met(x)) if key == "failover" else ("", "")
+            lines.append(f"| {label} | {d['n']} | {fmt(d['p50'], 's')} | {fmt(d['p90'], 's')} | {fmt(d['p99'], 's')} | "
+                         f"{fmt(d['max'], 's')} | {target[0]} | {target[1]} |")
+        for key, label in (("after_election", "From the election to the first accepted write"),
+                           ("catch_up", "Restart of the killed node until it is caught up")):
+            d = x[key]
+            lines.append(f"| {label} | {d['n']} | {fmt(d['p50'], 's')} | {fmt(d['p90'], 's')} | {fmt(d['p99'], 's')} | "
+                         f"{fmt(d['max'], 's')} | | |")
+        if x["kills"] <= 100:
+            lines += ["", f"Quantiles by nearest rank: with {x['kills']} kills the p99 is the largest value."]
+        lines.append("")
+    return lines
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{v:.0f}%"
+
+
+def _num(v) -> str:
+    return "–" if v is None else f"{v:.0f}"
 
 
 def _met(x: dict) -> str:
