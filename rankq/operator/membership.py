@@ -4,10 +4,10 @@ Raft changes membership one member at a time, and every step must finish (the ch
 the new member caught up) before the next. Reconcile calls `plan_scale` / `plan_rollout` every tick
 and carries out at most one action, so an operator restart simply resumes from what it observes.
 
-Scale up n -> n+1: the ConfigMap's peer list and the StatefulSet grow to n+1 (pod n starts with
-the full list), then pod n is added to the group through the leader, then we wait for it to be a
-healthy member. Scale down n -> n-1: if pod n-1 leads, leadership moves first; pod n-1 is removed
-from the group; only then does the StatefulSet shrink (its claim is deleted with it).
+Scale up n -> n+1: pod n is added to the group's configuration through the leader, then the
+ConfigMap's peer list and the StatefulSet grow to n+1 (pod n starts with the full list and is
+caught up by the leader), then we wait for it to be a healthy member. Scale down n -> n-1: if pod n-1 leads, leadership moves first; the StatefulSet shrinks (pod n-1
+stops, its claim is deleted); once it has stopped, it is removed from the group's configuration.
 
 Rolling update (StatefulSet updateStrategy OnDelete): while some pod runs an old revision and the
 whole group is healthy, delete the highest-ordinal old follower; the leader goes last, after its
@@ -29,7 +29,9 @@ class Action:
 
 
 def ordinal(pod: str) -> int:
-    return int(pod.rsplit("-", 1)[1])
+    """A pod's StatefulSet ordinal; members named otherwise sort last."""
+    tail = pod.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 1 << 30
 
 
 def plan_scale(name: str, target: int, sts_replicas: int, members: set[str] | None, leader: str | None,
@@ -44,25 +46,37 @@ def plan_scale(name: str, target: int, sts_replicas: int, members: set[str] | No
             return Action("done")
         return Action("wait", reason="no leader to change membership through")
     expected = {f"{name}-{i}" for i in range(sts_replicas)}
-    # Finish a scale-up step: a started pod that is not a member yet.
-    for pod in sorted(expected - members, key=ordinal):
-        if pod in answering:
-            return Action("add_member", pod=pod, reason=f"add {pod} to the group")
-        return Action("wait", pod=pod, reason=f"waiting for {pod} to start")
-    # Members beyond the StatefulSet (an interrupted scale-down): remove them.
-    for pod in sorted(members - expected, key=ordinal, reverse=True):
+    keep = {f"{name}-{i}" for i in range(min(sts_replicas, target))}
+    growing = f"{name}-{sts_replicas}" if target > sts_replicas else None
+    # A pod that should be a member and is not (an interrupted step): add it.
+    for pod in sorted(keep - members, key=ordinal):
+        return Action("add_member", pod=pod, reason=f"add {pod} to the group")
+    # Members beyond the StatefulSet (the second half of a scale-down step): once the pod has
+    # stopped, remove it from the configuration.
+    for pod in sorted(members - expected - {growing}, key=ordinal, reverse=True):
         if pod == leader:
             return Action("transfer_leader", pod=pod, reason=f"move leadership off {pod} before removing it")
+        if pod in answering:
+            return Action("wait", pod=pod, reason=f"waiting for {pod} to stop before removing it")
         return Action("remove_member", pod=pod, reason=f"remove {pod} from the group")
+    if target < sts_replicas:
+        # Stop the pod first, then remove the member: a removed member that still runs starts
+        # elections of its own and (Raft without pre-vote) would depose the leader again and again.
+        last = f"{name}-{sts_replicas - 1}"
+        if expected - healthy:
+            return Action("wait", reason=f"waiting for {', '.join(sorted(expected - healthy, key=ordinal))} to catch up")
+        if last == leader:
+            return Action("transfer_leader", pod=last, reason=f"move leadership off {last} before stopping it")
+        return Action("set_replicas", replicas=sts_replicas - 1, reason=f"scale down to {sts_replicas - 1}")
     if expected - healthy:
         return Action("wait", reason=f"waiting for {', '.join(sorted(expected - healthy, key=ordinal))} to catch up")
-    if target > sts_replicas:
+    if growing is not None:
+        # The member joins the configuration first, then its pod starts and is caught up by the
+        # leader at once. (A pod started before it is a member runs elections of its own and, Raft
+        # without pre-vote, disrupts the group's leader with ever higher terms.)
+        if growing not in members:
+            return Action("add_member", pod=growing, reason=f"add {growing} to the group")
         return Action("set_replicas", replicas=sts_replicas + 1, reason=f"scale up to {sts_replicas + 1}")
-    if target < sts_replicas:
-        last = f"{name}-{sts_replicas - 1}"
-        if last == leader:
-            return Action("transfer_leader", pod=last, reason=f"move leadership off {last} before removing it")
-        return Action("remove_member", pod=last, reason=f"remove {last} from the group")
     return Action("done")
 
 

@@ -231,18 +231,26 @@ class QueueController:
 
     # -- scaling and rolling, one action per tick --
 
-    def healthy_members(self, obs: leader_mod.Observation) -> set[str]:
+    def member_pods(self, q: QueueResource, obs: leader_mod.Observation) -> tuple[set[str] | None, set[str]]:
+        """Members and healthy members as pod names (a member that has not yet published its
+        node id is known by its Raft address)."""
         status = obs.leader_status
         if status is None:
-            return set()
-        return {m["id"] for m in status["members"]
-                if m["role"] == "leader" or (m.get("healthy") and (m.get("lag") or 0) <= CAUGHT_UP_LAG)}
+            return None, set()
+        by_address = {self.endpoints.raft_address(q, specs.pod_name(q, i)): specs.pod_name(q, i)
+                      for i in range(specs.MAX_REPLICAS)}
+        members, healthy = set(), set()
+        for m in status["members"]:
+            pod = by_address.get(m["address"], m["id"])
+            members.add(pod)
+            if m["role"] == "leader" or (m.get("healthy") and (m.get("lag") or 0) <= CAUGHT_UP_LAG):
+                healthy.add(pod)
+        return members, healthy
 
     async def step(self, body: dict, q: QueueResource, sts: dict, pods: list[dict], obs: leader_mod.Observation) -> None:
         sts_replicas = sts["spec"]["replicas"]
-        healthy = self.healthy_members(obs)
-        action = plan_scale(q.name, q.spec.replicas, sts_replicas, obs.member_ids(), obs.leader, healthy,
-                            set(obs.answers))
+        members, healthy = self.member_pods(q, obs)
+        action = plan_scale(q.name, q.spec.replicas, sts_replicas, members, obs.leader, healthy, set(obs.answers))
         if action.kind == "done":
             revisions = {p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get("controller-revision-hash")
                          for p in pods if p["metadata"].get("deletionTimestamp") is None}
@@ -270,6 +278,8 @@ class QueueController:
             elif action.kind == "add_member":
                 address = self.endpoints.raft_address(q, action.pod)
                 r = await self.http.post(leader_url + "/api/v1/cluster/members", json={"address": address}, timeout=10)
+                if r.status_code == 409 and "already a member" in r.text:
+                    return
                 r.raise_for_status()
                 await self.event(body, "MemberAdded", f"added {action.pod} ({address}) to the Raft group")
             elif action.kind == "remove_member":

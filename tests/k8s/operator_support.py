@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
@@ -79,6 +80,7 @@ class OperatorProcess:
             [*RANKQ, "operator", "--lease-namespace", self.lease_namespace,
              "--endpoints-file", str(self.endpoints_file)],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        atexit.register(self.kill)  # never leave an operator acting after the test run
         return self
 
     def stop(self) -> None:
@@ -123,6 +125,7 @@ class StandIns:
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.busy: set[str] = set()
+        self.all_procs: list[subprocess.Popen] = []
 
     # -- addresses --
 
@@ -146,6 +149,13 @@ class StandIns:
         tmp = self.endpoints_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(existing))
         tmp.replace(self.endpoints_file)
+
+    def reserve(self, queue: str, count: int = 7) -> "StandIns":
+        """Give every pod a Queue may ever have its loopback ports up front, as DNS names exist
+        for them before the pods do."""
+        for i in range(count):
+            self.port_of(f"{queue}-{i}")
+        return self
 
     def url(self, pod: str) -> str:
         return f"http://127.0.0.1:{self.port_of(pod)['http']}"
@@ -199,6 +209,7 @@ class StandIns:
     # -- lifecycle --
 
     def start(self) -> "StandIns":
+        atexit.register(self.stop)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         return self
@@ -228,6 +239,7 @@ class StandIns:
             log = open(self.workdir / f"{name}.log", "ab")
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
             self.members[name] = _Member(pod.metadata.uid, proc)
+            self.all_procs.append(proc)
 
     def _terminate(self, name: str, member: _Member) -> None:
         """What the kubelet does: the preStop hook, then SIGTERM, then SIGKILL after the grace period."""
@@ -257,10 +269,10 @@ class StandIns:
         self.stopping.set()
         if self.thread:
             self.thread.join(5)
-        for member in list(self.members.values()):
-            if member.proc.poll() is None:
-                member.proc.kill()
-                member.proc.wait(5)
+        for proc in self.all_procs:  # including any a preStop hook is still draining
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
         self.members.clear()
 
 

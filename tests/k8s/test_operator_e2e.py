@@ -35,7 +35,7 @@ def env(k8s, tmp_path_factory):
     ns = unique("t-e2e")
     k8s.kubectl("create", "namespace", ns)
     k8s.wait_for(lambda: k8s.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0, 30, "default SA")
-    stand = StandIns(k8s.kubeconfig, ns, tmp / "pods", endpoints).start()
+    stand = StandIns(k8s.kubeconfig, ns, tmp / "pods", endpoints).reserve("q").start()
     manifest = {"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
                 "spec": {"replicas": 3, "storage": {"ephemeral": True}, "queue": {"name": QUEUE}}}
     k8s.apply(manifest, namespace=ns)
@@ -112,7 +112,6 @@ class Workload:
                         threading.Thread(target=self.consume, daemon=True)]
 
     def urls(self) -> list[str]:
-        leader = labelled_leader(self.ctx) if False else None  # noqa: F841 - any member works
         return [self.ctx.stand.url(p) for p in sorted(self.ctx.stand.members)]
 
     def _post(self, path: str, body: dict) -> httpx.Response | None:

@@ -18,25 +18,33 @@ def test_no_leader_blocks_changes_but_not_a_steady_state() -> None:
     assert plan_scale("q", 5, 3, None, None, set(), set()).kind == "wait"
 
 
-def test_scale_up_grows_the_statefulset_then_adds_the_member() -> None:
+def test_scale_up_adds_the_member_then_grows_the_statefulset() -> None:
     a = plan_scale("q", 5, 3, names(3), "q-0", names(3), names(3))
-    assert (a.kind, a.replicas) == ("set_replicas", 4)
-    assert plan_scale("q", 5, 4, names(3), "q-0", names(3), names(3)).kind == "wait"  # q-3 not started
-    a = plan_scale("q", 5, 4, names(3), "q-0", names(3), names(4))
     assert (a.kind, a.pod) == ("add_member", "q-3")
-    # Not caught up yet: no next step.
-    assert plan_scale("q", 5, 4, names(4), "q-0", names(3), names(4)).kind == "wait"
-    assert plan_scale("q", 5, 4, names(4), "q-0", names(4), names(4)).replicas == 5
-
-
-def test_scale_down_removes_the_member_before_the_pod() -> None:
-    a = plan_scale("q", 3, 5, names(5), "q-0", names(5), names(5))
-    assert (a.kind, a.pod) == ("remove_member", "q-4")
-    # Removed from the group, the pod still runs: shrink the StatefulSet, never re-add it.
-    a = plan_scale("q", 3, 5, names(4), "q-0", names(4), names(5))
+    a = plan_scale("q", 5, 3, names(4), "q-0", names(3), names(3))
     assert (a.kind, a.replicas) == ("set_replicas", 4)
+    # Not caught up yet: no next step.
+    assert plan_scale("q", 5, 4, names(4), "q-0", names(3), names(3)).kind == "wait"
+    assert plan_scale("q", 5, 4, names(4), "q-0", names(4), names(4)).pod == "q-4"
+
+
+def test_a_pod_that_is_not_a_member_is_added() -> None:
+    a = plan_scale("q", 3, 3, names(2), "q-0", names(2), names(3))
+    assert (a.kind, a.pod) == ("add_member", "q-2")
+
+
+def test_scale_down_stops_the_pod_then_removes_the_member() -> None:
+    a = plan_scale("q", 3, 5, names(5), "q-0", names(5), names(5))
+    assert (a.kind, a.replicas) == ("set_replicas", 4)
+    # q-4 is still shutting down: never remove a running member (it would disrupt elections).
+    a = plan_scale("q", 3, 4, names(5), "q-0", names(5), names(5))
+    assert (a.kind, a.pod) == ("wait", "q-4")
+    a = plan_scale("q", 3, 4, names(5), "q-0", names(4), names(4))
+    assert (a.kind, a.pod) == ("remove_member", "q-4")
     a = plan_scale("q", 3, 4, names(4), "q-0", names(4), names(4))
-    assert (a.kind, a.pod) == ("remove_member", "q-3")
+    assert (a.kind, a.replicas) == ("set_replicas", 3)
+    assert plan_scale("q", 3, 3, names(4), "q-0", names(3), names(3)).pod == "q-3"
+    assert plan_scale("q", 3, 3, names(3), "q-0", names(3), names(3)).kind == "done"
 
 
 def test_scale_down_moves_leadership_off_the_member_first() -> None:
