@@ -24,6 +24,8 @@ from .syncobj import GuardedSyncObj
 
 log = logging.getLogger("rankq.replication")
 
+FAIL_FAST_SECONDS = 10
+
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
 
@@ -118,13 +120,23 @@ class RaftNode:
         sync = self.syncobj
         period = self.settings.tick_period
         next_size_check = 0.0
+        failing_since = None
         try:
             while not self._stop.is_set():
                 alone = not self._has_peers()
                 try:
                     sync.doTick(0.0 if (alone and self._waiting) else period)
+                    failing_since = None
                 except Exception:
                     log.exception("raft tick failed")
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since > FAIL_FAST_SECONDS:
+                        # A committed entry that cannot be applied (say, written by an incompatible
+                        # version) fails every tick from now on: a node that is alive but stuck
+                        # helps nobody, so stop with an error a supervisor will see.
+                        log.critical("raft ticks have failed for %ds; stopping this node", FAIL_FAST_SECONDS)
+                        logging.shutdown()
+                        os._exit(70)
                     self._stop.wait(period)
                 now = time.monotonic()
                 if now >= next_size_check:
