@@ -4,8 +4,9 @@ leader accepts.
 A writer keeps sending small enqueues (each with its own dedup key, 0.5 s timeout) to every member in
 turn from a few concurrent senders. Per kill:
 
-1. the members agree on a leader and the writer runs for a random 0.5-1.0 s (so the kill falls at
-   any phase of the heartbeat);
+1. the members agree on a leader and the writer runs for a random 2.5-3.0 s (so the kill falls at
+   any phase of the heartbeat, and the group has been steady for longer than the Raft connection
+   timeout, as a group that has run for a while has: a restarted member's connections are fresh);
 2. the leader gets SIGKILL at a recorded instant;
 3. failover time = from the kill to the answer of the first enqueue *sent after the kill* that got
    201 (only a new leader can commit it; its `X-RankQ-Leader` is checked to name another node).
@@ -34,6 +35,7 @@ from .procs import Failure, Server
 
 QUEUE = "failover"
 PAYLOAD = {"p": "x" * 64}
+STEADY = (2.5, 3.0)  # seconds of writes before a kill: longer than RaftSettings.connection_timeout (2 s)
 FAILOVER_DEADLINE = 15.0  # a kill with no accepted write by then counts as a failed failover
 CATCH_UP_DEADLINE = 90.0
 
@@ -217,7 +219,7 @@ async def one_kill(bench, client: httpx.AsyncClient, writer: Writer, members: li
     leader = await agreed_leader(client, members, time.monotonic() + 30)
     before = await status(client, leader)
     writer.resume()
-    await asyncio.sleep(random.uniform(0.5, 1.0))
+    await asyncio.sleep(random.uniform(*STEADY))
     recent = [a for a in writer.attempts[-200:] if a.sent > time.monotonic() - 0.5]
     healthy = sum(1 for a in recent if a.status == 201)
     survivors = [m for m in members if m is not leader]
@@ -246,6 +248,7 @@ async def one_kill(bench, client: httpx.AsyncClient, writer: Writer, members: li
         "first_write_named": None if first is None else first.leader,
         "leader_lost_s": election.get("leader_lost_s"), "elected_s": election.get("elected_s"),
         "term_before": before.get("term") if before else None, "term": election.get("term"),
+        "rounds": election["term"] - before["term"] if before and election.get("term") else None,
         "healthy_writes_before": healthy,
         "during": _tally(window), **load,
     }
@@ -288,6 +291,8 @@ def summary(raw: dict, settings: dict, target: float) -> dict:
         "after_election": distribution([r["failover_s"] - r["elected_s"] for r in runs
                                         if r["failover_s"] is not None and r.get("elected_s") is not None]),
         "catch_up": distribution([r["catch_up_s"] for r in runs]),
+        "election_rounds": {str(k): sum(1 for r in runs if r.get("rounds") == k)
+                            for k in sorted({r["rounds"] for r in runs if r.get("rounds") is not None})},
         "settings": settings, "client": raw["client"], "acked": raw["acked"], "final_counts": raw["final_counts"],
         "target": f"p99 <= {target:g} s", "met": dist["p99"] is not None and dist["p99"] <= target and len(runs) >= 20,
         "seconds": raw["seconds"], "runs": runs,

@@ -75,7 +75,7 @@ class Plan:
     fill_conns: int = 4
     group_size: int = 3  # members of the replicated group
     failover_kills: int = 20
-    failover_budget: float = 200.0  # seconds: fewer kills if they run out
+    failover_budget: float = 240.0  # seconds: fewer kills if they run out
     server_args: list[str] = field(default_factory=list)
 
     @classmethod
