@@ -2,7 +2,7 @@
 # kind cluster for a laptop with Docker (`make kind-up` / `make kind-down`). It cannot run where no
 # Docker engine runs; there, `make k8s-up` is the way (hack/k8s/README.md).
 #
-#   hack/k8s/kind.sh up     create cluster "rankq" (kindest/node:$KUBERNETES_VERSION), load $KIND_IMAGE
+#   hack/k8s/kind.sh up     create cluster "rankq" ($KIND_NODE_IMAGE), load $KIND_IMAGE
 #   hack/k8s/kind.sh down   delete it
 #
 # The kubeconfig goes to $K8S_STATE_DIR/kind.kubeconfig, so ~/.kube/config is left alone.
@@ -34,7 +34,7 @@ up)
         k8s_log "kind cluster $CLUSTER exists"
         "$KIND" get kubeconfig --name "$CLUSTER" > "$KCFG"
     else
-        "$KIND" create cluster --name "$CLUSTER" --image "kindest/node:$KUBERNETES_VERSION" \
+        "$KIND" create cluster --name "$CLUSTER" --image "$KIND_NODE_IMAGE" \
             --kubeconfig "$KCFG" --wait 120s
     fi
     if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
