@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -108,6 +109,7 @@ class Workload:
         self.received: set[int] = set()
         self.stop = threading.Event()
         self.errors = 0
+        self.tag = uuid.uuid4().hex[:8]  # dedup keys unique to this workload
         self.threads = [threading.Thread(target=self.produce, daemon=True),
                         threading.Thread(target=self.consume, daemon=True)]
 
@@ -129,7 +131,8 @@ class Workload:
     def produce(self) -> None:
         n = 0
         while not self.stop.is_set():
-            r = self._post(f"/api/v1/queues/{QUEUE}/messages", {"payload": {"n": n}, "dedup_key": f"m-{n}"})
+            r = self._post(f"/api/v1/queues/{QUEUE}/messages", {"payload": {"n": n, "tag": self.tag},
+                                                                "dedup_key": f"{self.tag}-{n}"})
             if r is not None and r.status_code == 201:
                 self.acked_enqueues.add(n)
                 n += 1
@@ -141,6 +144,8 @@ class Workload:
             if r is None or r.status_code != 200:
                 continue
             for m in r.json()["messages"]:
+                if m["payload"].get("tag") != self.tag:
+                    continue
                 ack = self._post(f"/api/v1/queues/{QUEUE}/messages/{m['id']}/ack", {"lease_token": m["lease_token"]})
                 if ack is not None and ack.status_code == 200:
                     self.received.add(m["payload"]["n"])
