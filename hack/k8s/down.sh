@@ -16,7 +16,7 @@ for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     proc_stop "$name"
 done
 
-rm -rf "${K8S_STATE_DIR:?}"/{bin,etcd,pki,run} "${K8S_STATE_DIR:?}"/{kubeconfig,env,.lock}
+rm -rf "${K8S_STATE_DIR:?}"/{bin,etcd,pki,run} "${K8S_STATE_DIR:?}"/{kubeconfig,env}
 if [ "${RANKQ_K8S_KEEP_LOGS:-1}" = 0 ]; then
     rm -rf "${K8S_STATE_DIR:?}"
 else

@@ -35,10 +35,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-mkdir -p "$K8S_STATE_DIR"/{bin,logs,run,etcd,pki}
 # One up/down at a time per state dir: a second caller waits, then finds everything running.
+mkdir -p "$K8S_STATE_DIR"
 exec 8>"$K8S_STATE_DIR/.lock"
 flock 8
+mkdir -p "$K8S_STATE_DIR"/{bin,logs,run,etcd,pki}
 chmod 0700 "$K8S_STATE_DIR/etcd"
 for b in "${K8S_ALL_BINARIES[@]}"; do
     if p="$(k8s_find_binary "$b")"; then ln -sfn "$p" "$K8S_STATE_DIR/bin/$b"; else rm -f "$K8S_STATE_DIR/bin/$b"; fi
@@ -172,6 +173,8 @@ apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options: {}
 EOF
+    # kwok holds a Lease per node; a restarted kwok takes the nodes over only once the old
+    # process's leases expire, hence a short lease (kubelet's default is 40 s).
     proc_start kwok "" "$K8S_STATE_DIR/bin/kwok" \
         --kubeconfig="$PKI/kwok.kubeconfig" \
         --config="$K8S_STATE_DIR/run/kwok.yaml" \
@@ -179,7 +182,7 @@ EOF
         --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
         --cidr=10.244.0.1/16 \
         --node-ip=10.240.0.1 \
-        --node-lease-duration-seconds=40
+        --node-lease-duration-seconds=20
     nodes_yaml="$K8S_STATE_DIR/run/nodes.yaml"
     : > "$nodes_yaml"
     for i in $(seq 0 $((NODES - 1))); do
