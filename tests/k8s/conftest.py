@@ -33,6 +33,7 @@ ENABLE_HINT = (
 )
 SKIP_REASON = "no Go toolchain and no KUBEBUILDER_ASSETS (see hack/k8s/README.md)"
 _skipped_for_lack_of_tools = False
+_build_failure: list[str] = []  # set by pytest_collection_finish, reported by the k8s fixture
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -67,9 +68,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if proc.returncode != 0:
         _build_failure.append(f"hack/k8s/build.sh failed:\n{_tail(proc)}")
-
-
-_build_failure: list[str] = []
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
