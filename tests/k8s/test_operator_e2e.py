@@ -231,6 +231,14 @@ def test_live_settings_change_without_restarts(env):
     assert {n: m.proc.pid for n, m in env.stand.members.items()} == pids
     events = env.k8s.get_json("events", "--field-selector", "involvedObject.name=q", namespace=env.ns)["items"]
     assert any(e["reason"] == "SettingsApplied" for e in events)
+    # A second live change, which the workloads below rely on: short leases, retry forever (a
+    # delivery whose ack was cut off by a restart comes back quickly instead of dead-lettering).
+    patch = {"spec": {"queue": {"visibilityTimeoutSeconds": 3, "maxLength": None},
+                      "deadLetter": {"maxDeliveries": 0}}}
+    env.k8s.kubectl("patch", "queue", "q", "-n", env.ns, "--type=merge", "-p", json.dumps(patch))
+    env.k8s.wait_for(lambda: (s := httpx.get(env.stand.url(leader) + f"/api/v1/queues/{QUEUE}", timeout=2)
+                              .json()["settings"])["visibility_timeout"] == 3 and s["max_deliveries"] == 0
+                     and s["max_length"] is None, 20, "second change applied (and maxLength cleared)")
 
 
 @pytest.mark.timeout(420)
