@@ -637,9 +637,6 @@ def dlq_redrive(state: CliState, queue: str, ids: tuple[int, ...], all_: bool) -
         note(f"not dead letters (skipped): {', '.join(map(str, res.not_found))}")
 
 
-if __name__ == "__main__":
-    main()
-
 
 # ---- the group ------------------------------------------------------------------------------------
 
@@ -725,3 +722,7 @@ def _register_operator_commands() -> None:
 
 
 _register_operator_commands()
+
+
+if __name__ == "__main__":
+    main()
