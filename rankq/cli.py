@@ -38,6 +38,7 @@ class CliState:
     url: str
     output: str
     timeout: float
+    token: str | None = None
     _client: Any = None
 
     @property
@@ -50,7 +51,7 @@ class CliState:
             from .client import Client
 
             try:
-                client = Client(self.url, timeout=self.timeout)
+                client = Client(self.url, timeout=self.timeout, token=self.token)
             except ValueError as err:
                 raise click.BadParameter(str(err), param_hint="'--url'") from err
             except ImportError as err:
@@ -71,10 +72,12 @@ pass_state = click.make_pass_decorator(CliState)
               help="Tables for people, JSON for scripts.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds each request may take (a long poll gets its --wait on top).")
+@click.option("--token", envvar="RANKQ_API_TOKEN", default=None, show_default=False,
+              help="API token for servers that require one (env RANKQ_API_TOKEN).")
 @click.pass_context
-def main(ctx: click.Context, url: str, output: str, timeout: float) -> None:
+def main(ctx: click.Context, url: str, output: str, timeout: float, token: str | None) -> None:
     """RankQ: replicated priority queues."""
-    ctx.obj = CliState(url=url, output=output, timeout=timeout)
+    ctx.obj = CliState(url=url, output=output, timeout=timeout, token=token)
 
 
 @main.command()
@@ -89,6 +92,9 @@ def main(ctx: click.Context, url: str, output: str, timeout: float) -> None:
 @click.option("--raft-password-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File with the shared secret that authenticates and encrypts Raft traffic "
                    "(or set RANKQ_RAFT_PASSWORD).")
+@click.option("--api-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File with the bearer token every API request must present (or set RANKQ_API_TOKEN); "
+                   "health, metrics and docs stay open.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--demo-queue", default=None, help="Create this queue (weighted policy) on start if missing.")
@@ -99,7 +105,7 @@ def main(ctx: click.Context, url: str, output: str, timeout: float) -> None:
 @click.option("--snapshot-mib", default=64, show_default=True, type=click.IntRange(min=1),
               help="...or once the log since the last snapshot holds this many MiB.")
 def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, peers, raft_password_file,
-           log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds, snapshot_mib) -> None:
+           api_token_file, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds, snapshot_mib) -> None:
     """Run a queue server node."""
     import os
 
@@ -109,12 +115,16 @@ def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, 
     if raft_password_file:
         with open(raft_password_file, encoding="utf-8") as fh:
             password = fh.read().strip()
+    api_token = os.environ.get("RANKQ_API_TOKEN")
+    if api_token_file:
+        with open(api_token_file, encoding="utf-8") as fh:
+            api_token = fh.read().strip()
     run(
         ServerConfig(
             data_dir=data_dir, host=host, http_port=http_port, grpc_port=grpc_port, node_id=node_id,
             raft_host=raft_host, raft_port=raft_port,
             peers=[p.strip() for p in peers.split(",") if p.strip()],
-            raft_password=password or None, log_format=log_format, log_level=log_level,
+            raft_password=password or None, api_token=api_token or None, log_format=log_format, log_level=log_level,
             demo_queue=demo_queue, snapshot_entries=snapshot_entries, snapshot_seconds=snapshot_seconds,
             snapshot_bytes=snapshot_mib * 1024 * 1024,
         )

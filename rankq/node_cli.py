@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -23,7 +24,8 @@ def quorum_critical(status: dict, me: str) -> bool:
 def drain(url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo(s, err=True)) -> int:
     """Move leadership off this node, then wait while stopping it would cost the group its quorum."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=3) as http:
+    token = os.environ.get("RANKQ_API_TOKEN")
+    with httpx.Client(timeout=3, headers={"Authorization": f"Bearer {token}"} if token else None) as http:
         try:
             status = http.get(f"{url}/api/v1/cluster").json()
         except (httpx.HTTPError, ValueError) as err:

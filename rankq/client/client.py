@@ -66,8 +66,9 @@ RETRY_CAP = 5.0
 _NEW_MESSAGE_FIELDS = frozenset(f.name for f in fields(NewMessage))
 
 
-def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT) -> AsyncTransport:
-    """The transport for `url`: ``http://`` or ``https://`` → HTTP, ``grpc://host:port`` → gRPC."""
+def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> AsyncTransport:
+    """The transport for `url`: ``http://`` or ``https://`` → HTTP, ``grpc://host:port`` → gRPC.
+    `token` is sent as ``Authorization: Bearer <token>`` (HTTP header or gRPC metadata)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
@@ -75,13 +76,14 @@ def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT) -> AsyncTransport
             raise ValueError(f"no host in URL {url!r}")
         from .http_transport import HttpTransport
 
-        return HttpTransport(url, timeout=timeout)
+        return HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None)
     if scheme == "grpc":
         if not parts.hostname or parts.port is None:
             raise ValueError(f"a gRPC URL needs host and port, e.g. grpc://127.0.0.1:9090 (got {url!r})")
         from .grpc_transport import GrpcTransport  # imported only when used: it pulls in grpcio
 
-        return GrpcTransport(parts.netloc, timeout=timeout)
+        return GrpcTransport(parts.netloc, timeout=timeout,
+                             metadata=[("authorization", f"Bearer {token}")] if token else None)
     raise ValueError(f"unsupported URL {url!r}: use http://, https:// or grpc://host:port")
 
 
@@ -127,12 +129,13 @@ class AsyncClient:
     `timeout`
     (seconds) bounds each request (a long poll gets its `wait` on top). `retries` is how many times
     a failed idempotent call is repeated; see the module documentation for which calls qualify.
+    `token` is the server's API token, when it requires one.
     Durations are seconds; queue settings use the wire names (see ``rankq.schemas.QueueSettings``).
     """
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
-                 transport: AsyncTransport | None = None) -> None:
+                 transport: AsyncTransport | None = None, token: str | None = None) -> None:
         if retries < 0:
             raise ValueError("retries must be 0 or more")
         urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else [str(u).strip() for u in url]
@@ -150,7 +153,8 @@ class AsyncClient:
         else:
             for u in urls:  # fail early on a malformed URL
                 urlsplit(u)
-            self._transports[0] = make_transport(urls[0], timeout)
+            self._transports[0] = make_transport(urls[0], timeout, token)
+        self._token = token
         self._current = 0
         self._closed = False
 
@@ -158,7 +162,7 @@ class AsyncClient:
     def _transport(self) -> AsyncTransport:
         t = self._transports.get(self._current)
         if t is None:
-            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout)
+            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout, self._token)
         return t
 
     def _next_node(self) -> None:
@@ -444,14 +448,14 @@ class Client:
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
-                 transport: AsyncTransport | None = None) -> None:
+                 transport: AsyncTransport | None = None, token: str | None = None) -> None:
         self.url = url
         self._loop = _LoopThread()
         self._stop = weakref.finalize(self, self._loop.stop)
 
         async def make() -> AsyncClient:
             return AsyncClient(url, timeout=timeout, retries=retries, retry_backoff=retry_backoff,
-                               transport=transport)
+                               transport=transport, token=token)
 
         try:
             self._async = self._loop.run(make())

@@ -31,6 +31,12 @@ class ApiError(RankQError):
         return f"{self.status}: {self.detail}"
 
 
+class UnauthorizedError(ApiError):
+    """The server requires an API token and none, or a wrong one, was sent."""
+
+    status = 401
+
+
 class NotFoundError(ApiError):
     status = 404
 
@@ -65,6 +71,7 @@ class ServerError(ApiError):
 
 BY_STATUS: dict[int, type[ApiError]] = {
     400: InvalidRequestError,
+    401: UnauthorizedError,
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,

@@ -40,6 +40,31 @@ REFRESH = 5.0  # seconds between full child comparisons when nothing changed
 CAUGHT_UP_LAG = 100  # log entries a member may trail and still count as caught up
 
 
+class GroupApi:
+    """The shared HTTP client, plus the group's API token once `spec.auth` names one."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.headers: dict[str, str] = {}
+
+    def _kw(self, kw: dict) -> dict:
+        if self.headers:
+            kw["headers"] = {**self.headers, **(kw.get("headers") or {})}
+        return kw
+
+    async def get(self, url: str, **kw):
+        return await self.http.get(url, **self._kw(kw))
+
+    async def post(self, url: str, **kw):
+        return await self.http.post(url, **self._kw(kw))
+
+    async def patch(self, url: str, **kw):
+        return await self.http.patch(url, **self._kw(kw))
+
+    async def delete(self, url: str, **kw):
+        return await self.http.delete(url, **self._kw(kw))
+
+
 class Unrealisable(Exception):
     """The spec cannot be carried out as written; reported as Degraded, retried later."""
 
@@ -103,7 +128,7 @@ class QueueController:
     def __init__(self, kube: Kube, endpoints: Endpoints, http: httpx.AsyncClient) -> None:
         self.kube = kube
         self.endpoints = endpoints
-        self.http = http
+        self.http = GroupApi(http)
         self.applied_generation: int | None = None
         self.last_refresh = 0.0
         self.degraded: tuple[str, str] | None = None
@@ -132,6 +157,10 @@ class QueueController:
             if secret is None or ref.key not in (secret.get("data") or {}):
                 raise Unrealisable("AuthSecretMissing",
                                    f"spec.auth.secretRef names {ref.name}/{ref.key}, which does not exist")
+            token = base64.b64decode(secret["data"][ref.key]).decode().strip()
+            self.http.headers = {"Authorization": f"Bearer {token}"}
+        else:
+            self.http.headers = {}
         password = await self.raft_password(q)
         for desired in specs.build_children(q, members, password):
             meta = desired["metadata"]

@@ -14,6 +14,7 @@ the client has granted.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
 from functools import partial
@@ -617,9 +618,40 @@ def method_handlers(servicer: RankQServicer) -> dict[str, grpc.RpcMethodHandler]
     return out
 
 
-async def start_grpc(service: QueueService, host: str, port: int) -> grpc.aio.Server:
+class TokenCheck(grpc.aio.ServerInterceptor):
+    """With an API token set, RankQ calls must carry `authorization: Bearer <token>` metadata."""
+
+    def __init__(self, token: str) -> None:
+        self.expected = "Bearer " + token
+        detail = "missing or wrong API token: send authorization: Bearer <token>"
+
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, detail, trailing_metadata=(("rankq-status", "401"),))
+
+        async def refuse_stream(request_iterator, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, detail, trailing_metadata=(("rankq-status", "401"),))
+            yield  # pragma: no cover - makes this an async generator like the stream handlers
+
+        self.refusals = {
+            (False, False): grpc.unary_unary_rpc_method_handler(refuse),
+            (True, True): grpc.stream_stream_rpc_method_handler(refuse_stream),
+        }
+
+    async def intercept_service(self, continuation, details):
+        if not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return await continuation(details)  # reflection stays open
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization" and hmac.compare_digest(value, self.expected):
+                return await continuation(details)
+        handler = await continuation(details)
+        streaming = (handler.request_streaming, handler.response_streaming) if handler else (False, False)
+        return self.refusals.get(streaming, self.refusals[(False, False)])
+
+
+async def start_grpc(service: QueueService, host: str, port: int, api_token: str | None = None) -> grpc.aio.Server:
     """Start serving rankq.v1.RankQ (with server reflection) on host:port; returns the running server."""
     server = grpc.aio.server(
+        interceptors=[TokenCheck(api_token)] if api_token else None,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", -1),

@@ -132,7 +132,7 @@ async def log_request(request: Request) -> None:
     logs.request_line(getattr(route, "path", request.url.path), request.method, str(request.url.path), client, tid)
 
 
-def build_app(service: QueueService) -> FastAPI:
+def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
     app = FastAPI(
         title="RankQ",
         version="0.1.0",
@@ -173,7 +173,7 @@ def build_app(service: QueueService) -> FastAPI:
         logs.error_line(_route(request), f"internal error: {exc!r}", 500, exc_info=exc)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
-    app.add_middleware(LeaderHeaders, service=service)
+    app.add_middleware(LeaderHeaders, service=service, api_token=api_token)
 
     # ---- queues ----------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from .. import schemas as s
@@ -30,7 +30,7 @@ def build_cluster_router(service, log_request) -> APIRouter:
         return await service.remove_member(member)
 
     @router.post("/transfer-leader", response_model=s.ClusterStatus, responses={404: err, 409: err, 503: err})
-    async def transfer_leader(body: s.TransferLeader | None = None):
+    async def transfer_leader(request: Request, body: s.TransferLeader | None = None):
         """Hand leadership to another member, e.g. before restarting the leader in a rolling update."""
         to = None if body is None else body.to
         if service.node.is_leader():
@@ -39,7 +39,9 @@ def build_cluster_router(service, log_request) -> APIRouter:
         if not leader or not leader.get("http_url"):
             raise Unavailable("no leader known to forward the transfer to")
         async with httpx.AsyncClient(timeout=10) as client:
-            r = await client.post(leader["http_url"] + "/api/v1/cluster/transfer-leader", json={"to": to})
+            auth = request.headers.get("authorization")
+            r = await client.post(leader["http_url"] + "/api/v1/cluster/transfer-leader", json={"to": to},
+                                  headers={"authorization": auth} if auth else None)
         return JSONResponse(r.json(), status_code=r.status_code)
 
     return router

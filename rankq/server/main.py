@@ -29,6 +29,7 @@ class ServerConfig(BaseModel):
     raft_port: int = Field(7070, ge=1, le=65535)
     peers: list[str] = []  # other members as host:port
     raft_password: str | None = None
+    api_token: str | None = None  # when set, /api/ requests and gRPC calls must present it
     log_format: str = "text"
     log_level: str = "INFO"
     demo_queue: str | None = None  # created on start when missing
@@ -86,7 +87,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     service = QueueService(node, member_info=config.member_info())
     await service.start()
 
-    app = build_app(service)
+    app = build_app(service, config.api_token)
     http = uvicorn.Server(
         uvicorn.Config(app, host=config.host, port=config.http_port, log_config=None, access_log=False,
                        lifespan="off", timeout_graceful_shutdown=5)
@@ -95,7 +96,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     if config.grpc_port:
         from .grpc_api import start_grpc
 
-        grpc_server = await start_grpc(service, config.host, config.grpc_port)
+        grpc_server = await start_grpc(service, config.host, config.grpc_port, config.api_token)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
