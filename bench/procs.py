@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -21,8 +22,29 @@ import httpx
 HOST = "127.0.0.1"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now (on every interface: Raft binds them all)."""
+    """A TCP port nothing uses right now (on every interface: Raft binds them all), taken below the
+    kernel's ephemeral range when there is room: a server restarted on its old ports (kill -9 and
+    restart) must find them free, and a port in the ephemeral range can meanwhile become the local
+    end of any outgoing connection on the machine."""
+    low, _ = _ephemeral_range()
+    if low > 20_000:
+        for _ in range(50):
+            port = random.randrange(10_000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
         return s.getsockname()[1]
