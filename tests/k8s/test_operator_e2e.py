@@ -18,7 +18,7 @@ import pytest
 
 from operator_support import OperatorProcess, StandIns, install_chart, unique
 
-pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+pytestmark = pytest.mark.k8s
 
 QUEUE = "jobs"
 
