@@ -38,19 +38,20 @@ def ts(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
-_last_second: tuple = (None, "")  # (second, its text): most stamps in a burst share the second
+_seconds: dict[int, str] = {}  # second -> its text; stamps in a response share a few seconds
 
 
 def iso(ms: int | None) -> str | None:
     """`2026-01-02T03:04:05.678Z` for milliseconds since the epoch."""
-    global _last_second
     if ms is None:
         return None
     second, milli = divmod(ms, 1000)
-    cached = _last_second
-    if cached[0] != second:
-        cached = _last_second = (second, datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
-    return "%s.%03dZ" % (cached[1], milli)
+    text = _seconds.get(second)
+    if text is None:
+        if len(_seconds) > 256:
+            _seconds.clear()
+        text = _seconds[second] = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return "%s.%03dZ" % (text, milli)
 
 
 class Strict(BaseModel):

@@ -65,6 +65,10 @@ STATUS_OF_CODE = {
 TRANSPORT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
+
+# One encoder for all calls: json.dumps with options builds a new one each time.
+_STRICT_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
 def _dt(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
@@ -76,7 +80,7 @@ def _ms(when: datetime) -> int:
 def encode_payload(value: Any) -> tuple[bytes, str]:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value), OCTETS
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(), JSON
+    return _STRICT_COMPACT.encode(value).encode(), JSON
 
 
 def decode_payload(payload: bytes, content_type: str) -> Any:
@@ -192,7 +196,7 @@ def status_of(m: pb.MessageStatus) -> MessageStatus:
 
 
 def _result_json(result: Any) -> str | None:
-    return None if result is None else json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+    return None if result is None else _STRICT_COMPACT.encode(result)
 
 
 async def _frames(queue: str, messages, size: int):

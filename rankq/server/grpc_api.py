@@ -122,8 +122,11 @@ def parse_json(name: str, data: bytes | str) -> object:
         raise Invalid(f"{name} is not valid JSON: {err}") from None
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dump_json(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT_JSON.encode(value)
 
 
 def stored_payload(payload: bytes, content_type: str):

@@ -36,8 +36,12 @@ def status_of(err: Exception) -> int:
     return 500
 
 
+# Module-level encoders: json.dumps with options builds a new encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_payload(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT.encode(value)
 
 
 def payload_fields(payload) -> dict:
@@ -113,9 +117,9 @@ def delivered_json(deliveries) -> str:
         if isinstance(d.payload, bytes):
             meta["payload"] = None
             meta["payload_base64"] = base64.b64encode(d.payload).decode()
-            parts.append(json.dumps(meta, ensure_ascii=False, separators=(",", ":")))
+            parts.append(_COMPACT.encode(meta))
         else:
-            head = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
+            head = _COMPACT.encode(meta)
             parts.append(head[:-1] + ',"payload":' + d.payload + "}")
     return '{"messages":[' + ",".join(parts) + "]}"
 
