@@ -53,6 +53,18 @@ class DevCluster:
         log = open(os.path.join(self.root, f"node-{i}.log"), "ab")
         self.procs[i] = subprocess.Popen(self.command(i), stdout=log, stderr=subprocess.STDOUT)
 
+    def last_error(self, i: int) -> str:
+        """The last error line of node i's log, to say why it stopped."""
+        try:
+            with open(os.path.join(self.root, f"node-{i}.log"), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 8192))
+                lines = fh.read().decode(errors="replace").splitlines()
+        except OSError:
+            return "no log"
+        errors = [line for line in lines if "[ERROR]" in line or "Error" in line]
+        return (errors or lines or ["no log"])[-1].strip()[-160:]
+
     def banner(self) -> None:
         urls = ",".join(f"http://127.0.0.1:{h}" for h, _, _ in self.ports)
         print(f"RankQ local group of {self.n} node(s); data and logs in {self.root}")
@@ -91,15 +103,24 @@ class DevCluster:
         leader = self.wait_leader()
         print(f"  leader elected: {leader}; ready" if leader else "  no leader yet; see the node logs", flush=True)
         restarts_at: dict[int, float] = {}
+        failures: dict[int, int] = {}
+        started_at: dict[int, float] = {}
         try:
             while not self.stopping:
                 for i, p in enumerate(self.procs):
                     if p is not None and p.poll() is not None:
-                        when = restarts_at.setdefault(i, time.monotonic() + 1.0)
-                        if time.monotonic() >= when:
-                            print(f"  node-{i} exited with {p.returncode}; starting it again", flush=True)
+                        if i not in restarts_at:
+                            failures[i] = failures.get(i, 0) + 1
+                            pause = min(10.0, 0.5 * 2 ** failures[i])
+                            restarts_at[i] = time.monotonic() + pause
+                            print(f"  node-{i} exited with {p.returncode} ({self.last_error(i)}); "
+                                  f"starting it again in {pause:g}s", flush=True)
+                        if time.monotonic() >= restarts_at[i]:
                             restarts_at.pop(i)
                             self.start(i)
+                            started_at[i] = time.monotonic()
+                    elif p is not None and time.monotonic() - started_at.get(i, 0) > 30:
+                        failures.pop(i, None)  # ran for a while: the next exit starts a fresh backoff
                 time.sleep(0.2)
         finally:
             for p in self.procs:

@@ -107,10 +107,13 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     if config.demo_queue:
         asyncio.create_task(_ensure_demo_queue(service, config.demo_queue))
 
+    while not http.started and not http_task.done():  # report the URLs only once they answer
+        await asyncio.sleep(0.01)
     host = config.host
-    log.info("RankQ node %s serving HTTP on http://%s:%d (docs at /docs), gRPC on %s:%s, Raft on %s, data in %s",
-             config.node_id or config.raft_address, host, config.http_port, host, config.grpc_port or "off",
-             config.raft_address, os.path.abspath(config.data_dir))
+    if http.started:
+        log.info("RankQ node %s serving HTTP on http://%s:%d (docs at /docs), gRPC on %s:%s, Raft on %s, data in %s",
+                 config.node_id or config.raft_address, host, config.http_port, host, config.grpc_port or "off",
+                 config.raft_address, os.path.abspath(config.data_dir))
     if started is not None:
         started.set()
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
