@@ -104,13 +104,18 @@ class Proc:
             return ""
 
     def sigkill(self) -> None:
-        """SIGKILL without waiting for the exit (the instant of the kill is the caller's to record)."""
+        """SIGKILL to the process and everything it forked, as when its container dies, without waiting
+        for the exit (the instant of the kill is the caller's to record). A forked child matters: the
+        server forks to write a snapshot, and that child holds the server's listening sockets."""
         if self.alive():
-            os.kill(self.popen.pid, signal.SIGKILL)
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)  # its own session and process group
+            except ProcessLookupError:
+                pass
 
     def kill9(self) -> None:
         if self.alive():
-            os.kill(self.popen.pid, signal.SIGKILL)
+            self.sigkill()
             self.popen.wait(10)
 
     def stop(self, grace: float = 5.0) -> None:
