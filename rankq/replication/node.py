@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -63,6 +65,44 @@ class RaftSettings:
         return os.path.join(self.data_dir, "raft.snapshot")
 
 
+def _after_fork_in_child() -> None:
+    """In a child forked to write a snapshot: die with the parent, and let go of its sockets.
+
+    A child that outlived a killed parent would go on to rename its (older) snapshot into place
+    while a restarted server runs, and would hold the listening ports so that restart cannot bind.
+    """
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass
+
+
+_fork_hook_installed = False
+
+
+def _install_fork_hook() -> None:
+    global _fork_hook_installed
+    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook_installed = True
+
+
 class ReplicationError(Exception):
     """A proposal was not committed (no leader, lost leadership, queue full)."""
 
@@ -74,6 +114,7 @@ class ReplicationError(Exception):
 class RaftNode:
     def __init__(self, settings: RaftSettings, on_woken: Callable[[set[str]], None] | None = None) -> None:
         os.makedirs(settings.data_dir, exist_ok=True)
+        _install_fork_hook()
         self.settings = settings
         self.state_machine = EngineStateMachine(on_woken)
         conf = SyncObjConf(

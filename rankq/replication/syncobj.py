@@ -12,6 +12,14 @@ The correction is Raft's own rule (§5.3): a follower deletes entries only on a 
 index, different term); an entry it holds with the same index and term is kept, and entries of the
 sending leader's own term are never in conflict with it. Messages are trimmed to what is new before
 PySyncObj handles them; everything else (terms, votes, commit index, snapshots) is untouched.
+
+A second correction concerns restarts after a snapshot. A snapshot is written by a forked child;
+only when the parent sees it finished does it drop the log entries the snapshot covers. A parent
+killed between the two restarts with a snapshot whose last entries are no longer the first ones of
+its log, and PySyncObj then *clears the whole log*, losing every committed entry after the
+snapshot (seen in tests as acknowledged writes missing after kill -9). Before the snapshot is
+loaded, the log is now trimmed to start at the snapshot's entries when it holds them, which is what
+the parent would have done had it lived.
 """
 
 from __future__ import annotations
@@ -20,6 +28,32 @@ from pysyncobj import SyncObj
 
 
 class GuardedSyncObj(SyncObj):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        serializer = self._SyncObj__serializer
+        load = serializer.deserialize
+
+        def deserialize():
+            data = load()
+            self._align_log_to_snapshot(data)
+            return data
+
+        serializer.deserialize = deserialize
+
+    def _align_log_to_snapshot(self, data) -> None:
+        """Drop log entries before the snapshot's last two when the log holds those very entries."""
+        try:
+            last, before = data[1], data[2]
+        except (TypeError, IndexError):
+            return
+        log = self._SyncObj__raftLog
+        if len(log) < 2 or (log[0] == before and log[1] == last):
+            return
+        first = log[0][1]
+        pos = before[1] - first
+        if 0 <= pos < len(log) - 1 and log[pos] == before and log[pos + 1] == last:
+            log.deleteEntriesTo(pos)
+
     def _SyncObj__onMessageReceived(self, node, message):  # overrides the name-mangled handler
         if (
             type(message) is dict
