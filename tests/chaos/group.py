@@ -50,6 +50,9 @@ class NsNode:
             "--data-dir", self.data_dir, "--host", self.host, "--http-port", str(HTTP_PORT), "--grpc-port", "0",
             "--raft-port", str(RAFT_PORT), "--node-id", self.node_id, "--peers", self.peers,
             "--raft-password-file", self.secret_file,
+            # Snapshots every few hundred entries, so faults also hit log compaction, restarts
+            # from a snapshot and snapshot transfer to lagging members.
+            "--snapshot-entries", "300",
         ]
         if self._log is None or self._log.closed:
             self._log = open(self.log_path, "ab")
