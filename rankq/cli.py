@@ -86,9 +86,12 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
 @click.option("--http-port", default=8080, show_default=True, type=int)
 @click.option("--grpc-port", default=9090, show_default=True, type=int, help="0 turns gRPC off.")
 @click.option("--node-id", default=None, help="Name of this node in the group (default: its Raft address).")
-@click.option("--raft-host", default=None, help="Address peers reach this node at (default: --host).")
+@click.option("--raft-host", default=None,
+              help="Name other members and clients reach this node at, e.g. its DNS name (default: --host).")
 @click.option("--raft-port", default=7070, show_default=True, type=int)
-@click.option("--peers", default="", help="Comma-separated host:port Raft addresses of the other members.")
+@click.option("--peers", default="",
+              help="Comma-separated Raft addresses of the group's members, host:port or id=host:port "
+                   "(this node's own entry may be included).")
 @click.option("--raft-password-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File with the shared secret that authenticates and encrypts Raft traffic "
                    "(or set RANKQ_RAFT_PASSWORD).")
