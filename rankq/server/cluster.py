@@ -9,14 +9,12 @@ from ..engine import NotFound
 from ..replication import RaftNode
 from .errors import ClusterConflict, Unavailable
 
-PROPOSAL_TIMEOUT = 5.0
-
-
 class ClusterOps:
     """Membership, leadership and status of the Raft group (mixed into QueueService)."""
 
     node: RaftNode
     member_info: dict
+    proposal_timeout: float
     _loop: asyncio.AbstractEventLoop
 
     async def _register_loop(self) -> None:
@@ -46,7 +44,7 @@ class ClusterOps:
 
         start(done)
         try:
-            error = await asyncio.wait_for(fut, PROPOSAL_TIMEOUT)
+            error = await asyncio.wait_for(fut, self.proposal_timeout)
         except asyncio.TimeoutError:
             raise Unavailable("the change was not committed in time; check the cluster status") from None
         if error is not None:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import EngineError, MessageInfo, NotFound, QueueConfig
+from ..engine import EngineError, MessageInfo, NotFound
 from ..engine import commands as c
 from ..replication import RaftNode, ReplicationError
 from .cluster import ClusterOps
@@ -233,7 +233,7 @@ class QueueService(ClusterOps):
 
     async def dequeue(self, queue: str, max: int = 1, wait: float = 0.0, visibility_timeout_ms: int | None = None):
         """Lease up to `max` messages; with `wait`, hold on until one is ready or the wait ends."""
-        wait = min(max_wait(wait), MAX_WAIT_SECONDS)
+        wait = min(float(wait or 0.0), MAX_WAIT_SECONDS)  # the API layers refuse negative waits
         deadline = time.monotonic() + wait
         cmd = c.Dequeue(queue, max, visibility_timeout_ms)
         while True:
@@ -275,11 +275,3 @@ class QueueService(ClusterOps):
     def dead_letters(self, queue: str, after: int | None = None, limit: int = 100) -> list[MessageInfo]:
         with self.node.lock:
             return self.node.engine.queue(queue).dead_letters(after, limit)
-
-
-def max_wait(wait: float) -> float:
-    return max(0.0, float(wait or 0.0))
-
-
-def default_config() -> dict:
-    return QueueConfig().as_dict()

@@ -454,3 +454,11 @@ def test_binary_payload_from_grpc_arrives_as_bytes_over_http(grpc_server, qname)
         assert got[1].payload == {"json": True}
         over_http.ack(got[0])
         assert over_grpc.get_message(qname, sent.id).state == "acked"
+
+
+def test_top_level_exports_match_the_client_package():
+    import rankq
+    import rankq.client
+
+    # rankq lists the names without importing the client (lazy); the two lists must not drift.
+    assert set(rankq._CLIENT_NAMES) == set(rankq.client.__all__)
