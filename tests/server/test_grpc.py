@@ -248,8 +248,12 @@ def test_dequeue_long_polls_until_a_message_arrives(server, queue):
     async def scenario():
         async with grpc.aio.insecure_channel(server.grpc) as channel:
             aio = pb_grpc.RankQStub(channel)
+            calls = server.log().count("Received RPC request for Dequeue from")
             waiting = asyncio.ensure_future(aio.Dequeue(pb.DequeueRequest(queue=queue, wait=10), timeout=20))
-            await asyncio.sleep(0.2)  # most likely the poll is waiting by now; the outcome is the same if not
+            deadline = time.monotonic() + 5
+            while server.log().count("Received RPC request for Dequeue from") <= calls:  # the poll has arrived
+                assert time.monotonic() < deadline, "the long poll never reached the server"
+                await asyncio.sleep(0.01)
             started = time.monotonic()
             await aio.Enqueue(pb.EnqueueRequest(queue=queue, message=raw(b"late")), timeout=10)
             got = await waiting
