@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import schemas as s
 from ..engine import Conflict, EngineError, Full, Invalid, MessageInfo, NotFound, TooLarge
 from ..engine import commands as c
+from ..engine.config import MAX_JSON_DEPTH
+from ..validation import check_settings, json_text
 from . import logs, metrics
 from .asgi import LeaderHeaders
 from .errors import ClusterConflict, Unavailable
@@ -38,10 +40,6 @@ def status_of(err: Exception) -> int:
 
 # Module-level encoders: json.dumps with options builds a new encoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def encode_payload(value) -> str:
-    return _COMPACT.encode(value)
 
 
 def payload_fields(payload) -> dict:
@@ -87,13 +85,13 @@ def message_status(info: MessageInfo) -> dict:
     return out
 
 
-def new_message(m: s.EnqueueRequest) -> c.NewMessage:
+def new_message(m: s.EnqueueRequest, where: str = "payload") -> c.NewMessage:
     return c.NewMessage(
-        payload=encode_payload(m.payload),
+        payload=json_text(where, m.payload),
         priority=m.priority,
         group=m.group,
         delay_ms=s.to_ms(m.delay),
-        deliver_at_ms=None if m.deliver_at is None else int(m.deliver_at.timestamp() * 1000),
+        deliver_at_ms=s.timestamp_ms(m.deliver_at),
         headers=m.headers,
         dedup_key=m.dedup_key,
     )
@@ -148,7 +146,8 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError):
-        return _error(request, status_of(exc), exc.detail)
+        status = status_of(exc)
+        return _error(request, status, exc.detail, {"Retry-After": "1"} if status == 429 else None)
 
     @app.exception_handler(ClusterConflict)
     async def cluster_conflict(request: Request, exc: ClusterConflict):
@@ -170,6 +169,8 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # the only 400 FastAPI raises: a body json.loads could not take
+            return _error(request, 422, f"request body is not JSON, or is nested deeper than {MAX_JSON_DEPTH} levels")
         return _error(request, exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
@@ -184,8 +185,9 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
     @api.post("/queues", status_code=201, response_model=s.QueueInfo, responses=common, tags=["queues"])
     async def create_queue(body: s.CreateQueue):
         """Create a queue with the given settings (unset ones take defaults)."""
-        settings = s.QueueSettings.model_validate(body.model_dump(exclude={"name"}, exclude_unset=True))
-        view = await service.create_queue(body.name, settings.to_engine())
+        settings = s.QueueSettings.model_validate(body.model_dump(exclude={"name"}, exclude_unset=True)).to_engine()
+        check_settings(body.name, None, settings)
+        view = await service.create_queue(body.name, settings)
         return JSONResponse(queue_info(view), status_code=201)
 
     @api.get("/queues", response_model=s.QueueList, tags=["queues"])
@@ -200,7 +202,9 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
     @api.patch("/queues/{name}", response_model=s.QueueInfo, responses=common, tags=["queues"])
     async def update_queue(name: str, body: s.QueueSettings):
         """Change settings live; fields left out keep their values, `null` clears optional limits."""
-        return JSONResponse(queue_info(await service.update_queue(name, body.to_engine())))
+        changes = body.to_engine()
+        check_settings(name, service.get_queue(name).config, changes)
+        return JSONResponse(queue_info(await service.update_queue(name, changes)))
 
     @api.delete("/queues/{name}", status_code=204, responses=common, tags=["queues"])
     async def delete_queue(name: str):
@@ -220,7 +224,7 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
               responses={**common, 413: err, 429: err}, tags=["messages"])
     async def enqueue_batch(name: str, body: s.EnqueueBatchRequest):
         """Enqueue up to 1000 messages at once; all are accepted or none."""
-        out = await service.enqueue(name, [new_message(m) for m in body.messages])
+        out = await service.enqueue(name, [new_message(m, f"messages.{i}.payload") for i, m in enumerate(body.messages)])
         items = ",".join('{"id":%d,"seq":%d,"duplicate":%s}' % (i, i, "true" if d else "false") for i, d in out)
         return raw('{"results":[' + items + "]}", 201)
 
