@@ -60,7 +60,7 @@ class LeaderHeaders:
 
         await self.app(scope, receive, send_with_leader)
 
-    async def _read_body(self, receive) -> tuple[bytes | None, tuple[int, str] | None]:
+    async def _read_body(self, receive) -> tuple[bytes | None, tuple | None]:
         """The whole body, or why it is refused: over the limit (counted as it arrives, so a
         chunked body cannot go past it either) or not UTF-8, as JSON must be."""
         chunks = []
@@ -72,8 +72,8 @@ class LeaderHeaders:
             chunk = message.get("body", b"")
             if chunk:
                 size += len(chunk)
-                if size > self.max_body:
-                    return None, (413, f"request body over {self.max_body} bytes")
+                if size > self.max_body:  # close the connection: its unread rest is not drained
+                    return None, (413, f"request body over {self.max_body} bytes", [(b"connection", b"close")])
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
