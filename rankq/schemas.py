@@ -21,9 +21,21 @@ MAX_BATCH = limits.MAX_BATCH
 MAX_VISIBILITY = limits.MAX_VISIBILITY_MS / 1000
 MAX_DURATION = limits.MAX_DURATION_MS / 1000
 
-# Request field types: strict (no "1" for 1, no true for 1), bounded as the engine and gRPC are.
-Int64 = Annotated[int, Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]
-Count = Annotated[int, Field(ge=1, le=limits.INT64_MAX)]
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 2.0 is the integer 2 (as JSON Schema says); true and "2" are not."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+def json_int(low: int, high: int) -> Any:
+    """A strict integer (no "1" or true for 1) within [low, high]."""
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_integral)]
+
+
+# Request field types, bounded as the engine and gRPC are.
+Int64 = json_int(limits.INT64_MIN, limits.INT64_MAX)
+Count = json_int(1, limits.INT64_MAX)
 PriorityClass = Annotated[int, StrictMode(False), Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]  # JSON keys are text
 Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION)]
 
@@ -108,12 +120,12 @@ class QueueSettings(Strict):
     fair_groups: bool | None = Field(None, description="serve the groups of one priority round robin")
     group_max_inflight: Count | None = Field(None, description="cap on leased messages per group (fair groups); null: no cap")
     visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="seconds a dequeued message stays leased (default 30)")
-    max_deliveries: int | None = Field(None, ge=0, le=limits.INT64_MAX, description="deliveries before a message is dead-lettered; 0: retry forever (default 5)")
+    max_deliveries: json_int(0, limits.INT64_MAX) | None = Field(None, description="deliveries before a message is dead-lettered; 0: retry forever (default 5)")
     dead_letter: bool | None = Field(None, description="keep messages that ran out of deliveries in the dead-letter queue (default true); false drops them")
     dead_letter_retention: Seconds | None = Field(None, description="seconds dead letters are kept; null: until redriven or deleted (default 14 days)")
     retention: Seconds | None = Field(None, description="seconds an acked message's status and result stay readable (default 3600)")
     max_length: Count | None = Field(None, description="most messages (ready + delayed + leased); an enqueue beyond it gets 429; null: unbounded")
-    max_payload_bytes: int | None = Field(None, ge=1, le=limits.MAX_PAYLOAD_BYTES, description="largest payload plus headers in bytes (default 262144)")
+    max_payload_bytes: json_int(1, limits.MAX_PAYLOAD_BYTES) | None = Field(None, description="largest payload plus headers in bytes (default 262144)")
     dedup_window: Seconds | None = Field(None, description="seconds a dedup key is remembered (default 300)")
     retry_base: Seconds | None = Field(None, description="first retry delay after a nack without delay, doubling per delivery (default 1)")
     retry_max: Seconds | None = Field(None, description="longest retry delay (default 300)")
@@ -189,7 +201,7 @@ class EnqueueBatchResult(BaseModel):
 
 
 class DequeueRequest(Strict):
-    max: int = Field(1, ge=1, le=MAX_BATCH, description="most messages to lease")
+    max: json_int(1, MAX_BATCH) = Field(1, description="most messages to lease")
     wait: float = Field(0, ge=0, le=MAX_WAIT, description="seconds to wait for a message when none is ready (long poll)")
     visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="lease length for these messages; default: the queue's")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -18,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import schemas as s
 from ..engine import Conflict, EngineError, Full, Invalid, MessageInfo, NotFound, TooLarge
 from ..engine import commands as c
-from ..engine.config import MAX_JSON_DEPTH
+from ..engine.config import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH
 from ..validation import check_settings, json_text
 from . import logs, metrics
 from .asgi import LeaderHeaders
@@ -171,6 +172,8 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 400:  # the only 400 FastAPI raises: a body json.loads could not take
             return _error(request, 422, f"request body is not JSON, or is nested deeper than {MAX_JSON_DEPTH} levels")
+        if exc.status_code == 405:  # name every method of the path, not only those of its first route
+            return _error(request, 405, str(exc.detail), {"Allow": ", ".join(allowed_methods(request.url.path))})
         return _error(request, exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
@@ -179,6 +182,17 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     app.add_middleware(LeaderHeaders, service=service, api_token=api_token)
+    methods_by_path: list[tuple[re.Pattern, set[str]]] = []
+
+    def allowed_methods(path: str) -> list[str]:
+        """The methods the OpenAPI document gives a concrete path (integer parameters match digits only)."""
+        if not methods_by_path:
+            for template, ops in app.openapi()["paths"].items():
+                ints = {p["name"] for op in ops.values() for p in op.get("parameters", [])
+                        if p["in"] == "path" and p.get("schema", {}).get("type") == "integer"}
+                regex = re.sub(r"\{(\w+)\}", lambda m: "[0-9]+" if m.group(1) in ints else "[^/]+", template)
+                methods_by_path.append((re.compile(regex + "$"), {m.upper() for m in ops}))
+        return sorted({m for regex, ms in methods_by_path if regex.match(path) for m in ms})
 
     # ---- queues ----------------------------------------------------------------------------------
 
@@ -235,7 +249,7 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
         got = await service.dequeue(name, body.max, body.wait, s.to_ms(body.visibility_timeout))
         return raw(delivered_json(got))
 
-    @api.post("/queues/{name}/messages/{id}/ack", response_model=s.AckResult, responses=common, tags=["leases"])
+    @api.post("/queues/{name}/messages/{id:int}/ack", response_model=s.AckResult, responses=common, tags=["leases"])
     async def ack(name: str, id: int, body: s.AckRequest):
         """Finish a leased message. A stale or wrong lease token gets 409."""
         [res] = await service.ack(name, [c.AckItem(id, body.lease_token, body.result)])
@@ -253,29 +267,29 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
         ]
         return JSONResponse({"results": results})
 
-    @api.post("/queues/{name}/messages/{id}/nack", response_model=s.NackResult, responses=common, tags=["leases"])
+    @api.post("/queues/{name}/messages/{id:int}/nack", response_model=s.NackResult, responses=common, tags=["leases"])
     async def nack(name: str, id: int, body: s.NackRequest):
         """Give a message back: after `delay`, or after exponential backoff with jitter when unset."""
         res = await service.nack(name, id, body.lease_token, s.to_ms(body.delay), body.error)
         return JSONResponse({"id": id, "state": res["state"], "available_at": s.iso(res["available_at"])})
 
-    @api.post("/queues/{name}/messages/{id}/extend", response_model=s.ExtendResult, responses=common, tags=["leases"])
+    @api.post("/queues/{name}/messages/{id:int}/extend", response_model=s.ExtendResult, responses=common, tags=["leases"])
     async def extend(name: str, id: int, body: s.ExtendRequest):
         """Keep the lease for `visibility_timeout` more seconds from now."""
         due = await service.extend(name, id, body.lease_token, s.to_ms(body.visibility_timeout))
         return JSONResponse({"id": id, "lease_expires_at": s.iso(due)})
 
-    @api.put("/queues/{name}/messages/{id}/priority", response_model=s.MessageStatus, responses=common, tags=["messages"])
+    @api.put("/queues/{name}/messages/{id:int}/priority", response_model=s.MessageStatus, responses=common, tags=["messages"])
     async def set_priority(name: str, id: int, body: s.PriorityRequest):
         """Change the priority of a ready or delayed message (409 while leased)."""
         return JSONResponse(message_status(await service.set_priority(name, id, body.priority)))
 
-    @api.get("/queues/{name}/messages/{id}", response_model=s.MessageStatus, responses=common, tags=["messages"])
+    @api.get("/queues/{name}/messages/{id:int}", response_model=s.MessageStatus, responses=common, tags=["messages"])
     async def get_message(name: str, id: int):
         """State of a message: ready, delayed, leased, dead or acked (with its result, while retained)."""
         return JSONResponse(message_status(service.get_message(name, id)))
 
-    @api.delete("/queues/{name}/messages/{id}", response_model=s.CancelResult, responses=common, tags=["messages"])
+    @api.delete("/queues/{name}/messages/{id:int}", response_model=s.CancelResult, responses=common, tags=["messages"])
     async def cancel(name: str, id: int):
         """Cancel a ready or delayed message, or delete a dead letter (409 while leased)."""
         was = await service.cancel(name, id)
@@ -298,6 +312,7 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
 
     app.include_router(api)
     app.include_router(build_cluster_router(service, log_request))
+    app.openapi = _exact_int64_bounds(app.openapi)
 
     # ---- health ----------------------------------------------------------------------------------
 
@@ -315,12 +330,37 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
                     "leader_address": leader.get("address")}
         return JSONResponse({"detail": "not ready: no leader elected or log not yet applied"}, status_code=503)
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus():
         body, ctype = metrics.render(service)
         return Response(content=body, media_type=ctype)
 
     return app
+
+
+def _exact_int64_bounds(openapi):
+    """FastAPI's OpenAPI model keeps `minimum`/`maximum` as floats, which turns the int64 bounds into
+    2^63 (one past the largest int64); put the exact integers back so the schema says what is checked."""
+
+    def fix(node) -> None:
+        if isinstance(node, dict):
+            for key in ("minimum", "maximum"):
+                value = node.get(key)
+                if type(value) is float and value in (float(INT64_MIN), float(INT64_MAX)):
+                    node[key] = INT64_MIN if value < 0 else INT64_MAX
+            for child in node.values():
+                fix(child)
+        elif isinstance(node, list):
+            for child in node:
+                fix(child)
+
+    def exact():
+        schema = openapi()
+        fix(schema)  # cached by FastAPI after the first call; fixing twice changes nothing
+        return schema
+
+    return exact
 
 
 def _route(request: Request) -> str:
