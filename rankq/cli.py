@@ -721,7 +721,7 @@ def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_
     """Run a local group on 127.0.0.1 under a supervisor that restarts crashed nodes (Ctrl-C stops all)."""
     from .devcluster import DevCluster
 
-    DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run()
+    raise SystemExit(DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run())
 
 
 # ---- operator and pod-side commands --------------------------------------------------------------
