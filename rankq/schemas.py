@@ -300,3 +300,16 @@ class AddMember(Strict):
 
 class TransferLeader(Strict):
     to: str | None = Field(None, description="node id or Raft address; default: the most caught-up follower")
+
+
+class RestoreChunk(Strict):
+    restore_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                            description="the same for every chunk of one restore (the CLI makes one)")
+    index: int = Field(..., ge=0, le=2**31, description="chunk number from 0; a chunk sent again is applied once")
+    records: list[dict] = Field(..., min_length=1, max_length=10_000,
+                                description="backup records (JSON lines of a backup file), in file order")
+
+
+class RestoreResult(BaseModel):
+    applied: int = Field(..., description="records applied by this chunk (0 for a repeat)")
+    duplicate: bool

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import commands as c
+from .backup import apply_records, export_records
 from .config import QueueConfig, check_queue_name
 from .errors import Conflict, Invalid, NotFound
 from .message import MessageInfo
@@ -23,6 +24,7 @@ class Engine:
         self.seq = 0  # logical clock: one tick per applied command and per message created
         self.now = 0  # latest command time seen, ms since the epoch
         self.woke: set[str] = set()  # queues that gained ready messages; drained by the caller
+        self.restores: dict[str, int] = {}  # restore id -> chunks applied
 
     def _next_id(self) -> int:
         self.seq += 1
@@ -112,7 +114,25 @@ class Engine:
         for q in self.queues.values():
             q.advance(now, self.woke)
 
+    def _restore(self, cmd: c.Restore, now: int) -> dict:
+        restores = self.__dict__.setdefault("restores", {})  # engines from older snapshots lack it
+        done = restores.get(cmd.restore_id, 0)
+        if cmd.index < done:
+            return {"applied": 0, "duplicate": True}
+        if cmd.index > done:
+            raise Invalid(f"restore {cmd.restore_id!r} expects chunk {done} next, not {cmd.index}")
+        if done == 0 and (not cmd.records or not isinstance(cmd.records[0], dict)
+                          or cmd.records[0].get("kind") != "header"):
+            raise Invalid("a restore starts with the backup's header record")
+        applied = apply_records(self, list(cmd.records), self.woke)
+        restores[cmd.restore_id] = done + 1
+        return {"applied": applied, "duplicate": False}
+
     # ---- reads (local, never through the log) ------------------------------------------------
+
+    def export(self):
+        """The whole state as backup records (see rankq.engine.backup); hold the state still."""
+        return export_records(self)
 
     def next_deadline(self) -> int | None:
         deadlines = [d for d in (q.next_deadline() for q in self.queues.values()) if d is not None]
@@ -138,4 +158,5 @@ _HANDLERS = {
     c.Cancel: Engine._cancel,
     c.Redrive: Engine._redrive,
     c.Tick: Engine._tick,
+    c.Restore: Engine._restore,
 }
