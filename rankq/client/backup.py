@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import RankQError
 
-CHUNK_RECORDS = 2_000
+CHUNK_RECORDS = 5_000
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
@@ -42,6 +42,11 @@ class BackupSummary:
 
 def read_records(path: str) -> Iterator[dict[str, Any]]:
     """The records of a backup file, in order; BackupFileError if it is cut short or not one."""
+    for record, _ in _records_with_size(path):
+        yield record
+
+
+def _records_with_size(path: str) -> Iterator[tuple[dict[str, Any], int]]:
     seen_end = False
     try:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
@@ -57,7 +62,7 @@ def read_records(path: str) -> Iterator[dict[str, Any]]:
                     raise BackupFileError(f"{path}: records after the end record")
                 if record.get("kind") == "end":
                     seen_end = True
-                yield record
+                yield record, len(line)
     except (OSError, EOFError, ValueError) as err:
         raise BackupFileError(f"{path}: not a readable backup ({err})") from err
     if not seen_end:
@@ -75,8 +80,7 @@ def chunks(path: str, max_records: int = CHUNK_RECORDS, max_bytes: int = CHUNK_B
     """The backup's records in request-sized chunks, in file order."""
     chunk: list[dict[str, Any]] = []
     size = 0
-    for record in read_records(path):
-        length = len(json.dumps(record))
+    for record, length in _records_with_size(path):
         if chunk and (len(chunk) >= max_records or size + length > max_bytes):
             yield chunk
             chunk, size = [], 0
