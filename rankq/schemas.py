@@ -76,6 +76,7 @@ class QueueSettings(Strict):
     dedup_window: float | None = Field(None, ge=0, description="seconds a dedup key is remembered (default 300)")
     retry_base: float | None = Field(None, ge=0, description="first retry delay after a nack without delay, doubling per delivery (default 1)")
     retry_max: float | None = Field(None, ge=0, description="longest retry delay (default 300)")
+    archive: bool | None = Field(None, description="copy finished messages (acked with result, dead-lettered, cancelled) to the group's PostgreSQL archive (default false)")
 
     def to_engine(self) -> dict:
         """The fields that were given, in engine units."""
@@ -88,7 +89,7 @@ class QueueSettings(Strict):
         # `null` is meaningful only where the engine allows None.
         for key in ("policy", "weights", "default_priority", "fair_groups", "visibility_timeout_ms",
                     "max_deliveries", "dead_letter", "retention_ms", "max_payload_bytes",
-                    "dedup_window_ms", "retry_base_ms", "retry_max_ms"):
+                    "dedup_window_ms", "retry_base_ms", "retry_max_ms", "archive"):
             if key in out and out[key] is None:
                 del out[key]
         return out

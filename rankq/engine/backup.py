@@ -152,7 +152,7 @@ def apply_records(engine: Any, records: list[Record], woke: set[str]) -> int:
             if isinstance(settings.get("weights"), dict):
                 settings["weights"] = {int(k): v for k, v in settings["weights"].items()}
             config = QueueConfig().with_changes(settings)
-            q = QueueState(name, config, _b64(rec, "secret"), _int(rec, "created_at") or 0)
+            q = QueueState(name, config, _b64(rec, "secret"), _int(rec, "created_at") or 0, engine.outbox())
             totals = rec.get("totals")
             if isinstance(totals, dict):
                 q.totals.update({k: v for k, v in totals.items() if k in q.totals and isinstance(v, int)})

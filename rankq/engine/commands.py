@@ -119,6 +119,13 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveDone:
+    """The archive store holds every outbox record up to `upto`: drop them on every replica."""
+
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
 class Restore:
     """Chunk `index` (from 0) of restore `restore_id`: backup records (rankq.engine.backup).
 
@@ -144,6 +151,7 @@ Command = (
     | Redrive
     | Tick
     | Restore
+    | ArchiveDone
 )
 
 
@@ -160,7 +168,7 @@ def _positional_reduce(cls):
 
 
 for _cls in (CreateQueue, UpdateQueue, DeleteQueue, Enqueue, Dequeue, Ack, Nack,
-             Extend, SetPriority, Cancel, Redrive, Tick, Restore):
+             Extend, SetPriority, Cancel, Redrive, Tick, Restore, ArchiveDone):
     _positional_reduce(_cls)
 del _cls
 

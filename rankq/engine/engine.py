@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import commands as c
+from .archive import ArchiveOutbox
 from .backup import apply_records, export_records
 from .config import QueueConfig, check_queue_name
 from .errors import Conflict, Invalid, NotFound
@@ -25,6 +26,7 @@ class Engine:
         self.now = 0  # latest command time seen, ms since the epoch
         self.woke: set[str] = set()  # queues that gained ready messages; drained by the caller
         self.restores: dict[str, int] = {}  # restore id -> chunks applied
+        self.archive = ArchiveOutbox()  # finished messages of archived queues, until stored
 
     def _next_id(self) -> int:
         self.seq += 1
@@ -52,7 +54,7 @@ class Engine:
         if cmd.name in self.queues:
             raise Conflict(f"queue {cmd.name!r} already exists")
         config = QueueConfig().with_changes(dict(cmd.settings))
-        self.queues[cmd.name] = QueueState(cmd.name, config, cmd.secret, now)
+        self.queues[cmd.name] = QueueState(cmd.name, config, cmd.secret, now, self.outbox())
         return config.as_dict()
 
     def _update(self, cmd: c.UpdateQueue, now: int) -> dict:
@@ -105,7 +107,7 @@ class Engine:
         self._queue(cmd.queue, now).set_priority(cmd, self.woke)
 
     def _cancel(self, cmd: c.Cancel, now: int) -> str:
-        return self._queue(cmd.queue, now).cancel(cmd)
+        return self._queue(cmd.queue, now).cancel(cmd, now)
 
     def _redrive(self, cmd: c.Redrive, now: int) -> dict:
         return self._queue(cmd.queue, now).redrive(cmd, self.woke)
@@ -113,6 +115,16 @@ class Engine:
     def _tick(self, cmd: c.Tick, now: int) -> None:
         for q in self.queues.values():
             q.advance(now, self.woke)
+
+    def outbox(self) -> ArchiveOutbox:
+        """The archive outbox (engines from snapshots of earlier builds get one on first use)."""
+        box = self.__dict__.get("archive")
+        if box is None:
+            box = self.archive = ArchiveOutbox()
+        return box
+
+    def _archive_done(self, cmd: c.ArchiveDone, now: int) -> int:
+        return self.outbox().confirm(cmd.upto)
 
     def _restore(self, cmd: c.Restore, now: int) -> dict:
         restores = self.__dict__.setdefault("restores", {})  # engines from older snapshots lack it
@@ -159,4 +171,5 @@ _HANDLERS = {
     c.Redrive: Engine._redrive,
     c.Tick: Engine._tick,
     c.Restore: Engine._restore,
+    c.ArchiveDone: Engine._archive_done,
 }

@@ -21,6 +21,7 @@ from ..engine import commands as c
 from . import logs, metrics
 from .asgi import LeaderHeaders
 from .errors import ClusterConflict, Unavailable
+from .http_archive import build_archive_router
 from .http_backup import build_backup_router
 from .http_cluster import build_cluster_router
 from .service import QueueService, QueueView
@@ -296,6 +297,7 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(build_cluster_router(service, log_request))
     app.include_router(build_backup_router(service, log_request))
+    app.include_router(build_archive_router(service, log_request))
 
     # ---- health ----------------------------------------------------------------------------------
 
