@@ -107,8 +107,14 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
               help="...or after this many seconds since the last snapshot...")
 @click.option("--snapshot-mib", default=64, show_default=True, type=click.IntRange(min=1),
               help="...or once the log since the last snapshot holds this many MiB.")
+@click.option("--archive-dsn", envvar="RANKQ_ARCHIVE_DSN", default=None, show_envvar=True,
+              help="PostgreSQL connection string for the archive of finished messages of queues with "
+                   "archive on (prefer the environment variable: it keeps the password out of ps).")
+@click.option("--archive-group", envvar="RANKQ_ARCHIVE_GROUP", default="default", show_default=True,
+              help="This group's name in the archive tables (several groups may share a database).")
 def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, peers, raft_password_file,
-           api_token_file, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds, snapshot_mib) -> None:
+           api_token_file, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds, snapshot_mib,
+           archive_dsn, archive_group) -> None:
     """Run a queue server node."""
     import os
 
@@ -129,7 +135,7 @@ def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, 
             peers=[p.strip() for p in peers.split(",") if p.strip()],
             raft_password=password or None, api_token=api_token or None, log_format=log_format, log_level=log_level,
             demo_queue=demo_queue, snapshot_entries=snapshot_entries, snapshot_seconds=snapshot_seconds,
-            snapshot_bytes=snapshot_mib * 1024 * 1024,
+            snapshot_bytes=snapshot_mib * 1024 * 1024, archive_dsn=archive_dsn or None, archive_group=archive_group,
         )
     )
 
@@ -189,12 +195,13 @@ def console():
 
 
 def table(*columns: str, title: str | None = None, **column_opts: dict):
+    """A table that fits the terminal (80 columns when not one): long cells wrap, none is cut."""
     from rich import box
     from rich.table import Table
 
     t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for name in columns:
-        opts = {"min_width": len(name), **column_opts.get(name.replace(" ", "_"), {})}
+        opts = {"min_width": len(name), "overflow": "fold", **column_opts.get(name.replace(" ", "_"), {})}
         t.add_column(name, **opts)
     return t
 
@@ -311,6 +318,8 @@ def settings_options(f):
         click.option("--retry-base", type=SECONDS, metavar="SECONDS",
                      help="First redelivery delay after a nack without --delay (doubles each time)."),
         click.option("--retry-max", type=SECONDS, metavar="SECONDS", help="Longest redelivery delay."),
+        click.option("--archive/--no-archive", default=None,
+                     help="Copy finished messages to the group's PostgreSQL archive (server --archive-dsn)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -536,12 +545,12 @@ def receive(state: CliState, queue: str, max_: int, wait: float, visibility_time
     elif not messages:
         note("no messages")
     else:
-        cols = ["id", "priority", "group", "deliveries", "lease token", "payload"] + (["acked"] if ack_ else [])
-        t = table(*cols, lease_token={"no_wrap": True}, payload={"overflow": "fold", "min_width": 10})
+        # An acked message's lease token is spent: show whether the ack took instead.
+        cols = ["id", "priority", "group", "deliveries", "acked" if ack_ else "lease token", "payload"]
+        t = table(*cols, payload={"min_width": 10})
         for m in messages:
-            row = [str(m.id), str(m.priority), m.group, str(m.deliveries), m.lease_token, short(m.payload)]
-            if ack_:
-                row.append("yes" if acked[m.id].ok else "no")
+            row = [str(m.id), str(m.priority), m.group, str(m.deliveries),
+                   ("yes" if acked[m.id].ok else "no") if ack_ else m.lease_token, short(m.payload)]
             add_row(t, *row)
         print_table(t)
     failed = [o for o in acked.values() if not o.ok]
@@ -662,11 +671,13 @@ def print_cluster(state: CliState, status: dict) -> None:
     if state.json:
         print_json(status)
         return
-    t = table("id", "address", "role", "healthy", "match", "lag", "http",
+    members = status.get("members", [])
+    named = any(m["id"] != m["address"] for m in members)  # ids default to the address: show it once
+    t = table(*(["id"] if named else []), "address", "role", "health", "match", "lag", "http",
               title=f"leader {status.get('leader')}  term {status.get('term')}  "
                     f"commit {status.get('commit_index')}  (answered by {status.get('self')})")
-    for m in status.get("members", []):
-        add_row(t, m["id"], m["address"], m["role"], "yes" if m["healthy"] else "NO",
+    for m in members:
+        add_row(t, *([m["id"]] if named else []), m["address"], m["role"], "ok" if m["healthy"] else "DOWN",
                 show(m.get("match_index")), show(m.get("lag")), show(m.get("http_url")))
     print_table(t)
 
@@ -674,8 +685,23 @@ def print_cluster(state: CliState, status: dict) -> None:
 @cluster.command("status")
 @pass_state
 def cluster_status(state: CliState) -> None:
-    """Leader, term, commit index and every member's role, health and replication progress."""
-    print_cluster(state, state.client().cluster_status())
+    """Leader, term, commit index and every member's role, health and replication progress.
+
+    Only the leader knows how far each follower has got, so a follower's answer is replaced by the
+    leader's when the leader can be reached.
+    """
+    status = state.client().cluster_status()
+    leader_url = next((m.get("http_url") for m in status.get("members", []) if m.get("role") == "leader"), None)
+    if status.get("leader") and status.get("self") != status.get("leader") and leader_url:
+        from .client import Client
+
+        try:
+            with Client(leader_url, timeout=state.timeout, token=state.token) as leader:
+                status = leader.cluster_status()
+        except RankQError as err:
+            note(f"the leader at {leader_url} did not answer ({err}); showing {status.get('self')}'s view, "
+                 "which lacks the followers' progress")
+    print_cluster(state, status)
 
 
 @cluster.command("add")
@@ -702,6 +728,39 @@ def cluster_transfer(state: CliState, to: str | None) -> None:
     print_cluster(state, state.client().transfer_leader(to))
 
 
+# ---- backup and restore ----------------------------------------------------------------------------
+
+def print_backup(state: CliState, verb: str, summary) -> None:
+    if state.json:
+        print_json({"path": summary.path, "bytes": summary.bytes, "records": summary.records})
+        return
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.records.items())) or "nothing"
+    click.echo(f"{verb} {summary.path} ({summary.bytes} bytes): {kinds}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@pass_state
+def backup(state: CliState, file: str) -> None:
+    """Write a consistent backup of the whole group to FILE (gzip'd JSON lines), taken on the leader.
+
+    It holds every queue with its settings, every message (leased ones come back ready), dead
+    letters, retained results and dedup keys. Needs the admin scope where tokens are required.
+    """
+    print_backup(state, "wrote", state.client().backup(file))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@pass_state
+def restore(state: CliState, file: str) -> None:
+    """Load the backup in FILE into the group at --url, which must not have those queues yet.
+
+    The records go through the group's log, so every member ends with the same state.
+    """
+    print_backup(state, "restored", state.client().restore(file))
+
+
 # ---- local development ------------------------------------------------------------------------------
 
 @main.group()
@@ -721,7 +780,7 @@ def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_
     """Run a local group on 127.0.0.1 under a supervisor that restarts crashed nodes (Ctrl-C stops all)."""
     from .devcluster import DevCluster
 
-    DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run()
+    raise SystemExit(DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run())
 
 
 # ---- operator and pod-side commands --------------------------------------------------------------

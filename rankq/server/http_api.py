@@ -24,6 +24,8 @@ from ..validation import check_settings, json_text
 from . import logs, metrics
 from .asgi import LeaderHeaders
 from .errors import ClusterConflict, Unavailable
+from .http_archive import build_archive_router
+from .http_backup import build_backup_router
 from .http_cluster import build_cluster_router
 from .service import QueueService, QueueView
 
@@ -312,6 +314,8 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
 
     app.include_router(api)
     app.include_router(build_cluster_router(service, log_request))
+    app.include_router(build_backup_router(service, log_request))
+    app.include_router(build_archive_router(service, log_request))
     app.openapi = _exact_int64_bounds(app.openapi)
 
     # ---- health ----------------------------------------------------------------------------------
