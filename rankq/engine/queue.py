@@ -51,10 +51,11 @@ def message_size(m: c.NewMessage) -> int:
     """
     payload = m.payload
     try:
-        size = len(payload.encode() if isinstance(payload, str) else payload)
+        # isascii() reads a flag CPython keeps on every str: ASCII text is counted without encoding.
+        size = len(payload) if type(payload) is bytes or payload.isascii() else len(payload.encode())
         if m.headers:
             for key, value in m.headers.items():
-                size += len(key.encode()) + len(value.encode())
+                size += (len(key) if key.isascii() else len(key.encode())) + (len(value) if value.isascii() else len(value.encode()))
     except UnicodeEncodeError:
         raise Invalid("payload and headers must be valid Unicode (no lone surrogates)") from None
     except (AttributeError, TypeError):

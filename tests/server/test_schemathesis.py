@@ -89,6 +89,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path):
             if name == "token":
                 assert 401 not in statuses, "the token was not sent with every request"
             total += len(answers)
+            print(f"schemathesis ({name}): {len(answers)} answers, statuses {dict(sorted(statuses.items()))}")
         assert total >= 5000, total
         for srv in (open_srv, protected):
             assert httpx.get(srv.url + "/readyz").status_code == 200
