@@ -23,14 +23,9 @@ MAX_DURATION = limits.MAX_DURATION_MS / 1000
 
 
 
-def _integral(value: Any) -> Any:
-    """JSON has one number type: 2.0 is the integer 2 (as JSON Schema says); true and "2" are not."""
-    return int(value) if type(value) is float and value.is_integer() else value
-
-
 def json_int(low: int, high: int) -> Any:
-    """A strict integer (no "1" or true for 1) within [low, high]."""
-    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_integral)]
+    """A strict integer (no "1", true or 1.0 for 1) within [low, high]."""
+    return Annotated[int, Field(ge=low, le=high)]
 
 
 # Request field types, bounded as the engine and gRPC are.

@@ -73,8 +73,10 @@ def json_text(name: str, value: Any) -> str:
         raise Invalid(f"{name} must not hold NaN or Infinity (they are not JSON)") from None
     except RecursionError:
         raise Invalid(f"{name} is nested deeper than {MAX_JSON_DEPTH} levels") from None
-    check_text(name, text)
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:  # cheap bound first; walk only when needed
+    if not text.isascii():
+        check_text(name, text)
+    # Deeper than MAX_JSON_DEPTH takes more brackets than that: count them (cheap) before walking.
+    if len(text) > 2 * MAX_JSON_DEPTH and text.count("[") + text.count("{") > MAX_JSON_DEPTH:
         check_json(name, value)
     return text
 

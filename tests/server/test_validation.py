@@ -82,6 +82,7 @@ def test_values_that_once_poisoned_a_queue_are_refused(api):
         '{"payload": 1, "priority": true}',  # no coercion of true to 1
         '{"payload": 1, "priority": "1"}',
         '{"payload": 1, "priority": 1.5}',
+        '{"payload": 1, "priority": 1.0}',
         '{"payload": 1, "deliver_at": "2030-01-01T00:00:00"}',  # no zone: refused, not guessed
         '{"payload": 1, "deliver_at": 1893456000}',
         '{"payload": 1, "deliver_at": "9999-12-31T23:59:59-14:00"}',  # after year 9999 in UTC
