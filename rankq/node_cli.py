@@ -7,7 +7,9 @@ import sys
 import time
 
 import click
-import httpx
+
+from .client import Client
+from .client.errors import RankQError
 
 
 def quorum(size: int) -> int:
@@ -24,11 +26,11 @@ def quorum_critical(status: dict, me: str) -> bool:
 def drain(url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo(s, err=True)) -> int:
     """Move leadership off this node, then wait while stopping it would cost the group its quorum."""
     deadline = time.monotonic() + timeout
-    token = os.environ.get("RANKQ_API_TOKEN")
-    with httpx.Client(timeout=3, headers={"Authorization": f"Bearer {token}"} if token else None) as http:
+    token = os.environ.get("RANKQ_API_TOKEN") or None
+    with Client(url, timeout=3, retries=0, token=token) as node:
         try:
-            status = http.get(f"{url}/api/v1/cluster").json()
-        except (httpx.HTTPError, ValueError) as err:
+            status = node.cluster_status()
+        except RankQError as err:
             echo(f"drain: node not answering ({err}); nothing to protect")
             return 0
         me = status["self"]
@@ -37,24 +39,26 @@ def drain(url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo
             return 0
         while time.monotonic() < deadline:
             try:
-                status = http.get(f"{url}/api/v1/cluster").json()
+                status = node.cluster_status()
                 if status.get("leader") is None:
                     echo("drain: no leader known (group already without quorum); not waiting")
                     return 0
                 if status["leader"] == me:
                     echo("drain: this node leads; transferring leadership")
-                    http.post(f"{url}/api/v1/cluster/transfer-leader", json={"to": None}, timeout=10)
+                    with Client(url, timeout=10, retries=0, token=token) as admin:
+                        admin.transfer_leader(None)
                     time.sleep(poll)
                     continue
                 leader = next((m for m in status["members"] if m["role"] == "leader"), None)
                 view = status
                 if leader and leader.get("http_url"):
-                    view = http.get(f"{leader['http_url']}/api/v1/cluster").json()
+                    with Client(leader["http_url"], timeout=3, retries=0, token=token) as other:
+                        view = other.cluster_status()
                 if not quorum_critical(view, me):
                     echo(f"drain: {me} is not quorum-critical; stopping is safe")
                     return 0
                 echo(f"drain: {me} is quorum-critical; waiting")
-            except (httpx.HTTPError, ValueError, KeyError) as err:
+            except (RankQError, KeyError) as err:
                 echo(f"drain: {err}")
             time.sleep(poll)
     echo("drain: gave up waiting; stopping anyway")

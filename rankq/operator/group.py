@@ -1,0 +1,38 @@
+"""The operator's connections to one group's members: rankq's own `AsyncClient`, one per member URL.
+
+Admin calls (cluster status, membership, leadership, queue settings) go through the client so
+they get its typed errors (`ConflictError`, `NotFoundError`, `TransportError`, ...) instead of
+status codes and error text. The operator never retries inside a call: every tick re-observes and
+decides again, so clients are built with `retries=0`.
+"""
+
+from __future__ import annotations
+
+from ..client import AsyncClient
+
+OBSERVE_TIMEOUT = 0.7  # seconds per member for /api/v1/cluster; a dead pod must not stall the check
+ADMIN_TIMEOUT = 10.0  # membership changes and leadership transfers wait for a commit
+
+
+class GroupClients:
+    """Clients by (URL, timeout), rebuilt when the group's API token changes."""
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self._clients: dict[tuple[str, float], AsyncClient] = {}
+
+    async def set_token(self, token: str | None) -> None:
+        if token != self.token:
+            await self.close()
+            self.token = token
+
+    def at(self, url: str, timeout: float = ADMIN_TIMEOUT) -> AsyncClient:
+        client = self._clients.get((url, timeout))
+        if client is None:
+            client = self._clients[(url, timeout)] = AsyncClient(url, timeout=timeout, retries=0, token=self.token)
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
