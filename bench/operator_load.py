@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "k8s"))
 
-from operator_support import OperatorProcess, StandIns, install_chart, unique  # noqa: E402
+from operator_support import OperatorProcess, StandIns, drop_finalizers, install_chart, unique  # noqa: E402
 
 
 class K8s:
@@ -153,6 +153,7 @@ def main() -> None:
         if stand is not None:
             stand.stop()
         op.kill()
+        drop_finalizers(k8s, ns)
         k8s.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         k8s.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
                     check=False)

@@ -284,11 +284,11 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
 
     # -- what the Queue owns --
 
-    @kopf.index("", "v1", "pods", labels=APP, registry=registry)
+    @kopf.index("", "v1", "pods", labels=APP, registry=registry, id="rankq_pods")
     def rankq_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, _queue_of(labels)): _plain(body)}
 
-    @kopf.index("apps", "v1", "statefulsets", labels=APP, registry=registry)
+    @kopf.index("apps", "v1", "statefulsets", labels=APP, registry=registry, id="rankq_statefulsets")
     def rankq_statefulsets(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): _plain(body)}
 
