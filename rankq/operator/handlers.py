@@ -75,12 +75,23 @@ class Wake:
         self.event.clear()
         return full
 
-    async def wait(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+    async def wait(self, timeout: float | None, stopped: Any) -> bool:
+        """Until woken (True), `timeout` passes or kopf stops the daemon (False)."""
+        return await first(self.event.wait(), stopped, timeout) and self.event.is_set()
+
+
+async def first(awaitable: Any, stopped: Any, timeout: float | None = None) -> bool:
+    """Await `awaitable` unless kopf's `stopped` flag is raised first; False on stop or timeout."""
+    async def until_stopped() -> None:
+        await stopped.wait()
+
+    job, stop = asyncio.ensure_future(awaitable), asyncio.ensure_future(until_stopped())
+    try:
+        await asyncio.wait([job, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (job, stop):
+            task.cancel()
+    return job.done() and not job.cancelled() and not stopped
 
 
 def next_check(previous: float, settled: bool, controller: QueueController) -> float:
@@ -193,7 +204,7 @@ class Operator:
 
     # -- one daemon per Queue --
 
-    async def run_queue(self, body: kopf.Body, pods: kopf.Index, statefulsets: kopf.Index) -> None:
+    async def run_queue(self, body: kopf.Body, pods: kopf.Index, statefulsets: kopf.Index, stopped: Any) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         wake = self.wakes[key] = Wake()
@@ -201,8 +212,9 @@ class Operator:
         controller = QueueController(self.kube, self.endpoints)
         interval = CHECK_FAST
         try:
-            while True:
-                await self.leading.wait()
+            while not stopped:
+                if not self.leading.is_set() and not await first(self.leading.wait(), stopped):
+                    break
                 full = wake.take()
                 plain = _plain(body)
                 self._track_secret(key, plain)
@@ -214,7 +226,7 @@ class Operator:
                     log.exception("%s/%s: reconcile failed", *key)
                     settled = False
                 interval = next_check(interval, settled, controller)
-                if await wake.wait(interval):
+                if await wake.wait(interval, stopped):
                     interval = CHECK_FAST
                     await asyncio.sleep(DEBOUNCE)
         finally:
@@ -277,10 +289,10 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
     def queue_changed(namespace: str, name: str, **_: Any) -> None:
         state.wake(namespace, name, full=True)
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10)
-    async def queue_daemon(body: kopf.Body, rankq_pods: kopf.Index, rankq_statefulsets: kopf.Index,
-                           **_: Any) -> None:
-        await state.run_queue(body, rankq_pods, rankq_statefulsets)
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_backoff=5, cancellation_timeout=10)
+    async def queue_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, rankq_pods: kopf.Index,
+                           rankq_statefulsets: kopf.Index, **_: Any) -> None:
+        await state.run_queue(body, rankq_pods, rankq_statefulsets, stopped)
 
     # -- what the Queue owns --
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from lightkube import ApiError, AsyncClient
+from lightkube import ApiError, AsyncClient, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.coordination_v1 import Lease
@@ -65,8 +65,6 @@ class Kube:
             raise
 
     async def create(self, obj: dict) -> dict:
-        from lightkube import codecs
-
         return _plain(await self.client.create(codecs.from_dict(obj)))
 
     async def apply(self, obj: dict) -> dict:
