@@ -6,8 +6,8 @@
 2. creates N settings-only Queues (`replicas: 1`, ephemeral storage; kwok runs their pods, no
    server answers, so they never elect a leader) and times how long until every Queue has all its
    children, its pod labelled and its status written for generation 1 ("reconciled");
-3. with `--servers K`, K more Queues get a real `rankq server` per pod (as in the e2e tests) and
-   must reach Ready;
+3. with `--servers K`, K more Queues, in a namespace of their own, get a real `rankq server` per
+   pod (as in the e2e tests) and must reach Ready;
 4. counts `apiserver_request_total` (all verbs, all resources) over a settled window with the
    operator running, then over the same window with the operator stopped; the difference is the
    operator's requests. It prints JSON: requests per minute in total and per Queue, the reconcile
@@ -102,9 +102,9 @@ def main() -> None:
 
     k8s = K8s()
     tmp = Path(tempfile.mkdtemp(prefix="operator-load-"))
-    sys_ns, ns, release = unique("rankq-sys"), unique("load"), unique("rq")
-    k8s.kubectl("create", "namespace", sys_ns)
-    k8s.kubectl("create", "namespace", ns)
+    sys_ns, ns, srv_ns, release = unique("rankq-sys"), unique("load"), unique("served"), unique("rq")
+    for namespace in (sys_ns, ns, srv_ns):
+        k8s.kubectl("create", "namespace", namespace)
     kubeconfig = install_chart(k8s, sys_ns, release, tmp)
     endpoints = tmp / "endpoints.json"
     op = OperatorProcess(kubeconfig, sys_ns, endpoints, tmp / "operator.log").start()
@@ -114,17 +114,18 @@ def main() -> None:
         names = [f"s{i}" for i in range(args.queues)]
         served = [f"r{i}" for i in range(args.servers)]
         if served:
-            stand = StandIns(k8s.kubeconfig, ns, tmp / "pods", endpoints)
+            stand = StandIns(k8s.kubeconfig, srv_ns, tmp / "pods", endpoints)
             for name in served:
                 stand.reserve(name, 1)
             stand.start()
         cpu0 = cpu_seconds(op.proc.pid)
-        manifests = [{"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": n},
-                      "spec": {"replicas": 1, "storage": {"ephemeral": True}}} for n in names + served]
-        k8s.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                     "items": manifests}))
+        for namespace, group in ((ns, names), (srv_ns, served)):
+            manifests = [{"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": n},
+                          "spec": {"replicas": 1, "storage": {"ephemeral": True}}} for n in group]
+            k8s.kubectl("apply", "-n", namespace, "-f", "-",
+                        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
         took = wait(lambda: reconciled(k8s, ns, names, False) and
-                    (not served or reconciled(k8s, ns, served, True)), 600, "every Queue reconciled")
+                    (not served or reconciled(k8s, srv_ns, served, True)), 600, "every Queue reconciled")
         cpu_reconcile = cpu_seconds(op.proc.pid) - cpu0
         time.sleep(args.settle)
 
@@ -153,8 +154,9 @@ def main() -> None:
         if stand is not None:
             stand.stop()
         op.kill()
-        drop_finalizers(k8s, ns)
-        k8s.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        for namespace in (ns, srv_ns):
+            drop_finalizers(k8s, namespace)
+            k8s.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         k8s.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
                     check=False)
         k8s.kubectl("delete", "namespace", sys_ns, "--wait=false", check=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..client import AsyncClient
 
 OBSERVE_TIMEOUT = 0.7  # seconds per member for /api/v1/cluster; a dead pod must not stall the check
+QUEUE_TIMEOUT = 3.0  # reading or changing the queue's settings through the leader
 ADMIN_TIMEOUT = 10.0  # membership changes and leadership transfers wait for a commit
 
 

@@ -217,6 +217,8 @@ class Operator:
                     break
                 full = wake.take()
                 plain = _plain(body)
+                if plain["metadata"].get("deletionTimestamp"):
+                    break  # going: garbage collection removes the children, kopf stops this daemon
                 self._track_secret(key, plain)
                 sts = next(iter(statefulsets.get(key, [])), None)
                 try:

@@ -37,7 +37,7 @@ from ..client.errors import ConflictError, NotFoundError, RankQError
 from . import leader as leader_mod
 from . import specs
 from .endpoints import Endpoints
-from .group import GroupClients
+from .group import QUEUE_TIMEOUT, GroupClients
 from .kube import Kube, KubeError, code, now_iso
 from .membership import Action, ordinal, plan_rollout, plan_scale
 from .models import QueueResource
@@ -230,7 +230,7 @@ class QueueController:
     async def sync_queue(self, body: dict, q: QueueResource, obs: leader_mod.Observation) -> dict | None:
         if obs.leader is None:
             return None
-        client = self.group.at(self.endpoints.http_url(q, obs.leader))
+        client = self.group.at(self.endpoints.http_url(q, obs.leader), QUEUE_TIMEOUT)
         name = q.spec.queue_name(q.name)
         desired = specs.queue_settings(q)
         try:
