@@ -227,6 +227,9 @@ class Operator:
                 except Exception:  # noqa: BLE001 - a bug must not end the daemon; it is logged and retried
                     log.exception("%s/%s: reconcile failed", *key)
                     settled = False
+                if controller.degraded and controller.degraded[0] == "KubernetesError" and \
+                        await self.kube.get("Queue", *key) is None:
+                    break  # deleted behind kopf's back (its finalizer removed by hand)
                 interval = next_check(interval, settled, controller)
                 if await wake.wait(interval, stopped):
                     interval = CHECK_FAST
