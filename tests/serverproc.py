@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -67,10 +68,12 @@ class ServerProcess:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
+        verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
+
         def ready():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
-            return httpx.get(self.url + "/readyz", timeout=1, verify=self.ca or True).status_code == 200
+            return httpx.get(self.url + "/readyz", timeout=1, verify=verify).status_code == 200
 
         wait_for(ready, timeout, "server /readyz")
 
