@@ -105,8 +105,8 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
                    "(or set RANKQ_RAFT_PASSWORD).")
 @click.option("--api-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File of bearer tokens for the API, one per line: 'TOKEN' (all scopes) or 'TOKEN "
-                   "produce,consume,admin' (or set RANKQ_API_TOKEN to one all-scope token); health, "
-                   "metrics and docs stay open.")
+                   "produce,consume,admin'; health, metrics and docs stay open. Env: RANKQ_API_TOKEN (one "
+                   "all-scope token), RANKQ_PRODUCE_TOKEN, RANKQ_CONSUME_TOKEN, RANKQ_ADMIN_TOKEN.")
 @click.option("--produce-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File with a token (one per line) that may enqueue.")
 @click.option("--consume-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -148,7 +148,7 @@ def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, 
             [api_token_file] if api_token_file else [],
             {scope: [path] for scope, path in ((Scope.PRODUCE, produce_token_file), (Scope.CONSUME, consume_token_file),
                                                (Scope.ADMIN, admin_token_file)) if path},
-            env_token=os.environ.get("RANKQ_API_TOKEN"),
+            environ=os.environ,
         )
         config = ServerConfig(
             data_dir=data_dir, host=host, http_port=http_port, grpc_port=grpc_port, node_id=node_id,

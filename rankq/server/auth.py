@@ -8,7 +8,8 @@ both read them, and a test checks that every route and every RPC is listed.
 
 Token files hold one token per line, optionally followed by its scopes: ``TOKEN`` (all scopes) or
 ``TOKEN produce,consume``; blank lines and ``#`` comments are skipped. A per-scope file
-(``--admin-token-file`` ...) holds tokens of that scope only, one per line.
+(``--admin-token-file`` ...) holds tokens of that scope only, one per line. The variables in
+`TOKEN_ENV` hold one token each (``RANKQ_API_TOKEN``: all scopes; ``RANKQ_ADMIN_TOKEN``: admin ...).
 """
 
 from __future__ import annotations
@@ -169,20 +170,33 @@ def parse_token_lines(text: str, source: str, only: Scope | None = None) -> dict
     return out
 
 
+# Environment variables holding one token each, and the scopes it gets (Kubernetes passes Secrets so).
+TOKEN_ENV: dict[str, frozenset[Scope]] = {
+    "RANKQ_API_TOKEN": ALL_SCOPES,
+    "RANKQ_PRODUCE_TOKEN": frozenset({Scope.PRODUCE}),
+    "RANKQ_CONSUME_TOKEN": frozenset({Scope.CONSUME}),
+    "RANKQ_ADMIN_TOKEN": frozenset({Scope.ADMIN}),
+}
+
+
 def load_tokens(api_token_files: Iterable[str] = (), scope_files: Mapping[Scope, Iterable[str]] | None = None,
-                env_token: str | None = None) -> dict[str, frozenset[Scope]]:
-    """All tokens the server accepts, from `--api-token-file`, the per-scope files and
-    `RANKQ_API_TOKEN` (`env_token`; None when unset). Empty sources are errors, never 'no auth'."""
+                environ: Mapping[str, str] | None = None) -> dict[str, frozenset[Scope]]:
+    """All tokens the server accepts, from `--api-token-file`, the per-scope files and the
+    `TOKEN_ENV` variables. An empty source is an error, never 'no authentication'."""
     merged: dict[str, frozenset[Scope]] = {}
 
     def add(found: dict[str, frozenset[Scope]]) -> None:
         for token, scopes in found.items():
             merged[token] = merged.get(token, frozenset()) | scopes
 
-    if env_token is not None:
-        if not env_token.strip():
-            raise AuthConfigError("RANKQ_API_TOKEN is set but empty: set it to a token, or unset it")
-        add({env_token.strip(): ALL_SCOPES})
+    for name, scopes in TOKEN_ENV.items():
+        value = (environ or {}).get(name)
+        if value is None:
+            continue
+        if not value.strip() or len(value.split()) != 1:
+            raise AuthConfigError(f"{name} is set but {'empty' if not value.strip() else 'not one token'}: "
+                                  f"set it to a token, or unset it")
+        add({value.strip(): scopes})
     for path in api_token_files:
         add(parse_token_lines(_read(path), path))
     for scope, paths in (scope_files or {}).items():
@@ -202,7 +216,7 @@ def _read(path: str) -> str:
 # ---- protected mode -------------------------------------------------------------------------------
 
 TOKEN_OPTIONS = ("--api-token-file FILE, --produce-token-file / --consume-token-file / --admin-token-file FILE, "
-                 "or RANKQ_API_TOKEN")
+                 "or RANKQ_API_TOKEN / RANKQ_PRODUCE_TOKEN / RANKQ_CONSUME_TOKEN / RANKQ_ADMIN_TOKEN")
 
 
 def is_loopback(host: str) -> bool:

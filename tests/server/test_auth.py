@@ -178,8 +178,11 @@ def test_token_file_format():
             auth.parse_token_lines(bad, "f")
     with pytest.raises(AuthConfigError, match="one token per line"):
         auth.parse_token_lines("t1 admin", "f", only=Scope.PRODUCE)
-    with pytest.raises(AuthConfigError, match="RANKQ_API_TOKEN is set but empty"):
-        auth.load_tokens(env_token=" ")
+    for name in auth.TOKEN_ENV:
+        with pytest.raises(AuthConfigError, match=f"{name} is set but empty"):
+            auth.load_tokens(environ={name: " "})
+    found = auth.load_tokens(environ={"RANKQ_API_TOKEN": "a", "RANKQ_CONSUME_TOKEN": "c"})
+    assert found == {"a": auth.ALL_SCOPES, "c": {Scope.CONSUME}}
 
 
 # ---- protected mode ----------------------------------------------------------------------------------
@@ -188,7 +191,7 @@ def start_server(tmp_path, *args: str, env_token: str | None = None, wait: float
     """Run `rankq server` with `args`; returns the finished process, or the running one."""
     from serverproc import free_port
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANKQ_API_TOKEN",)}
+    env = {k: v for k, v in os.environ.items() if k not in auth.TOKEN_ENV}
     if env_token is not None:
         env["RANKQ_API_TOKEN"] = env_token
     cmd = [sys.executable, "-m", "rankq.cli", "server", "--data-dir", str(tmp_path / "data"),
@@ -219,7 +222,7 @@ def test_non_loopback_bind_starts_with_a_token_or_insecure_no_auth(tmp_path, how
         srv.stop()
 
 
-@pytest.mark.parametrize("empty", ["file", "env", "scope-file"])
+@pytest.mark.parametrize("empty", ["file", "env", "scope-file"])  # finding 6
 def test_empty_token_is_refused(tmp_path, empty):
     (tmp_path / "token").write_text("  \n\n")
     args = {"file": ["--api-token-file", str(tmp_path / "token")],
