@@ -321,11 +321,26 @@ def _refusal(handler: grpc.RpcMethodHandler, status: int, detail: str) -> grpc.R
         await context.abort(code, detail, trailing_metadata=trailer)
         yield  # pragma: no cover - makes this an async generator like the streaming handlers
 
+    async def after_first(requests) -> None:
+        """Take the client's first frame before refusing a request stream: a client still writing
+        it when the call ends would see its write fail (INTERNAL) instead of the refusal."""
+        async for _ in requests:
+            break
+
+    async def refuse_in(requests, context):
+        await after_first(requests)
+        await refuse(None, context)
+
+    async def refuse_in_stream(requests, context):
+        await after_first(requests)
+        await context.abort(code, detail, trailing_metadata=trailer)
+        yield  # pragma: no cover
+
     kind = (handler.request_streaming, handler.response_streaming)
     if kind == (False, False):
         return grpc.unary_unary_rpc_method_handler(refuse)
     if kind == (False, True):
         return grpc.unary_stream_rpc_method_handler(refuse_stream)
     if kind == (True, False):
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    return grpc.stream_stream_rpc_method_handler(refuse_stream)
+        return grpc.stream_unary_rpc_method_handler(refuse_in)
+    return grpc.stream_stream_rpc_method_handler(refuse_in_stream)
