@@ -221,12 +221,13 @@ def console():
 
 
 def table(*columns: str, title: str | None = None, **column_opts: dict):
+    """A table that fits the terminal (80 columns when not one): long cells wrap, none is cut."""
     from rich import box
     from rich.table import Table
 
     t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for name in columns:
-        opts = {"min_width": len(name), **column_opts.get(name.replace(" ", "_"), {})}
+        opts = {"min_width": len(name), "overflow": "fold", **column_opts.get(name.replace(" ", "_"), {})}
         t.add_column(name, **opts)
     return t
 
@@ -568,12 +569,12 @@ def receive(state: CliState, queue: str, max_: int, wait: float, visibility_time
     elif not messages:
         note("no messages")
     else:
-        cols = ["id", "priority", "group", "deliveries", "lease token", "payload"] + (["acked"] if ack_ else [])
-        t = table(*cols, lease_token={"no_wrap": True}, payload={"overflow": "fold", "min_width": 10})
+        # An acked message's lease token is spent: show whether the ack took instead.
+        cols = ["id", "priority", "group", "deliveries", "acked" if ack_ else "lease token", "payload"]
+        t = table(*cols, payload={"min_width": 10})
         for m in messages:
-            row = [str(m.id), str(m.priority), m.group, str(m.deliveries), m.lease_token, short(m.payload)]
-            if ack_:
-                row.append("yes" if acked[m.id].ok else "no")
+            row = [str(m.id), str(m.priority), m.group, str(m.deliveries),
+                   ("yes" if acked[m.id].ok else "no") if ack_ else m.lease_token, short(m.payload)]
             add_row(t, *row)
         print_table(t)
     failed = [o for o in acked.values() if not o.ok]
@@ -694,11 +695,13 @@ def print_cluster(state: CliState, status: dict) -> None:
     if state.json:
         print_json(status)
         return
-    t = table("id", "address", "role", "healthy", "match", "lag", "http",
+    members = status.get("members", [])
+    named = any(m["id"] != m["address"] for m in members)  # ids default to the address: show it once
+    t = table(*(["id"] if named else []), "address", "role", "health", "match", "lag", "http",
               title=f"leader {status.get('leader')}  term {status.get('term')}  "
                     f"commit {status.get('commit_index')}  (answered by {status.get('self')})")
-    for m in status.get("members", []):
-        add_row(t, m["id"], m["address"], m["role"], "yes" if m["healthy"] else "NO",
+    for m in members:
+        add_row(t, *([m["id"]] if named else []), m["address"], m["role"], "ok" if m["healthy"] else "DOWN",
                 show(m.get("match_index")), show(m.get("lag")), show(m.get("http_url")))
     print_table(t)
 
@@ -706,8 +709,23 @@ def print_cluster(state: CliState, status: dict) -> None:
 @cluster.command("status")
 @pass_state
 def cluster_status(state: CliState) -> None:
-    """Leader, term, commit index and every member's role, health and replication progress."""
-    print_cluster(state, state.client().cluster_status())
+    """Leader, term, commit index and every member's role, health and replication progress.
+
+    Only the leader knows how far each follower has got, so a follower's answer is replaced by the
+    leader's when the leader can be reached.
+    """
+    status = state.client().cluster_status()
+    leader_url = next((m.get("http_url") for m in status.get("members", []) if m.get("role") == "leader"), None)
+    if status.get("leader") and status.get("self") != status.get("leader") and leader_url:
+        from .client import Client
+
+        try:
+            with Client(leader_url, timeout=state.timeout, token=state.token) as leader:
+                status = leader.cluster_status()
+        except RankQError as err:
+            note(f"the leader at {leader_url} did not answer ({err}); showing {status.get('self')}'s view, "
+                 "which lacks the followers' progress")
+    print_cluster(state, status)
 
 
 @cluster.command("add")
@@ -753,7 +771,7 @@ def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_
     """Run a local group on 127.0.0.1 under a supervisor that restarts crashed nodes (Ctrl-C stops all)."""
     from .devcluster import DevCluster
 
-    DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run()
+    raise SystemExit(DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run())
 
 
 # ---- operator and pod-side commands --------------------------------------------------------------

@@ -43,7 +43,7 @@ from datetime import datetime
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
-from .errors import InvalidRequestError, TransportError, UnavailableError, error_for
+from .errors import ConflictError, InvalidRequestError, TransportError, UnavailableError, error_for
 from .transport import AsyncTransport
 from .types import (
     AckOutcome,
@@ -237,13 +237,19 @@ class AsyncClient:
 
     # ---- queues --------------------------------------------------------------------------------
 
-    async def create_queue(self, name: str, **settings: Any) -> QueueInfo:
+    async def create_queue(self, name: str, *, exist_ok: bool = False, **settings: Any) -> QueueInfo:
         """Create queue `name`. Settings (all optional, wire units): policy ("strict" or
         "weighted"), weights ({priority: weight}), default_priority, fair_groups,
         group_max_inflight, visibility_timeout, max_deliveries, dead_letter,
         dead_letter_retention, retention, max_length, max_payload_bytes, dedup_window,
-        retry_base, retry_max. Raises ConflictError when it exists. Not retried."""
-        return await self._call(lambda: self._transport.create_queue(name, settings), retry=False)
+        retry_base, retry_max. Raises ConflictError when it exists, unless `exist_ok`: then the
+        existing queue is returned as it is (its settings are not changed). Not retried."""
+        try:
+            return await self._call(lambda: self._transport.create_queue(name, settings), retry=False)
+        except ConflictError:
+            if not exist_ok:
+                raise
+            return await self.get_queue(name)
 
     async def list_queues(self) -> list[QueueInfo]:
         """All queues with their settings and counts."""
@@ -526,8 +532,8 @@ class Client:
 
     # Each method hands its arguments to the AsyncClient method of the same name (docs copied below).
 
-    def create_queue(self, name: str, **settings: Any) -> QueueInfo:
-        return self._run(self._async.create_queue(name, **settings))
+    def create_queue(self, name: str, *, exist_ok: bool = False, **settings: Any) -> QueueInfo:
+        return self._run(self._async.create_queue(name, exist_ok=exist_ok, **settings))
 
     def list_queues(self) -> list[QueueInfo]:
         return self._run(self._async.list_queues())
