@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
 import subprocess
 import sys
 
@@ -335,3 +336,35 @@ def test_tls_server_refuses_a_bad_key(tmp_path):
     ca, cert, _ = make_ca_and_cert(str(tmp_path))
     done = start_server(tmp_path, "--tls-cert", cert, "--tls-key", ca)
     assert done.returncode == 2 and "TLS" in done.stderr
+
+
+def test_group_over_tls_forwards_a_transfer_to_the_leader(tmp_path):
+    """A follower hands transfer-leader to the leader over HTTPS (trusting --tls-ca) with the
+    caller's token; the caller needs the admin scope."""
+    from serverproc import Cluster, ServerProcess, wait_for
+
+    ca, cert, key = make_ca_and_cert(str(tmp_path))
+    (tmp_path / "tokens").write_text(f"{ADMIN} admin\n{PRODUCE} produce\n")
+    group = Cluster(str(tmp_path / "g"), 3)
+    for node in group.nodes:
+        node.ca = ca
+        node.extra += ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca, "--api-token-file", str(tmp_path / "tokens")]
+    verify = ssl.create_default_context(cafile=ca)
+    try:
+        group.start()
+
+        def status(node: ServerProcess) -> dict:
+            return httpx.get(node.url + "/api/v1/cluster", headers=bearer(PRODUCE), verify=verify, timeout=2).json()
+
+        leader_id = wait_for(lambda: status(group.nodes[0]).get("leader"), 20, "a leader")
+        follower = next(n for n in group.nodes if n.node_id != leader_id)
+        target = next(n for n in group.nodes if n.node_id not in (leader_id, follower.node_id))
+        assert status(follower)["members"][0]["http_url"].startswith("https://")
+        url = follower.url + "/api/v1/cluster/transfer-leader"
+        r = httpx.post(url, json={"to": target.node_id}, headers=bearer(PRODUCE), verify=verify, timeout=15)
+        assert r.status_code == 403
+        r = httpx.post(url, json={"to": target.node_id}, headers=bearer(ADMIN), verify=verify, timeout=15)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: status(follower).get("leader") == target.node_id, 20, "leadership on the target")
+    finally:
+        group.stop()
