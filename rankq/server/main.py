@@ -30,7 +30,7 @@ class ServerConfig(BaseModel):
     raft_port: int = Field(7070, ge=1, le=65535)
     peers: list[str] = []  # other members as host:port
     raft_password: str | None = None
-    api_tokens: dict[str, frozenset[Scope]] = {}  # token -> scopes; empty: no API authentication
+    api_tokens: dict[str, frozenset[Scope]] = Field({}, repr=False)  # token -> scopes; empty: no API authentication
     insecure_no_auth: bool = False  # allow serving a non-loopback address without tokens
     tls_cert: str | None = None  # PEM certificate chain for HTTPS and gRPC over TLS
     tls_key: str | None = None
