@@ -58,6 +58,9 @@ HTTP_SCOPES: dict[tuple[str, str], Scope | None] = {
     ("POST", "/api/v1/cluster/members"): Scope.ADMIN,
     ("DELETE", "/api/v1/cluster/members/{member}"): Scope.ADMIN,
     ("POST", "/api/v1/cluster/transfer-leader"): Scope.ADMIN,
+    ("GET", "/api/v1/backup"): Scope.ADMIN,  # every message of every queue: not a plain read
+    ("POST", "/api/v1/restore"): Scope.ADMIN,
+    ("GET", "/api/v1/archive"): READ,
 }
 
 # rankq.v1.RankQ method -> scope needed.

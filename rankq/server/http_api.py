@@ -22,6 +22,8 @@ from . import logs, metrics
 from .asgi import LeaderHeaders
 from .auth import ApiAuth, Tokens
 from .errors import ClusterConflict, Unavailable
+from .http_archive import build_archive_router
+from .http_backup import build_backup_router
 from .http_cluster import build_cluster_router
 from .service import QueueService, QueueView
 
@@ -299,6 +301,8 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
 
     app.include_router(api)
     app.include_router(build_cluster_router(service, log_request, peer_ca))
+    app.include_router(build_backup_router(service, log_request))
+    app.include_router(build_archive_router(service, log_request))
 
     # ---- health ----------------------------------------------------------------------------------
 
