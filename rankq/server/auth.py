@@ -117,7 +117,8 @@ class Tokens:
         for token, scopes in scopes_by_token.items():
             if not token:
                 raise AuthConfigError("an API token is empty")
-            self._by_digest[_digest(token)] = self._by_digest.get(_digest(token), frozenset()) | frozenset(scopes)
+            digest = _digest(token)
+            self._by_digest[digest] = self._by_digest.get(digest, frozenset()) | frozenset(scopes)
 
     def __bool__(self) -> bool:
         return bool(self._by_digest)
@@ -163,8 +164,10 @@ def parse_token_lines(text: str, source: str, only: Scope | None = None) -> dict
             try:
                 scopes = frozenset(Scope(s.strip()) for s in rest[0].split(",") if s.strip())
             except ValueError:
+                scopes = frozenset()
+            if not scopes:
                 raise AuthConfigError(f"{source}:{n}: unknown scope in {rest[0]!r} "
-                                      f"(scopes: {', '.join(s.value for s in Scope)})") from None
+                                      f"(scopes: {', '.join(s.value for s in Scope)})")
         else:
             scopes = ALL_SCOPES
         out[token] = out.get(token, frozenset()) | scopes

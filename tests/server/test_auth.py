@@ -173,7 +173,7 @@ def test_every_route_and_rpc_has_a_scope():
 def test_token_file_format():
     lines = auth.parse_token_lines("# c\nt1\nt2 produce,consume\n t3  admin \n", "f")
     assert lines == {"t1": auth.ALL_SCOPES, "t2": {Scope.PRODUCE, Scope.CONSUME}, "t3": {Scope.ADMIN}}
-    for bad, why in [("", "empty"), ("# only a comment\n", "empty"), ("t1 read", "unknown scope"),
+    for bad, why in [("", "empty"), ("# only a comment\n", "empty"), ("t1 read", "unknown scope"), ("t1 ,", "unknown scope"),
                      ("t1 admin extra", "expected")]:
         with pytest.raises(AuthConfigError, match=why):
             auth.parse_token_lines(bad, "f")
