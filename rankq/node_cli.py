@@ -35,10 +35,14 @@ def drain(url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo
     with httpx.Client(timeout=3, headers={"Authorization": f"Bearer {token}"} if token else None,
                       verify=verify) as http:
         try:
-            status = http.get(f"{url}/api/v1/cluster").json()
+            r = http.get(f"{url}/api/v1/cluster")
+            status = r.json()
         except (httpx.HTTPError, ValueError) as err:
             echo(f"drain: node not answering ({err}); nothing to protect")
             return 0
+        if r.status_code != 200:
+            echo(f"drain: cannot read the group's status ({r.status_code}: {status.get('detail')}); not waiting")
+            return 1
         me = status["self"]
         if len(status.get("members") or []) <= 1:
             echo("drain: single-member group; nothing to hand over")

@@ -368,3 +368,17 @@ def test_group_over_tls_forwards_a_transfer_to_the_leader(tmp_path):
         wait_for(lambda: status(follower).get("leader") == target.node_id, 20, "leadership on the target")
     finally:
         group.stop()
+
+
+def test_drain_hook_presents_the_admin_token_over_tls(tls_server, monkeypatch):
+    """The preStop drain reaches its own node at https://127.0.0.1 trusting --ca, with the pod's token."""
+    from rankq.node_cli import drain
+
+    said: list[str] = []
+    for name in auth.TOKEN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert drain(tls_server.url, 5, echo=said.append, ca=tls_server.ca) == 1  # no token: says so, never hangs
+    assert "401" in said[-1]
+    monkeypatch.setenv("RANKQ_ADMIN_TOKEN", ALL)
+    assert drain(tls_server.url, 5, echo=said.append, ca=tls_server.ca) == 0
+    assert "single-member group" in said[-1]
