@@ -241,12 +241,15 @@ class Operator:
             await controller.close()
 
     def _track_secret(self, key: tuple[str, str], body: dict[str, Any] | None) -> None:
-        """Remember which Secret a Queue's `spec.auth.secretRef` names, so its changes wake it."""
+        """Remember which Secrets a Queue names (its tokens, its TLS Secret), so their changes wake it."""
         for refs in self.secret_refs.values():
             refs.discard(key)
-        name = (((body or {}).get("spec") or {}).get("auth") or {}).get("secretRef", {}) or {}
-        if name.get("name"):
-            self.secret_refs.setdefault((key[0], name["name"]), set()).add(key)
+        spec = (body or {}).get("spec") or {}
+        auth = spec.get("auth") or {}
+        names = [(auth.get(field) or {}).get("name") for field in ("secretRef", "produce", "consume", "admin")]
+        names.append((spec.get("tls") or {}).get("secretName"))
+        for name in filter(None, names):
+            self.secret_refs.setdefault((key[0], name), set()).add(key)
 
 
 def _plain(body: Any) -> dict[str, Any]:
