@@ -120,6 +120,8 @@ def main() -> None:
             stand.start()
         cpu0 = cpu_seconds(op.proc.pid)
         for namespace, group in ((ns, names), (srv_ns, served)):
+            if not group:
+                continue
             manifests = [{"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": n},
                           "spec": {"replicas": 1, "storage": {"ephemeral": True}}} for n in group]
             k8s.kubectl("apply", "-n", namespace, "-f", "-",
