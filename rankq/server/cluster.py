@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..engine import NotFound
-from ..replication import RaftNode
+from ..engine import Invalid, NotFound
+from ..replication import ProbeError, RaftNode, parse_address
 from .errors import ClusterConflict, Unavailable
 
 class ClusterOps:
@@ -60,8 +60,18 @@ class ClusterOps:
         raise NotFound(f"no member {ref!r} in the group")
 
     async def add_member(self, address: str) -> dict:
+        try:
+            parse_address(address)
+        except ValueError as err:
+            raise Invalid(str(err)) from None
         if address in self.node.members():
             raise ClusterConflict(f"{address} is already a member")
+        # A member that cannot answer would count toward the quorum at once and could leave the
+        # group unable to commit anything (even its own removal): check it first, change nothing.
+        try:
+            await asyncio.to_thread(self.node.probe_member, address)
+        except ProbeError as err:
+            raise ClusterConflict(f"{err}; start it first with the group's secret and full peer list") from None
         await self._call(lambda done: self.node.add_member(address, done))
         return self.cluster_status()
 
