@@ -300,7 +300,8 @@ class PeerConnection:
         end = pos + HEADER.size + size
         if len(buf) < end:
             return _INCOMPLETE
-        token = bytes(buf[pos + HEADER.size:end])
+        with memoryview(buf) as view, view[pos + HEADER.size:end] as body:
+            token = bytes(body)  # the one copy of a frame's bytes
         if end == len(buf):
             buf.clear()
             self._rpos = 0
@@ -459,7 +460,8 @@ class PeerTransport(TCPTransport):
             conn.recvRandKey = os.urandom(RAND_KEY_BYTES)
             conn.send(conn.recvRandKey)
             return
-        if isinstance(message, list) and message and message[0] in self._onUtilityMessageCallbacks:
+        if isinstance(message, list) and message and isinstance(message[0], str) \
+                and message[0] in self._onUtilityMessageCallbacks:
             self._onUtilityMessage(conn, message)
             return
         node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None

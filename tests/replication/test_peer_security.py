@@ -209,3 +209,22 @@ def test_64_mib_of_junk_at_the_leader_leaves_the_term_unchanged(tmp_path):
         assert enqueue(leader, "q", 1).status_code == 201
     finally:
         group.stop()
+
+
+def admin(node: ServerProcess, *args: str) -> str:
+    """PySyncObj's own admin tool against the node's Raft port (its utility-command path)."""
+    tool = os.path.join(os.path.dirname(sys.executable), "syncobj_admin")
+    out = subprocess.run([tool, "-conn", f"127.0.0.1:{node.raft_port}", *args], capture_output=True, text=True,
+                         timeout=60)
+    return out.stdout + out.stderr
+
+
+def test_utility_commands_need_the_secret_and_cannot_change_membership(lone):
+    secret = open(os.path.join(lone.data_dir, "raft-secret")).read().strip()
+    assert "raft_term" not in admin(lone, "-status")  # no secret: dropped
+    assert "raft_term" not in admin(lone, "-pass", "not-the-secret", "-status")
+    assert "raft_term" in admin(lone, "-pass", secret, "-status")  # read-only status, authenticated
+    admin(lone, "-pass", secret, "-add", f"127.0.0.1:{free_port()}")  # membership: API only
+    admin(lone, "-pass", secret, "-set_version", "7")
+    assert len(status(lone)["members"]) == 1
+    assert enqueue(lone, "q", 1).status_code == 201
