@@ -7,6 +7,7 @@ import time
 
 from ..engine import Invalid, NotFound
 from ..replication import ProbeError, RaftNode, parse_address
+from ..replication.quorum import add_needs_new_member
 from .errors import ClusterConflict, Unavailable
 
 class ClusterOps:
@@ -66,12 +67,16 @@ class ClusterOps:
             raise Invalid(str(err)) from None
         if address in self.node.members():
             raise ClusterConflict(f"{address} is already a member")
-        # A member that cannot answer would count toward the quorum at once and could leave the
-        # group unable to commit anything (even its own removal): check it first, change nothing.
-        try:
-            await asyncio.to_thread(self.node.probe_member, address)
-        except ProbeError as err:
-            raise ClusterConflict(f"{err}; start it first with the group's secret and full peer list") from None
+        members = self.node.members()
+        reachable = sum(1 for m in members if self.node.is_connected(m))
+        if add_needs_new_member(len(members), reachable):
+            # The change cannot commit without the new member, and once appended it holds: a
+            # member that never answers would stall the group for good. Check it first.
+            try:
+                await asyncio.to_thread(self.node.probe_member, address)
+            except ProbeError as err:
+                raise ClusterConflict(f"{err}; the group needs it to commit the change: start it first "
+                                      f"with the group's secret and full peer list") from None
         await self._call(lambda done: self.node.add_member(address, done))
         return self.cluster_status()
 
