@@ -8,8 +8,9 @@ Scale up n -> n+1: pod n is added to the group's configuration through the leade
 ConfigMap's peer list and the StatefulSet grow to n+1 (pod n starts with the full list and is
 caught up by the leader), then we wait for it to be a healthy member. When too few members answer
 to commit the change without pod n (a lone node growing), pod n starts first and is added while
-it answers: the API refuses an add the group could not commit. Scale down n -> n-1: if pod n-1 leads, leadership moves first; the StatefulSet shrinks (pod n-1
-stops, its claim is deleted); once it has stopped, it is removed from the group's configuration.
+it answers: the API refuses an add the group could not commit. Scale down n -> n-1: if pod n-1
+leads, leadership moves first; the StatefulSet shrinks (pod n-1 stops, its claim is deleted); once
+it has stopped, it is removed from the group's configuration.
 
 Rolling update (StatefulSet updateStrategy OnDelete): while some pod runs an old revision and the
 whole group is healthy, delete the highest-ordinal old follower; the leader goes last, after its
