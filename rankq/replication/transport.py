@@ -48,6 +48,7 @@ HANDSHAKE_SECONDS = 5.0  # an unproven connection is closed after this long
 MAX_HANDSHAKES = 32  # unproven connections at once; the oldest is closed to admit a new one
 RAND_KEY_BYTES = 32
 UTILITY_COMMANDS = frozenset({"status"})  # membership changes go through the API, validated
+_INCOMPLETE = object()  # no whole frame buffered yet
 
 
 class ProtocolError(Exception):
@@ -331,9 +332,6 @@ class PeerConnection:
             message = message[1]
             self.authenticated = True
         return message
-
-
-_INCOMPLETE = object()
 
 
 class PeerServer:

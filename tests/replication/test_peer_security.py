@@ -19,7 +19,7 @@ import zlib
 import httpx
 import pytest
 
-from serverproc import Cluster, ServerProcess, free_port, wait_for
+from serverproc import Cluster, ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
