@@ -6,8 +6,6 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
-
 from rankq import Client
 from serverproc import wait_for
 
@@ -45,15 +43,9 @@ def run_exactly_once(server_url, rq, workers, journal, queue, n, n_workers, conc
     assert [p.wait(20) for p in procs] == [0] * n_workers
 
 
-def test_every_message_handled_exactly_once_and_acked(shared_server, workers, journal):
+def test_ten_thousand_messages_four_workers_by_eight_each_handled_once(shared_server, workers, journal):
     with Client(shared_server.url) as rq:
-        run_exactly_once(shared_server.url, rq, workers, journal, "once", 1000, 2, 8, 60)
-
-
-@pytest.mark.slow
-def test_ten_thousand_messages_four_workers_by_eight(shared_server, workers, journal):
-    with Client(shared_server.url) as rq:
-        run_exactly_once(shared_server.url, rq, workers, journal, "once-10k", 10_000, 4, 8, 300)
+        run_exactly_once(shared_server.url, rq, workers, journal, "once", 10_000, 4, 8, 300)
 
 
 def test_sigterm_mid_flight_loses_nothing_and_runs_nothing_twice(shared_server, workers, journal):
