@@ -2,10 +2,11 @@
 
 One consumer process drains N pre-filled messages with a no-op handler; the rate is N divided by
 the time from the first message taken to the last one acked, seen by polling the broker every
-5 ms (the consumer itself is not instrumented). Consumers, all at concurrency 8, interleaved per
+20 ms (the consumer itself is not instrumented). Consumers, all at concurrency 8, interleaved per
 repetition:
 
-- `rankq worker` (sync no-op handler in its thread pool) against a fresh single-node server;
+- `rankq worker` (sync no-op handler in its thread pool) against a fresh single-node server, and
+  with `--prefetch 24` (as many messages reserved as Celery's default prefetch of 4 per process);
 - the raw client loop a user would write without it (`dequeue(max=8, wait=1)`, handle, then one
   `ack_batch`), and the same loop acking message by message;
 - Celery with a Redis broker (Debian `redis-server` on a free loopback port), prefork pool `-c 8`:
@@ -43,9 +44,9 @@ from .procs import Procs
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONCURRENCY = 8
-POLL = 0.005
+POLL = 0.02
 CACHE = Path(os.environ.get("RANKQ_BENCH_CACHE", Path.home() / ".cache" / "rankq" / "bench"))
-CONSUMERS = ["rankq_worker", "raw_loop_ack_batch", "raw_loop_ack_each", "celery_acks_late_prefetch1", "celery_default"]
+CONSUMERS = ["rankq_worker", "rankq_worker_prefetch24", "raw_loop_ack_batch", "raw_loop_ack_each", "celery_acks_late_prefetch1", "celery_default"]
 
 
 def log(msg: str) -> None:
@@ -122,10 +123,12 @@ class RankQSide:
     def run(self, consumer: str, n: int) -> float:
         queue = self.fill(n)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        if consumer == "rankq_worker":
+        if consumer.startswith("rankq_worker"):
             args = [sys.executable, "-m", "rankq.cli", "worker", "bench.worker:noop", "--queue", queue,
                     "--url", self.server.base, "--concurrency", str(CONCURRENCY), "--poll-wait", "1",
                     "--log-level", "warning"]
+            if consumer == "rankq_worker_prefetch24":
+                args += ["--prefetch", "24"]
         else:
             mode = "batch" if consumer == "raw_loop_ack_batch" else "each"
             args = [sys.executable, "-m", "bench.worker", "--raw", self.server.base, queue, str(n), mode]
@@ -276,6 +279,7 @@ def run(messages: int, reps: int, workdir: Path) -> dict:
             "worker_vs_raw_ack_each": worker / med["raw_loop_ack_each"],
             "worker_vs_celery_acks_late_prefetch1": worker / med["celery_acks_late_prefetch1"],
             "worker_vs_celery_default": worker / med["celery_default"],
+            "worker_prefetch24_vs_celery_default": med["rankq_worker_prefetch24"] / med["celery_default"],
         },
         "command": f"python -m bench.worker --messages {messages} --reps {reps}",
     }
@@ -284,6 +288,7 @@ def run(messages: int, reps: int, workdir: Path) -> dict:
 def markdown(r: dict) -> str:
     names = {
         "rankq_worker": "`rankq worker`, no-op sync handler",
+        "rankq_worker_prefetch24": "`rankq worker --prefetch 24`",
         "raw_loop_ack_batch": "raw client loop: dequeue(max=8) + ack_batch",
         "raw_loop_ack_each": "raw client loop: dequeue(max=8) + ack per message",
         "celery_acks_late_prefetch1": "Celery + Redis, acks_late, prefetch multiplier 1",

@@ -47,13 +47,14 @@ RUNNING, SETTLING = "running", "settling"
 class Job:
     """One leased message and what the worker knows about its lease."""
 
-    __slots__ = ("msg", "task", "future", "state", "renewed_at", "lost", "abandoned")
+    __slots__ = ("msg", "task", "future", "state", "started", "renewed_at", "lost", "abandoned")
 
     def __init__(self, msg: Message, leased_at: float) -> None:
         self.msg = msg
         self.task: asyncio.Task | None = None
         self.future: asyncio.Future | None = None  # a sync handler's thread
         self.state = RUNNING
+        self.started = False  # the handler got a slot (a prefetched message waits for one)
         self.renewed_at = leased_at  # monotonic time the lease was last granted or extended (taken early)
         self.lost = False
         self.abandoned = False
@@ -145,6 +146,7 @@ class Worker:
         self._slot = asyncio.Event()
         self._idle = asyncio.Event()
         self._ack_wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._pool = None if self._is_async else ThreadPoolExecutor(self.concurrency, thread_name_prefix="rankq-handler")
         self._client = AsyncClient(self.url, timeout=self.request_timeout, token=self.token)
         endpoint = None
@@ -241,13 +243,17 @@ class Worker:
     async def _run(self, job: Job) -> None:
         msg = job.msg
         timeout = self._handler_timeout if self._handler_timeout is not None else self.timeout
-        started = time.perf_counter()
         try:
-            if self._is_async:
-                result = await asyncio.wait_for(self._handler(msg), timeout)
-            else:
-                job.future = self._loop.run_in_executor(self._pool, self._handler, msg)
-                result = await asyncio.wait_for(asyncio.shield(job.future), timeout)
+            async with self._slots:  # prefetched messages wait here, leased and kept alive
+                if self._stopping.is_set():
+                    return  # not started: the drain releases it
+                job.started = True
+                started = time.perf_counter()
+                if self._is_async:
+                    result = await asyncio.wait_for(self._handler(msg), timeout)
+                else:
+                    job.future = self._loop.run_in_executor(self._pool, self._handler, msg)
+                    result = await asyncio.wait_for(asyncio.shield(job.future), timeout)
         except asyncio.CancelledError:
             if job.abandoned:  # released by the drain
                 return
@@ -414,8 +420,19 @@ class Worker:
             now_task.cancel()
         return aw in done
 
+    def _abandon(self, job: Job):
+        job.abandoned = True
+        job.state = SETTLING
+        if job.task is not None:
+            job.task.cancel()  # a coroutine stops; a thread runs on, its result unused
+        return self._release(job)
+
     async def _drain(self, fetcher: asyncio.Task) -> None:
         deadline = time.monotonic() + self.drain_timeout
+        waiting = [self._abandon(j) for j in list(self._jobs.values()) if j.state == RUNNING and not j.started]
+        if waiting:  # prefetched, never started: back at once
+            log.info("releasing %d prefetched messages", len(waiting))
+            await asyncio.gather(*waiting)
         # The poll in flight may still lease messages: let it end (it releases what it brings).
         if not await self._wait(fetcher, deadline):
             fetcher.cancel()  # closes its request: the server releases what a departed poll leased
@@ -429,11 +446,7 @@ class Worker:
         releases = []
         for job in list(self._jobs.values()):
             if job.state == RUNNING and not (job.future is not None and job.future.done()):
-                job.abandoned = True
-                job.state = SETTLING
-                if job.task is not None:
-                    job.task.cancel()  # a coroutine stops; a thread runs on, its result unused
-                releases.append(self._release(job))
+                releases.append(self._abandon(job))
         if releases:
             log.info("releasing %d unfinished messages", len(releases))
             await asyncio.gather(*releases)

@@ -167,3 +167,22 @@ def test_failing_handler_is_retried_with_backoff_then_dead_lettered(shared_serve
         failures = [line for line in w.logs().splitlines() if f"message {mid} failed" in line]
         assert len(failures) == 4 and "(delivery 4)" in failures[-1] and "boom 0" in failures[-1]
         assert w.metric("rankq_worker_failed_total") == 4
+
+
+def test_prefetched_messages_are_released_at_once_on_drain(shared_server, workers, journal):
+    queue = "prefetch"
+    with Client(shared_server.url) as rq:
+        rq.create_queue(queue, visibility_timeout=30)
+        ids = fill(rq, queue, 4, sleep=2)
+        w = workers(shared_server.url, queue, "--concurrency", "1", "--prefetch", "3", "--poll-wait", "1",
+                    "--drain-timeout", "20")
+        wait_for(lambda: journal.events("start") and rq.get_queue(queue).counts.leased == 4, 20,
+                 "one running, three prefetched")
+        assert len(journal.events("start")) == 1, "prefetched messages wait for a slot"
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0
+        assert journal.counts("done") == {0: 1}
+        states = [rq.get_message(queue, i) for i in ids]
+        assert states[0].state == "acked"
+        assert [(s.state, s.deliveries) for s in states[1:]] == [("ready", 0)] * 3
+        assert "releasing 3 prefetched" in w.logs()
