@@ -251,6 +251,7 @@ class CelerySide:
 
 def run(messages: int, reps: int, workdir: Path) -> dict:
     procs = Procs(workdir)
+    load_before = os.getloadavg()[0]
     rates: dict[str, list[float]] = {c: [] for c in CONSUMERS}
     try:
         rankq = RankQSide(procs, workdir)
@@ -272,6 +273,7 @@ def run(messages: int, reps: int, workdir: Path) -> dict:
         "reps": reps,
         "concurrency": CONCURRENCY,
         "cpus": os.cpu_count(),
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # at start and end
         "rates": rates,
         "median": med,
         "ratios": {
@@ -286,6 +288,7 @@ def run(messages: int, reps: int, workdir: Path) -> dict:
 
 
 def markdown(r: dict) -> str:
+    load = " → ".join(f"{v:g}" for v in r["load_average_1m"]) if r.get("load_average_1m") else "not recorded"
     names = {
         "rankq_worker": "`rankq worker`, no-op sync handler",
         "rankq_worker_prefetch24": "`rankq worker --prefetch 24`",
@@ -297,7 +300,7 @@ def markdown(r: dict) -> str:
     lines = [
         "# Worker throughput",
         "",
-        f"{r['when']}, {r['cpus']} CPUs, `{r['command']}`: one consumer process at concurrency "
+        f"{r['when']}, {r['cpus']} CPUs (load average {load}), `{r['command']}`: one consumer process at concurrency "
         f"{r['concurrency']} drains {r['messages']:,} pre-filled messages; median of {r['reps']}.",
         "",
         "| consumer | msg/s (median) | runs | worker / this |",
