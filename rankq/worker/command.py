@@ -74,6 +74,8 @@ def worker_command(ctx: click.Context, target: str, queue: str, concurrency: int
     token = token or getattr(state, "token", None)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s.%(msecs)03d [%(levelname)s] worker: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore"):  # one line per request otherwise
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     from .runtime import Worker
 
     worker = Worker(url, queue, concurrency, prefetch=prefetch, visibility_timeout=visibility_timeout,

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from rankq import Client, ConflictError
-from serverproc import wait_for
 
 
 @pytest.fixture(scope="module")

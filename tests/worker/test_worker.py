@@ -186,3 +186,29 @@ def test_prefetched_messages_are_released_at_once_on_drain(shared_server, worker
         assert states[0].state == "acked"
         assert [(s.state, s.deliveries) for s in states[1:]] == [("ready", 0)] * 3
         assert "releasing 3 prefetched" in w.logs()
+
+
+def test_lost_lease_is_not_acked_and_is_counted(shared_server, workers, journal):
+    """A worker frozen past its lease (SIGSTOP, as in a long GC or VM pause) finds the lease gone
+    when it resumes: it must not ack, and says so; the message is finished by the other worker."""
+    queue = "lost"
+    with Client(shared_server.url) as rq:
+        rq.create_queue(queue, visibility_timeout=1)
+        [mid] = fill(rq, queue, 1, sleep=3)
+        frozen = workers(shared_server.url, queue, "--poll-wait", "1")
+        wait_for(lambda: journal.events("start"), 20, "the first run")
+        frozen.signal(signal.SIGSTOP)
+        try:
+            other = workers(shared_server.url, queue, "--poll-wait", "1")
+            # (the frozen worker's pending long poll may take one delivery it never sees)
+            wait_for(lambda: any(e["pid"] == other.proc.pid for e in journal.events("start")), 30, "the redelivery")
+        finally:
+            frozen.signal(signal.SIGCONT)
+        wait_for(lambda: "lease of message %d lost" % mid in frozen.logs(), 30, "the loss to be noticed")
+        wait_for(lambda: rq.get_message(queue, mid).state == "acked", 30, "the other worker's ack")
+        wait_for(lambda: frozen.metric("rankq_worker_inflight") == 0, 30, "the frozen run to end")
+        # (≥ 1: the delivery its pending poll took while it was frozen is found lost as well)
+        assert frozen.metric("rankq_worker_lease_lost_total") >= 1
+        assert frozen.metric("rankq_worker_processed_total") == 0, "a lost lease is never acked"
+        assert other.metric("rankq_worker_processed_total") == 1
+        assert rq.get_message(queue, mid).deliveries >= 2
