@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
 from rankq import Client
 from serverproc import wait_for
 
@@ -43,9 +45,15 @@ def run_exactly_once(server_url, rq, workers, journal, queue, n, n_workers, conc
     assert [p.wait(20) for p in procs] == [0] * n_workers
 
 
+def test_four_workers_by_eight_handle_each_message_once(shared_server, workers, journal):
+    with Client(shared_server.url) as rq:
+        run_exactly_once(shared_server.url, rq, workers, journal, "once", 2000, 4, 8, 120)
+
+
+@pytest.mark.slow  # 16 s on a quiet machine, over 100 s on a busy one
 def test_ten_thousand_messages_four_workers_by_eight_each_handled_once(shared_server, workers, journal):
     with Client(shared_server.url) as rq:
-        run_exactly_once(shared_server.url, rq, workers, journal, "once", 10_000, 4, 8, 300)
+        run_exactly_once(shared_server.url, rq, workers, journal, "once-10k", 10_000, 4, 8, 600)
 
 
 def test_sigterm_mid_flight_loses_nothing_and_runs_nothing_twice(shared_server, workers, journal):
