@@ -117,3 +117,27 @@ def test_long_poll_whose_client_left_leases_nothing(grpc_server, transport):
         assert rq.get_queue(q).counts.leased == 0
         got = rq.dequeue(q, max=5)
         assert sorted(m.id for m in got) == ids and all(m.deliveries == 1 for m in got)
+
+
+def test_cli_release_and_nack_dead(grpc_server):
+    from click.testing import CliRunner
+
+    from rankq.cli import main
+
+    runner = CliRunner(env={"RANKQ_URL": None})
+
+    def run(*args: str):
+        res = runner.invoke(main, ["--url", grpc_server.url, *args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    with Client(grpc_server.url) as rq:
+        rq.create_queue("cli-ops")
+        rq.enqueue_batch("cli-ops", ["a", "b"])
+        first, second = rq.dequeue("cli-ops", max=2)
+        assert "released message" in run("release", "cli-ops", str(first.id), first.lease_token)
+        assert rq.get_message("cli-ops", first.id).state == "ready"
+        assert "is dead" in run("nack", "cli-ops", str(second.id), second.lease_token, "--dead", "--error", "bad")
+        assert rq.get_message("cli-ops", second.id).last_error == "bad"
+        res = runner.invoke(main, ["--url", grpc_server.url, "release", "cli-ops", str(first.id), first.lease_token])
+        assert res.exit_code == 1 and "409" in res.output

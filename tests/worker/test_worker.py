@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
+import httpx
 import pytest
 
 from rankq import Client
@@ -110,6 +111,9 @@ def test_second_signal_releases_at_once(shared_server, workers, journal):
         wait_for(lambda: journal.events("start"), 20, "the handler started")
         w.signal(signal.SIGTERM)
         wait_for(lambda: "draining" in w.logs(), 10, "the drain to begin")
+        probe = f"http://127.0.0.1:{w.metrics_port}"
+        assert httpx.get(probe + "/readyz").status_code == 503, "not ready while draining"
+        assert httpx.get(probe + "/healthz").status_code == 200
         started = time.monotonic()
         w.signal(signal.SIGINT)
         assert w.wait(20) == 0

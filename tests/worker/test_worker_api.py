@@ -56,6 +56,7 @@ def test_outcomes(shared_server, kind):
         thread = run_in_thread(worker)
         try:
             assert httpx.get(f"http://127.0.0.1:{worker.endpoint_port}/readyz").status_code == 200
+            assert httpx.get(f"http://127.0.0.1:{worker.endpoint_port}/healthz").status_code == 200
             wait_for(lambda: rq.get_message(queue, reject).state == "dead"
                      and all(rq.get_message(queue, i).state == "acked" for i in (ok, retry, slow)), 30, "outcomes")
             assert rq.get_message(queue, ok).result == {"echo": "ok"}
