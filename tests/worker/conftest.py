@@ -5,6 +5,16 @@ import pytest
 from workerproc import Journal, WorkerProcess
 
 
+@pytest.fixture(scope="module")
+def grpc_server(tmp_path_factory):
+    """A server with HTTP and gRPC, shared by a module."""
+    from serverproc import ServerProcess
+
+    srv = ServerProcess(str(tmp_path_factory.mktemp("grpc")), grpc=True).start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def journal(tmp_path) -> Journal:
     return Journal(str(tmp_path / "journal.jsonl"))

@@ -13,15 +13,6 @@ import pytest
 from rankq import Client, ConflictError
 
 
-@pytest.fixture(scope="module")
-def grpc_server(tmp_path_factory):
-    from serverproc import ServerProcess
-
-    srv = ServerProcess(str(tmp_path_factory.mktemp("ops")), grpc=True).start()
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture(params=["http", "grpc"])
 def rq(request, grpc_server):
     url = grpc_server.url if request.param == "http" else f"grpc://127.0.0.1:{grpc_server.grpc_port}"

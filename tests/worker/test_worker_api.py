@@ -21,13 +21,14 @@ def run_in_thread(worker: Worker) -> threading.Thread:
     return t
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
-def test_outcomes(shared_server, kind):
-    queue = f"api-{kind}"
-    with Client(shared_server.url) as rq:
+@pytest.mark.parametrize("kind,transport", [("sync", "http"), ("async", "http"), ("sync", "grpc")])
+def test_outcomes(grpc_server, kind, transport):
+    queue = f"api-{kind}-{transport}"
+    url = grpc_server.url if transport == "http" else f"grpc://127.0.0.1:{grpc_server.grpc_port}"
+    with Client(grpc_server.url) as rq:
         rq.create_queue(queue, max_deliveries=3, retry_base=0.1)
         ok, retry, reject, slow = (rq.enqueue(queue, {"kind": k}).id for k in ("ok", "retry", "reject", "slow"))
-        worker = Worker(shared_server.url, queue=queue, concurrency=4, poll_wait=1, metrics_port=free_port(),
+        worker = Worker(url, queue=queue, concurrency=4, poll_wait=1, metrics_port=free_port(),
                         metrics_host="127.0.0.1")
         runs: list[tuple[str, int]] = []
 
