@@ -100,6 +100,7 @@ class Worker:
         self._jobs: dict[int, Job] = {}
         self._to_ack: list[tuple[Job, Any]] = []
         self._ready = False
+        self._early_stop: bool | None = None
         self.endpoint_port: int | None = None
 
     # ---- public API -----------------------------------------------------------------------------
@@ -126,7 +127,9 @@ class Worker:
     def stop(self, now: bool = False) -> None:
         """Start the drain (from any thread); `now=True` also skips waiting for running handlers."""
         loop = self._loop
-        if loop is not None:
+        if loop is None:  # not started yet: stop as soon as it is
+            self._early_stop = now
+        else:
             loop.call_soon_threadsafe(self._request_stop, now)
 
     @property
@@ -155,22 +158,26 @@ class Worker:
             if self.metrics_port is not None:
                 endpoint = await serve_endpoint(self.metrics_host, self.metrics_port, self.metrics, lambda: self._ready)
                 self.endpoint_port = endpoint.sockets[0].getsockname()[1]
-            vt = self.visibility_timeout
-            if vt is None:
-                vt = float((await self._client.get_queue(self.queue)).settings["visibility_timeout"])
-            self._vt = vt
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
                     loop.add_signal_handler(sig, self._on_signal, sig)
                     installed.append(sig)
                 except (RuntimeError, ValueError):  # not the main thread: stop() only
                     pass
+            if self._early_stop is not None:
+                self._request_stop(self._early_stop)
+            vt = self.visibility_timeout
+            if vt is None:
+                vt = float((await self._client.get_queue(self.queue)).settings["visibility_timeout"])
+            self._vt = vt
             log.info("worker started: queue %s, concurrency %d, visibility timeout %gs, handler %s",
                      self.queue, self.concurrency, vt, getattr(self._handler, "__qualname__", self._handler))
             self._ready = True
             fetcher = asyncio.create_task(self._fetch_loop(), name="rankq-worker-fetch")
             helpers = [asyncio.create_task(self._heartbeat_loop(), name="rankq-worker-heartbeat"),
                        asyncio.create_task(self._ack_loop(), name="rankq-worker-ack")]
+            for task in (fetcher, *helpers):
+                task.add_done_callback(self._crashed)
             await self._stopping.wait()
             self._ready = False
             await self._drain(fetcher)
@@ -187,6 +194,12 @@ class Worker:
             await self._client.close()
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _crashed(self, task: asyncio.Task) -> None:
+        """A loop that dies of a bug must not leave the worker hanging: drain and stop."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed; draining", task.get_name(), exc_info=task.exception())
+            self._request_stop(False)
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name

@@ -91,3 +91,13 @@ def test_a_worker_needs_a_handler():
         Worker("http://127.0.0.1:1", queue="q").run()
     with pytest.raises(ValueError):
         Worker("http://127.0.0.1:1", queue="q", concurrency=0)
+
+
+def test_stop_before_start_returns_at_once(shared_server):
+    worker = Worker(shared_server.url, queue="never", visibility_timeout=5, poll_wait=1)
+    worker.handler(lambda msg: None)
+    worker.stop()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive()
