@@ -52,6 +52,7 @@ def test_four_workers_by_eight_handle_each_message_once(shared_server, workers, 
 
 
 @pytest.mark.slow  # 16 s on a quiet machine, over 100 s on a busy one
+@pytest.mark.timeout(900)
 def test_ten_thousand_messages_four_workers_by_eight_each_handled_once(shared_server, workers, journal):
     with Client(shared_server.url) as rq:
         run_exactly_once(shared_server.url, rq, workers, journal, "once-10k", 10_000, 4, 8, 600)
