@@ -653,8 +653,10 @@ class TokenCheck(grpc.aio.ServerInterceptor):
 
 async def start_grpc(service: QueueService, host: str, port: int, api_token: str | None = None) -> grpc.aio.Server:
     """Start serving rankq.v1.RankQ (with server reflection) on host:port; returns the running server."""
+    from .metrics import GrpcObserver
+
     server = grpc.aio.server(
-        interceptors=[TokenCheck(api_token)] if api_token else None,
+        interceptors=[GrpcObserver(), *([TokenCheck(api_token)] if api_token else [])],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", -1),

@@ -22,6 +22,7 @@ from . import logs, metrics
 from .asgi import LeaderHeaders
 from .errors import ClusterConflict, Unavailable
 from .http_cluster import build_cluster_router
+from .http_dashboard import add_dashboard
 from .service import QueueService, QueueView
 
 STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Full: 429, ClusterConflict: 409}
@@ -131,7 +132,7 @@ def raw(body: str, status: int = 200) -> Response:
 async def log_request(request: Request) -> None:
     route = request.scope.get("route")
     client = request.client.host if request.client else "-"
-    tid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    tid = logs.trace_id.get() or request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     logs.trace_id.set(tid)
     logs.request_line(getattr(route, "path", request.url.path), request.method, str(request.url.path), client, tid)
 
@@ -141,6 +142,7 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
         title="RankQ",
         version="0.1.0",
         description="Replicated priority queues. Durations are seconds; timestamps are ISO 8601 UTC.",
+        docs_url=None, redoc_url=None,  # served from packaged assets by the dashboard router
     )
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(log_request)])
     err = {"model": s.ErrorBody}
@@ -178,6 +180,7 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     app.add_middleware(LeaderHeaders, service=service, api_token=api_token)
+    app.add_middleware(metrics.RequestObserver, router=app.router)
 
     # ---- queues ----------------------------------------------------------------------------------
 
@@ -294,6 +297,7 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
 
     app.include_router(api)
     app.include_router(build_cluster_router(service, log_request))
+    add_dashboard(app, service, log_request)
 
     # ---- health ----------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Log lines in the format RankQ users know, or as JSON with the same fields plus a trace id.
 
     2024-12-27 12:45:00.123 [INFO] /api/v1/queues: Received GET request for /api/v1/queues from IP: 127.0.0.1
+    2024-12-27 12:45:00.125 [INFO] /api/v1/queues: Completed GET request for /api/v1/queues with status 200 in 1.84 ms
     2024-12-27 12:34:56.789 [ERROR] /api/v1/queues/{name}: queue 'x' not found
 """
 
@@ -29,7 +30,7 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    FIELDS = ("route", "method", "uri", "client_ip", "status")
+    FIELDS = ("route", "method", "uri", "client_ip", "status", "duration_ms")
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -64,6 +65,16 @@ def request_line(route: str, method: str, uri: str, client_ip: str, tid: str | N
         access.info(
             "Received %s request for %s from IP: %s", method, uri, client_ip,
             extra={"route": route, "method": method, "uri": uri, "client_ip": client_ip, "trace_id": tid},
+        )
+
+
+def completion_line(route: str, method: str, uri: str, status: int, seconds: float, tid: str | None = None) -> None:
+    """The line that closes a request line: same route and URI, plus status and duration."""
+    if access.isEnabledFor(logging.INFO):
+        ms = round(seconds * 1000, 2)
+        access.info(
+            "Completed %s request for %s with status %d in %.2f ms", method, uri, status, ms,
+            extra={"route": route, "method": method, "uri": uri, "status": status, "duration_ms": ms, "trace_id": tid},
         )
 
 
