@@ -58,8 +58,11 @@ class Feed:
         self.subscribers.add(q)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name="rankq-dashboard-feed")
-        elif self.latest is not None:
-            q.put_nowait(self.latest)
+        else:
+            try:
+                q.put_nowait(self.sample(record=False))  # a new page starts from now, not up to a second ago
+            except Exception as err:
+                log.warning("dashboard snapshot failed: %r", err)
         return q
 
     def unsubscribe(self, q: asyncio.Queue) -> None:
@@ -88,10 +91,12 @@ class Feed:
                     _offer(q, self.latest)
             await asyncio.sleep(self.interval)
 
-    def snapshot(self) -> dict:
+    def snapshot(self, record: bool = True) -> dict:
         now = time.time()
         queues = metrics.queue_snapshot(self.service, int(now * 1000))
-        self.history.append((now, {q["name"]: (q["backlog"], q["totals"]["enqueued"], q["totals"]["acked"]) for q in queues}))
+        point = (now, {q["name"]: (q["backlog"], q["totals"]["enqueued"], q["totals"]["acked"]) for q in queues})
+        if record or not self.history:
+            self.history.append(point)
         base_t, base = self.history[max(0, len(self.history) - 1 - RATE_WINDOW)]
         span = now - base_t
         for q in queues:
@@ -103,10 +108,12 @@ class Feed:
                 q["rates"] = {"enqueued": round((q["totals"]["enqueued"] - before[1]) / span, 2),
                               "acked": round((q["totals"]["acked"] - before[2]) / span, 2)}
             q["sparkline"] = [h[name][0] for _, h in self.history if name in h]
+            if not record:
+                q["sparkline"].append(q["backlog"])
         return {"time": now, "interval": self.interval, "queues": queues, "cluster": self.service.cluster_status()}
 
-    def sample(self) -> bytes:
-        return b"data: " + json.dumps(self.snapshot(), separators=(",", ":")).encode() + b"\n\n"
+    def sample(self, record: bool = True) -> bytes:
+        return b"data: " + json.dumps(self.snapshot(record), separators=(",", ":")).encode() + b"\n\n"
 
 
 def _offer(q: asyncio.Queue, item) -> None:
@@ -155,7 +162,7 @@ def add_dashboard(app: FastAPI, service, log_request) -> Feed:
     @api.get("/dashboard/snapshot", tags=["dashboard"])
     async def dashboard_snapshot():
         """One snapshot of what the live feed sends."""
-        return JSONResponse(json.loads(feed.sample()[6:]))
+        return JSONResponse(feed.snapshot(record=False))
 
     app.include_router(api)
 
