@@ -95,7 +95,8 @@ class Feed:
         now = time.time()
         queues = metrics.queue_snapshot(self.service, int(now * 1000))
         point = (now, {q["name"]: (q["backlog"], q["totals"]["enqueued"], q["totals"]["acked"]) for q in queues})
-        if record or not self.history:
+        extra = not record and bool(self.history)  # a look between samples: not kept in the history
+        if not extra:
             self.history.append(point)
         base_t, base = self.history[max(0, len(self.history) - 1 - RATE_WINDOW)]
         span = now - base_t
@@ -108,7 +109,7 @@ class Feed:
                 q["rates"] = {"enqueued": round((q["totals"]["enqueued"] - before[1]) / span, 2),
                               "acked": round((q["totals"]["acked"] - before[2]) / span, 2)}
             q["sparkline"] = [h[name][0] for _, h in self.history if name in h]
-            if not record:
+            if extra:
                 q["sparkline"].append(q["backlog"])
         return {"time": now, "interval": self.interval, "queues": queues, "cluster": self.service.cluster_status()}
 
