@@ -19,9 +19,14 @@ access = logging.getLogger("rankq.access")
 
 
 class TextFormatter(logging.Formatter):
+    _second = -1
+    _prefix = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        t = time.localtime(record.created)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", t) + ".%03d" % int(record.msecs)
+        second = int(record.created)
+        if second != self._second:  # two lines per request: format the date once a second
+            self._second, self._prefix = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        stamp = self._prefix + ".%03d" % int(record.msecs)
         route = getattr(record, "route", None) or record.name
         line = f"{stamp} [{record.levelname}] {route}: {record.getMessage()}"
         if record.exc_info:
@@ -52,6 +57,12 @@ class JsonFormatter(logging.Formatter):
 def setup(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    # Our lines name no source file, thread or process: skip collecting them for every record
+    # (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

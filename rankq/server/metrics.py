@@ -10,8 +10,8 @@ Raft role/term/commit index) come from every member.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 
 import grpc
 
@@ -223,7 +223,7 @@ class RequestObserver:
                 rid = value.decode("latin-1")[:128]
                 break
         if not rid:
-            rid = uuid.uuid4().hex[:16]
+            rid = os.urandom(8).hex()
         logs.trace_id.set(rid)
         rid_header = (b"x-request-id", rid.encode("latin-1"))
         status = 500
@@ -259,7 +259,7 @@ class GrpcObserver(grpc.aio.ServerInterceptor):
                 rid = str(value)[:128]
                 break
         echo = (("x-request-id", rid),) if rid else None  # echoed when the caller sent one
-        rid = rid or uuid.uuid4().hex[:16]
+        rid = rid or os.urandom(8).hex()
 
         def finish(context, start, error):
             code = context.code() if hasattr(context, "code") else None
