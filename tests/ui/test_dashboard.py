@@ -188,7 +188,32 @@ def test_with_a_token_the_page_asks_for_it(protected, browser, shot):
     shot("token-accepted")
 
 
-def test_read_only_tokens_cannot_redrive(protected, browser):
+def test_read_only_tokens_cannot_redrive(tmp_path, browser, shot):
     if not _server_has_scopes():
         pytest.skip("this server has a single full-access token; no token scopes to test")
-    pytest.skip("token scopes exist: wire a read-only token into this test (see the access issue)")
+    full, reader = os.urandom(16).hex(), os.urandom(16).hex()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{full}\n{reader} produce,consume\n")  # the reader lacks the admin scope
+    srv = ServerProcess(str(tmp_path / "n"), extra=["--api-token-file", str(tokens)]).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=10, headers={"authorization": f"Bearer {full}"}) as c:
+            assert c.post("/api/v1/queues", json={"name": "ro", "max_deliveries": 1}).status_code == 201
+            mid = c.post("/api/v1/queues/ro/messages", json={"payload": 1}).json()["id"]
+            got = c.post("/api/v1/queues/ro/dequeue", json={"max": 1}).json()["messages"][0]
+            c.post(f"/api/v1/queues/ro/messages/{mid}/nack", json={"lease_token": got["lease_token"]})
+        browser.get(srv.url + "/ui")
+        browser.execute_script("sessionStorage.setItem('rankq.token', arguments[0])", reader)
+        browser.get(srv.url + "/ui#/queue/ro")
+        browser.refresh()
+        row = f'#dlq tr[data-id="{mid}"]'
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, row), 10, "the dead letter, readable with a read-only token")
+        click(browser, row + " input[type=checkbox]")
+        click(browser, "#redrive-selected")
+        wait_for(lambda: "read-only" in browser.find_element(By.ID, "banner").text, 10, "the read-only message")
+        assert not browser.find_element(By.ID, "redrive-selected").is_enabled()
+        assert not browser.find_element(By.ID, "delete-selected").is_enabled()
+        shot("read-only")
+        state = httpx.get(f"{srv.url}/api/v1/queues/ro/messages/{mid}", headers={"authorization": f"Bearer {full}"}, timeout=5)
+        assert state.json()["state"] == "dead"
+    finally:
+        srv.stop()
