@@ -107,8 +107,14 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
               help="...or after this many seconds since the last snapshot...")
 @click.option("--snapshot-mib", default=64, show_default=True, type=click.IntRange(min=1),
               help="...or once the log since the last snapshot holds this many MiB.")
+@click.option("--archive-dsn", envvar="RANKQ_ARCHIVE_DSN", default=None, show_envvar=True,
+              help="PostgreSQL connection string for the archive of finished messages of queues with "
+                   "archive on (prefer the environment variable: it keeps the password out of ps).")
+@click.option("--archive-group", envvar="RANKQ_ARCHIVE_GROUP", default="default", show_default=True,
+              help="This group's name in the archive tables (several groups may share a database).")
 def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, peers, raft_password_file,
-           api_token_file, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds, snapshot_mib) -> None:
+           api_token_file, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds, snapshot_mib,
+           archive_dsn, archive_group) -> None:
     """Run a queue server node."""
     import os
 
@@ -129,7 +135,7 @@ def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, 
             peers=[p.strip() for p in peers.split(",") if p.strip()],
             raft_password=password or None, api_token=api_token or None, log_format=log_format, log_level=log_level,
             demo_queue=demo_queue, snapshot_entries=snapshot_entries, snapshot_seconds=snapshot_seconds,
-            snapshot_bytes=snapshot_mib * 1024 * 1024,
+            snapshot_bytes=snapshot_mib * 1024 * 1024, archive_dsn=archive_dsn or None, archive_group=archive_group,
         )
     )
 
@@ -312,6 +318,8 @@ def settings_options(f):
         click.option("--retry-base", type=SECONDS, metavar="SECONDS",
                      help="First redelivery delay after a nack without --delay (doubles each time)."),
         click.option("--retry-max", type=SECONDS, metavar="SECONDS", help="Longest redelivery delay."),
+        click.option("--archive/--no-archive", default=None,
+                     help="Copy finished messages to the group's PostgreSQL archive (server --archive-dsn)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -718,6 +726,39 @@ def cluster_remove(state: CliState, member: str) -> None:
 def cluster_transfer(state: CliState, to: str | None) -> None:
     """Hand leadership to another member, e.g. before restarting the leader."""
     print_cluster(state, state.client().transfer_leader(to))
+
+
+# ---- backup and restore ----------------------------------------------------------------------------
+
+def print_backup(state: CliState, verb: str, summary) -> None:
+    if state.json:
+        print_json({"path": summary.path, "bytes": summary.bytes, "records": summary.records})
+        return
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.records.items())) or "nothing"
+    click.echo(f"{verb} {summary.path} ({summary.bytes} bytes): {kinds}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@pass_state
+def backup(state: CliState, file: str) -> None:
+    """Write a consistent backup of the whole group to FILE (gzip'd JSON lines), taken on the leader.
+
+    It holds every queue with its settings, every message (leased ones come back ready), dead
+    letters, retained results and dedup keys. Needs the admin scope where tokens are required.
+    """
+    print_backup(state, "wrote", state.client().backup(file))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@pass_state
+def restore(state: CliState, file: str) -> None:
+    """Load the backup in FILE into the group at --url, which must not have those queues yet.
+
+    The records go through the group's log, so every member ends with the same state.
+    """
+    print_backup(state, "restored", state.client().restore(file))
 
 
 # ---- local development ------------------------------------------------------------------------------

@@ -34,8 +34,10 @@ create_queue, delete_queue and cancel (a repeat would turn a success into 409 or
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import fields
@@ -43,7 +45,8 @@ from datetime import datetime
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
-from .errors import ConflictError, InvalidRequestError, TransportError, UnavailableError, error_for
+from .backup import BackupSummary, chunks, summarize
+from .errors import ConflictError, InvalidRequestError, RankQError, TransportError, UnavailableError, error_for
 from .transport import AsyncTransport
 from .types import (
     AckOutcome,
@@ -395,6 +398,50 @@ class AsyncClient:
         return await self._call(lambda: self._admin("transfer_leader")(to), retry=False)
 
 
+    # ---- backup and restore --------------------------------------------------------------------
+
+    async def backup(self, path: str) -> BackupSummary:
+        """Write a consistent backup of the whole group to `path` (gzip'd JSON lines), taken on the
+        leader: every queue with its settings, messages, dead letters, retained results and dedup
+        keys. Leased messages are restored ready. Needs http(s) URLs and the admin scope."""
+        part = path + ".part"
+
+        async def attempt() -> None:
+            transport = self._transport
+            if not hasattr(transport, "backup"):
+                raise RankQError("backup and restore need an http:// or https:// URL")
+            with open(part, "wb") as out:
+                await transport.backup(out)  # type: ignore[attr-defined]
+
+        await self._call(attempt, retry=True)
+        summary = await asyncio.to_thread(summarize, part, os.path.getsize(part))
+        os.replace(part, path)
+        return BackupSummary(path=path, bytes=summary.bytes, records=summary.records)
+
+    async def restore(self, path: str) -> BackupSummary:
+        """Load the backup at `path` into this group, which must not have its queues yet (restore
+        into a new group). Chunks go through the log, so every member ends with the same state; a
+        chunk repeated after a failover is applied once."""
+        summary = await asyncio.to_thread(summarize, path, os.path.getsize(path))
+        restore_id = uuid.uuid4().hex
+        parts = chunks(path)
+        index = 0
+        while True:
+            chunk = await asyncio.to_thread(next, parts, None)
+            if chunk is None:
+                break
+
+            async def send(i: int = index, records: list = chunk) -> Any:
+                transport = self._transport
+                if not hasattr(transport, "restore_chunk"):
+                    raise RankQError("backup and restore need an http:// or https:// URL")
+                return await transport.restore_chunk(restore_id, i, records)  # type: ignore[attr-defined]
+
+            await self._call(send, retry=True)
+            index += 1
+        return summary
+
+
 class _LoopThread:
     """An event loop running forever in a daemon thread; `run` submits a coroutine and waits."""
 
@@ -603,10 +650,16 @@ class Client:
     def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
         return self._run(self._async.transfer_leader(to))
 
+    def backup(self, path: str) -> BackupSummary:
+        return self._run(self._async.backup(path))
+
+    def restore(self, path: str) -> BackupSummary:
+        return self._run(self._async.restore(path))
+
 
 for _name in ("create_queue", "list_queues", "get_queue", "update_queue", "delete_queue", "enqueue",
               "enqueue_batch", "dequeue", "ack", "ack_batch", "nack", "extend", "set_priority",
               "get_message", "cancel", "dead_letters", "iter_dead_letters", "redrive", "cluster_status",
-              "add_member", "remove_member", "transfer_leader"):
+              "add_member", "remove_member", "transfer_leader", "backup", "restore"):
     getattr(Client, _name).__doc__ = getattr(AsyncClient, _name).__doc__
 del _name

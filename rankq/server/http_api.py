@@ -21,6 +21,8 @@ from ..engine import commands as c
 from . import logs, metrics
 from .asgi import LeaderHeaders
 from .errors import ClusterConflict, Unavailable
+from .http_archive import build_archive_router
+from .http_backup import build_backup_router
 from .http_cluster import build_cluster_router
 from .http_dashboard import add_dashboard
 from .service import QueueService, QueueView
@@ -297,6 +299,8 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
 
     app.include_router(api)
     app.include_router(build_cluster_router(service, log_request))
+    app.include_router(build_backup_router(service, log_request))
+    app.include_router(build_archive_router(service, log_request))
     add_dashboard(app, service, log_request)
 
     # ---- health ----------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ class ServerConfig(BaseModel):
     snapshot_entries: int = Field(20_000, ge=10)  # log entries between snapshots
     snapshot_seconds: int = Field(300, ge=1)  # or this long since the last one
     snapshot_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)  # or once the log is this large
+    archive_dsn: str | None = None  # PostgreSQL for finished messages of queues with archive on
+    archive_group: str = Field("default", min_length=1, max_length=128)  # this group's name in the archive
 
     @property
     def advertised_host(self) -> str:
@@ -86,6 +88,12 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
                     "set --raft-password-file or RANKQ_RAFT_PASSWORD")
     service = QueueService(node, member_info=config.member_info())
     await service.start()
+    archiver = None
+    if config.archive_dsn:
+        from .archive import Archiver, PostgresStore
+
+        archiver = service.archiver = Archiver(service, PostgresStore(config.archive_dsn, config.archive_group))
+        archiver.start()
 
     app = build_app(service, config.api_token)
     http = uvicorn.Server(
@@ -123,6 +131,8 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     if grpc_server is not None:
         await grpc_server.stop(grace=2)
     await http_task
+    if archiver is not None:
+        await archiver.stop()
     await service.stop()
 
 

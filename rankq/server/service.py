@@ -62,6 +62,7 @@ class QueueService(ClusterOps):
         self._ready_events: dict[str, asyncio.Event] = {}
         self._deadline_changed: asyncio.Event | None = None
         self._ticker: asyncio.Task | None = None
+        self.archiver: Any = None  # set when the group archives to PostgreSQL (server/archive.py)
         node.state_machine.on_woken = self._woken_from_raft
 
     # ---- lifecycle ----------------------------------------------------------------------------
