@@ -94,6 +94,10 @@ def test_request_ids_are_echoed_and_logged(group):
         _, call = pb_grpc.RankQStub(ch).ListQueues.with_call(pb.ListQueuesRequest(), timeout=5,
                                                               metadata=(("x-request-id", "trace-grpc-1"),))
         assert ("x-request-id", "trace-grpc-1") in tuple(call.initial_metadata())
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.RankQStub(ch).GetQueue(pb.GetQueueRequest(name="no-such-queue"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     wait_for(lambda: "Completed GET request for /api/v1/queues with status 200" in leader.logs(), 5, "the completion line")
     calls = samples(leader.url)
     assert calls.get(("rankq_grpc_requests_total", (("code", "OK"), ("method", "ListQueues"))), 0) >= 1
+    assert calls.get(("rankq_grpc_requests_total", (("code", "NOT_FOUND"), ("method", "GetQueue"))), 0) == 1

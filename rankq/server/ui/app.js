@@ -322,8 +322,12 @@ async function redrive(ids) {
   const res = await adminAction(() => api(`/api/v1/queues/${encodeURIComponent(name)}/dlq/redrive`, { method: "POST", body: ids ? { ids } : {} }));
   if (res) {
     banner(`Redrove ${res.redriven.length} message(s)` + (res.not_found.length ? `; ${res.not_found.length} were no longer dead` : "") + ".", "info");
-    loadDlq(); loadPeek();
+    loadDlq(); loadPeek(); refreshLookup();
   }
+}
+
+function refreshLookup() {
+  if ($("#lookup-table")) $("#lookup-form").requestSubmit();
 }
 
 async function deleteSelected() {
@@ -337,7 +341,7 @@ async function deleteSelected() {
     done += 1;
   }
   if (done) banner(`Deleted ${done} dead letter(s).`, "info");
-  loadDlq();
+  loadDlq(); refreshLookup();
 }
 
 async function lookup(ev) {
