@@ -4,7 +4,9 @@ One fresh `rankq server`; runs alternate between no open feed and `--clients` op
 (`/api/v1/dashboard/stream`, what every open /ui page holds), the queue emptied before each run.
 The feed clients run in their own process and read every event; each run checks that they kept
 receiving about one snapshot a second. Reported: the median throughput of each side and the cost
-(1 - with/without), against the target of at most 5%.
+(1 - with/without), against the target of at most 5%; and, because throughput on a shared machine
+is noisy, the feed's own CPU: the idle server's CPU with and without the open feeds (the server's
+work runs on one core, so this share of a core bounds the throughput it can take away).
 
     python -m bench.dashboard                      # 5 pairs of 8 s runs (about 3 minutes)
     python -m bench.dashboard --reps 1 --duration 3
@@ -30,6 +32,7 @@ from . import procs as P
 
 TARGET = 0.05  # at most this share of enqueue throughput
 FEED_PATH = "/api/v1/dashboard/stream"
+IDLE_SECONDS = 10.0
 
 
 # ---- the feed clients (run as a separate process) -------------------------------------------------
@@ -115,8 +118,19 @@ def measure(bench, clients: int = 50, log=print) -> dict:
     plan = bench.plan
     server = bench.rankq(grpc=False)
     runs: dict[str, list] = {"without": [], "with": []}
+    idle: dict[str, list] = {"without": [], "with": []}
     measure_one = bench.http_enqueue(1, plan.single_conns, bench.single_body)
     try:
+        # The feed's own cost, free of the load generator: server CPU while nothing else happens.
+        for i in range(plan.reps):
+            for side in ("without", "with"):
+                if side == "with":
+                    with Feeds(server, clients):
+                        idle[side].append(_idle_cpu(server, IDLE_SECONDS))
+                else:
+                    idle[side].append(_idle_cpu(server, IDLE_SECONDS))
+        log(f"dashboard idle server CPU: {_median(idle['without']):.2f}% of a core without feeds, "
+            f"{_median(idle['with']):.2f}% with {clients} feeds")
         for i in range(plan.reps):
             order = ("without", "with") if i % 2 == 0 else ("with", "without")
             for side in order:
@@ -137,13 +151,22 @@ def measure(bench, clients: int = 50, log=print) -> dict:
     without = _median([r["value"] for r in runs["without"]])
     with_ = _median([r["value"] for r in runs["with"]])
     cost = 1 - with_ / without
+    feed_cpu = _median(idle["with"]) - _median(idle["without"])
     return {"unit": "msg/s", "clients": clients, "without": without, "with": with_, "cost": cost,
+            "idle_cpu_percent_without": _median(idle["without"]), "idle_cpu_percent_with": _median(idle["with"]),
+            "feed_cpu_percent_of_core": feed_cpu,
             "target": f"<= {TARGET:.0%} of enqueue throughput", "met": cost <= TARGET,
             "server_cpu_percent_without": _median([r.get("server_cpu_percent") for r in runs["without"]]),
             "server_cpu_percent_with": _median([r.get("server_cpu_percent") for r in runs["with"]]),
             "server_cpu_us_per_msg_without": _median([r.get("server_cpu_us_per_msg") for r in runs["without"]]),
             "server_cpu_us_per_msg_with": _median([r.get("server_cpu_us_per_msg") for r in runs["with"]]),
             "runs": runs}
+
+
+def _idle_cpu(server: P.Server, seconds: float) -> float:
+    with P.cpu_meter(server.proc) as cpu:
+        time.sleep(seconds)
+    return cpu["cpu_percent"]
 
 
 def _median(values):
@@ -193,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     print(f"median enqueue throughput: {result['without']:,.0f} msg/s without feeds, {result['with']:,.0f} msg/s "
           f"with {args.clients} open feeds: cost {result['cost']:.1%} (target <= {TARGET:.0%}: "
-          f"{'met' if result['met'] else 'NOT met'})")
+          f"{'met' if result['met'] else 'NOT met'}); the feed alone used {result['feed_cpu_percent_of_core']:.2f}% of a "
+          f"core ({result['idle_cpu_percent_with']:.2f}% with, {result['idle_cpu_percent_without']:.2f}% without feeds, "
+          f"no other load)")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     shutil.rmtree(workdir, ignore_errors=True)
