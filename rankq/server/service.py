@@ -143,7 +143,8 @@ class QueueService(ClusterOps):
         if entry is None:  # already answered as timed out
             return
         batch = entry[1]
-        metrics.observe_commit(time.monotonic() - entry[0])
+        if error is None:
+            metrics.observe_commit(time.monotonic() - entry[0])
         self._inflight -= 1
         if error is not None:
             exc = Unavailable(str(error)) if isinstance(error, ReplicationError) else error
