@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = Plan(reps=args.reps, duration=args.duration)
-    workdir = Path(tempfile.mkdtemp(prefix="rankq-bench-dashboard-"))
+    workdir = Path(tempfile.mkdtemp(prefix="rankq-dashfeed-"))
     bench = Bench(plan, {"WRK": _wrk()}, workdir)
     try:
         result = measure(bench, args.clients, log=lambda m: print(m, file=sys.stderr, flush=True))
