@@ -650,7 +650,8 @@ def markdown(results: dict) -> str:
     if "dashboard" in r:
         x = r["dashboard"]
         lines.append(f"| HTTP enqueue with {x['clients']} open dashboard feeds (vs none, same server, runs alternated) | "
-                     f"{fmt(x['with'], 'msg/s')} | {fmt(x['without'], 'msg/s')} (no feed) | cost {x['cost']:.1%} | | "
+                     f"{fmt(x['with'], 'msg/s')} | {fmt(x['without'], 'msg/s')} (no feed) | cost {x['cost']:.1%} (paired runs) | "
+                     f"feed alone {x['feed_cpu_percent_of_core']:.2f}% of a core | "
                      f"{x['target']} | {_met(x)} |")
     lines += ["", "Ratios for latency are RankQ / null (lower is better for both).", ""]
     lines += replicated_markdown(r, plan)

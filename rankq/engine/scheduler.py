@@ -69,19 +69,26 @@ class Level:
         return None
 
     def head_ids(self, slot: str, messages: dict[int, Message], slot_of: Callable[[Message], str], limit: int) -> list[int]:
-        """The `limit` oldest ready ids of one group slot, read without cleaning the heap."""
+        """The `limit` oldest ready ids of one group slot, read without changing the heap.
+
+        Walks the heap as the tree it is, smallest first (a heap of (id, position) candidates), so
+        the cost grows with `limit` and the stale entries met on the way, not with the heap's size."""
         heap = self.heaps.get(slot) or []
-        k = limit
-        while True:
-            cand = heapq.nsmallest(k, heap) if k < len(heap) else sorted(heap)
-            valid = []
-            for mid in dict.fromkeys(cand):  # an id pushed twice (ready again) is one message
+        out: list[int] = []
+        seen: set[int] = set()
+        frontier = [(heap[0], 0)] if heap else []
+        size = len(heap)
+        while frontier and len(out) < limit:
+            mid, i = heapq.heappop(frontier)
+            if mid not in seen:  # an id pushed twice (ready again) is one message
+                seen.add(mid)
                 msg = messages.get(mid)
                 if msg is not None and msg.state == READY and msg.priority == self.priority and slot_of(msg) == slot:
-                    valid.append(mid)
-            if len(valid) >= limit or len(cand) >= len(heap):
-                return valid[:limit]
-            k *= 4
+                    out.append(mid)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < size:
+                    heapq.heappush(frontier, (heap[child], child))
+        return out
 
 
 class ReadySet:

@@ -136,14 +136,24 @@ def test_the_page_works_against_a_follower(group, browser, shot):
     httpx.post(leader.url + "/api/v1/queues/emails/messages", json={"payload": "hi"}, timeout=10)
     wait_for(lambda: cell(browser, "emails", "ready") == "1", 5, "the follower's page to follow the leader's write")
 
-    with httpx.Client(base_url=leader.url, timeout=10) as c:  # a dead letter, redriven through the follower's page
-        got = c.post("/api/v1/queues/emails/dequeue", json={"max": 1}).json()["messages"][0]
-        c.post(f"/api/v1/queues/emails/messages/{got['id']}/nack", json={"lease_token": got["lease_token"]})
+    with httpx.Client(base_url=leader.url, timeout=10) as c:  # two dead letters: one deleted, one redriven
+        c.post("/api/v1/queues/emails/messages", json={"payload": "spam"})
+        dead = []
+        for got in c.post("/api/v1/queues/emails/dequeue", json={"max": 2}).json()["messages"]:
+            c.post(f"/api/v1/queues/emails/messages/{got['id']}/nack", json={"lease_token": got["lease_token"]})
+            dead.append(got["id"])
+    keep, drop = dead
     browser.get(follower.url + "/ui#/queue/emails")
-    row = f'#dlq tr[data-id="{got["id"]}"]'
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, row), 10, "the dead letter on the follower's page")
+    rows = {mid: f'#dlq tr[data-id="{mid}"]' for mid in dead}
+    wait_for(lambda: all(browser.find_elements(By.CSS_SELECTOR, r) for r in rows.values()), 10, "the dead letters on the follower's page")
+    click(browser, rows[drop] + " input[type=checkbox]")
+    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, rows[drop] + " input[type=checkbox]").is_selected(), 10, "the row selected")
+    click(browser, "#delete-selected")
+    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, rows[drop]), 10, "the deleted dead letter to leave the table")
+    assert httpx.get(f"{leader.url}/api/v1/queues/emails/messages/{drop}", timeout=5).status_code == 404
     click(browser, "#redrive-all")
-    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, row), 10, "the dead letter to leave the table")
+    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, rows[keep]), 10, "the redriven dead letter to leave the table")
+    assert httpx.get(f"{leader.url}/api/v1/queues/emails/messages/{keep}", timeout=5).json()["state"] == "ready"
     shot("follower")
     assert console_errors(browser) == []
 
