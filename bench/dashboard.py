@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: v for k, v in result.items() if k != "runs"}
     print(json.dumps(summary, indent=2))
     print(f"median enqueue throughput: {result['without']:,.0f} msg/s without feeds, {result['with']:,.0f} msg/s "
-          f"with {args.clients} open feeds ({result['cost_of_medians']:.1%} less); cost, median of the paired runs: "
+          f"with {args.clients} open feeds (ratio of medians: cost {result['cost_of_medians']:.1%}); cost, median of the paired runs: "
           f"{result['cost']:.1%} (target <= {TARGET:.0%}: "
           f"{'met' if result['met'] else 'NOT met'}); the feed alone used {result['feed_cpu_percent_of_core']:.2f}% of a "
           f"core ({result['idle_cpu_percent_with']:.2f}% with, {result['idle_cpu_percent_without']:.2f}% without feeds, "
