@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_left
 
 import grpc
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -34,45 +36,74 @@ GCCollector(registry=REGISTRY)
 # Buckets from 0.5 ms (a local read) to 20 s (the longest long-poll wait).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
 
-HTTP_REQUESTS = Counter("rankq_http_requests", "HTTP requests answered, by route template, method and status",
-                        ["route", "method", "status"], registry=REGISTRY)
-HTTP_SECONDS = Histogram("rankq_http_request_duration_seconds", "Time to answer an HTTP request",
-                         ["route", "method"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
-GRPC_REQUESTS = Counter("rankq_grpc_requests", "gRPC calls answered, by method and status code",
-                        ["method", "code"], registry=REGISTRY)
-GRPC_SECONDS = Histogram("rankq_grpc_request_duration_seconds", "Time to answer a gRPC call",
-                         ["method"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
-COMMIT_SECONDS = Histogram("rankq_raft_commit_duration_seconds",
-                           "From proposing a batch of commands on this node to its commit",
-                           buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-                           registry=REGISTRY)
+class LatencyStats:
+    """Request counts and latency histograms kept in plain lists.
 
-# Label children are looked up once per distinct label set, not on every request.
-_http_children: dict[tuple, tuple] = {}
-_grpc_children: dict[tuple, tuple] = {}
+    Every update (HTTP and gRPC handlers, commit callbacks) and every scrape runs on the server's one
+    event loop thread, so no lock is needed: an observation is a bisect and two additions, about a
+    tenth of prometheus_client's locked Counter plus Histogram. Series are keyed by the full label
+    set; the histogram is exported without the last key label (status), the counter with all."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...],
+                 counter: str | None = None, counter_doc: str = "") -> None:
+        self.name, self.doc, self.labels, self.buckets = name, doc, labels, buckets
+        self.counter, self.counter_doc = counter, counter_doc
+        self.series: dict[tuple, list] = {}  # key -> [count per bucket ..., count over the last bound, sum]
+
+    def observe(self, key: tuple, seconds: float) -> None:
+        row = self.series.get(key)
+        if row is None:
+            row = self.series[key] = [0] * (len(self.buckets) + 1) + [0.0]
+        row[bisect_left(self.buckets, seconds)] += 1
+        row[-1] += seconds
+
+    def collect(self):
+        hist_labels = self.labels[:-1] if self.counter else self.labels
+        merged: dict[tuple, list] = {}
+        counts = CounterMetricFamily(self.counter, self.counter_doc, labels=list(self.labels)) if self.counter else None
+        for key, row in list(self.series.items()):
+            if counts is not None:
+                counts.add_metric([str(k) for k in key], sum(row[:-1]))
+            hkey = key[: len(hist_labels)]
+            acc = merged.get(hkey)
+            merged[hkey] = list(row) if acc is None else [a + b for a, b in zip(acc, row)]
+        hist = HistogramMetricFamily(self.name, self.doc, labels=list(hist_labels))
+        bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
+        for hkey, row in merged.items():
+            cumulative, buckets = 0, []
+            for bound, n in zip(bounds, row[:-1]):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            hist.add_metric([str(k) for k in hkey], buckets, row[-1])
+        if counts is not None:
+            yield counts
+        yield hist
+
+    def describe(self):
+        return []
+
+
+HTTP = LatencyStats("rankq_http_request_duration_seconds", "Time to answer an HTTP request, by route template and method",
+                    ("route", "method", "status"), LATENCY_BUCKETS,
+                    "rankq_http_requests", "HTTP requests answered, by route template, method and status")
+GRPC = LatencyStats("rankq_grpc_request_duration_seconds", "Time to answer a gRPC call, by method",
+                    ("method", "code"), LATENCY_BUCKETS, "rankq_grpc_requests", "gRPC calls answered, by method and status code")
+COMMIT = LatencyStats("rankq_raft_commit_duration_seconds", "From proposing a batch of commands on this node to its commit",
+                      (), (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+for _stats in (HTTP, GRPC, COMMIT):
+    REGISTRY.register(_stats)
 
 
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:
-    key = (route, method, status)
-    pair = _http_children.get(key)
-    if pair is None:
-        pair = _http_children[key] = (HTTP_REQUESTS.labels(route, method, str(status)),
-                                      HTTP_SECONDS.labels(route, method))
-    pair[0].inc()
-    pair[1].observe(seconds)
+    HTTP.observe((route, method, status), seconds)
 
 
 def observe_grpc(method: str, code: str, seconds: float) -> None:
-    key = (method, code)
-    pair = _grpc_children.get(key)
-    if pair is None:
-        pair = _grpc_children[key] = (GRPC_REQUESTS.labels(method, code), GRPC_SECONDS.labels(method))
-    pair[0].inc()
-    pair[1].observe(seconds)
+    GRPC.observe((method, code), seconds)
 
 
 def observe_commit(seconds: float) -> None:
-    COMMIT_SECONDS.observe(seconds)
+    COMMIT.observe((), seconds)
 
 
 def queue_snapshot(service, now_ms: int | None = None) -> list[dict]:
