@@ -453,6 +453,38 @@ class QueueState:
             )
         raise NotFound(f"message {mid} not found in queue {self.name!r}")
 
+    def peek(self, limit: int) -> list[MessageInfo]:
+        """The next `limit` ready messages in the order a dequeue would lease them, leasing nothing.
+
+        Runs the real selection on a shadow of the ready set, counting each message as if it were
+        leased (so per-group caps apply as they would)."""
+        if not 1 <= limit <= MAX_DEQUEUE:
+            raise Invalid(f"limit must be between 1 and {MAX_DEQUEUE}")
+        cfg = self.config
+        shadow = self.ready.shadow(self.messages, limit)
+        inflight = dict(self.inflight_by_group)
+        cap = cfg.group_max_inflight
+        eligible = None
+        if cfg.fair_groups and cap is not None:
+            def eligible(slot: str) -> bool:
+                return inflight.get(slot, 0) < cap
+        out = []
+        for _ in range(limit):
+            if cfg.policy == WEIGHTED:
+                msg = shadow.take_weighted(self.messages, cfg.weights, eligible)
+            else:
+                msg = shadow.take_strict(self.messages, eligible)
+            if msg is None:
+                break
+            inflight[msg.group] = inflight.get(msg.group, 0) + 1
+            out.append(info_of(self.name, msg))
+        return out
+
+    def oldest_ready_at(self) -> int | None:
+        """When the longest-waiting ready message was enqueued (ms), or None."""
+        mid = self.ready.oldest_id(self.messages)
+        return None if mid is None else self.messages[mid].enqueued_at
+
     def dead_letters(self, after: int | None, limit: int) -> list[MessageInfo]:
         out = []
         for mid, msg in self.dead.items():

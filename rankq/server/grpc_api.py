@@ -631,8 +631,10 @@ async def start_grpc(service: QueueService, host: str, port: int, tokens: Tokens
                      tls: tuple[str, str] | None = None) -> grpc.aio.Server:
     """Start serving rankq.v1.RankQ (with server reflection) on host:port; returns the running server.
     With `tokens`, calls need a token with the method's scope; `tls` is (cert file, key file)."""
+    from .metrics import GrpcObserver
+
     server = grpc.aio.server(
-        interceptors=[GrpcAuth(tokens, SERVICE_NAME)] if tokens else None,
+        interceptors=[GrpcObserver(), *([GrpcAuth(tokens, SERVICE_NAME)] if tokens else [])],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", -1),

@@ -26,6 +26,7 @@ from .errors import ClusterConflict, Unavailable
 from .http_archive import build_archive_router
 from .http_backup import build_backup_router
 from .http_cluster import build_cluster_router
+from .http_dashboard import add_dashboard
 from .service import QueueService, QueueView
 
 STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Full: 429, ClusterConflict: 409}
@@ -167,7 +168,7 @@ def raw(body: str, status: int = 200) -> Response:
 async def log_request(request: Request) -> None:
     route = request.scope.get("route")
     client = request.client.host if request.client else "-"
-    tid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    tid = logs.trace_id.get() or request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     logs.trace_id.set(tid)
     logs.request_line(getattr(route, "path", request.url.path), request.method, str(request.url.path), client, tid)
 
@@ -179,6 +180,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
         title="RankQ",
         version="0.1.0",
         description="Replicated priority queues. Durations are seconds; timestamps are ISO 8601 UTC.",
+        docs_url=None, redoc_url=None,  # served from packaged assets by the dashboard router
     )
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(log_request)])
     err = {"model": s.ErrorBody}
@@ -217,7 +219,8 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
 
     app.add_middleware(LeaderHeaders, service=service)
     if tokens:
-        app.add_middleware(ApiAuth, tokens=tokens)  # outermost: refused calls are not read at all
+        app.add_middleware(ApiAuth, tokens=tokens)  # before any other: refused calls are not read at all
+    app.add_middleware(metrics.RequestObserver, router=app.router)  # outermost, reads no body: refusals are counted too
 
     # ---- queues ----------------------------------------------------------------------------------
 
@@ -346,6 +349,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     app.include_router(build_cluster_router(service, log_request, peer_ca))
     app.include_router(build_backup_router(service, log_request))
     app.include_router(build_archive_router(service, log_request))
+    add_dashboard(app, service, log_request)
 
     # ---- health ----------------------------------------------------------------------------------
 

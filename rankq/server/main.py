@@ -159,6 +159,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down")
     http.should_exit = True
+    app.state.feed.close()  # open dashboard streams end now instead of holding the shutdown
     if grpc_server is not None:
         await grpc_server.stop(grace=2)
     await http_task

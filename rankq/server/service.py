@@ -19,6 +19,7 @@ from typing import Any
 from ..engine import EngineError, MessageInfo, NotFound
 from ..engine import commands as c
 from ..replication import RaftNode, ReplicationError
+from . import metrics
 from .cluster import ClusterOps
 from .errors import ClusterConflict, Unavailable
 
@@ -147,6 +148,8 @@ class QueueService(ClusterOps):
         if entry is None:  # already answered as timed out
             return
         batch = entry[1]
+        if error is None:
+            metrics.observe_commit(time.monotonic() - entry[0])
         self._inflight -= 1
         if error is not None:
             exc = Unavailable(str(error)) if isinstance(error, ReplicationError) else error
@@ -295,6 +298,11 @@ class QueueService(ClusterOps):
     def get_message(self, queue: str, mid: int) -> MessageInfo:
         with self.node.lock:
             return self.node.engine.message(queue, mid)
+
+    def peek(self, queue: str, limit: int) -> list[MessageInfo]:
+        """The next ready messages in delivery order, leasing nothing (a local read)."""
+        with self.node.lock:
+            return self.node.engine.queue(queue).peek(limit)
 
     def dead_letters(self, queue: str, after: int | None = None, limit: int = 100) -> list[MessageInfo]:
         with self.node.lock:
