@@ -69,25 +69,51 @@ RETRY_CAP = 5.0
 _NEW_MESSAGE_FIELDS = frozenset(f.name for f in fields(NewMessage))
 
 
-def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> AsyncTransport:
-    """The transport for `url`: ``http://`` or ``https://`` → HTTP, ``grpc://host:port`` → gRPC.
-    `token` is sent as ``Authorization: Bearer <token>`` (HTTP header or gRPC metadata)."""
+TLS_SCHEMES = ("https", "grpcs")
+
+
+def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
+                   ca: str | None = None) -> AsyncTransport:
+    """The transport for `url`: ``http://`` or ``https://`` → HTTP, ``grpc://`` or ``grpcs://``
+    (host:port) → gRPC. `token` is sent as ``Authorization: Bearer <token>`` (HTTP header or gRPC
+    metadata). ``https`` and ``grpcs`` use TLS and verify the server against `ca` (a PEM file), or
+    against the system's CAs when `ca` is None."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    if ca is not None and scheme not in TLS_SCHEMES:
+        raise ValueError(f"a CA is given but {url!r} does not use TLS: use https:// or grpcs://")
     if scheme in ("http", "https"):
         if not parts.hostname:
             raise ValueError(f"no host in URL {url!r}")
         from .http_transport import HttpTransport
 
-        return HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None)
-    if scheme == "grpc":
+        verify: Any = True
+        if ca is not None:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=ca)
+        return HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None,
+                             verify=verify)
+    if scheme in ("grpc", "grpcs"):
         if not parts.hostname or parts.port is None:
             raise ValueError(f"a gRPC URL needs host and port, e.g. grpc://127.0.0.1:9090 (got {url!r})")
-        from .grpc_transport import GrpcTransport  # imported only when used: it pulls in grpcio
+        from .grpc_transport import GrpcTransport, tls_credentials  # imported only when used: grpcio
 
         return GrpcTransport(parts.netloc, timeout=timeout,
+                             credentials=tls_credentials(ca) if scheme == "grpcs" else None,
                              metadata=[("authorization", f"Bearer {token}")] if token else None)
-    raise ValueError(f"unsupported URL {url!r}: use http://, https:// or grpc://host:port")
+    raise ValueError(f"unsupported URL {url!r}: use http://, https://, grpc://host:port or grpcs://host:port")
+
+
+def read_token_file(path: str) -> str:
+    """The token in a token file: the first word of its first line that is not blank or a
+    ``#`` comment (so a server's token file, `TOKEN scopes` lines included, works as is)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return line.split()[0]
+    raise ValueError(f"token file {path} holds no token (it is empty)")
 
 
 def as_new_message(item: NewMessage | dict | Any) -> NewMessage:
@@ -132,13 +158,20 @@ class AsyncClient:
     `timeout`
     (seconds) bounds each request (a long poll gets its `wait` on top). `retries` is how many times
     a failed idempotent call is repeated; see the module documentation for which calls qualify.
-    `token` is the server's API token, when it requires one.
+    `token` is the server's API token, when it requires one, or `token_file` a file holding it.
+    ``https://`` and ``grpcs://`` URLs use TLS; `ca` is the PEM file of the CA that signed the
+    servers' certificates (default: the system's CAs).
     Durations are seconds; queue settings use the wire names (see ``rankq.schemas.QueueSettings``).
     """
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
-                 transport: AsyncTransport | None = None, token: str | None = None) -> None:
+                 transport: AsyncTransport | None = None, token: str | None = None,
+                 token_file: str | None = None, ca: str | None = None) -> None:
+        if token is not None and token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        if token_file is not None:
+            token = read_token_file(token_file)
         if retries < 0:
             raise ValueError("retries must be 0 or more")
         urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else [str(u).strip() for u in url]
@@ -156,8 +189,9 @@ class AsyncClient:
         else:
             for u in urls:  # fail early on a malformed URL
                 urlsplit(u)
-            self._transports[0] = make_transport(urls[0], timeout, token)
+            self._transports[0] = make_transport(urls[0], timeout, token, ca)
         self._token = token
+        self._ca = ca
         self._current = 0
         self._closed = False
 
@@ -165,7 +199,8 @@ class AsyncClient:
     def _transport(self) -> AsyncTransport:
         t = self._transports.get(self._current)
         if t is None:
-            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout, self._token)
+            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout, self._token,
+                                                                     self._ca)
         return t
 
     def _next_node(self) -> None:
@@ -501,14 +536,15 @@ class Client:
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
-                 transport: AsyncTransport | None = None, token: str | None = None) -> None:
+                 transport: AsyncTransport | None = None, token: str | None = None,
+                 token_file: str | None = None, ca: str | None = None) -> None:
         self.url = url
         self._loop = _LoopThread()
         self._stop = weakref.finalize(self, self._loop.stop)
 
         async def make() -> AsyncClient:
             return AsyncClient(url, timeout=timeout, retries=retries, retry_backoff=retry_backoff,
-                               transport=transport, token=token)
+                               transport=transport, token=token, token_file=token_file, ca=ca)
 
         try:
             self._async = self._loop.run(make())
