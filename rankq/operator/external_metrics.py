@@ -111,8 +111,10 @@ def parse_selector(selector: str) -> dict[str, str]:
 
 # ---- the HTTPS edge -------------------------------------------------------------------------------
 
-BacklogSource = Callable[[str, str], Awaitable[int]]
-"""(namespace, queue) -> backlog; raises MetricNotFound or MetricUnavailable."""
+BacklogSource = Callable[[str, str, bool], Awaitable[int]]
+"""(namespace, queue, include_delayed) -> backlog; raises MetricNotFound or MetricUnavailable."""
+
+INCLUDE_DELAYED_LABEL = "rankq.io/include-delayed"
 
 
 @dataclass(frozen=True)
@@ -141,18 +143,18 @@ class ExternalMetricsServer:
         self.host = host
         self.port = port
         self.max_age = max_age
-        self._cache: dict[tuple[str, str], tuple[float, int]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._cache: dict[tuple[str, str, bool], tuple[float, int]] = {}
+        self._locks: dict[tuple[str, str, bool], asyncio.Lock] = {}
         self._runner: Any = None
 
-    async def backlog(self, namespace: str, queue: str) -> int:
-        key = (namespace, queue)
+    async def backlog(self, namespace: str, queue: str, include_delayed: bool = False) -> int:
+        key = (namespace, queue, include_delayed)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # many HPAs asking at once share one read
             hit = self._cache.get(key)
             if hit is not None and time.monotonic() - hit[0] <= self.max_age:
                 return hit[1]
-            value = await self.source(namespace, queue)
+            value = await self.source(namespace, queue, include_delayed)
             self._cache[key] = (time.monotonic(), value)
             return value
 
@@ -181,7 +183,7 @@ class ExternalMetricsServer:
             if not queue:
                 return answer(status(400, "BadRequest", f"select the queue with labelSelector={QUEUE_LABEL}=<name>"), 400)
             try:
-                value = await self.backlog(namespace, queue)
+                value = await self.backlog(namespace, queue, labels.get(INCLUDE_DELAYED_LABEL) == "true")
             except MetricNotFound as err:
                 return answer(status(404, "NotFound", str(err)), 404)
             except MetricUnavailable as err:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import external_metrics
 from .models import HTTP_PORT, QueueResource, SecretKeyRef, WorkerPoolSpec
 from .specs import QUEUE_LABEL, TLS_DIR, owner_reference, tls_secret_name, token_secret_name, TOKEN_KEY
 
-BACKLOG_METRIC = "rankq_queue_backlog"
+BACKLOG_METRIC = external_metrics.BACKLOG_METRIC
 POOL_LABEL = "rankq.io/pool"
-INCLUDE_DELAYED_LABEL = "rankq.io/include-delayed"
+INCLUDE_DELAYED_LABEL = external_metrics.INCLUDE_DELAYED_LABEL
 WORKER_NAME = "rankq-worker"
 METRICS_PORT = 9100
 KEDA_API = "keda.sh/v1alpha1"

@@ -75,7 +75,7 @@ def test_served_over_tls_only_to_the_request_header_ca(tmp_path, unused_port=Non
     backlog = {("shop", "orders"): 1234, ("shop", "empty"): 0}
     calls = []
 
-    async def source(namespace, queue):
+    async def source(namespace, queue, include_delayed):
         calls.append((namespace, queue))
         if queue == "broken":
             raise em.MetricUnavailable("leader not reachable")
