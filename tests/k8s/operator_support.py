@@ -46,7 +46,10 @@ def install_chart(k8s, namespace: str, release: str, tmp: Path) -> Path:
     k8s.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "queue.yaml"))
     proc = subprocess.run(
         [str(k8s.helm_path), "install", release, str(REPO / "helm" / "rankq"), "--namespace", namespace,
-         "--kubeconfig", str(k8s.kubeconfig), "--set", "replicas=0", "--wait=false"],
+         "--kubeconfig", str(k8s.kubeconfig), "--set", "replicas=0", "--wait=false",
+         # The operator runs outside the cluster here: an APIService with no backend would break
+         # discovery for everything else on the shared control plane.
+         "--set", "externalMetrics.enabled=false"],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     sa = f"{release}-rankq" if "rankq" not in release else release
