@@ -160,7 +160,7 @@ class WorkerPoolSpec(Model):
     autoscaling: AutoscalingSpec = Field(
         default_factory=AutoscalingSpec,
         **k8s(**{"x-kubernetes-validations": [
-            {"rule": "self.maxReplicas >= self.minReplicas",
+            {"rule": "(has(self.maxReplicas) ? self.maxReplicas : 10) >= (has(self.minReplicas) ? self.minReplicas : 0)",
              "message": "autoscaling.maxReplicas must be at least minReplicas"}]}))
 
     @property
