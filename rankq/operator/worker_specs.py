@@ -84,6 +84,7 @@ def build_worker_deployment(q: QueueResource, pool: WorkerPoolSpec, replicas: in
         "name": "worker",
         "image": pool.image or q.spec.image,
         "imagePullPolicy": q.spec.image_pull_policy,
+        "command": ["rankq"],
         "args": worker_args(q, pool),
         "env": [{"name": "RANKQ_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}},
                 *(pool.env or [])],
