@@ -54,7 +54,7 @@ class QueueState:
         self.acked_purge: list[tuple[int, int]] = []
         self.dedup: dict[str, tuple[int, int]] = {}  # key -> (id, expires_at)
         self.dedup_purge: list[tuple[int, str]] = []
-        self.totals = {"enqueued": 0, "dequeued": 0, "acked": 0, "nacked": 0, "expired": 0, "dead_lettered": 0}
+        self.totals = {"enqueued": 0, "dequeued": 0, "acked": 0, "nacked": 0, "expired": 0, "dead_lettered": 0, "released": 0}
 
     # ---- counts -------------------------------------------------------------------------------
 
@@ -73,6 +73,23 @@ class QueueState:
             "dead": len(self.dead),
             "acked_retained": len(self.acked),
         }
+
+    def backlog(self, now: int) -> int:
+        """Work for consumers at `now`: ready + leased + delayed messages already due (what an
+        autoscaler should count; ready alone would scale busy workers away)."""
+        due = 0
+        heap = self.delays
+        stack = [0] if heap else []
+        while stack:  # only the heap's top part holds entries due at `now`
+            i = stack.pop()
+            at, mid = heap[i]
+            if at > now:
+                continue
+            msg = self.messages.get(mid)
+            if msg is not None and msg.state == DELAYED and msg.due == at:
+                due += 1
+            stack.extend(j for j in (2 * i + 1, 2 * i + 2) if j < len(heap))
+        return self.n_ready + self.n_leased + due
 
     def next_deadline(self) -> int | None:
         """The earliest time at which a Tick would change something here."""
@@ -327,7 +344,7 @@ class QueueState:
         self.totals["nacked"] += 1
         if cmd.error is not None:
             msg.set_extra("last_error", cmd.error)
-        if self._exhausted(msg):
+        if cmd.dead or self._exhausted(msg):
             self._dead_letter(msg, None, now)
             return {"state": "dead", "available_at": None}
         if cmd.delay_ms is None:
@@ -351,6 +368,15 @@ class QueueState:
         msg.due = now + vt
         heapq.heappush(self.leases, (msg.due, msg.id))
         return msg.due
+
+    def release(self, cmd: c.Release, woke: set[str]) -> None:
+        """Leased -> ready, and the delivery it had is not counted."""
+        msg = self._leased(cmd.id, cmd.token)
+        self._release(msg)
+        msg.deliveries -= 1
+        self.totals["released"] = self.totals.get("released", 0) + 1  # absent in older snapshots
+        self._make_ready(msg)
+        woke.add(self.name)
 
     def set_priority(self, cmd: c.SetPriority, woke: set[str]) -> None:
         msg = self._queued(cmd.id)

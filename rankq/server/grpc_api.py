@@ -421,7 +421,8 @@ class RankQServicer(pb_grpc.RankQServicer):
         error = request.error if request.HasField("error") else None
         if error is not None and len(error) > 4096:
             raise Invalid("error must be at most 4096 characters")
-        res = await self.service.nack(request.queue, request.id, lease_token(request.lease_token), delay, error)
+        res = await self.service.nack(request.queue, request.id, lease_token(request.lease_token), delay, error,
+                                      request.dead)
         return pb.NackResponse(id=request.id, state=res["state"], available_at=res["available_at"])
 
     @unary
@@ -430,6 +431,11 @@ class RankQServicer(pb_grpc.RankQServicer):
               if request.HasField("visibility_timeout") else None)
         due = await self.service.extend(request.queue, request.id, lease_token(request.lease_token), vt)
         return pb.ExtendResponse(id=request.id, lease_expires_at=due)
+
+    @unary
+    async def Release(self, request, context):
+        await self.service.release(request.queue, request.id, lease_token(request.lease_token))
+        return pb.ReleaseResponse(id=request.id, state="ready")
 
     # ---- dead letters ---------------------------------------------------------------------------
 

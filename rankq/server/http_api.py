@@ -6,6 +6,7 @@ the engine map to statuses in one table; a client mistake is always a 4xx with a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -127,6 +128,38 @@ def delivered_json(deliveries) -> str:
     return '{"messages":[' + ",".join(parts) + "]}"
 
 
+async def until_disconnected(request: Request, call, release) -> list:
+    """Run a long poll, cancelled when its client hangs up: the server does not notice a closed
+    connection by itself, and a poll finishing for nobody would strand the messages it leased.
+    The service releases what a cancelled dequeue got; `release` gives back what a poll that
+    finished just as its client left had leased."""
+    task = asyncio.ensure_future(call)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not watcher.done():
+        watcher.cancel()
+        return await task
+    try:  # the client is gone: nobody reads this answer
+        got = await task
+    except (asyncio.CancelledError, Exception):
+        return []
+    for d in got:
+        try:
+            await release(d.id, d.lease_token)
+        except Exception:  # its lease runs out instead
+            pass
+    return []
+
+
 def raw(body: str, status: int = 200) -> Response:
     return Response(content=body, status_code=status, media_type="application/json")
 
@@ -232,10 +265,14 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
         return raw('{"results":[' + items + "]}", 201)
 
     @api.post("/queues/{name}/dequeue", response_model=s.DequeueResult, responses=common, tags=["messages"])
-    async def dequeue(name: str, body: s.DequeueRequest | None = None):
+    async def dequeue(name: str, request: Request, body: s.DequeueRequest | None = None):
         """Lease up to `max` messages. With `wait`, return as soon as one is ready (or [] when the wait ends)."""
         body = body or s.DequeueRequest()
-        got = await service.dequeue(name, body.max, body.wait, s.to_ms(body.visibility_timeout))
+        call = service.dequeue(name, body.max, body.wait, s.to_ms(body.visibility_timeout))
+        if body.wait:
+            got = await until_disconnected(request, call, lambda mid, token: service.release(name, mid, token))
+        else:
+            got = await call
         return raw(delivered_json(got))
 
     @api.post("/queues/{name}/messages/{id}/ack", response_model=s.AckResult, responses=common, tags=["leases"])
@@ -259,8 +296,14 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     @api.post("/queues/{name}/messages/{id}/nack", response_model=s.NackResult, responses=common, tags=["leases"])
     async def nack(name: str, id: int, body: s.NackRequest):
         """Give a message back: after `delay`, or after exponential backoff with jitter when unset."""
-        res = await service.nack(name, id, body.lease_token, s.to_ms(body.delay), body.error)
+        res = await service.nack(name, id, body.lease_token, s.to_ms(body.delay), body.error, body.dead)
         return JSONResponse({"id": id, "state": res["state"], "available_at": s.iso(res["available_at"])})
+
+    @api.post("/queues/{name}/messages/{id}/release", response_model=s.ReleaseResult, responses=common, tags=["leases"])
+    async def release(name: str, id: int, body: s.ReleaseRequest):
+        """Give a leased message back, ready at once, without counting the delivery (a consumer that stops before running it)."""
+        await service.release(name, id, body.lease_token)
+        return raw('{"id":%d,"state":"ready"}' % id)
 
     @api.post("/queues/{name}/messages/{id}/extend", response_model=s.ExtendResult, responses=common, tags=["leases"])
     async def extend(name: str, id: int, body: s.ExtendRequest):

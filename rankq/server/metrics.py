@@ -14,12 +14,18 @@ class EngineCollector:
     def collect(self):
         depth = GaugeMetricFamily("rankq_queue_messages", "Messages in a queue by state", labels=["queue", "state"])
         totals = CounterMetricFamily("rankq_queue_events", "Message events since the queue was created", labels=["queue", "event"])
+        backlog = GaugeMetricFamily("rankq_queue_backlog", "Ready + leased + delayed messages already due (scale workers on this)",
+                                    labels=["queue"])
         for view in self.service.list_queues():
             for state, n in view.counts.items():
-                depth.add_metric([view.name, state], n)
+                if state == "backlog":
+                    backlog.add_metric([view.name], n)
+                else:
+                    depth.add_metric([view.name, state], n)
             for event, n in view.totals.items():
                 totals.add_metric([view.name, event], n)
         yield depth
+        yield backlog
         yield totals
         node = self.service.node
         sync = node.syncobj
