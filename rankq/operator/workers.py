@@ -163,16 +163,16 @@ class WorkerPools:
     async def _get_optional(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return await self.kube.get(kind, namespace, name)
-        except KubeError as err:
-            if code(err) == 404:  # the kind itself is unknown (no KEDA installed)
+        except Exception as err:
+            if _not_found(err):  # the kind itself is unknown (no KEDA installed)
                 return None
             raise
 
     async def _delete_optional(self, kind: str, namespace: str, name: str) -> None:
         try:
             await self.kube.delete(kind, namespace, name)
-        except KubeError as err:
-            if code(err) != 404:
+        except Exception as err:
+            if not _not_found(err):
                 raise
 
     async def _remove(self, q: QueueResource, deployment: dict[str, Any], event: Any) -> None:
@@ -182,6 +182,15 @@ class WorkerPools:
         await self._delete_optional("ScaledObject", q.namespace, name)
         await self._delete_optional("TriggerAuthentication", q.namespace, f"{name}-token")
         await event("Deleted", f"Deleted worker pool {name} (no longer in spec.workers)")
+
+
+def _not_found(err: Exception) -> bool:
+    """A 404, whether the API server said it about an object or about a kind it does not serve
+    (the latter reaches us as the HTTP client's own status error)."""
+    if isinstance(err, KubeError):
+        return code(err) == 404
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None) == 404
 
 
 def summary(pools: list[dict[str, Any]]) -> str | None:
