@@ -160,10 +160,10 @@ def build_trigger_authentication(q: QueueResource, pool: WorkerPoolSpec) -> dict
 
 
 def build_scaled_object(q: QueueResource, pool: WorkerPoolSpec) -> dict[str, Any]:
-    """KEDA's metrics-api trigger on the queue's info: `backlog` (or `backlog_with_delayed`)."""
+    """KEDA's metrics-api trigger on the queue's info: `counts.backlog`."""
     a = pool.autoscaling
     queue = q.spec.queue_name(q.name)
-    value = "counts.backlog_with_delayed" if a.include_delayed else "counts.backlog"
+    value = "counts.backlog"  # ready + leased + due delayed (includeDelayed applies to the HPA metric only)
     spec: dict[str, Any] = {
         "scaleTargetRef": {"name": deployment_name(q, pool)},
         "minReplicaCount": a.min_replicas,

@@ -64,7 +64,7 @@ def test_keda_mode_builds_a_scaled_object_and_its_token_and_no_hpa():
     trigger = children[1]["spec"]["triggers"][0]
     assert trigger["type"] == "metrics-api" and trigger["metadata"]["authMode"] == "bearer"
     assert trigger["metadata"]["url"] == "http://orders.shop.svc:8080/api/v1/queues/orders"
-    assert trigger["metadata"]["valueLocation"] == "counts.backlog_with_delayed"
+    assert trigger["metadata"]["valueLocation"] == "counts.backlog"
     assert trigger["authenticationRef"]["name"] == children[0]["metadata"]["name"]
     assert children[0]["spec"]["secretTargetRef"][0]["name"] == "orders-token"
 
