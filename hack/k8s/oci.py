@@ -6,6 +6,7 @@ here, so both build paths describe one image; ``tests/k8s/test_image.py`` checks
 
     oci.py dockerfile DOCKERFILE            print the parsed settings and RUN steps as JSON
     oci.py write ROOTFS_TAR OUT_TAR --dockerfile F --name N [--path-prefix P] [--label K=V ...]
+    oci.py write ROOTFS_TAR OUT_TAR --entrypoint /pause --user 65535 --name N
 
 Only the Python standard library is used: this runs before any virtualenv exists.
 """
@@ -212,7 +213,9 @@ def main(argv: list[str]) -> int:
     w = sub.add_parser("write")
     w.add_argument("rootfs_tar", type=Path)
     w.add_argument("out", type=Path)
-    w.add_argument("--dockerfile", type=Path, required=True)
+    w.add_argument("--dockerfile", type=Path, help="take ENV, USER, ... from this Dockerfile")
+    w.add_argument("--entrypoint", help="without --dockerfile: the one-word entrypoint")
+    w.add_argument("--user", default="", help="without --dockerfile: the user")
     w.add_argument("--name", required=True)
     w.add_argument("--path-prefix", default="")
     w.add_argument("--label", action="append", default=[])
@@ -220,7 +223,10 @@ def main(argv: list[str]) -> int:
     if args.cmd == "dockerfile":
         print(json.dumps(parse_dockerfile(args.dockerfile.read_text()), indent=2))
         return 0
-    df = parse_dockerfile(args.dockerfile.read_text())
+    if args.dockerfile:
+        df = parse_dockerfile(args.dockerfile.read_text())
+    else:
+        df = parse_dockerfile(f"FROM scratch\nUSER {args.user}\nENTRYPOINT [{json.dumps(args.entrypoint)}]\n")
     labels = dict(kv.split("=", 1) for kv in args.label)
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
     created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
