@@ -1,0 +1,190 @@
+"""What a user runs, on the real node (docs/real-node.md): helm install, then a 3-replica Queue.
+
+The operator runs in-cluster from the image with the chart's ServiceAccount; three server pods
+elect a leader over their peer DNS names; the leader-only Service routes through kube-proxy; a
+client enqueues and dequeues through it; the leader pod is deleted and the Service follows the new
+leader; deleting the Queue removes its pods. Opt-in: needs `RANKQ_K8S_REAL_NODE=1` (the cluster's
+real node, root) and the image from `make image`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HACK = REPO_ROOT / "hack" / "k8s"
+NODE_SELECTOR = {"type": "real"}
+TOLERATIONS = [{"key": "rankq.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]
+# The tag `make image` built (RANKQ_IMAGE_TAG there); the chart and the Queue both use it.
+IMAGE_TAG = os.environ.get("RANKQ_E2E_IMAGE_TAG", "0.1.0")
+IMAGE = f"rankq:{IMAGE_TAG}"
+
+pytestmark = [pytest.mark.k8s, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def real_node(k8s: Any) -> Any:
+    if "kubelet" not in k8s.components:
+        pytest.skip("no real node: RANKQ_K8S_REAL_NODE=1 make k8s-up (docs/real-node.md)")
+    image_dir = Path(os.environ.get("RANKQ_IMAGE_DIR", Path.home() / ".cache" / "rankq" / "image"))
+    if not (image_dir / f"rankq-{IMAGE_TAG}.oci.tar").exists():
+        build = subprocess.run(["bash", str(HACK / "image.sh")], capture_output=True, text=True, timeout=840,
+                               cwd=REPO_ROOT, env={**os.environ, "PYTHON": sys.executable, "RANKQ_IMAGE_TAG": IMAGE_TAG})
+        assert build.returncode == 0, build.stderr[-3000:]
+    imp = subprocess.run(["bash", str(HACK / "node.sh"), "images"], capture_output=True, text=True, timeout=300,
+                         cwd=REPO_ROOT)
+    assert imp.returncode == 0, imp.stderr[-3000:]
+    return k8s
+
+
+def _helm(k8s: Any, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(k8s.helm_path), f"--kubeconfig={k8s.kubeconfig}", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+def _pods(k8s: Any, ns: str, name: str) -> list[dict[str, Any]]:
+    items = k8s.get_json("pods", "-l", f"app.kubernetes.io/instance={name}", namespace=ns)["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conds = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+
+def _leader_endpoints(k8s: Any, ns: str, name: str) -> list[str]:
+    slices = k8s.get_json("endpointslices", "-l", f"kubernetes.io/service-name={name}", namespace=ns)["items"]
+    return sorted(
+        ep["targetRef"]["name"]
+        for s in slices
+        for ep in s.get("endpoints") or []
+        if ep.get("conditions", {}).get("ready") and ep.get("targetRef")
+    )
+
+
+def _cli(k8s: Any, ns: str, pod: str, service_url: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """The rankq CLI inside a server pod, talking to the leader Service's DNS name (via kube-proxy)."""
+    return k8s.kubectl("exec", "-n", ns, pod, "-c", "rankq", "--", "rankq", "--url", service_url, "-o", "json",
+                       *args, check=False, timeout=timeout)
+
+
+def test_helm_install_queue_failover_and_delete(real_node: Any, namespace: str) -> None:
+    k8s = real_node
+    ns = namespace
+    values = {
+        "image": {"repository": "rankq", "tag": IMAGE_TAG, "pullPolicy": "Never"},
+        "nodeSelector": NODE_SELECTOR,
+        "tolerations": TOLERATIONS,
+        "watchNamespaces": [ns],
+    }
+    values_file = Path(k8s.dir) / "run" / f"values-{ns}.json"
+    values_file.write_text(json.dumps(values))
+    t0 = time.monotonic()
+    inst = _helm(k8s, "install", "rq", str(REPO_ROOT / "helm" / "rankq"), "-n", ns, "-f", str(values_file),
+                 "--wait", "--timeout", "180s", timeout=240)
+    operator_ready_s = time.monotonic() - t0
+    if inst.returncode != 0:
+        print(k8s.kubectl("describe", "pods", "-n", ns, check=False).stdout[-4000:])
+        pytest.fail(f"helm install failed: {inst.stderr[-2000:]}")
+    try:
+        _queue_lifecycle(k8s, ns, operator_ready_s)
+    finally:
+        _helm(k8s, "uninstall", "rq", "-n", ns, "--wait", "--timeout", "60s", timeout=90)
+        values_file.unlink(missing_ok=True)
+
+
+def _queue_lifecycle(k8s: Any, ns: str, operator_ready_s: float) -> None:
+    name = "orders"
+    queue = {
+        "apiVersion": "rankq.io/v1alpha1",
+        "kind": "Queue",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 3,
+            "image": IMAGE,
+            "imagePullPolicy": "Never",
+            "storage": {"size": "1Gi", "storageClassName": "rankq-local", "keepOnDelete": False},
+            "nodeSelector": NODE_SELECTOR,
+            "tolerations": TOLERATIONS,
+        },
+    }
+    t0 = time.monotonic()
+    k8s.apply(queue, namespace=ns)
+
+    def all_ready_with_leader() -> str | None:
+        pods = _pods(k8s, ns, name)
+        eps = _leader_endpoints(k8s, ns, name)
+        if len(pods) == 3 and all(_ready(p) for p in pods) and len(eps) == 1:
+            return eps[0]
+        return None
+
+    try:
+        leader = k8s.wait_for(all_ready_with_leader, 300, "3 Ready server pods and one leader endpoint")
+    except BaseException:
+        _dump(k8s, ns, name)
+        logs = "".join(k8s.kubectl("logs", "-n", ns, p["metadata"]["name"], "-c", "rankq", "--previous", "--tail", "5",
+                                   check=False).stdout for p in _pods(k8s, ns, name))
+        if "PermissionError" in logs:
+            pytest.fail("server pods cannot write their volume (a fresh volume is root-owned): the pod spec needs "
+                        "securityContext.fsGroup for the image's user 10001\n" + logs[-1500:])
+        raise
+    group_ready_s = time.monotonic() - t0
+    url = f"http://{name}.{ns}.svc:8080"
+    follower = next(p["metadata"]["name"] for p in _pods(k8s, ns, name) if p["metadata"]["name"] != leader)
+
+    # Enqueue and dequeue through the leader Service, from a follower pod (DNS + kube-proxy).
+    sent = k8s.wait_for(lambda: _ok(_cli(k8s, ns, follower, url, "send", name, '{"n": 1}')), 60, "send via Service")
+    got = _cli(k8s, ns, follower, url, "receive", name, "--wait", "5", "--ack")
+    assert got.returncode == 0, got.stderr
+    assert '"n": 1' in got.stdout or '"n":1' in got.stdout, got.stdout
+    logs = k8s.kubectl("logs", "-n", ns, leader, "-c", "rankq", "--tail", "50", check=False)
+    assert logs.returncode == 0 and logs.stdout.strip(), logs.stderr
+
+    # Delete the leader pod: a new leader serves and the Service follows it.
+    k8s.kubectl("delete", "pod", "-n", ns, leader, "--wait=false")
+    t_kill = time.monotonic()
+
+    def new_leader_serves() -> str | None:
+        eps = _leader_endpoints(k8s, ns, name)
+        if len(eps) != 1 or eps[0] == leader:
+            return None
+        probe_pod = next((p["metadata"]["name"] for p in _pods(k8s, ns, name)
+                          if p["metadata"]["name"] != leader and _ready(p)), None)
+        if probe_pod is None:
+            return None
+        return eps[0] if _ok(_cli(k8s, ns, probe_pod, url, "send", name, '{"n": 2}', timeout=15)) else None
+
+    try:
+        new_leader = k8s.wait_for(new_leader_serves, 180, "a new leader behind the Service")
+    except BaseException:
+        _dump(k8s, ns, name)
+        raise
+    failover_s = time.monotonic() - t_kill
+    print(f"\nreal node timings: operator ready {operator_ready_s:.1f}s, group ready {group_ready_s:.1f}s, "
+          f"failover (leader pod deleted -> Service routes to new leader {new_leader} and a send succeeds) "
+          f"{failover_s:.1f}s; first send id {sent!r}")
+
+    # kubectl delete queue: the operator's children and the pods go away.
+    k8s.kubectl("delete", "queue", name, "-n", ns, "--wait=false")
+    k8s.wait_for(lambda: not _pods(k8s, ns, name)
+                 and not k8s.get_json("statefulsets", namespace=ns)["items"], 180, "Queue children removed")
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> str | None:
+    return (proc.stdout.strip() or "ok") if proc.returncode == 0 else None
+
+
+def _dump(k8s: Any, ns: str, name: str) -> None:
+    print(k8s.kubectl("get", "pods,svc,endpointslices,pvc,queue", "-n", ns, "-o", "wide", check=False).stdout)
+    print(k8s.kubectl("logs", "-n", ns, "deploy/rq-rankq", "--tail", "40", check=False).stdout[-3000:])
+    for p in _pods(k8s, ns, name):
+        n = p["metadata"]["name"]
+        print(f"--- {n}\n" + k8s.kubectl("logs", "-n", ns, n, "-c", "rankq", "--tail", "20", check=False).stdout[-2000:])
