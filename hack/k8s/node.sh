@@ -6,6 +6,7 @@
 #   node.sh address   put the node address on the loopback device (before the apiserver starts)
 #   node.sh up        start containerd, kubelet, kube-proxy, CoreDNS; wait until the node is Ready
 #   node.sh down      stop them, remove the pods' containers, mounts, rules and the address
+#   node.sh pvs       make released PersistentVolumes available again (wiped)
 #   node.sh images    (re)import the pause image and every rankq-*.oci.tar of the image cache
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -196,7 +197,24 @@ EOF
 EOF
     proc_start coredns "" "$K8S_STATE_DIR/bin/coredns" -conf "$NODE_DIR/coredns/Corefile"
 
-    # --- storage: local PVs on the node, class rankq-local (no provisioner, bound on first use) ---
+    cmd_pvs
+
+    node_ready() {
+        [ "$($KC get node "$K8S_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+    }
+    proc_wait kubelet 120 node_ready
+    proc_wait kube-proxy 30 curl -fsS -o /dev/null http://127.0.0.1:10256/healthz
+    k8s_log "real node $K8S_NODE_NAME Ready ($K8S_NODE_IP, pods $cidr, taint rankq.dev/real-node=true:NoSchedule)"
+}
+
+# Storage: local PVs on the node, class rankq-local (no provisioner, bound on first use). A PV whose
+# claim was deleted (Released) is wiped and made Available again, as a local provisioner would.
+cmd_pvs() {
+    local name
+    for name in $($KC get pv -l type=real -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}'); do
+        $KC delete pv "$name" --wait=true >/dev/null
+        rm -rf "${NODE_DIR:?}/pv/pv-${name##*-pv-}"
+    done
     local pvs="$NODE_DIR/pvs.yaml" i
     cat > "$pvs" <<EOF
 apiVersion: storage.k8s.io/v1
@@ -226,12 +244,6 @@ EOF
     done
     $KC apply -f "$pvs" >/dev/null
 
-    node_ready() {
-        [ "$($KC get node "$K8S_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
-    }
-    proc_wait kubelet 120 node_ready
-    proc_wait kube-proxy 30 curl -fsS -o /dev/null http://127.0.0.1:10256/healthz
-    k8s_log "real node $K8S_NODE_NAME Ready ($K8S_NODE_IP, pods $cidr, taint rankq.dev/real-node=true:NoSchedule)"
 }
 
 cmd_down() {
@@ -268,5 +280,6 @@ case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
     images) need; cmd_images ;;
-    *) echo "usage: $0 address|up|down|images" >&2; exit 2 ;;
+    pvs) cmd_pvs ;;
+    *) echo "usage: $0 address|up|down|images|pvs" >&2; exit 2 ;;
 esac

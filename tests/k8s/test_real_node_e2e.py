@@ -39,9 +39,10 @@ def real_node(k8s: Any) -> Any:
         build = subprocess.run(["bash", str(HACK / "image.sh")], capture_output=True, text=True, timeout=840,
                                cwd=REPO_ROOT, env={**os.environ, "PYTHON": sys.executable, "RANKQ_IMAGE_TAG": IMAGE_TAG})
         assert build.returncode == 0, build.stderr[-3000:]
-    imp = subprocess.run(["bash", str(HACK / "node.sh"), "images"], capture_output=True, text=True, timeout=300,
-                         cwd=REPO_ROOT)
-    assert imp.returncode == 0, imp.stderr[-3000:]
+    for step in ("images", "pvs"):  # import the image; make volumes of earlier runs available again
+        proc = subprocess.run(["bash", str(HACK / "node.sh"), step], capture_output=True, text=True, timeout=300,
+                              cwd=REPO_ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return k8s
 
 
