@@ -189,3 +189,109 @@ def _dump(k8s: Any, ns: str, name: str) -> None:
     for p in _pods(k8s, ns, name):
         n = p["metadata"]["name"]
         print(f"--- {n}\n" + k8s.kubectl("logs", "-n", ns, n, "-c", "rankq", "--tail", "20", check=False).stdout[-2000:])
+
+
+# Runs inside a client pod: produce with dedup keys (safe to retry, the client's contract) until
+# /tmp/stop appears, then consume until every acknowledged send has been received.
+WORKLOAD = r"""
+import json, os, sys, time
+from rankq import Client
+url, q = sys.argv[1], sys.argv[2]
+acked, failed, got = [], [], set()
+with Client(url, timeout=5, retries=10) as c:
+    i = 0
+    while not os.path.exists("/tmp/stop") and i < 5000:
+        try:
+            c.enqueue(q, {"i": i}, dedup_key=f"m{i}")
+            acked.append(i)
+        except Exception as exc:
+            failed.append([i, repr(exc)[:300]])
+        i += 1
+        time.sleep(0.05)
+    deadline = time.time() + 90
+    while time.time() < deadline and not set(acked) <= got:
+        for m in c.dequeue(q, max=100, wait=2):
+            got.add(m.payload["i"])
+            c.ack(m)
+print(json.dumps({"acked": acked, "failed": failed, "got": sorted(got)}))
+"""
+
+
+def test_rolling_image_change_under_load_loses_nothing(real_node: Any, namespace: str) -> None:
+    """Two locally built tags: changing the Queue's image rolls the pods while a producer and a
+    consumer run; no acknowledged message is lost and no retried request fails."""
+    next_tag = os.environ.get("RANKQ_E2E_IMAGE_TAG_NEXT")
+    image_dir = Path(os.environ.get("RANKQ_IMAGE_DIR", Path.home() / ".cache" / "rankq" / "image"))
+    if not next_tag or not (image_dir / f"rankq-{next_tag}.oci.tar").exists():
+        pytest.skip("needs a second image: RANKQ_IMAGE_TAG=<tag> make image, then RANKQ_E2E_IMAGE_TAG_NEXT=<tag>")
+    k8s = real_node
+    ns = namespace
+    pvs = subprocess.run(["bash", str(HACK / "node.sh"), "pvs"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert pvs.returncode == 0, pvs.stderr[-2000:]
+    values_file = Path(k8s.dir) / "run" / f"values-{ns}.json"
+    values_file.write_text(json.dumps({"image": {"repository": "rankq", "tag": IMAGE_TAG, "pullPolicy": "Never"},
+                                       "nodeSelector": NODE_SELECTOR, "tolerations": TOLERATIONS,
+                                       "watchNamespaces": [ns]}))
+    inst = _helm(k8s, "install", "rq", str(REPO_ROOT / "helm" / "rankq"), "-n", ns, "-f", str(values_file),
+                 "--wait", "--timeout", "180s", timeout=240)
+    assert inst.returncode == 0, inst.stderr[-2000:]
+    name = "jobs"
+    spec = {"replicas": 3, "image": IMAGE, "imagePullPolicy": "Never",
+            "storage": {"size": "1Gi", "storageClassName": "rankq-local", "keepOnDelete": False},
+            "nodeSelector": NODE_SELECTOR, "tolerations": TOLERATIONS}
+    client_pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+                  "spec": {"nodeSelector": NODE_SELECTOR, "tolerations": TOLERATIONS,
+                           "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "Never",
+                                           "command": ["python", "-c", "import time; time.sleep(86400)"]}]}}
+    try:
+        k8s.apply([{"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": name}, "spec": spec},
+                   client_pod], namespace=ns)
+
+        def settled(image: str) -> bool:
+            pods = _pods(k8s, ns, name)
+            return (len(pods) == 3 and all(_ready(p) for p in pods)
+                    and all(p["spec"]["containers"][0]["image"] == image for p in pods)
+                    and len(_leader_endpoints(k8s, ns, name)) == 1)
+
+        try:
+            k8s.wait_for(lambda: settled(IMAGE) and _ready(k8s.get_json("pod", "client", namespace=ns)), 300,
+                         "3 Ready server pods, a leader and the client pod")
+        except BaseException:
+            _dump(k8s, ns, name)
+            raise
+        url = f"http://{name}.{ns}.svc:8080"
+        work = subprocess.Popen([str(k8s.kubectl_path), f"--kubeconfig={k8s.kubeconfig}", "exec", "-n", ns, "client",
+                                 "--", "python", "-c", WORKLOAD, url, name], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            k8s.wait_for(lambda: k8s.kubectl("exec", "-n", ns, "client", "--", "python", "-c",
+                                             "import sys; from rankq import Client; "
+                                             f"sys.exit(0 if Client('{url}').get_queue('{name}') else 1)",
+                                             check=False).returncode == 0, 60, "the queue answering")
+            t0 = time.monotonic()
+            k8s.kubectl("patch", "queue", name, "-n", ns, "--type=merge", "-p",
+                        json.dumps({"spec": {"image": f"rankq:{next_tag}"}}))
+            try:
+                k8s.wait_for(lambda: settled(f"rankq:{next_tag}"), 400, f"all pods rolled to rankq:{next_tag}")
+            except BaseException:
+                _dump(k8s, ns, name)
+                raise
+            roll_s = time.monotonic() - t0
+            k8s.kubectl("exec", "-n", ns, "client", "--", "touch", "/tmp/stop")
+            out, err = work.communicate(timeout=180)
+        finally:
+            if work.poll() is None:
+                work.kill()
+        assert work.returncode == 0, err[-3000:]
+        result = json.loads(out.strip().splitlines()[-1])
+        lost = sorted(set(result["acked"]) - set(result["got"]))
+        print(f"\nrolling image change: {roll_s:.1f}s for 3 pods, {len(result['acked'])} messages acknowledged, "
+              f"{len(result['failed'])} failed after retries, {len(lost)} lost")
+        assert not result["failed"], result["failed"][:5]
+        assert not lost, lost[:20]
+        assert len(result["acked"]) > 0
+        k8s.kubectl("delete", "queue", name, "-n", ns, "--wait=false")
+        k8s.wait_for(lambda: not _pods(k8s, ns, name), 180, "Queue pods removed")
+    finally:
+        _helm(k8s, "uninstall", "rq", "-n", ns, "--wait", "--timeout", "60s", timeout=90)
+        values_file.unlink(missing_ok=True)
