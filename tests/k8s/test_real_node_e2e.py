@@ -9,6 +9,7 @@ real node, root) and the image from `make image`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -179,6 +180,14 @@ def _queue_lifecycle(k8s: Any, ns: str, operator_ready_s: float) -> None:
                  and not k8s.get_json("statefulsets", namespace=ns)["items"], 180, "Queue children removed")
 
 
+def _token(k8s: Any, ns: str, name: str) -> str:
+    """The API token the operator generated for the Queue (Secret <name>-token), or "" if none.
+
+    Server pods carry it as RANKQ_API_TOKEN, so the CLI run inside them needs nothing more."""
+    proc = k8s.kubectl("get", "secret", f"{name}-token", "-n", ns, "-o", "jsonpath={.data.token}", check=False)
+    return base64.b64decode(proc.stdout).decode() if proc.returncode == 0 and proc.stdout else ""
+
+
 def _ok(proc: subprocess.CompletedProcess[str]) -> str | None:
     return (proc.stdout.strip() or "ok") if proc.returncode == 0 else None
 
@@ -196,9 +205,9 @@ def _dump(k8s: Any, ns: str, name: str) -> None:
 WORKLOAD = r"""
 import json, os, sys, time
 from rankq import Client
-url, q = sys.argv[1], sys.argv[2]
+url, q, token = sys.argv[1], sys.argv[2], sys.argv[3] or None
 acked, failed, got = [], [], set()
-with Client(url, timeout=5, retries=10) as c:
+with Client(url, timeout=5, retries=10, token=token) as c:
     i = 0
     while not os.path.exists("/tmp/stop") and i < 5000:
         try:
@@ -261,12 +270,14 @@ def test_rolling_image_change_under_load_loses_nothing(real_node: Any, namespace
             raise
         url = f"http://{name}.{ns}.svc:8080"
         work = subprocess.Popen([str(k8s.kubectl_path), f"--kubeconfig={k8s.kubeconfig}", "exec", "-n", ns, "client",
-                                 "--", "python", "-c", WORKLOAD, url, name], stdout=subprocess.PIPE,
+                                 "--", "python", "-c", WORKLOAD, url, name, _token(k8s, ns, name)],
+                                stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         try:
             k8s.wait_for(lambda: k8s.kubectl("exec", "-n", ns, "client", "--", "python", "-c",
                                              "import sys; from rankq import Client; "
-                                             f"sys.exit(0 if Client('{url}').get_queue('{name}') else 1)",
+                                             f"sys.exit(0 if Client('{url}', token=sys.argv[1] or None)"
+                                             f".get_queue('{name}') else 1)", _token(k8s, ns, name),
                                              check=False).returncode == 0, 60, "the queue answering")
             t0 = time.monotonic()
             k8s.kubectl("patch", "queue", name, "-n", ns, "--type=merge", "-p",
