@@ -63,3 +63,4 @@ clean: ## Remove local data and caches (keeps .venv)
 	rm -rf $(RUN_DIR) .pytest_cache .hypothesis
 
 include mk/k8s.mk
+include mk/image.mk
