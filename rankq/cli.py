@@ -39,6 +39,8 @@ class CliState:
     output: str
     timeout: float
     token: str | None = None
+    token_file: str | None = None
+    ca: str | None = None
     _client: Any = None
 
     @property
@@ -51,7 +53,8 @@ class CliState:
             from .client import Client
 
             try:
-                client = Client(self.url, timeout=self.timeout, token=self.token)
+                client = Client(self.url, timeout=self.timeout, token=None if self.token_file else self.token,
+                                token_file=self.token_file, ca=self.ca)
             except ValueError as err:
                 raise click.BadParameter(str(err), param_hint="'--url'") from err
             except ImportError as err:
@@ -66,18 +69,23 @@ pass_state = click.make_pass_decorator(CliState)
 @click.group(cls=RankQGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rankq")
 @click.option("--url", envvar="RANKQ_URL", default=DEFAULT_URL, show_default=True,
-              help="Server for the client commands: http(s)://host:port or grpc://host:port "
-                   "(env RANKQ_URL).")
+              help="Server for the client commands: http(s)://host:port or grpc(s)://host:port "
+                   "(env RANKQ_URL); https and grpcs use TLS.")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="Tables for people, JSON for scripts.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds each request may take (a long poll gets its --wait on top).")
 @click.option("--token", envvar="RANKQ_API_TOKEN", default=None, show_default=False,
               help="API token for servers that require one (env RANKQ_API_TOKEN).")
+@click.option("--token-file", envvar="RANKQ_TOKEN_FILE", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding the API token; used instead of --token (env RANKQ_TOKEN_FILE).")
+@click.option("--ca", envvar="RANKQ_CA", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM file of the CA that signed the servers' TLS certificates (env RANKQ_CA).")
 @click.pass_context
-def main(ctx: click.Context, url: str, output: str, timeout: float, token: str | None) -> None:
+def main(ctx: click.Context, url: str, output: str, timeout: float, token: str | None, token_file: str | None,
+         ca: str | None) -> None:
     """RankQ: replicated priority queues."""
-    ctx.obj = CliState(url=url, output=output, timeout=timeout, token=token)
+    ctx.obj = CliState(url=url, output=output, timeout=timeout, token=token, token_file=token_file, ca=ca)
 
 
 @main.command()
@@ -96,8 +104,22 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
               help="File with the shared secret that authenticates and encrypts Raft traffic "
                    "(or set RANKQ_RAFT_PASSWORD).")
 @click.option("--api-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with the bearer token every API request must present (or set RANKQ_API_TOKEN); "
-                   "health, metrics and docs stay open.")
+              help="File of bearer tokens for the API, one per line: 'TOKEN' (all scopes) or 'TOKEN "
+                   "produce,consume,admin'; health, metrics and docs stay open. Env: RANKQ_API_TOKEN (one "
+                   "all-scope token), RANKQ_PRODUCE_TOKEN, RANKQ_CONSUME_TOKEN, RANKQ_ADMIN_TOKEN.")
+@click.option("--produce-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File with a token (one per line) that may enqueue.")
+@click.option("--consume-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File with a token (one per line) that may dequeue, ack, nack and extend.")
+@click.option("--admin-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File with a token (one per line) that may change queues, dead letters and membership.")
+@click.option("--insecure-no-auth", is_flag=True, default=False,
+              help="Serve the API on a non-loopback --host without any token (refused otherwise).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate (chain) for HTTPS and gRPC over TLS; needs --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key of --tls-cert.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA this node trusts when it calls another member over HTTPS (default: --tls-cert).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--demo-queue", default=None, help="Create this queue (weighted policy) on start if missing.")
@@ -113,31 +135,40 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
 @click.option("--archive-group", envvar="RANKQ_ARCHIVE_GROUP", default="default", show_default=True,
               help="This group's name in the archive tables (several groups may share a database).")
 def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, peers, raft_password_file,
-           api_token_file, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds, snapshot_mib,
-           archive_dsn, archive_group) -> None:
+           api_token_file, produce_token_file, consume_token_file, admin_token_file, insecure_no_auth,
+           tls_cert, tls_key, tls_ca, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds,
+           snapshot_mib, archive_dsn, archive_group) -> None:
     """Run a queue server node."""
     import os
 
-    from .server.main import ServerConfig, run
+    from .server.auth import AuthConfigError, Scope, load_tokens
+    from .server.main import ServerConfig, check_access, run
 
     password = os.environ.get("RANKQ_RAFT_PASSWORD")
     if raft_password_file:
         with open(raft_password_file, encoding="utf-8") as fh:
             password = fh.read().strip()
-    api_token = os.environ.get("RANKQ_API_TOKEN")
-    if api_token_file:
-        with open(api_token_file, encoding="utf-8") as fh:
-            api_token = fh.read().strip()
-    run(
-        ServerConfig(
+    try:
+        tokens = load_tokens(
+            [api_token_file] if api_token_file else [],
+            {scope: [path] for scope, path in ((Scope.PRODUCE, produce_token_file), (Scope.CONSUME, consume_token_file),
+                                               (Scope.ADMIN, admin_token_file)) if path},
+            environ=os.environ,
+        )
+        config = ServerConfig(
             data_dir=data_dir, host=host, http_port=http_port, grpc_port=grpc_port, node_id=node_id,
             raft_host=raft_host, raft_port=raft_port,
             peers=[p.strip() for p in peers.split(",") if p.strip()],
-            raft_password=password or None, api_token=api_token or None, log_format=log_format, log_level=log_level,
+            raft_password=password or None, api_tokens=tokens, insecure_no_auth=insecure_no_auth,
+            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, log_format=log_format, log_level=log_level,
             demo_queue=demo_queue, snapshot_entries=snapshot_entries, snapshot_seconds=snapshot_seconds,
             snapshot_bytes=snapshot_mib * 1024 * 1024, archive_dsn=archive_dsn or None, archive_group=archive_group,
         )
-    )
+        check_access(config)
+    except AuthConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    run(config)
 
 
 # ---- output ----------------------------------------------------------------------------------------
@@ -583,18 +614,34 @@ def ack(state: CliState, queue: str, id: int, token: str, result: str | None) ->
 @click.option("--delay", type=SECONDS, metavar="SECONDS",
               help="Redeliver after this long (default: the queue's backoff).")
 @click.option("--error", metavar="TEXT", help="Why it failed; kept as the message's last error.")
+@click.option("--dead", is_flag=True, help="Dead-letter it now (reject), whatever deliveries are left.")
 @pass_state
-def nack(state: CliState, queue: str, id: int, token: str, delay: float | None, error: str | None) -> None:
+def nack(state: CliState, queue: str, id: int, token: str, delay: float | None, error: str | None,
+         dead: bool) -> None:
     """Give message ID of QUEUE (leased with TOKEN) back for redelivery."""
-    res = state.client().nack(queue, id, token, delay=delay, error=error)
+    res = state.client().nack(queue, id, token, delay=delay, error=error, dead=dead)
     if state.json:
         print_json(res)
     elif res.state == "dead":
-        click.echo(f"message {id} is dead (out of deliveries)")
+        click.echo(f"message {id} is dead" + ("" if dead else " (out of deliveries)"))
     elif res.state == "delayed" and res.available_at is not None:
         click.echo(f"message {id} is delayed until {_iso(res.available_at)}")
     else:
         click.echo(f"message {id} is {res.state}")
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("id", type=int)
+@click.argument("token")
+@pass_state
+def release(state: CliState, queue: str, id: int, token: str) -> None:
+    """Give message ID of QUEUE (leased with TOKEN) back at once, without counting the delivery."""
+    state.client().release(queue, id, token)
+    if state.json:
+        print_json({"id": id, "state": "ready"})
+    else:
+        click.echo(f"released message {id}")
 
 
 @main.command()
@@ -788,9 +835,11 @@ def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_
 def _register_operator_commands() -> None:
     from .node_cli import node
     from .operator.command import operator_command
+    from .worker.command import worker_command
 
     main.add_command(operator_command)
     main.add_command(node)
+    main.add_command(worker_command)
 
 
 _register_operator_commands()

@@ -7,8 +7,11 @@ waits for each call, so both have the same methods, arguments, results and error
 Retries
 -------
 A call that fails with `TransportError` (connection refused or broken, timeout) or
-`UnavailableError` (503: no leader can commit right now) is retried, with exponential backoff and
-jitter, up to `retries` more times, but only when repeating it cannot apply it twice:
+`UnavailableError` (503: no leader can commit right now) is retried, moving to the next member's
+URL, with exponential backoff (0.1 s doubling up to 1 s, with jitter) for up to `retry_budget`
+seconds from the call's start (10 s: a leader failover takes about 1-2 s, and a write caught by
+one is answered after the server's 5 s commit timeout), and at most `retries` more times when
+that is set, but only when repeating it cannot apply it twice:
 
 ========================================== =====================================================
 retried                                    why a repeat is harmless
@@ -18,8 +21,8 @@ dead_letters, iter_dead_letters
 update_queue, set_priority, redrive        setting the same value again changes nothing
 enqueue / enqueue_batch with a dedup_key   the server answers a repeat with the first id
 (every message of the batch has one)       (``duplicate=True``) within the queue's dedup window
-ack, ack_batch, nack, extend               a repeat after the first one took effect finds the
-                                           lease gone and gets 409 (ConflictError), so it can
+ack, ack_batch, nack, extend,              a repeat after the first one took effect finds the
+release                                    lease gone and gets 409 (ConflictError), so it can
                                            never finish or return a message twice. The flip
                                            side: a retried ack or nack that raises
                                            ConflictError may in fact have succeeded.
@@ -37,6 +40,7 @@ import asyncio
 import os
 import random
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -63,31 +67,58 @@ T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_RETRIES = 3
-RETRY_CAP = 5.0
+DEFAULT_RETRY_BUDGET = 10.0  # seconds a retried call keeps trying; see the module docstring
+DEFAULT_RETRY_BACKOFF = 0.1  # first pause between attempts, doubled each time...
+RETRY_DELAY_CAP = 1.0  # ...up to this, so a new leader is found soon after it is elected
 
 _NEW_MESSAGE_FIELDS = frozenset(f.name for f in fields(NewMessage))
 
 
-def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> AsyncTransport:
-    """The transport for `url`: ``http://`` or ``https://`` → HTTP, ``grpc://host:port`` → gRPC.
-    `token` is sent as ``Authorization: Bearer <token>`` (HTTP header or gRPC metadata)."""
+TLS_SCHEMES = ("https", "grpcs")
+
+
+def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
+                   ca: str | None = None) -> AsyncTransport:
+    """The transport for `url`: ``http://`` or ``https://`` → HTTP, ``grpc://`` or ``grpcs://``
+    (host:port) → gRPC. `token` is sent as ``Authorization: Bearer <token>`` (HTTP header or gRPC
+    metadata). ``https`` and ``grpcs`` use TLS and verify the server against `ca` (a PEM file), or
+    against the system's CAs when `ca` is None."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    if ca is not None and scheme not in TLS_SCHEMES:
+        raise ValueError(f"a CA is given but {url!r} does not use TLS: use https:// or grpcs://")
     if scheme in ("http", "https"):
         if not parts.hostname:
             raise ValueError(f"no host in URL {url!r}")
         from .http_transport import HttpTransport
 
-        return HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None)
-    if scheme == "grpc":
+        verify: Any = True
+        if ca is not None:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=ca)
+        return HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None,
+                             verify=verify)
+    if scheme in ("grpc", "grpcs"):
         if not parts.hostname or parts.port is None:
             raise ValueError(f"a gRPC URL needs host and port, e.g. grpc://127.0.0.1:9090 (got {url!r})")
-        from .grpc_transport import GrpcTransport  # imported only when used: it pulls in grpcio
+        from .grpc_transport import GrpcTransport, tls_credentials  # imported only when used: grpcio
 
         return GrpcTransport(parts.netloc, timeout=timeout,
+                             credentials=tls_credentials(ca) if scheme == "grpcs" else None,
                              metadata=[("authorization", f"Bearer {token}")] if token else None)
-    raise ValueError(f"unsupported URL {url!r}: use http://, https:// or grpc://host:port")
+    raise ValueError(f"unsupported URL {url!r}: use http://, https://, grpc://host:port or grpcs://host:port")
+
+
+def read_token_file(path: str) -> str:
+    """The token in a token file: the first word of its first line that is not blank or a
+    ``#`` comment (so a server's token file, `TOKEN scopes` lines included, works as is)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return line.split()[0]
+    raise ValueError(f"token file {path} holds no token (it is empty)")
 
 
 def as_new_message(item: NewMessage | dict | Any) -> NewMessage:
@@ -130,17 +161,28 @@ class AsyncClient:
     members of a replicated group (a list, or one comma-separated string) and the client moves to
     the next one when a node cannot be reached or answers 503; any member accepts any request.
     `timeout`
-    (seconds) bounds each request (a long poll gets its `wait` on top). `retries` is how many times
-    a failed idempotent call is repeated; see the module documentation for which calls qualify.
-    `token` is the server's API token, when it requires one.
+    (seconds) bounds each request (a long poll gets its `wait` on top). A failed idempotent call is
+    repeated for up to `retry_budget` seconds, at most `retries` more times when that is set (0:
+    never); see the module documentation for which calls qualify.
+    `token` is the server's API token, when it requires one, or `token_file` a file holding it.
+    ``https://`` and ``grpcs://`` URLs use TLS; `ca` is the PEM file of the CA that signed the
+    servers' certificates (default: the system's CAs).
     Durations are seconds; queue settings use the wire names (see ``rankq.schemas.QueueSettings``).
     """
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-                 retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
-                 transport: AsyncTransport | None = None, token: str | None = None) -> None:
-        if retries < 0:
+                 retries: int | None = None, retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+                 retry_budget: float = DEFAULT_RETRY_BUDGET,
+                 transport: AsyncTransport | None = None, token: str | None = None,
+                 token_file: str | None = None, ca: str | None = None) -> None:
+        if token is not None and token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        if token_file is not None:
+            token = read_token_file(token_file)
+        if retries is not None and retries < 0:
             raise ValueError("retries must be 0 or more")
+        if not retry_budget >= 0:
+            raise ValueError("retry_budget must be 0 or more seconds")
         urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else [str(u).strip() for u in url]
         urls = [u for u in urls if u]
         if not urls:
@@ -150,14 +192,16 @@ class AsyncClient:
         self.timeout = timeout
         self.retries = retries
         self.retry_backoff = retry_backoff
+        self.retry_budget = retry_budget
         self._transports: dict[int, AsyncTransport] = {}
         if transport is not None:
             self._transports[0] = transport
         else:
             for u in urls:  # fail early on a malformed URL
                 urlsplit(u)
-            self._transports[0] = make_transport(urls[0], timeout, token)
+            self._transports[0] = make_transport(urls[0], timeout, token, ca)
         self._token = token
+        self._ca = ca
         self._current = 0
         self._closed = False
 
@@ -165,7 +209,8 @@ class AsyncClient:
     def _transport(self) -> AsyncTransport:
         t = self._transports.get(self._current)
         if t is None:
-            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout, self._token)
+            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout, self._token,
+                                                                     self._ca)
         return t
 
     def _next_node(self) -> None:
@@ -192,15 +237,18 @@ class AsyncClient:
 
     async def _call(self, op: Callable[[], Awaitable[T]], retry: bool) -> T:
         attempt = 0
+        give_up_at = time.monotonic() + self.retry_budget
         while True:
             try:
                 return await op()
             except (TransportError, UnavailableError):
                 self._next_node()
-                if not retry or attempt >= self.retries:
+                cap = min(RETRY_DELAY_CAP, self.retry_backoff * (2 ** min(attempt, 30)))
+                delay = random.uniform(cap / 2, cap)
+                if (not retry or (self.retries is not None and attempt >= self.retries)
+                        or time.monotonic() + delay > give_up_at):
                     raise
-            delay = min(RETRY_CAP, self.retry_backoff * (2 ** attempt))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            await asyncio.sleep(delay)
             attempt += 1
 
     # ---- queues --------------------------------------------------------------------------------
@@ -304,20 +352,34 @@ class AsyncClient:
 
     @overload
     async def nack(self, message: Message, *, delay: float | None = None,
-                   error: str | None = None) -> NackResult: ...
+                   error: str | None = None, dead: bool = False) -> NackResult: ...
     @overload
     async def nack(self, queue: str, id: int, lease_token: str, *, delay: float | None = None,
-                   error: str | None = None) -> NackResult: ...
+                   error: str | None = None, dead: bool = False) -> NackResult: ...
 
     async def nack(self, message: Message | str, *args: Any, delay: float | None = None,
-                   error: str | None = None) -> NackResult:
+                   error: str | None = None, dead: bool = False) -> NackResult:
         """Give a leased message back for redelivery after `delay` seconds (default: the queue's
         exponential backoff with jitter); `error` is kept as its last_error. The result's state is
-        ready, delayed, or dead once max_deliveries is used up. ConflictError on a stale lease."""
+        ready, delayed, or dead once max_deliveries is used up. ``dead=True`` dead-letters it at
+        once (a message no retry can fix). ConflictError on a stale lease."""
         queue, mid, token, rest = _lease_of(message, args, "nack")
         if rest:
-            raise TypeError("nack(): pass delay= and error= by keyword")
-        return await self._call(lambda: self._transport.nack(queue, mid, token, delay, error), retry=True)
+            raise TypeError("nack(): pass delay=, error= and dead= by keyword")
+        return await self._call(lambda: self._transport.nack(queue, mid, token, delay, error, dead), retry=True)
+
+    @overload
+    async def release(self, message: Message) -> None: ...
+    @overload
+    async def release(self, queue: str, id: int, lease_token: str) -> None: ...
+
+    async def release(self, message: Message | str, *args: Any) -> None:
+        """Give a leased message back, ready at once, without counting the delivery: for a
+        consumer that stops before running it. ConflictError on a stale lease."""
+        queue, mid, token, rest = _lease_of(message, args, "release")
+        if rest:
+            raise TypeError("release(): too many arguments")
+        await self._call(lambda: self._transport.release(queue, mid, token), retry=True)
 
     @overload
     async def extend(self, message: Message, visibility_timeout: float | None = None) -> datetime: ...
@@ -500,15 +562,18 @@ class Client:
     """
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-                 retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
-                 transport: AsyncTransport | None = None, token: str | None = None) -> None:
+                 retries: int | None = None, retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+                 retry_budget: float = DEFAULT_RETRY_BUDGET,
+                 transport: AsyncTransport | None = None, token: str | None = None,
+                 token_file: str | None = None, ca: str | None = None) -> None:
         self.url = url
         self._loop = _LoopThread()
         self._stop = weakref.finalize(self, self._loop.stop)
 
         async def make() -> AsyncClient:
             return AsyncClient(url, timeout=timeout, retries=retries, retry_backoff=retry_backoff,
-                               transport=transport, token=token)
+                               retry_budget=retry_budget, transport=transport, token=token,
+                               token_file=token_file, ca=ca)
 
         try:
             self._async = self._loop.run(make())
@@ -520,8 +585,12 @@ class Client:
         return self._loop.run(coro)
 
     @property
-    def retries(self) -> int:
+    def retries(self) -> int | None:
         return self._async.retries
+
+    @property
+    def retry_budget(self) -> float:
+        return self._async.retry_budget
 
     def close(self) -> None:
         """Close the connections and stop the background thread. Safe to call twice."""
@@ -584,14 +653,23 @@ class Client:
         return self._run(self._async.ack_batch(list(messages)))
 
     @overload
-    def nack(self, message: Message, *, delay: float | None = None, error: str | None = None) -> NackResult: ...
+    def nack(self, message: Message, *, delay: float | None = None, error: str | None = None,
+             dead: bool = False) -> NackResult: ...
     @overload
     def nack(self, queue: str, id: int, lease_token: str, *, delay: float | None = None,
-             error: str | None = None) -> NackResult: ...
+             error: str | None = None, dead: bool = False) -> NackResult: ...
 
     def nack(self, message: Message | str, *args: Any, delay: float | None = None,
-             error: str | None = None) -> NackResult:
-        return self._run(self._async.nack(message, *args, delay=delay, error=error))
+             error: str | None = None, dead: bool = False) -> NackResult:
+        return self._run(self._async.nack(message, *args, delay=delay, error=error, dead=dead))
+
+    @overload
+    def release(self, message: Message) -> None: ...
+    @overload
+    def release(self, queue: str, id: int, lease_token: str) -> None: ...
+
+    def release(self, message: Message | str, *args: Any) -> None:
+        return self._run(self._async.release(message, *args))
 
     @overload
     def extend(self, message: Message, visibility_timeout: float | None = None) -> datetime: ...

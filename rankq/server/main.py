@@ -12,8 +12,9 @@ import socket
 from pydantic import BaseModel, Field
 from pysyncobj import SyncObjException
 
-from ..replication import RaftNode, RaftSettings
+from ..replication import RaftNode, RaftSettings, SecretError
 from . import logs
+from .auth import AuthConfigError, Scope, Tokens, check_protected_mode
 from .service import QueueService
 
 log = logging.getLogger("rankq.server")
@@ -29,7 +30,11 @@ class ServerConfig(BaseModel):
     raft_port: int = Field(7070, ge=1, le=65535)
     peers: list[str] = []  # other members as host:port
     raft_password: str | None = None
-    api_token: str | None = None  # when set, /api/ requests and gRPC calls must present it
+    api_tokens: dict[str, frozenset[Scope]] = Field({}, repr=False)  # token -> scopes; empty: no API authentication
+    insecure_no_auth: bool = False  # allow serving a non-loopback address without tokens
+    tls_cert: str | None = None  # PEM certificate chain for HTTPS and gRPC over TLS
+    tls_key: str | None = None
+    tls_ca: str | None = None  # trusted by this node when it calls another member (default: tls_cert)
     log_format: str = "text"
     log_level: str = "INFO"
     demo_queue: str | None = None  # created on start when missing
@@ -62,13 +67,37 @@ class ServerConfig(BaseModel):
                 out.append(addr)
         return out
 
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
     def member_info(self) -> dict:
         host = self.advertised_host
         return {
             "node_id": self.node_id or self.raft_address,
-            "http_url": f"http://{host}:{self.http_port}",
+            "http_url": f"{'https' if self.tls else 'http'}://{host}:{self.http_port}",
             "grpc_target": f"{host}:{self.grpc_port}" if self.grpc_port else None,
         }
+
+
+def check_access(config: ServerConfig) -> Tokens:
+    """The server's tokens, once its access settings are known to be usable (protected mode, TLS
+    files); raises AuthConfigError with what to change otherwise."""
+    tokens = Tokens(config.api_tokens)
+    check_protected_mode(config.host, tokens, config.insecure_no_auth)
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise AuthConfigError("TLS needs both --tls-cert and --tls-key")
+    if config.tls_cert:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.tls_cert, config.tls_key)
+            if config.tls_ca:
+                ssl.create_default_context(cafile=config.tls_ca)
+        except (OSError, ssl.SSLError) as err:
+            raise AuthConfigError(f"cannot use the TLS certificate {config.tls_cert} / key {config.tls_key}"
+                                  f"{' / CA ' + config.tls_ca if config.tls_ca else ''}: {err}") from None
+    return tokens
 
 
 async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:
@@ -78,14 +107,15 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
 
     from .http_api import build_app
 
+    tokens = check_access(config)
     try:
         node = make_node(config)
     except SyncObjException as err:
         log.error("cannot listen for Raft on %s:%d (%s): is the port taken?", config.host, config.raft_port, err)
         raise SystemExit(1) from None
-    if config.peer_addresses and not config.raft_password:
-        log.warning("Raft traffic between members is NOT authenticated or encrypted: "
-                    "set --raft-password-file or RANKQ_RAFT_PASSWORD")
+    except (SecretError, ValueError) as err:
+        log.error("cannot start: %s", err)
+        raise SystemExit(2) from None
     service = QueueService(node, member_info=config.member_info())
     await service.start()
     archiver = None
@@ -95,16 +125,18 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         archiver = service.archiver = Archiver(service, PostgresStore(config.archive_dsn, config.archive_group))
         archiver.start()
 
-    app = build_app(service, config.api_token)
+    app = build_app(service, tokens, peer_ca=(config.tls_ca or config.tls_cert) if config.tls else None)
     http = uvicorn.Server(
         uvicorn.Config(app, host=config.host, port=config.http_port, log_config=None, access_log=False,
-                       lifespan="off", timeout_graceful_shutdown=5)
+                       lifespan="off", timeout_graceful_shutdown=5,
+                       ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key)
     )
     grpc_server = None
     if config.grpc_port:
         from .grpc_api import start_grpc
 
-        grpc_server = await start_grpc(service, config.host, config.grpc_port, config.api_token)
+        grpc_server = await start_grpc(service, config.host, config.grpc_port, tokens,
+                                       tls=(config.tls_cert, config.tls_key) if config.tls else None)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,14 +151,15 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         await asyncio.sleep(0.01)
     host = config.host
     if http.started:
-        log.info("RankQ node %s serving HTTP on http://%s:%d (docs at /docs), gRPC on %s:%s, Raft on %s, data in %s",
-                 config.node_id or config.raft_address, host, config.http_port, host, config.grpc_port or "off",
+        log.info("RankQ node %s serving HTTP on %s://%s:%d (docs at /docs), gRPC on %s:%s, Raft on %s, data in %s",
+                 config.node_id or config.raft_address, "https" if config.tls else "http", host, config.http_port, host, config.grpc_port or "off",
                  config.raft_address, os.path.abspath(config.data_dir))
     if started is not None:
         started.set()
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down")
     http.should_exit = True
+    app.state.feed.close()  # open dashboard streams end now instead of holding the shutdown
     if grpc_server is not None:
         await grpc_server.stop(grace=2)
     await http_task
