@@ -359,7 +359,15 @@ def test_group_over_tls_forwards_a_transfer_to_the_leader(tmp_path):
         leader_id = wait_for(lambda: status(group.nodes[0]).get("leader"), 20, "a leader")
         follower = next(n for n in group.nodes if n.node_id != leader_id)
         target = next(n for n in group.nodes if n.node_id not in (leader_id, follower.node_id))
-        assert status(follower)["members"][0]["http_url"].startswith("https://")
+
+        def follower_can_reach_the_leader() -> bool:
+            # Members publish their URLs through the log after they start: wait until the
+            # follower knows the leader's, as a forwarded call needs it.
+            st = status(follower)
+            lead = next((m for m in st["members"] if m["role"] == "leader"), {})
+            return st.get("leader") == leader_id and (lead.get("http_url") or "").startswith("https://")
+
+        wait_for(follower_can_reach_the_leader, 20, "the follower to know the leader's URL")
         url = follower.url + "/api/v1/cluster/transfer-leader"
         r = httpx.post(url, json={"to": target.node_id}, headers=bearer(PRODUCE), verify=verify, timeout=15)
         assert r.status_code == 403
