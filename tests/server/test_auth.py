@@ -356,7 +356,9 @@ def test_group_over_tls_forwards_a_transfer_to_the_leader(tmp_path):
         def status(node: ServerProcess) -> dict:
             return httpx.get(node.url + "/api/v1/cluster", headers=bearer(PRODUCE), verify=verify, timeout=2).json()
 
-        leader_id = wait_for(lambda: status(group.nodes[0]).get("leader"), 20, "a leader")
+        ids = {n.node_id for n in group.nodes}
+        # A leader is named by its node id once it has published it (before that, by its address).
+        leader_id = wait_for(lambda: (lead := status(group.nodes[0]).get("leader")) in ids and lead, 20, "a leader")
         follower = next(n for n in group.nodes if n.node_id != leader_id)
         target = next(n for n in group.nodes if n.node_id not in (leader_id, follower.node_id))
 
