@@ -16,7 +16,8 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, Service, ServiceAccount
+from lightkube.resources.batch_v1 import CronJob
+from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 from lightkube.types import PatchType
@@ -37,6 +38,7 @@ KINDS: dict[str, Any] = {
     "PodDisruptionBudget": PodDisruptionBudget, "Lease": Lease, KIND: Queue,
     "Deployment": Deployment, "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
     "ScaledObject": ScaledObject, "TriggerAuthentication": TriggerAuthentication,
+    "CronJob": CronJob, "PersistentVolumeClaim": PersistentVolumeClaim,
 }
 
 KubeError = ApiError  # lightkube's error: `.status.code` is the HTTP status

@@ -110,6 +110,25 @@ class TlsSpec(Model):
         return bool(self.secret_name) or self.generate
 
 
+class ArchiveSpec(Model):
+    """Copy the queue's finished messages (acked with result, dead-lettered, cancelled) to PostgreSQL."""
+
+    dsn_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding the PostgreSQL connection string (e.g. key dsn); set: archiving is on.")
+    group: str | None = Field(None, min_length=1, max_length=128,
+                              description="This group's name in the archive tables; default: <namespace>/<name>.")
+
+
+class BackupSpec(Model):
+    """Scheduled backups of the whole group to a volume (a CronJob running `rankq backup`)."""
+
+    schedule: str = Field(..., min_length=9, max_length=100, description="Cron schedule, e.g. \"0 * * * *\" (hourly).")
+    keep: int = Field(24, ge=1, le=1000, description="Backups kept on the volume; older ones are deleted.")
+    size: str = Field("5Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
+                      description="Size of the backup volume (PersistentVolumeClaim <name>-backups).")
+    storage_class_name: str | None = Field(None, description="StorageClass of the backup volume.")
+
+
 class AutoscalingSpec(Model):
     """How a worker pool follows the queue's backlog (ready + leased, plus delayed if asked)."""
 
@@ -193,6 +212,8 @@ class QueueSpec(Model):
     topology_spread_constraints: list[dict[str, Any]] | None = Field(
         None, description="Pod topology spread; default: spread members across nodes (maxSkew 1).", **k8s(items=PRESERVE))
     priority_class_name: str | None = None
+    archive: ArchiveSpec = Field(default_factory=ArchiveSpec)
+    backup: BackupSpec | None = Field(None, description="Scheduled backups to a volume; restore with `rankq restore`.")
     workers: list[WorkerPoolSpec] = Field(
         default_factory=list, max_length=20, description="Worker pools: Deployments of `rankq worker` scaled on backlog.",
         **k8s(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}))

@@ -233,7 +233,7 @@ class QueueController:
             meta = desired["metadata"]
             meta.setdefault("annotations", {})[HASH_ANNOTATION] = spec_hash(desired)
             observed = await self.kube.get(desired["kind"], q.namespace, meta["name"])
-            if observed is not None and not owned_by(observed, q.uid):
+            if observed is not None and not owned_by(observed, q.uid) and not specs.outlives_queue(observed, q):
                 raise Unrealisable("ChildConflict", f"{desired['kind']} {meta['name']} exists and is not owned by "
                                                     f"this Queue; rename the Queue or delete that object")
             if not needs_apply(desired, observed):

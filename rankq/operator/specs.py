@@ -160,6 +160,8 @@ def queue_settings(q: QueueResource) -> dict[str, Any]:
         out["weights"] = {int(k): v for k, v in sorted(s.weights.items(), key=lambda kv: int(kv[0]))}
     if s.default_priority is not None:
         out["default_priority"] = s.default_priority
+    # The group ships finished messages to PostgreSQL only where it has a DSN.
+    out["archive"] = q.spec.archive.dsn_secret_ref is not None
     return out
 
 
@@ -322,7 +324,15 @@ def server_env(q: QueueResource) -> list[dict[str, Any]]:
     ]
     for name, ref in token_env(q):
         env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    dsn = q.spec.archive.dsn_secret_ref
+    if dsn is not None:
+        env.append({"name": "RANKQ_ARCHIVE_DSN", "valueFrom": {"secretKeyRef": {"name": dsn.name, "key": dsn.key}}})
+        env.append({"name": "RANKQ_ARCHIVE_GROUP", "value": archive_group(q)})
     return env
+
+
+def archive_group(q: QueueResource) -> str:
+    return q.spec.archive.group or f"{q.namespace}/{q.name}"
 
 
 def default_affinity(q: QueueResource) -> dict[str, Any]:
@@ -426,6 +436,68 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
     }
 
 
+def backup_claim_name(q: QueueResource) -> str:
+    return f"{q.name}-backups"
+
+
+def build_backup_claim(q: QueueResource) -> dict[str, Any]:
+    b = q.spec.backup
+    assert b is not None
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": b.size}}}
+    if b.storage_class_name:
+        spec["storageClassName"] = b.storage_class_name
+    # No owner reference: backups outlive the Queue they came from (that is what they are for).
+    meta = {"name": backup_claim_name(q), "namespace": q.namespace, "labels": labels(q, "backup")}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
+
+
+BACKUP_DIR = "/backups"
+
+
+def outlives_queue(obj: dict[str, Any], q: QueueResource) -> bool:
+    """A child made without an owner on purpose (the backup volume), recognised by its labels."""
+    labels_ = obj.get("metadata", {}).get("labels") or {}
+    return (obj.get("kind") == "PersistentVolumeClaim" and labels_.get("app.kubernetes.io/instance") == q.name
+            and labels_.get("app.kubernetes.io/managed-by") == MANAGED_BY)
+
+
+def backup_script(q: QueueResource) -> str:
+    """Take a backup from the leader Service, then keep the newest `keep` files."""
+    b = q.spec.backup
+    assert b is not None
+    scheme = "https" if q.spec.tls.enabled else "http"
+    ca = f" --ca {TLS_DIR}/ca.crt" if q.spec.tls.enabled else ""
+    url = f"{scheme}://{q.name}.{q.namespace}.svc:{HTTP_PORT}"
+    return (f"set -eu; f={BACKUP_DIR}/{q.name}-$(date -u +%Y%m%dT%H%M%SZ).jsonl.gz; "
+            f"rankq --url {url}{ca} backup \"$f\"; "
+            f"ls -1t {BACKUP_DIR}/{q.name}-*.jsonl.gz | tail -n +{b.keep + 1} | xargs -r rm -f --")
+
+
+def build_backup_cronjob(q: QueueResource) -> dict[str, Any]:
+    b = q.spec.backup
+    assert b is not None
+    token = operator_token_ref(q)  # a backup needs the admin scope
+    container: dict[str, Any] = {
+        "name": "backup",
+        "image": q.spec.image,
+        "imagePullPolicy": q.spec.image_pull_policy,
+        "command": ["sh", "-c", backup_script(q)],
+        "env": [{"name": "RANKQ_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}}],
+        "volumeMounts": [{"name": "backups", "mountPath": BACKUP_DIR}],
+    }
+    volumes: list[dict[str, Any]] = [{"name": "backups", "persistentVolumeClaim": {"claimName": backup_claim_name(q)}}]
+    if q.spec.tls.enabled:
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": tls_secret_name(q), "defaultMode": 0o444}})
+    pod = {"restartPolicy": "OnFailure", "containers": [container], "volumes": volumes,
+           "securityContext": {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "fsGroup": IMAGE_UID}}
+    return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": metadata(q, f"{q.name}-backup", "backup"),
+            "spec": {"schedule": b.schedule, "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 3,
+                     "failedJobsHistoryLimit": 3,
+                     "jobTemplate": {"spec": {"backoffLimit": 2, "template": {
+                         "metadata": {"labels": labels(q, "backup")}, "spec": pod}}}}}
+
+
 def build_children(q: QueueResource, members: int | None = None, password: str = "", token: str = "",
                    tls_pem: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Every child in the order reconcile applies them (dependencies first). `token` and `tls_pem`
@@ -444,4 +516,5 @@ def build_children(q: QueueResource, members: int | None = None, password: str =
         build_leader_service(q),
         build_pdb(q),
         build_statefulset(q, members),
+        *([build_backup_claim(q), build_backup_cronjob(q)] if q.spec.backup else []),
     ]

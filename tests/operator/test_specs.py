@@ -233,3 +233,28 @@ def test_server_pods_can_write_their_volume() -> None:
     crash-loops on its journal (seen on a real node)."""
     pod = specs.build_statefulset(queue())["spec"]["template"]["spec"]
     assert pod["securityContext"]["fsGroup"] == specs.IMAGE_UID == pod["securityContext"]["runAsUser"]
+
+
+def test_archive_dsn_from_a_secret_turns_archiving_on() -> None:
+    q = queue({"archive": {"dsnSecretRef": {"name": "pg", "key": "dsn"}}})
+    env = {e["name"]: e for e in specs.server_env(q)}
+    assert env["RANKQ_ARCHIVE_DSN"]["valueFrom"] == {"secretKeyRef": {"name": "pg", "key": "dsn"}}
+    assert env["RANKQ_ARCHIVE_GROUP"]["value"] == "shop/orders"
+    assert specs.queue_settings(q)["archive"] is True
+    assert specs.queue_settings(queue())["archive"] is False
+    assert "RANKQ_ARCHIVE_DSN" not in {e["name"] for e in specs.server_env(queue())}
+
+
+def test_scheduled_backups_write_to_a_volume_that_outlives_the_queue() -> None:
+    q = queue({"backup": {"schedule": "0 * * * *", "keep": 5, "size": "20Gi"}})
+    kinds = [c["kind"] for c in specs.build_children(q, 3, "pw", "tok")]
+    assert kinds[-2:] == ["PersistentVolumeClaim", "CronJob"]
+    claim, cron = specs.build_backup_claim(q), specs.build_backup_cronjob(q)
+    assert "ownerReferences" not in claim["metadata"] and specs.outlives_queue(claim, q)
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    script = pod["containers"][0]["command"][2]
+    assert "rankq --url http://orders.shop.svc:8080 backup" in script and "tail -n +6" in script
+    assert pod["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "orders-token"  # admin scope
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["schedule"] == "0 * * * *"
+    assert "CronJob" not in [c["kind"] for c in specs.build_children(queue(), 3, "pw", "tok")]

@@ -26,6 +26,13 @@
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, patch]
+# Scheduled backups: a CronJob and the volume it writes to.
+- apiGroups: [batch]
+  resources: [cronjobs]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, create, patch]
 # Worker pools: their Deployments and what scales them (HPA, or KEDA's objects where installed).
 - apiGroups: [apps]
   resources: [deployments]
