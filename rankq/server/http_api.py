@@ -20,6 +20,7 @@ from ..engine import Conflict, EngineError, Full, Invalid, MessageInfo, NotFound
 from ..engine import commands as c
 from . import logs, metrics
 from .asgi import LeaderHeaders
+from .closing import AnswerOnShutdown
 from .errors import ClusterConflict, Unavailable
 from .http_cluster import build_cluster_router
 from .service import QueueService, QueueView
@@ -156,7 +157,7 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable):
-        return _error(request, 503, f"no leader can commit writes right now ({exc}); retry shortly", {"Retry-After": "1"})
+        return _error(request, 503, exc.detail, {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -177,6 +178,7 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
         logs.error_line(_route(request), f"internal error: {exc!r}", 500, exc_info=exc)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
+    app.add_middleware(AnswerOnShutdown, service=service)  # inside LeaderHeaders: its answers name the leader
     app.add_middleware(LeaderHeaders, service=service, api_token=api_token)
 
     # ---- queues ----------------------------------------------------------------------------------
@@ -304,12 +306,12 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz():
-        """A leader is known and this node has applied the log: requests can be served."""
+        """A leader is known, this node hears from it and has applied the log, and is not stopping."""
         if service.is_ready():
             leader = service.leader_info() or {}
             return {"status": "ready", "leader": leader.get("node_id") or leader.get("address"),
                     "leader_address": leader.get("address")}
-        return JSONResponse({"detail": "not ready: no leader elected or log not yet applied"}, status_code=503)
+        return JSONResponse({"detail": f"not ready: {service.not_ready_reason()}"}, status_code=503)
 
     @app.get("/metrics", tags=["health"])
     async def prometheus():

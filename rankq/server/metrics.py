@@ -27,6 +27,8 @@ class EngineCollector:
         yield GaugeMetricFamily("rankq_raft_term", "Current Raft term", value=sync.raftCurrentTerm)
         yield GaugeMetricFamily("rankq_raft_commit_index", "Raft commit index", value=sync.raftCommitIndex)
         yield GaugeMetricFamily("rankq_raft_last_applied", "Last applied Raft log index", value=sync.raftLastApplied)
+        yield GaugeMetricFamily("rankq_writes_waiting", "Writes accepted by this node and not yet answered",
+                                value=self.service.waiting_writes())
 
 
 def render(service) -> tuple[bytes, str]:

@@ -15,20 +15,6 @@ from serverproc import Cluster, wait_for
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    groups: list[Cluster] = []
-
-    def make(size: int = 3, **kw) -> Cluster:
-        c = Cluster(str(tmp_path / f"g{len(groups)}"), size, **kw)
-        groups.append(c)
-        return c.start()
-
-    yield make
-    for c in groups:
-        c.stop()
-
-
 def api(node) -> httpx.Client:
     return httpx.Client(base_url=node.url + "/api/v1", timeout=10)
 
