@@ -10,4 +10,6 @@ USER 10001
 WORKDIR /data
 EXPOSE 8080 9090 7070
 ENTRYPOINT ["rankq"]
+# Binds 0.0.0.0, so the server refuses to start without an API token (protected mode):
+#   docker run -e RANKQ_API_TOKEN="$(openssl rand -hex 32)" rankq
 CMD ["server", "--host", "0.0.0.0", "--data-dir", "/data"]

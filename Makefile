@@ -9,17 +9,22 @@ GRPC_PORT ?= 9090
 RAFT_PORT ?= 7070
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-all test-engine test-server chaos bench proto clean
+.PHONY: help venv run test test-quick test-all test-engine test-server chaos bench proto clean
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "Variables (make run VAR=value):"
+	@echo "  HTTP_PORT=$(HTTP_PORT) GRPC_PORT=$(GRPC_PORT) RAFT_PORT=$(RAFT_PORT)  first node's ports; node i uses port+i"
+	@echo "  RUN_DIR=$(RUN_DIR)  data and logs of make run"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "RankQ needs Python 3.11 or newer")'
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	@test -x $(PY) || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing RankQ and its test tools into $(VENV) (about a minute; pip's output in $(VENV)/install.log)"
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[test]'; } > $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "pip install failed; full output in $(VENV)/install.log"; exit 1; }
 	@touch $@
+	@echo "installed: $(VENV)/bin/rankq"
 
 venv: $(STAMP) ## Create .venv and install RankQ with its test tools
 
@@ -27,8 +32,11 @@ run: $(STAMP) ## Start a local 3-node group with a demo queue (data and logs in 
 	$(VENV)/bin/rankq dev cluster --nodes 3 --data-dir $(RUN_DIR) --http-port $(HTTP_PORT) \
 		--grpc-port $(GRPC_PORT) --raft-port $(RAFT_PORT) --demo-queue demo
 
-test: $(STAMP) ## Install what is needed and run the test suite (CI runs this)
+test: $(STAMP) k8s-prepare ## Install what is needed and run the test suite (CI runs this; builds Kubernetes once, see k8s-prepare)
 	$(PY) -m pytest -m "not slow" -q
+
+test-quick: $(STAMP) ## The test suite without the Kubernetes tier (no Go build, a few minutes)
+	$(PY) -m pytest -m "not slow and not k8s" -q
 
 test-all: $(STAMP) ## Every test, the slow ones too
 	$(PY) -m pytest -q
@@ -42,8 +50,10 @@ test-server: $(STAMP) ## Only the server tests against real processes
 chaos: $(STAMP) ## The full chaos suite (kills, pauses, partitions in network namespaces; needs root)
 	$(PY) -m pytest tests/chaos -m chaos -q
 
-bench: $(STAMP) ## Benchmarks; results in bench/results/latest.{json,md}
+bench: $(STAMP) ## Benchmarks; results in bench/results/ (latest.{json,md}, backup.json, archive.json)
 	$(PY) -m bench.run
+	$(PY) -m bench.backup
+	$(PY) -m bench.archive
 
 proto: $(STAMP) ## Regenerate the gRPC modules from rankq/server/proto/rankq.proto
 	PYTHON=$(PY) bash rankq/server/proto/generate.sh

@@ -5,7 +5,10 @@ PYTHON ?= python3
 # Image that `make kind-up` loads into the kind cluster.
 KIND_IMAGE ?= rankq:dev
 
-.PHONY: k8s-build k8s-up k8s-down k8s-status k8s-test kind-up kind-down
+.PHONY: k8s-prepare k8s-build k8s-up k8s-down k8s-status k8s-test kind-up kind-down
+
+k8s-prepare: ## Before the Kubernetes tests: build missing binaries with progress (skipped without Go)
+	@bash $(K8S_HACK)/prepare.sh
 
 k8s-build: ## Build missing control-plane binaries from Go modules into ~/.cache/rankq (slow once)
 	@bash $(K8S_HACK)/build.sh

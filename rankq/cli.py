@@ -39,6 +39,8 @@ class CliState:
     output: str
     timeout: float
     token: str | None = None
+    token_file: str | None = None
+    ca: str | None = None
     _client: Any = None
 
     @property
@@ -51,7 +53,8 @@ class CliState:
             from .client import Client
 
             try:
-                client = Client(self.url, timeout=self.timeout, token=self.token)
+                client = Client(self.url, timeout=self.timeout, token=None if self.token_file else self.token,
+                                token_file=self.token_file, ca=self.ca)
             except ValueError as err:
                 raise click.BadParameter(str(err), param_hint="'--url'") from err
             except ImportError as err:
@@ -66,18 +69,23 @@ pass_state = click.make_pass_decorator(CliState)
 @click.group(cls=RankQGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rankq")
 @click.option("--url", envvar="RANKQ_URL", default=DEFAULT_URL, show_default=True,
-              help="Server for the client commands: http(s)://host:port or grpc://host:port "
-                   "(env RANKQ_URL).")
+              help="Server for the client commands: http(s)://host:port or grpc(s)://host:port "
+                   "(env RANKQ_URL); https and grpcs use TLS.")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="Tables for people, JSON for scripts.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds each request may take (a long poll gets its --wait on top).")
 @click.option("--token", envvar="RANKQ_API_TOKEN", default=None, show_default=False,
               help="API token for servers that require one (env RANKQ_API_TOKEN).")
+@click.option("--token-file", envvar="RANKQ_TOKEN_FILE", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding the API token; used instead of --token (env RANKQ_TOKEN_FILE).")
+@click.option("--ca", envvar="RANKQ_CA", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM file of the CA that signed the servers' TLS certificates (env RANKQ_CA).")
 @click.pass_context
-def main(ctx: click.Context, url: str, output: str, timeout: float, token: str | None) -> None:
+def main(ctx: click.Context, url: str, output: str, timeout: float, token: str | None, token_file: str | None,
+         ca: str | None) -> None:
     """RankQ: replicated priority queues."""
-    ctx.obj = CliState(url=url, output=output, timeout=timeout, token=token)
+    ctx.obj = CliState(url=url, output=output, timeout=timeout, token=token, token_file=token_file, ca=ca)
 
 
 @main.command()
@@ -96,8 +104,22 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
               help="File with the shared secret that authenticates and encrypts Raft traffic "
                    "(or set RANKQ_RAFT_PASSWORD).")
 @click.option("--api-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with the bearer token every API request must present (or set RANKQ_API_TOKEN); "
-                   "health, metrics and docs stay open.")
+              help="File of bearer tokens for the API, one per line: 'TOKEN' (all scopes) or 'TOKEN "
+                   "produce,consume,admin'; health, metrics and docs stay open. Env: RANKQ_API_TOKEN (one "
+                   "all-scope token), RANKQ_PRODUCE_TOKEN, RANKQ_CONSUME_TOKEN, RANKQ_ADMIN_TOKEN.")
+@click.option("--produce-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File with a token (one per line) that may enqueue.")
+@click.option("--consume-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File with a token (one per line) that may dequeue, ack, nack and extend.")
+@click.option("--admin-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File with a token (one per line) that may change queues, dead letters and membership.")
+@click.option("--insecure-no-auth", is_flag=True, default=False,
+              help="Serve the API on a non-loopback --host without any token (refused otherwise).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate (chain) for HTTPS and gRPC over TLS; needs --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key of --tls-cert.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA this node trusts when it calls another member over HTTPS (default: --tls-cert).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--demo-queue", default=None, help="Create this queue (weighted policy) on start if missing.")
@@ -107,31 +129,46 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
               help="...or after this many seconds since the last snapshot...")
 @click.option("--snapshot-mib", default=64, show_default=True, type=click.IntRange(min=1),
               help="...or once the log since the last snapshot holds this many MiB.")
+@click.option("--archive-dsn", envvar="RANKQ_ARCHIVE_DSN", default=None, show_envvar=True,
+              help="PostgreSQL connection string for the archive of finished messages of queues with "
+                   "archive on (prefer the environment variable: it keeps the password out of ps).")
+@click.option("--archive-group", envvar="RANKQ_ARCHIVE_GROUP", default="default", show_default=True,
+              help="This group's name in the archive tables (several groups may share a database).")
 def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, peers, raft_password_file,
-           api_token_file, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds, snapshot_mib) -> None:
+           api_token_file, produce_token_file, consume_token_file, admin_token_file, insecure_no_auth,
+           tls_cert, tls_key, tls_ca, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds,
+           snapshot_mib, archive_dsn, archive_group) -> None:
     """Run a queue server node."""
     import os
 
-    from .server.main import ServerConfig, run
+    from .server.auth import AuthConfigError, Scope, load_tokens
+    from .server.main import ServerConfig, check_access, run
 
     password = os.environ.get("RANKQ_RAFT_PASSWORD")
     if raft_password_file:
         with open(raft_password_file, encoding="utf-8") as fh:
             password = fh.read().strip()
-    api_token = os.environ.get("RANKQ_API_TOKEN")
-    if api_token_file:
-        with open(api_token_file, encoding="utf-8") as fh:
-            api_token = fh.read().strip()
-    run(
-        ServerConfig(
+    try:
+        tokens = load_tokens(
+            [api_token_file] if api_token_file else [],
+            {scope: [path] for scope, path in ((Scope.PRODUCE, produce_token_file), (Scope.CONSUME, consume_token_file),
+                                               (Scope.ADMIN, admin_token_file)) if path},
+            environ=os.environ,
+        )
+        config = ServerConfig(
             data_dir=data_dir, host=host, http_port=http_port, grpc_port=grpc_port, node_id=node_id,
             raft_host=raft_host, raft_port=raft_port,
             peers=[p.strip() for p in peers.split(",") if p.strip()],
-            raft_password=password or None, api_token=api_token or None, log_format=log_format, log_level=log_level,
+            raft_password=password or None, api_tokens=tokens, insecure_no_auth=insecure_no_auth,
+            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, log_format=log_format, log_level=log_level,
             demo_queue=demo_queue, snapshot_entries=snapshot_entries, snapshot_seconds=snapshot_seconds,
-            snapshot_bytes=snapshot_mib * 1024 * 1024,
+            snapshot_bytes=snapshot_mib * 1024 * 1024, archive_dsn=archive_dsn or None, archive_group=archive_group,
         )
-    )
+        check_access(config)
+    except AuthConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    run(config)
 
 
 # ---- output ----------------------------------------------------------------------------------------
@@ -189,12 +226,13 @@ def console():
 
 
 def table(*columns: str, title: str | None = None, **column_opts: dict):
+    """A table that fits the terminal (80 columns when not one): long cells wrap, none is cut."""
     from rich import box
     from rich.table import Table
 
     t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for name in columns:
-        opts = {"min_width": len(name), **column_opts.get(name.replace(" ", "_"), {})}
+        opts = {"min_width": len(name), "overflow": "fold", **column_opts.get(name.replace(" ", "_"), {})}
         t.add_column(name, **opts)
     return t
 
@@ -311,6 +349,8 @@ def settings_options(f):
         click.option("--retry-base", type=SECONDS, metavar="SECONDS",
                      help="First redelivery delay after a nack without --delay (doubles each time)."),
         click.option("--retry-max", type=SECONDS, metavar="SECONDS", help="Longest redelivery delay."),
+        click.option("--archive/--no-archive", default=None,
+                     help="Copy finished messages to the group's PostgreSQL archive (server --archive-dsn)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -536,12 +576,12 @@ def receive(state: CliState, queue: str, max_: int, wait: float, visibility_time
     elif not messages:
         note("no messages")
     else:
-        cols = ["id", "priority", "group", "deliveries", "lease token", "payload"] + (["acked"] if ack_ else [])
-        t = table(*cols, lease_token={"no_wrap": True}, payload={"overflow": "fold", "min_width": 10})
+        # An acked message's lease token is spent: show whether the ack took instead.
+        cols = ["id", "priority", "group", "deliveries", "acked" if ack_ else "lease token", "payload"]
+        t = table(*cols, payload={"min_width": 10})
         for m in messages:
-            row = [str(m.id), str(m.priority), m.group, str(m.deliveries), m.lease_token, short(m.payload)]
-            if ack_:
-                row.append("yes" if acked[m.id].ok else "no")
+            row = [str(m.id), str(m.priority), m.group, str(m.deliveries),
+                   ("yes" if acked[m.id].ok else "no") if ack_ else m.lease_token, short(m.payload)]
             add_row(t, *row)
         print_table(t)
     failed = [o for o in acked.values() if not o.ok]
@@ -662,11 +702,13 @@ def print_cluster(state: CliState, status: dict) -> None:
     if state.json:
         print_json(status)
         return
-    t = table("id", "address", "role", "healthy", "match", "lag", "http",
+    members = status.get("members", [])
+    named = any(m["id"] != m["address"] for m in members)  # ids default to the address: show it once
+    t = table(*(["id"] if named else []), "address", "role", "health", "match", "lag", "http",
               title=f"leader {status.get('leader')}  term {status.get('term')}  "
                     f"commit {status.get('commit_index')}  (answered by {status.get('self')})")
-    for m in status.get("members", []):
-        add_row(t, m["id"], m["address"], m["role"], "yes" if m["healthy"] else "NO",
+    for m in members:
+        add_row(t, *([m["id"]] if named else []), m["address"], m["role"], "ok" if m["healthy"] else "DOWN",
                 show(m.get("match_index")), show(m.get("lag")), show(m.get("http_url")))
     print_table(t)
 
@@ -674,8 +716,23 @@ def print_cluster(state: CliState, status: dict) -> None:
 @cluster.command("status")
 @pass_state
 def cluster_status(state: CliState) -> None:
-    """Leader, term, commit index and every member's role, health and replication progress."""
-    print_cluster(state, state.client().cluster_status())
+    """Leader, term, commit index and every member's role, health and replication progress.
+
+    Only the leader knows how far each follower has got, so a follower's answer is replaced by the
+    leader's when the leader can be reached.
+    """
+    status = state.client().cluster_status()
+    leader_url = next((m.get("http_url") for m in status.get("members", []) if m.get("role") == "leader"), None)
+    if status.get("leader") and status.get("self") != status.get("leader") and leader_url:
+        from .client import Client
+
+        try:
+            with Client(leader_url, timeout=state.timeout, token=state.token) as leader:
+                status = leader.cluster_status()
+        except RankQError as err:
+            note(f"the leader at {leader_url} did not answer ({err}); showing {status.get('self')}'s view, "
+                 "which lacks the followers' progress")
+    print_cluster(state, status)
 
 
 @cluster.command("add")
@@ -702,6 +759,39 @@ def cluster_transfer(state: CliState, to: str | None) -> None:
     print_cluster(state, state.client().transfer_leader(to))
 
 
+# ---- backup and restore ----------------------------------------------------------------------------
+
+def print_backup(state: CliState, verb: str, summary) -> None:
+    if state.json:
+        print_json({"path": summary.path, "bytes": summary.bytes, "records": summary.records})
+        return
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.records.items())) or "nothing"
+    click.echo(f"{verb} {summary.path} ({summary.bytes} bytes): {kinds}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@pass_state
+def backup(state: CliState, file: str) -> None:
+    """Write a consistent backup of the whole group to FILE (gzip'd JSON lines), taken on the leader.
+
+    It holds every queue with its settings, every message (leased ones come back ready), dead
+    letters, retained results and dedup keys. Needs the admin scope where tokens are required.
+    """
+    print_backup(state, "wrote", state.client().backup(file))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@pass_state
+def restore(state: CliState, file: str) -> None:
+    """Load the backup in FILE into the group at --url, which must not have those queues yet.
+
+    The records go through the group's log, so every member ends with the same state.
+    """
+    print_backup(state, "restored", state.client().restore(file))
+
+
 # ---- local development ------------------------------------------------------------------------------
 
 @main.group()
@@ -721,7 +811,7 @@ def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_
     """Run a local group on 127.0.0.1 under a supervisor that restarts crashed nodes (Ctrl-C stops all)."""
     from .devcluster import DevCluster
 
-    DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run()
+    raise SystemExit(DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run())
 
 
 # ---- operator and pod-side commands --------------------------------------------------------------

@@ -10,11 +10,50 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import httpx
+
+MAX_FAILED_STARTS = 5  # a node that dies this many times in a row without settling stops the group
+SETTLED_SECONDS = 30.0  # a node that ran this long has settled: its next exit starts a fresh count
+
+
+class PortTaken(Exception):
+    """A port the group needs is in use by another process."""
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def exit_reason(returncode: int) -> str:
+    """How a process ended, in words: 'killed by SIGKILL' or 'exited with code 1'."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+def own_error(log_tail: list[str]) -> str | None:
+    """The node's own last error in these log lines, if any: request errors (lines whose source is
+    a route such as `/api/v1/...`) are a client's business, not why a node stopped."""
+    for line in reversed(log_tail):
+        if "[ERROR]" in line or "[CRITICAL]" in line:
+            source = line.split("] ", 1)[-1]
+            if not source.startswith("/"):
+                return line.strip()[-200:]
+    return None
 
 
 class DevCluster:
@@ -25,7 +64,18 @@ class DevCluster:
         self.ports = [(http_port + i, grpc_port + i if grpc_port else 0, raft_port + i) for i in range(nodes)]
         self.demo_queue = demo_queue
         self.procs: list[subprocess.Popen | None] = [None] * nodes
+        self.log_offsets = [0] * nodes  # where each node's current run starts in its log
         self.stopping = False
+
+    def check_ports(self) -> None:
+        """Refuse to start when a port is taken, naming it, rather than crash-loop behind a stranger."""
+        names = ("HTTP", "gRPC", "Raft")
+        for i, ports in enumerate(self.ports):
+            for name, port in zip(names, ports):
+                if port and port_in_use(port):
+                    raise PortTaken(
+                        f"port {port} ({name} of node-{i}) is in use by another process. Stop it, or pick other "
+                        f"ports: make run HTTP_PORT=18080 GRPC_PORT=19090 RAFT_PORT=17070 (node i uses port+i)")
 
     def secret_file(self) -> str:
         path = os.path.join(self.root, "raft-secret")
@@ -51,19 +101,20 @@ class DevCluster:
     def start(self, i: int) -> None:
         os.makedirs(os.path.join(self.root, f"node-{i}"), exist_ok=True)
         log = open(os.path.join(self.root, f"node-{i}.log"), "ab")
+        self.log_offsets[i] = log.tell()
         self.procs[i] = subprocess.Popen(self.command(i), stdout=log, stderr=subprocess.STDOUT)
 
-    def last_error(self, i: int) -> str:
-        """The last error line of node i's log, to say why it stopped."""
+    def why_stopped(self, i: int, returncode: int) -> str:
+        """How node i's last run ended, with its own last error from that run when it logged one."""
+        reason = exit_reason(returncode)
         try:
             with open(os.path.join(self.root, f"node-{i}.log"), "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 8192))
+                fh.seek(max(self.log_offsets[i], os.fstat(fh.fileno()).st_size - 16384))
                 lines = fh.read().decode(errors="replace").splitlines()
         except OSError:
-            return "no log"
-        errors = [line for line in lines if "[ERROR]" in line or "Error" in line]
-        return (errors or lines or ["no log"])[-1].strip()[-160:]
+            lines = []
+        error = own_error(lines)
+        return f"{reason}: {error}" if error else reason
 
     def banner(self) -> None:
         urls = ",".join(f"http://127.0.0.1:{h}" for h, _, _ in self.ports)
@@ -81,7 +132,10 @@ class DevCluster:
     def wait_leader(self, timeout: float = 30.0) -> str | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping:
-            for h, _, _ in self.ports:
+            for i, (h, _, _) in enumerate(self.ports):
+                proc = self.procs[i]
+                if proc is None or proc.poll() is not None:
+                    continue  # only our own live nodes count, never whoever else answers on the port
                 try:
                     r = httpx.get(f"http://127.0.0.1:{h}/readyz", timeout=1)
                     if r.status_code == 200:
@@ -91,36 +145,52 @@ class DevCluster:
             time.sleep(0.2)
         return None
 
-    def run(self) -> None:
+    def run(self) -> int:
         def stop(*_):
             self.stopping = True
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
+        try:
+            self.check_ports()
+        except PortTaken as err:
+            print(f"cannot start: {err}", file=sys.stderr, flush=True)
+            return 1
+        started_at: dict[int, float] = {}
         for i in range(self.n):
             self.start(i)
+            started_at[i] = time.monotonic()
         self.banner()
-        leader = self.wait_leader()
-        print(f"  leader elected: {leader}; ready" if leader else "  no leader yet; see the node logs", flush=True)
         restarts_at: dict[int, float] = {}
         failures: dict[int, int] = {}
-        started_at: dict[int, float] = {}
+        announced = False
+        gave_up = False
         try:
             while not self.stopping:
                 for i, p in enumerate(self.procs):
                     if p is not None and p.poll() is not None:
                         if i not in restarts_at:
                             failures[i] = failures.get(i, 0) + 1
+                            why = self.why_stopped(i, p.returncode)
+                            if failures[i] >= MAX_FAILED_STARTS:
+                                print(f"  node-{i} {why}; it failed {failures[i]} times in a row, giving up "
+                                      f"(log: {self.root}/node-{i}.log)", file=sys.stderr, flush=True)
+                                gave_up = self.stopping = True
+                                break
                             pause = min(10.0, 0.5 * 2 ** failures[i])
                             restarts_at[i] = time.monotonic() + pause
-                            print(f"  node-{i} exited with {p.returncode} ({self.last_error(i)}); "
-                                  f"starting it again in {pause:g}s", flush=True)
+                            print(f"  node-{i} {why}; starting it again in {pause:g}s", flush=True)
                         if time.monotonic() >= restarts_at[i]:
                             restarts_at.pop(i)
                             self.start(i)
                             started_at[i] = time.monotonic()
-                    elif p is not None and time.monotonic() - started_at.get(i, 0) > 30:
+                    elif p is not None and time.monotonic() - started_at.get(i, 0) > SETTLED_SECONDS:
                         failures.pop(i, None)  # ran for a while: the next exit starts a fresh backoff
+                if not announced and not self.stopping:
+                    leader = self.wait_leader(timeout=0.01)
+                    if leader:
+                        announced = True
+                        print(f"  leader elected: {leader}; ready", flush=True)
                 time.sleep(0.2)
         finally:
             for p in self.procs:
@@ -133,3 +203,4 @@ class DevCluster:
                     except subprocess.TimeoutExpired:
                         p.kill()
             print("stopped", flush=True)
+        return 1 if gave_up else 0

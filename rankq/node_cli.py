@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 import time
 
@@ -21,16 +22,27 @@ def quorum_critical(status: dict, me: str) -> bool:
     return others_up < quorum(len(members))
 
 
-def drain(url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo(s, err=True)) -> int:
-    """Move leadership off this node, then wait while stopping it would cost the group its quorum."""
+def drain(url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo(s, err=True),
+          ca: str | None = None) -> int:
+    """Move leadership off this node, then wait while stopping it would cost the group its quorum.
+    It presents the pod's admin token (RANKQ_ADMIN_TOKEN, else RANKQ_API_TOKEN): the transfer needs it."""
     deadline = time.monotonic() + timeout
-    token = os.environ.get("RANKQ_API_TOKEN")
-    with httpx.Client(timeout=3, headers={"Authorization": f"Bearer {token}"} if token else None) as http:
+    token = os.environ.get("RANKQ_ADMIN_TOKEN") or os.environ.get("RANKQ_API_TOKEN")
+    verify: bool | ssl.SSLContext = True
+    if ca:
+        verify = ssl.create_default_context(cafile=ca)
+        verify.check_hostname = False  # this pod's own loopback: the chain is checked, not the name
+    with httpx.Client(timeout=3, headers={"Authorization": f"Bearer {token}"} if token else None,
+                      verify=verify) as http:
         try:
-            status = http.get(f"{url}/api/v1/cluster").json()
+            r = http.get(f"{url}/api/v1/cluster")
+            status = r.json()
         except (httpx.HTTPError, ValueError) as err:
             echo(f"drain: node not answering ({err}); nothing to protect")
             return 0
+        if r.status_code != 200:
+            echo(f"drain: cannot read the group's status ({r.status_code}: {status.get('detail')}); not waiting")
+            return 1
         me = status["self"]
         if len(status.get("members") or []) <= 1:
             echo("drain: single-member group; nothing to hand over")
@@ -69,6 +81,8 @@ def node() -> None:
 @node.command("drain")
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="This node's HTTP API.")
 @click.option("--timeout", default=50.0, show_default=True, type=float, help="Most seconds to wait.")
-def drain_command(url: str, timeout: float) -> None:
+@click.option("--ca", default=None, type=click.Path(dir_okay=False),
+              help="CA of the node's TLS certificate (for an https:// --url).")
+def drain_command(url: str, timeout: float, ca: str | None) -> None:
     """preStop hook: hand leadership away and wait while this node is quorum-critical."""
-    sys.exit(drain(url.rstrip("/"), timeout))
+    sys.exit(drain(url.rstrip("/"), timeout, ca=ca))

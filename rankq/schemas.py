@@ -76,6 +76,7 @@ class QueueSettings(Strict):
     dedup_window: float | None = Field(None, ge=0, description="seconds a dedup key is remembered (default 300)")
     retry_base: float | None = Field(None, ge=0, description="first retry delay after a nack without delay, doubling per delivery (default 1)")
     retry_max: float | None = Field(None, ge=0, description="longest retry delay (default 300)")
+    archive: bool | None = Field(None, description="copy finished messages (acked with result, dead-lettered, cancelled) to the group's PostgreSQL archive (default false)")
 
     def to_engine(self) -> dict:
         """The fields that were given, in engine units."""
@@ -88,7 +89,7 @@ class QueueSettings(Strict):
         # `null` is meaningful only where the engine allows None.
         for key in ("policy", "weights", "default_priority", "fair_groups", "visibility_timeout_ms",
                     "max_deliveries", "dead_letter", "retention_ms", "max_payload_bytes",
-                    "dedup_window_ms", "retry_base_ms", "retry_max_ms"):
+                    "dedup_window_ms", "retry_base_ms", "retry_max_ms", "archive"):
             if key in out and out[key] is None:
                 del out[key]
         return out
@@ -300,3 +301,16 @@ class AddMember(Strict):
 
 class TransferLeader(Strict):
     to: str | None = Field(None, description="node id or Raft address; default: the most caught-up follower")
+
+
+class RestoreChunk(Strict):
+    restore_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                            description="the same for every chunk of one restore (the CLI makes one)")
+    index: int = Field(..., ge=0, le=2**31, description="chunk number from 0; a chunk sent again is applied once")
+    records: list[dict] = Field(..., min_length=1, max_length=10_000,
+                                description="backup records (JSON lines of a backup file), in file order")
+
+
+class RestoreResult(BaseModel):
+    applied: int = Field(..., description="records applied by this chunk (0 for a repeat)")
+    duplicate: bool

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -34,8 +35,10 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
 
 
 class ServerProcess:
-    def __init__(self, data_dir: str, grpc: bool = False, extra: list[str] | None = None) -> None:
+    def __init__(self, data_dir: str, grpc: bool = False, extra: list[str] | None = None,
+                 ca: str | None = None) -> None:
         self.data_dir = data_dir
+        self.ca = ca  # set when the server serves TLS: the CA that signed its certificate
         self.http_port = free_port()
         self.grpc_port = free_port() if grpc else 0
         self.raft_port = free_port()
@@ -45,7 +48,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
         self.start_async()
@@ -65,10 +68,12 @@ class ServerProcess:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
+        verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
+
         def ready():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
-            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+            return httpx.get(self.url + "/readyz", timeout=1, verify=verify).status_code == 200
 
         wait_for(ready, timeout, "server /readyz")
 

@@ -98,12 +98,15 @@ GO
     want kubectl && pkgs+=(k8s.io/kubernetes/cmd/kubectl)
     if [ "${#pkgs[@]}" -gt 0 ]; then
         k8s_log "building ${pkgs[*]##*/} (Kubernetes $KUBERNETES_VERSION, -p $jobs); the first build takes a while"
-        (cd "$wrapper" && go build -p "$jobs" -trimpath -ldflags "-s -w $(k8s_version_ldflags)" -o "$tmp/" "${pkgs[@]}")
+        k8s_with_progress "${pkgs[*]##*/}" \
+            bash -c 'cd "$1" && shift && exec "$@"' _ "$wrapper" \
+            go build -p "$jobs" -trimpath -ldflags "-s -w $(k8s_version_ldflags)" -o "$tmp/" "${pkgs[@]}"
         for p in "${pkgs[@]}"; do install_bin "$tmp/${p##*/}" "${p##*/}"; done
     fi
     if want etcd; then
         k8s_log "building etcd $ETCD_VERSION"
-        (cd "$wrapper" && go build -p "$jobs" -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+        k8s_with_progress etcd bash -c 'cd "$1" && shift && exec "$@"' _ "$wrapper" \
+            go build -p "$jobs" -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
         install_bin "$tmp/etcd" etcd
     fi
     rmdir "$tmp" 2>/dev/null || true
@@ -114,7 +117,7 @@ if want kwok; then
     t0=$(date +%s)
     tmp="$(mktemp -d "$K8S_BUILD_DIR/.out.XXXXXX")"
     k8s_log "go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-    GOBIN="$tmp" go install -p "$jobs" -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+    GOBIN="$tmp" k8s_with_progress kwok go install -p "$jobs" -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
     install_bin "$tmp/kwok" kwok; rmdir "$tmp"
     k8s_log "kwok built in $(( $(date +%s) - t0 ))s"
 fi
@@ -124,7 +127,7 @@ if want helm; then
     tmp="$(mktemp -d "$K8S_BUILD_DIR/.out.XXXXXX")"
     v="${KUBERNETES_VERSION#v}"; kmaj="${v%%.*}"; kmin="${v#*.}"; kmin="${kmin%%.*}"
     k8s_log "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-    GOBIN="$tmp" go install -p "$jobs" -trimpath -ldflags "-s -w \
+    GOBIN="$tmp" k8s_with_progress helm go install -p "$jobs" -trimpath -ldflags "-s -w \
         -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
         -X helm.sh/helm/v3/internal/version.metadata= \
         -X helm.sh/helm/v3/internal/version.gitTreeState=clean \

@@ -52,3 +52,18 @@ k8s_find_binary() {
 }
 
 k8s_have_go() { command -v go >/dev/null 2>&1; }
+
+# k8s_with_progress WHAT CMD... runs CMD and says every minute that WHAT is still going, so a
+# 15-minute compile never looks like a hang. Returns CMD's exit status.
+k8s_with_progress() {
+    local what="$1"; shift
+    local started; started=$(date +%s)
+    "$@" &
+    local pid=$! rc=0
+    while kill -0 "$pid" 2>/dev/null; do
+        for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+        kill -0 "$pid" 2>/dev/null && k8s_log "still building $what ($(( ($(date +%s) - started) / 60 )) min so far)"
+    done
+    wait "$pid" || rc=$?
+    return "$rc"
+}

@@ -5,6 +5,7 @@ from .client import AsyncClient, Client
 from .errors import (
     ApiError,
     ConflictError,
+    ForbiddenError,
     InvalidRequestError,
     NotFoundError,
     UnauthorizedError,
@@ -33,6 +34,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ConflictError",
+    "ForbiddenError",
     "EnqueueResult",
     "InvalidRequestError",
     "Message",

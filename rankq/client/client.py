@@ -34,8 +34,10 @@ create_queue, delete_queue and cancel (a repeat would turn a success into 409 or
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import fields
@@ -43,7 +45,8 @@ from datetime import datetime
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
-from .errors import InvalidRequestError, TransportError, UnavailableError, error_for
+from .backup import BackupSummary, chunks, summarize
+from .errors import ConflictError, InvalidRequestError, RankQError, TransportError, UnavailableError, error_for
 from .transport import AsyncTransport
 from .types import (
     AckOutcome,
@@ -66,25 +69,51 @@ RETRY_CAP = 5.0
 _NEW_MESSAGE_FIELDS = frozenset(f.name for f in fields(NewMessage))
 
 
-def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> AsyncTransport:
-    """The transport for `url`: ``http://`` or ``https://`` → HTTP, ``grpc://host:port`` → gRPC.
-    `token` is sent as ``Authorization: Bearer <token>`` (HTTP header or gRPC metadata)."""
+TLS_SCHEMES = ("https", "grpcs")
+
+
+def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
+                   ca: str | None = None) -> AsyncTransport:
+    """The transport for `url`: ``http://`` or ``https://`` → HTTP, ``grpc://`` or ``grpcs://``
+    (host:port) → gRPC. `token` is sent as ``Authorization: Bearer <token>`` (HTTP header or gRPC
+    metadata). ``https`` and ``grpcs`` use TLS and verify the server against `ca` (a PEM file), or
+    against the system's CAs when `ca` is None."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    if ca is not None and scheme not in TLS_SCHEMES:
+        raise ValueError(f"a CA is given but {url!r} does not use TLS: use https:// or grpcs://")
     if scheme in ("http", "https"):
         if not parts.hostname:
             raise ValueError(f"no host in URL {url!r}")
         from .http_transport import HttpTransport
 
-        return HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None)
-    if scheme == "grpc":
+        verify: Any = True
+        if ca is not None:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=ca)
+        return HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None,
+                             verify=verify)
+    if scheme in ("grpc", "grpcs"):
         if not parts.hostname or parts.port is None:
             raise ValueError(f"a gRPC URL needs host and port, e.g. grpc://127.0.0.1:9090 (got {url!r})")
-        from .grpc_transport import GrpcTransport  # imported only when used: it pulls in grpcio
+        from .grpc_transport import GrpcTransport, tls_credentials  # imported only when used: grpcio
 
         return GrpcTransport(parts.netloc, timeout=timeout,
+                             credentials=tls_credentials(ca) if scheme == "grpcs" else None,
                              metadata=[("authorization", f"Bearer {token}")] if token else None)
-    raise ValueError(f"unsupported URL {url!r}: use http://, https:// or grpc://host:port")
+    raise ValueError(f"unsupported URL {url!r}: use http://, https://, grpc://host:port or grpcs://host:port")
+
+
+def read_token_file(path: str) -> str:
+    """The token in a token file: the first word of its first line that is not blank or a
+    ``#`` comment (so a server's token file, `TOKEN scopes` lines included, works as is)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return line.split()[0]
+    raise ValueError(f"token file {path} holds no token (it is empty)")
 
 
 def as_new_message(item: NewMessage | dict | Any) -> NewMessage:
@@ -129,13 +158,20 @@ class AsyncClient:
     `timeout`
     (seconds) bounds each request (a long poll gets its `wait` on top). `retries` is how many times
     a failed idempotent call is repeated; see the module documentation for which calls qualify.
-    `token` is the server's API token, when it requires one.
+    `token` is the server's API token, when it requires one, or `token_file` a file holding it.
+    ``https://`` and ``grpcs://`` URLs use TLS; `ca` is the PEM file of the CA that signed the
+    servers' certificates (default: the system's CAs).
     Durations are seconds; queue settings use the wire names (see ``rankq.schemas.QueueSettings``).
     """
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
-                 transport: AsyncTransport | None = None, token: str | None = None) -> None:
+                 transport: AsyncTransport | None = None, token: str | None = None,
+                 token_file: str | None = None, ca: str | None = None) -> None:
+        if token is not None and token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        if token_file is not None:
+            token = read_token_file(token_file)
         if retries < 0:
             raise ValueError("retries must be 0 or more")
         urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else [str(u).strip() for u in url]
@@ -153,8 +189,9 @@ class AsyncClient:
         else:
             for u in urls:  # fail early on a malformed URL
                 urlsplit(u)
-            self._transports[0] = make_transport(urls[0], timeout, token)
+            self._transports[0] = make_transport(urls[0], timeout, token, ca)
         self._token = token
+        self._ca = ca
         self._current = 0
         self._closed = False
 
@@ -162,7 +199,8 @@ class AsyncClient:
     def _transport(self) -> AsyncTransport:
         t = self._transports.get(self._current)
         if t is None:
-            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout, self._token)
+            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout, self._token,
+                                                                     self._ca)
         return t
 
     def _next_node(self) -> None:
@@ -202,13 +240,19 @@ class AsyncClient:
 
     # ---- queues --------------------------------------------------------------------------------
 
-    async def create_queue(self, name: str, **settings: Any) -> QueueInfo:
+    async def create_queue(self, name: str, *, exist_ok: bool = False, **settings: Any) -> QueueInfo:
         """Create queue `name`. Settings (all optional, wire units): policy ("strict" or
         "weighted"), weights ({priority: weight}), default_priority, fair_groups,
         group_max_inflight, visibility_timeout, max_deliveries, dead_letter,
         dead_letter_retention, retention, max_length, max_payload_bytes, dedup_window,
-        retry_base, retry_max. Raises ConflictError when it exists. Not retried."""
-        return await self._call(lambda: self._transport.create_queue(name, settings), retry=False)
+        retry_base, retry_max. Raises ConflictError when it exists, unless `exist_ok`: then the
+        existing queue is returned as it is (its settings are not changed). Not retried."""
+        try:
+            return await self._call(lambda: self._transport.create_queue(name, settings), retry=False)
+        except ConflictError:
+            if not exist_ok:
+                raise
+            return await self.get_queue(name)
 
     async def list_queues(self) -> list[QueueInfo]:
         """All queues with their settings and counts."""
@@ -389,6 +433,50 @@ class AsyncClient:
         return await self._call(lambda: self._admin("transfer_leader")(to), retry=False)
 
 
+    # ---- backup and restore --------------------------------------------------------------------
+
+    async def backup(self, path: str) -> BackupSummary:
+        """Write a consistent backup of the whole group to `path` (gzip'd JSON lines), taken on the
+        leader: every queue with its settings, messages, dead letters, retained results and dedup
+        keys. Leased messages are restored ready. Needs http(s) URLs and the admin scope."""
+        part = path + ".part"
+
+        async def attempt() -> None:
+            transport = self._transport
+            if not hasattr(transport, "backup"):
+                raise RankQError("backup and restore need an http:// or https:// URL")
+            with open(part, "wb") as out:
+                await transport.backup(out)  # type: ignore[attr-defined]
+
+        await self._call(attempt, retry=True)
+        summary = await asyncio.to_thread(summarize, part, os.path.getsize(part))
+        os.replace(part, path)
+        return BackupSummary(path=path, bytes=summary.bytes, records=summary.records)
+
+    async def restore(self, path: str) -> BackupSummary:
+        """Load the backup at `path` into this group, which must not have its queues yet (restore
+        into a new group). Chunks go through the log, so every member ends with the same state; a
+        chunk repeated after a failover is applied once."""
+        summary = await asyncio.to_thread(summarize, path, os.path.getsize(path))
+        restore_id = uuid.uuid4().hex
+        parts = chunks(path)
+        index = 0
+        while True:
+            chunk = await asyncio.to_thread(next, parts, None)
+            if chunk is None:
+                break
+
+            async def send(i: int = index, records: list = chunk) -> Any:
+                transport = self._transport
+                if not hasattr(transport, "restore_chunk"):
+                    raise RankQError("backup and restore need an http:// or https:// URL")
+                return await transport.restore_chunk(restore_id, i, records)  # type: ignore[attr-defined]
+
+            await self._call(send, retry=True)
+            index += 1
+        return summary
+
+
 class _LoopThread:
     """An event loop running forever in a daemon thread; `run` submits a coroutine and waits."""
 
@@ -448,14 +536,15 @@ class Client:
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
                  retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
-                 transport: AsyncTransport | None = None, token: str | None = None) -> None:
+                 transport: AsyncTransport | None = None, token: str | None = None,
+                 token_file: str | None = None, ca: str | None = None) -> None:
         self.url = url
         self._loop = _LoopThread()
         self._stop = weakref.finalize(self, self._loop.stop)
 
         async def make() -> AsyncClient:
             return AsyncClient(url, timeout=timeout, retries=retries, retry_backoff=retry_backoff,
-                               transport=transport, token=token)
+                               transport=transport, token=token, token_file=token_file, ca=ca)
 
         try:
             self._async = self._loop.run(make())
@@ -490,8 +579,8 @@ class Client:
 
     # Each method hands its arguments to the AsyncClient method of the same name (docs copied below).
 
-    def create_queue(self, name: str, **settings: Any) -> QueueInfo:
-        return self._run(self._async.create_queue(name, **settings))
+    def create_queue(self, name: str, *, exist_ok: bool = False, **settings: Any) -> QueueInfo:
+        return self._run(self._async.create_queue(name, exist_ok=exist_ok, **settings))
 
     def list_queues(self) -> list[QueueInfo]:
         return self._run(self._async.list_queues())
@@ -597,10 +686,16 @@ class Client:
     def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
         return self._run(self._async.transfer_leader(to))
 
+    def backup(self, path: str) -> BackupSummary:
+        return self._run(self._async.backup(path))
+
+    def restore(self, path: str) -> BackupSummary:
+        return self._run(self._async.restore(path))
+
 
 for _name in ("create_queue", "list_queues", "get_queue", "update_queue", "delete_queue", "enqueue",
               "enqueue_batch", "dequeue", "ack", "ack_batch", "nack", "extend", "set_priority",
               "get_message", "cancel", "dead_letters", "iter_dead_letters", "redrive", "cluster_status",
-              "add_member", "remove_member", "transfer_leader"):
+              "add_member", "remove_member", "transfer_leader", "backup", "restore"):
     getattr(Client, _name).__doc__ = getattr(AsyncClient, _name).__doc__
 del _name

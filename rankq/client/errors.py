@@ -37,6 +37,12 @@ class UnauthorizedError(ApiError):
     status = 401
 
 
+class ForbiddenError(ApiError):
+    """The API token is valid but lacks the scope (produce, consume or admin) the call needs."""
+
+    status = 403
+
+
 class NotFoundError(ApiError):
     status = 404
 
@@ -72,6 +78,7 @@ class ServerError(ApiError):
 BY_STATUS: dict[int, type[ApiError]] = {
     400: InvalidRequestError,
     401: UnauthorizedError,
+    403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,

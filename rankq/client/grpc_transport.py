@@ -89,6 +89,14 @@ def decode_payload(payload: bytes, content_type: str) -> Any:
     return payload
 
 
+def tls_credentials(ca: str | None) -> grpc.ChannelCredentials:
+    """Channel credentials that trust the CA in the PEM file `ca` (None: the system's CAs)."""
+    if ca is None:
+        return grpc.ssl_channel_credentials()
+    with open(ca, "rb") as fh:
+        return grpc.ssl_channel_credentials(root_certificates=fh.read())
+
+
 def error_from_rpc(err: grpc.aio.AioRpcError) -> Exception:
     """The rankq exception for a failed call: by `rankq-status` when present, else by gRPC code.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
@@ -180,6 +180,27 @@ class HttpTransport:
 
 
 # ---- wire <-> types ------------------------------------------------------------------------------
+
+    # ---- backup and restore (HTTP only) ---------------------------------------------------------
+
+    async def backup(self, out: BinaryIO) -> None:
+        """Stream this node's backup (it must be the leader) into `out`."""
+        try:
+            async with self._http.stream("GET", "/backup", timeout=httpx.Timeout(self.timeout, read=None)) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise _error_from(resp)
+                async for chunk in resp.aiter_bytes():
+                    out.write(chunk)
+        except httpx.TimeoutException as err:
+            raise TransportError(f"backup from {self.base_url} timed out ({type(err).__name__})") from err
+        except httpx.HTTPError as err:
+            raise TransportError(f"backup from {self.base_url} broke off: {err or type(err).__name__}") from err
+
+    async def restore_chunk(self, restore_id: str, index: int, records: list[dict[str, Any]]) -> dict[str, Any]:
+        body = {"restore_id": restore_id, "index": index, "records": records}
+        return await self._call("POST", "/restore", json=body, timeout=httpx.Timeout(max(self.timeout, 60.0)))
+
 
 def _error_from(resp: httpx.Response) -> Exception:
     detail = None

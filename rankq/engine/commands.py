@@ -118,6 +118,25 @@ class Tick:
     """Lets time pass: delayed messages become ready, leases expire, retention ends."""
 
 
+@dataclass(frozen=True, slots=True)
+class ArchiveDone:
+    """The archive store holds every outbox record up to `upto`: drop them on every replica."""
+
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Chunk `index` (from 0) of restore `restore_id`: backup records (rankq.engine.backup).
+
+    Chunks carry their place so that a chunk sent again (its first answer was lost) is a no-op.
+    """
+
+    restore_id: str
+    index: int
+    records: tuple[dict, ...]
+
+
 Command = (
     CreateQueue
     | UpdateQueue
@@ -131,6 +150,8 @@ Command = (
     | Cancel
     | Redrive
     | Tick
+    | Restore
+    | ArchiveDone
 )
 
 
@@ -147,7 +168,7 @@ def _positional_reduce(cls):
 
 
 for _cls in (CreateQueue, UpdateQueue, DeleteQueue, Enqueue, Dequeue, Ack, Nack,
-             Extend, SetPriority, Cancel, Redrive, Tick):
+             Extend, SetPriority, Cancel, Redrive, Tick, Restore, ArchiveDone):
     _positional_reduce(_cls)
 del _cls
 

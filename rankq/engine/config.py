@@ -43,6 +43,8 @@ class QueueConfig:
     dedup_window_ms: int = 5 * 60 * 1000
     retry_base_ms: int = 1000
     retry_max_ms: int = 5 * 60 * 1000
+    # Copy finished messages (acked, dead-lettered, cancelled) to the group's archive store.
+    archive: bool = False
 
     def validate(self) -> "QueueConfig":
         if self.policy not in POLICIES:
@@ -72,6 +74,8 @@ class QueueConfig:
         if self.group_max_inflight is not None:
             _positive("group_max_inflight", self.group_max_inflight)
         _positive("max_payload_bytes", self.max_payload_bytes, upper=64 * 1024 * 1024)
+        if not isinstance(self.archive, bool):
+            raise Invalid("archive must be true or false")
         return self
 
     def with_changes(self, changes: dict) -> "QueueConfig":

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import commands as c
+from .archive import ArchiveOutbox
+from .backup import apply_records, export_records
 from .config import QueueConfig, check_queue_name
 from .errors import Conflict, Invalid, NotFound
 from .message import MessageInfo
@@ -23,6 +25,8 @@ class Engine:
         self.seq = 0  # logical clock: one tick per applied command and per message created
         self.now = 0  # latest command time seen, ms since the epoch
         self.woke: set[str] = set()  # queues that gained ready messages; drained by the caller
+        self.restores: dict[str, int] = {}  # restore id -> chunks applied
+        self.archive = ArchiveOutbox()  # finished messages of archived queues, until stored
 
     def _next_id(self) -> int:
         self.seq += 1
@@ -50,7 +54,7 @@ class Engine:
         if cmd.name in self.queues:
             raise Conflict(f"queue {cmd.name!r} already exists")
         config = QueueConfig().with_changes(dict(cmd.settings))
-        self.queues[cmd.name] = QueueState(cmd.name, config, cmd.secret, now)
+        self.queues[cmd.name] = QueueState(cmd.name, config, cmd.secret, now, self.outbox())
         return config.as_dict()
 
     def _update(self, cmd: c.UpdateQueue, now: int) -> dict:
@@ -103,7 +107,7 @@ class Engine:
         self._queue(cmd.queue, now).set_priority(cmd, self.woke)
 
     def _cancel(self, cmd: c.Cancel, now: int) -> str:
-        return self._queue(cmd.queue, now).cancel(cmd)
+        return self._queue(cmd.queue, now).cancel(cmd, now)
 
     def _redrive(self, cmd: c.Redrive, now: int) -> dict:
         return self._queue(cmd.queue, now).redrive(cmd, self.woke)
@@ -112,7 +116,35 @@ class Engine:
         for q in self.queues.values():
             q.advance(now, self.woke)
 
+    def outbox(self) -> ArchiveOutbox:
+        """The archive outbox (engines from snapshots of earlier builds get one on first use)."""
+        box = self.__dict__.get("archive")
+        if box is None:
+            box = self.archive = ArchiveOutbox()
+        return box
+
+    def _archive_done(self, cmd: c.ArchiveDone, now: int) -> int:
+        return self.outbox().confirm(cmd.upto)
+
+    def _restore(self, cmd: c.Restore, now: int) -> dict:
+        restores = self.__dict__.setdefault("restores", {})  # engines from older snapshots lack it
+        done = restores.get(cmd.restore_id, 0)
+        if cmd.index < done:
+            return {"applied": 0, "duplicate": True}
+        if cmd.index > done:
+            raise Invalid(f"restore {cmd.restore_id!r} expects chunk {done} next, not {cmd.index}")
+        if done == 0 and (not cmd.records or not isinstance(cmd.records[0], dict)
+                          or cmd.records[0].get("kind") != "header"):
+            raise Invalid("a restore starts with the backup's header record")
+        applied = apply_records(self, list(cmd.records), self.woke)
+        restores[cmd.restore_id] = done + 1
+        return {"applied": applied, "duplicate": False}
+
     # ---- reads (local, never through the log) ------------------------------------------------
+
+    def export(self):
+        """The whole state as backup records (see rankq.engine.backup); hold the state still."""
+        return export_records(self)
 
     def next_deadline(self) -> int | None:
         deadlines = [d for d in (q.next_deadline() for q in self.queues.values()) if d is not None]
@@ -138,4 +170,6 @@ _HANDLERS = {
     c.Cancel: Engine._cancel,
     c.Redrive: Engine._redrive,
     c.Tick: Engine._tick,
+    c.Restore: Engine._restore,
+    c.ArchiveDone: Engine._archive_done,
 }

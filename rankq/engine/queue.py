@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from . import commands as c
+from .archive import ArchiveOutbox
 from .config import WEIGHTED, QueueConfig
 from .errors import Conflict, Full, Invalid, NotFound, TooLarge
 from .message import (
@@ -33,8 +34,10 @@ DEDUP_KEY_MAX_LEN = 256
 
 
 class QueueState:
-    def __init__(self, name: str, config: QueueConfig, secret: bytes, created_at: int) -> None:
+    def __init__(self, name: str, config: QueueConfig, secret: bytes, created_at: int,
+                 outbox: ArchiveOutbox | None = None) -> None:
         self.name = name
+        self.outbox = outbox  # the engine's archive outbox; used while config.archive is on
         self.config = config
         self.secret = secret
         self.created_at = created_at
@@ -157,11 +160,18 @@ class QueueState:
         limit = self.config.max_deliveries
         return limit > 0 and msg.deliveries >= limit
 
+    def _archive(self, msg: Message, state: str, now: int, result: Any = None) -> None:
+        if self.config.archive:
+            outbox = getattr(self, "outbox", None)  # queues from snapshots of earlier builds have none
+            if outbox is not None:
+                outbox.add(self.name, msg, state, now, result)
+
     def _dead_letter(self, msg: Message, error: str | None, now: int) -> None:
         """Out of deliveries: into the dead-letter list, or gone when the queue keeps none."""
         del self.messages[msg.id]
         if error:
             msg.set_extra("last_error", error)
+        self._archive(msg, "dead", now)
         if not self.config.dead_letter:
             return
         self.totals["dead_lettered"] += 1
@@ -306,6 +316,7 @@ class QueueState:
         self._release(msg)
         del self.messages[msg.id]
         self.totals["acked"] += 1
+        self._archive(msg, "acked", now, item.result)
         if self.config.retention_ms > 0:
             self.acked[msg.id] = (now, msg.deliveries, item.result)
             heapq.heappush(self.acked_purge, (now + self.config.retention_ms, msg.id))
@@ -356,16 +367,17 @@ class QueueState:
         else:
             msg.priority = cmd.priority
 
-    def cancel(self, cmd: c.Cancel) -> str:
+    def cancel(self, cmd: c.Cancel, now: int = 0) -> str:
         dead = self.dead.pop(cmd.id, None)
         if dead is not None:
-            return "dead"
+            return "dead"  # archived when it was dead-lettered
         msg = self._queued(cmd.id)
         if msg.state == READY:
             self.ready.discard(msg)
         else:
             self.n_delayed -= 1
         del self.messages[msg.id]
+        self._archive(msg, "cancelled", now)
         return "ready" if msg.state == READY else "delayed"
 
     def _queued(self, mid: int) -> Message:

@@ -86,7 +86,28 @@ class SecretKeyRef(Model):
 
 
 class AuthSpec(Model):
-    secret_ref: SecretKeyRef | None = Field(None, description="Bearer token clients must present (env RANKQ_API_TOKEN in the pods).")
+    """API tokens from Secrets; without an admin token the operator generates one (Secret <name>-token)."""
+
+    secret_ref: SecretKeyRef | None = Field(None, description="A token with all scopes (env RANKQ_API_TOKEN in the pods).")
+    produce: SecretKeyRef | None = Field(None, description="A token that may enqueue (env RANKQ_PRODUCE_TOKEN).")
+    consume: SecretKeyRef | None = Field(None, description="A token that may dequeue, ack, nack and extend "
+                                                           "(env RANKQ_CONSUME_TOKEN).")
+    admin: SecretKeyRef | None = Field(None, description="A token that may change queues, dead letters and membership "
+                                                         "(env RANKQ_ADMIN_TOKEN); the operator uses it.")
+
+
+class TlsSpec(Model):
+    """TLS for the HTTP and gRPC APIs."""
+
+    secret_name: str | None = Field(
+        None, min_length=1, description="Secret with tls.crt, tls.key and ca.crt (the shape cert-manager writes); "
+                                        "the certificate must name the pods' DNS names.")
+    generate: bool = Field(False, description="Generate a CA and a certificate for the pods into the Secret <name>-tls "
+                                              "(kept across reconciles); clients trust its ca.crt.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret_name) or self.generate
 
 
 class QueueSpec(Model):
@@ -102,6 +123,11 @@ class QueueSpec(Model):
     queue: QueueSettingsSpec = Field(default_factory=QueueSettingsSpec)
     dead_letter: DeadLetterSpec = Field(default_factory=DeadLetterSpec)
     auth: AuthSpec = Field(default_factory=AuthSpec)
+    tls: TlsSpec = Field(
+        default_factory=TlsSpec,
+        **k8s(**{"x-kubernetes-validations": [
+            {"rule": "!(has(self.secretName) && self.generate)",
+             "message": "tls takes a secretName or generate: true, not both"}]}))
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity; default: prefer one member per node.", **k8s(**PRESERVE))
     tolerations: list[dict[str, Any]] | None = Field(None, description="Pod tolerations.",
                                                      **k8s(items=PRESERVE))

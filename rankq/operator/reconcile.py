@@ -41,11 +41,27 @@ CAUGHT_UP_LAG = 100  # log entries a member may trail and still count as caught 
 
 
 class GroupApi:
-    """The shared HTTP client, plus the group's API token once `spec.auth` names one."""
+    """HTTP calls to the group's members with the operator's (admin) token; with TLS, a client of
+    its own that trusts the group's CA, else the shared client."""
 
     def __init__(self, http: httpx.AsyncClient) -> None:
-        self.http = http
+        self.shared = self.http = http
         self.headers: dict[str, str] = {}
+        self.ca: str | None = None
+
+    async def trust(self, ca: str | None) -> None:
+        """Verify the members' certificates against the PEM `ca` (None: plain HTTP)."""
+        if ca == self.ca:
+            return
+        if self.http is not self.shared:
+            await self.http.aclose()
+        self.ca = ca
+        if ca is None:
+            self.http = self.shared
+        else:
+            import ssl
+
+            self.http = httpx.AsyncClient(timeout=self.shared.timeout, verify=ssl.create_default_context(cadata=ca))
 
     def _kw(self, kw: dict) -> dict:
         if self.headers:
@@ -99,6 +115,45 @@ def needs_apply(desired: dict[str, Any], observed: dict[str, Any] | None) -> boo
     return not is_subset(want, observed)
 
 
+def self_signed_tls(names: list[str], days: int = 3650) -> dict[str, str]:
+    """A new CA and a certificate for `names` (plus 127.0.0.1) signed by it, as PEM: tls.crt,
+    tls.key, ca.crt. The CA's key is not kept: nothing else can be signed with it later."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rankq CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return {
+        "tls.crt": cert.public_bytes(pem).decode(),
+        "tls.key": key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode(),
+        "ca.crt": ca.public_bytes(pem).decode(),
+    }
+
+
 def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
     refs = obj["metadata"].get("ownerReferences") or []
     return any(r.get("uid") == uid for r in refs if r.get("controller"))
@@ -150,19 +205,50 @@ class QueueController:
             return base64.b64decode(existing["data"]["password"]).decode()
         return secrets.token_urlsafe(32)
 
+    async def secret_value(self, q: QueueResource, name: str, key: str, field: str | None) -> str | None:
+        """A key of a Secret; with `field` (the CR field that names it) a missing one is Unrealisable."""
+        secret = await self.kube.get("Secret", q.namespace, name)
+        data = (secret or {}).get("data") or {}
+        if key not in data:
+            if field is None:
+                return None
+            raise Unrealisable("AuthSecretMissing", f"{field} names {name}/{key}, which does not exist")
+        return base64.b64decode(data[key]).decode()
+
     async def reconcile_children(self, body: dict, q: QueueResource, members: int) -> None:
-        ref = q.spec.auth.secret_ref
-        if ref is not None:
-            secret = await self.kube.get("Secret", q.namespace, ref.name)
-            if secret is None or ref.key not in (secret.get("data") or {}):
-                raise Unrealisable("AuthSecretMissing",
-                                   f"spec.auth.secretRef names {ref.name}/{ref.key}, which does not exist")
-            token = base64.b64decode(secret["data"][ref.key]).decode().strip()
-            self.http.headers = {"Authorization": f"Bearer {token}"}
+        auth = q.spec.auth
+        for field, ref in (("secretRef", auth.secret_ref), ("produce", auth.produce), ("consume", auth.consume),
+                           ("admin", auth.admin)):
+            if ref is not None:
+                await self.secret_value(q, ref.name, ref.key, f"spec.auth.{field}")
+        token = ""
+        if specs.generates_token(q):
+            token = (await self.secret_value(q, specs.token_secret_name(q), specs.TOKEN_KEY, None)
+                     or secrets.token_urlsafe(32))
         else:
-            self.http.headers = {}
+            ref = specs.operator_token_ref(q)
+            token = await self.secret_value(q, ref.name, ref.key, "spec.auth") or ""
+        self.http.headers = {"Authorization": f"Bearer {token.strip()}"}
+        tls_pem = None
+        tls_name = specs.tls_secret_name(q)
+        if q.spec.tls.generate:
+            existing = await self.kube.get("Secret", q.namespace, tls_name)
+            data = (existing or {}).get("data") or {}
+            if all(data.get(k) for k in ("tls.crt", "tls.key", "ca.crt")):
+                tls_pem = {k: base64.b64decode(data[k]).decode() for k in ("tls.crt", "tls.key", "ca.crt")}
+            else:
+                tls_pem = self_signed_tls(specs.tls_names(q))
+            await self.http.trust(tls_pem["ca.crt"])
+        elif tls_name:
+            ca = await self.secret_value(q, tls_name, "ca.crt", None)
+            if ca is None:
+                raise Unrealisable("TLSSecretMissing", f"spec.tls.secretName names {tls_name}, which has no ca.crt "
+                                                       f"(it needs tls.crt, tls.key and ca.crt)")
+            await self.http.trust(ca)
+        else:
+            await self.http.trust(None)
         password = await self.raft_password(q)
-        for desired in specs.build_children(q, members, password):
+        for desired in specs.build_children(q, members, password, token, tls_pem):
             meta = desired["metadata"]
             meta.setdefault("annotations", {})[HASH_ANNOTATION] = spec_hash(desired)
             observed = await self.kube.get(desired["kind"], q.namespace, meta["name"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .models import GRPC_PORT, HTTP_PORT, RAFT_PORT, QueueResource
+from .models import GRPC_PORT, HTTP_PORT, RAFT_PORT, QueueResource, SecretKeyRef
 
 MANAGED_BY = "rankq-operator"
 ROLE_LABEL = "rankq.io/role"
@@ -18,6 +18,8 @@ QUEUE_LABEL = "rankq.io/queue"
 LEADER, FOLLOWER = "leader", "follower"
 DATA_DIR = "/var/lib/rankq"
 DRAIN_TIMEOUT = 50  # seconds a preStop drain may wait; the grace period allows for it
+TLS_DIR = "/etc/rankq/tls"  # the TLS Secret's tls.crt, tls.key and ca.crt, mounted read-only
+TOKEN_KEY = "token"  # key of the generated token Secret
 MAX_REPLICAS = 7
 
 
@@ -35,6 +37,39 @@ def raft_secret_name(q: QueueResource) -> str:
     return f"{q.name}-raft"
 
 
+def token_secret_name(q: QueueResource) -> str:
+    return f"{q.name}-token"
+
+
+def tls_secret_name(q: QueueResource) -> str | None:
+    """The Secret with tls.crt, tls.key and ca.crt, or None without TLS."""
+    tls = q.spec.tls
+    return tls.secret_name or (f"{q.name}-tls" if tls.generate else None)
+
+
+def generates_token(q: QueueResource) -> bool:
+    """The CR names no admin token (`admin` or `secretRef`): the operator generates one."""
+    return q.spec.auth.admin is None and q.spec.auth.secret_ref is None
+
+
+def operator_token_ref(q: QueueResource) -> SecretKeyRef:
+    """The token the operator (and a pod's preStop drain) presents; it has the admin scope."""
+    auth = q.spec.auth
+    return auth.admin or auth.secret_ref or SecretKeyRef(name=token_secret_name(q), key=TOKEN_KEY)
+
+
+def token_env(q: QueueResource) -> list[tuple[str, SecretKeyRef]]:
+    """(variable, Secret key) for each API token the servers accept (see rankq.server.auth.TOKEN_ENV).
+    A generated token has all scopes when the CR names no token at all, else only admin."""
+    auth = q.spec.auth
+    out = [(name, ref) for name, ref in (("RANKQ_API_TOKEN", auth.secret_ref), ("RANKQ_PRODUCE_TOKEN", auth.produce),
+                                        ("RANKQ_CONSUME_TOKEN", auth.consume), ("RANKQ_ADMIN_TOKEN", auth.admin))
+           if ref is not None]
+    if generates_token(q):
+        out.append(("RANKQ_ADMIN_TOKEN" if out else "RANKQ_API_TOKEN", operator_token_ref(q)))
+    return out
+
+
 def pod_name(q: QueueResource, ordinal: int) -> str:
     return f"{q.name}-{ordinal}"
 
@@ -49,7 +84,14 @@ def raft_address(q: QueueResource, pod: str) -> str:
 
 
 def http_url(q: QueueResource, pod: str) -> str:
-    return f"http://{raft_host(q, pod)}:{HTTP_PORT}"
+    return f"{'https' if q.spec.tls.enabled else 'http'}://{raft_host(q, pod)}:{HTTP_PORT}"
+
+
+def tls_names(q: QueueResource) -> list[str]:
+    """DNS names a generated certificate covers: every member, the client Service, and loopback
+    (the pod's own preStop drain)."""
+    return [f"*.{peer_service_name(q)}.{q.namespace}.svc", f"*.{peer_service_name(q)}.{q.namespace}.svc.cluster.local",
+            f"{q.name}.{q.namespace}.svc", f"{q.name}.{q.namespace}.svc.cluster.local", q.name, "localhost"]
 
 
 def peers_value(q: QueueResource, members: int) -> str:
@@ -148,6 +190,28 @@ def build_secret(q: QueueResource, password: str) -> dict[str, Any]:
     }
 
 
+def build_token_secret(q: QueueResource, token: str) -> dict[str, Any]:
+    """The generated API token (admin scope, or all scopes when the CR names none); kept by reconcile."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(q, token_secret_name(q), "api-token"),
+        "type": "Opaque",
+        "stringData": {TOKEN_KEY: token},
+    }
+
+
+def build_tls_secret(q: QueueResource, pem: dict[str, str]) -> dict[str, Any]:
+    """A generated TLS Secret in cert-manager's shape: `pem` has tls.crt, tls.key and ca.crt."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(q, f"{q.name}-tls", "tls"),
+        "type": "kubernetes.io/tls",
+        "stringData": {k: pem[k] for k in ("tls.crt", "tls.key", "ca.crt")},
+    }
+
+
 def build_peer_service(q: QueueResource) -> dict[str, Any]:
     """Headless Service giving every member a stable DNS name, ready or not."""
     return {
@@ -236,7 +300,14 @@ def server_args(q: QueueResource) -> list[str]:
         "--peers=$(RANKQ_PEERS)",
         f"--data-dir={DATA_DIR}",
         "--log-format=json",
+        *tls_args(q),
     ]
+
+
+def tls_args(q: QueueResource) -> list[str]:
+    if not q.spec.tls.enabled:
+        return []
+    return [f"--tls-cert={TLS_DIR}/tls.crt", f"--tls-key={TLS_DIR}/tls.key", f"--tls-ca={TLS_DIR}/ca.crt"]
 
 
 def server_env(q: QueueResource) -> list[dict[str, Any]]:
@@ -248,9 +319,8 @@ def server_env(q: QueueResource) -> list[dict[str, Any]]:
         {"name": "RANKQ_RAFT_PASSWORD",
          "valueFrom": {"secretKeyRef": {"name": raft_secret_name(q), "key": "password"}}},
     ]
-    ref = q.spec.auth.secret_ref
-    if ref is not None:
-        env.append({"name": "RANKQ_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    for name, ref in token_env(q):
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     return env
 
 
@@ -276,8 +346,12 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
     """
     spec = q.spec
     replicas = spec.replicas if replicas is None else replicas
-    http_probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 2,
-                  "timeoutSeconds": 1}
+    scheme = "HTTPS" if spec.tls.enabled else "HTTP"
+    http_probe = {"httpGet": {"path": "/readyz", "port": "http", "scheme": scheme}, "periodSeconds": 2,
+                  "failureThreshold": 2, "timeoutSeconds": 1}
+    drain = ["rankq", "node", "drain", f"--url={scheme.lower()}://127.0.0.1:{HTTP_PORT}", f"--timeout={DRAIN_TIMEOUT}"]
+    if spec.tls.enabled:
+        drain.append(f"--ca={TLS_DIR}/ca.crt")
     container: dict[str, Any] = {
         "name": "rankq",
         "image": spec.image,
@@ -291,12 +365,13 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
             {"name": "raft", "containerPort": RAFT_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": http_probe,
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "scheme": scheme}, "periodSeconds": 10,
                           "failureThreshold": 3, "timeoutSeconds": 2},
-        "lifecycle": {"preStop": {"exec": {"command": [
-            "rankq", "node", "drain", f"--url=http://127.0.0.1:{HTTP_PORT}", f"--timeout={DRAIN_TIMEOUT}"]}}},
+        "lifecycle": {"preStop": {"exec": {"command": drain}}},
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
     }
+    if spec.tls.enabled:
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     if spec.resources:
         container["resources"] = spec.resources
     pod_spec: dict[str, Any] = {
@@ -322,8 +397,10 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
         "selector": {"matchLabels": selector_labels(q)},
         "template": {"metadata": {"labels": labels(q, "server")}, "spec": pod_spec},
     }
+    if spec.tls.enabled:
+        pod_spec["volumes"] = [{"name": "tls", "secret": {"secretName": tls_secret_name(q), "defaultMode": 0o444}}]
     if spec.storage.ephemeral:
-        pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+        pod_spec.setdefault("volumes", []).append({"name": "data", "emptyDir": {}})
     else:
         claim: dict[str, Any] = {
             "accessModes": ["ReadWriteOnce"],
@@ -346,11 +423,19 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
     }
 
 
-def build_children(q: QueueResource, members: int | None = None, password: str = "") -> list[dict[str, Any]]:
-    """Every child in the order reconcile applies them (dependencies first)."""
+def build_children(q: QueueResource, members: int | None = None, password: str = "", token: str = "",
+                   tls_pem: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every child in the order reconcile applies them (dependencies first). `token` and `tls_pem`
+    are the generated API token and TLS material, used when the CR asks the operator for them."""
+    generated = []
+    if generates_token(q):
+        generated.append(build_token_secret(q, token))
+    if q.spec.tls.generate:
+        generated.append(build_tls_secret(q, tls_pem or {"tls.crt": "", "tls.key": "", "ca.crt": ""}))
     return [
         *build_rbac(q),
         build_secret(q, password),
+        *generated,
         build_configmap(q, members),
         build_peer_service(q),
         build_leader_service(q),

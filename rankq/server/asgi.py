@@ -1,38 +1,29 @@
 """Plain ASGI middleware (cheaper than FastAPI's decorator form on the hot path).
 
 Every response names the current leader (`X-RankQ-Leader`, `X-RankQ-Leader-URL`); bodies over the
-server-wide limit are refused with 413 before they are read; and when the server has an API token,
-`/api/` requests without `Authorization: Bearer <token>` get 401 (health, metrics and docs stay open).
+server-wide limit are refused with 413 before they are read. API tokens are checked in `auth.py`.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 
 MAX_BODY = 64 * 1024 * 1024
 
 
 class LeaderHeaders:
-    def __init__(self, app, service, max_body: int = MAX_BODY, api_token: str | None = None) -> None:
+    def __init__(self, app, service, max_body: int = MAX_BODY) -> None:
         self.app = app
         self.service = service
         self.max_body = max_body
-        self.expected = None if not api_token else b"Bearer " + api_token.encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        authorization = b""
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > self.max_body:
                     return await self._answer(send, 413, f"request body over {self.max_body} bytes")
-            elif name == b"authorization":
-                authorization = value
-        if self.expected is not None and scope["path"].startswith("/api/") and not hmac.compare_digest(authorization, self.expected):
-            return await self._answer(send, 401, "missing or wrong API token: send Authorization: Bearer <token>",
-                                      [(b"www-authenticate", b"Bearer")])
 
         async def send_with_leader(message):
             if message["type"] == "http.response.start":

@@ -14,7 +14,6 @@ the client has granted.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import math
 from functools import partial
@@ -28,6 +27,7 @@ from ..engine import Conflict, EngineError, Full, Invalid, NotFound, TooLarge
 from ..engine import commands as c
 from ..engine.message import Delivery, MessageInfo
 from . import logs
+from .auth import GrpcAuth, Tokens
 from .proto import rankq_pb2 as pb
 from .proto import rankq_pb2_grpc as pb_grpc
 from .service import MAX_WAIT_SECONDS, QueueService, QueueView, Unavailable
@@ -619,40 +619,12 @@ def method_handlers(servicer: RankQServicer) -> dict[str, grpc.RpcMethodHandler]
     return out
 
 
-class TokenCheck(grpc.aio.ServerInterceptor):
-    """With an API token set, RankQ calls must carry `authorization: Bearer <token>` metadata."""
-
-    def __init__(self, token: str) -> None:
-        self.expected = "Bearer " + token
-        detail = "missing or wrong API token: send authorization: Bearer <token>"
-
-        async def refuse(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, detail, trailing_metadata=(("rankq-status", "401"),))
-
-        async def refuse_stream(request_iterator, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, detail, trailing_metadata=(("rankq-status", "401"),))
-            yield  # pragma: no cover - makes this an async generator like the stream handlers
-
-        self.refusals = {
-            (False, False): grpc.unary_unary_rpc_method_handler(refuse),
-            (True, True): grpc.stream_stream_rpc_method_handler(refuse_stream),
-        }
-
-    async def intercept_service(self, continuation, details):
-        if not details.method.startswith(f"/{SERVICE_NAME}/"):
-            return await continuation(details)  # reflection stays open
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization" and hmac.compare_digest(value, self.expected):
-                return await continuation(details)
-        handler = await continuation(details)
-        streaming = (handler.request_streaming, handler.response_streaming) if handler else (False, False)
-        return self.refusals.get(streaming, self.refusals[(False, False)])
-
-
-async def start_grpc(service: QueueService, host: str, port: int, api_token: str | None = None) -> grpc.aio.Server:
-    """Start serving rankq.v1.RankQ (with server reflection) on host:port; returns the running server."""
+async def start_grpc(service: QueueService, host: str, port: int, tokens: Tokens | None = None,
+                     tls: tuple[str, str] | None = None) -> grpc.aio.Server:
+    """Start serving rankq.v1.RankQ (with server reflection) on host:port; returns the running server.
+    With `tokens`, calls need a token with the method's scope; `tls` is (cert file, key file)."""
     server = grpc.aio.server(
-        interceptors=[TokenCheck(api_token)] if api_token else None,
+        interceptors=[GrpcAuth(tokens, SERVICE_NAME)] if tokens else None,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", -1),
@@ -664,6 +636,10 @@ async def start_grpc(service: QueueService, host: str, port: int, api_token: str
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
     reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server.add_insecure_port(address)
+    if tls is None:
+        server.add_insecure_port(address)
+    else:
+        with open(tls[0], "rb") as cert, open(tls[1], "rb") as key:
+            server.add_secure_port(address, grpc.ssl_server_credentials([(key.read(), cert.read())]))
     await server.start()
     return server

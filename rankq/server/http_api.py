@@ -21,7 +21,10 @@ from ..engine import commands as c
 from . import logs, metrics
 from .asgi import LeaderHeaders
 from .closing import AnswerOnShutdown
+from .auth import ApiAuth, Tokens
 from .errors import ClusterConflict, Unavailable
+from .http_archive import build_archive_router
+from .http_backup import build_backup_router
 from .http_cluster import build_cluster_router
 from .service import QueueService, QueueView
 
@@ -137,7 +140,9 @@ async def log_request(request: Request) -> None:
     logs.request_line(getattr(route, "path", request.url.path), request.method, str(request.url.path), client, tid)
 
 
-def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
+def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str | None = None) -> FastAPI:
+    """The HTTP app; with `tokens`, /api/ calls need a token with the route's scope (auth.py).
+    `peer_ca` verifies other members' HTTPS certificates when a call is forwarded to the leader."""
     app = FastAPI(
         title="RankQ",
         version="0.1.0",
@@ -179,7 +184,9 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     app.add_middleware(AnswerOnShutdown, service=service)  # inside LeaderHeaders: its answers name the leader
-    app.add_middleware(LeaderHeaders, service=service, api_token=api_token)
+    app.add_middleware(LeaderHeaders, service=service)
+    if tokens:
+        app.add_middleware(ApiAuth, tokens=tokens)  # outermost: refused calls are not read at all
 
     # ---- queues ----------------------------------------------------------------------------------
 
@@ -295,7 +302,9 @@ def build_app(service: QueueService, api_token: str | None = None) -> FastAPI:
         return JSONResponse(await service.redrive(name, ids))
 
     app.include_router(api)
-    app.include_router(build_cluster_router(service, log_request))
+    app.include_router(build_cluster_router(service, log_request, peer_ca))
+    app.include_router(build_backup_router(service, log_request))
+    app.include_router(build_archive_router(service, log_request))
 
     # ---- health ----------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from .. import schemas as s
 from .errors import Unavailable
 
 
-def build_cluster_router(service, log_request) -> APIRouter:
+def build_cluster_router(service, log_request, peer_ca: str | None = None) -> APIRouter:
     router = APIRouter(prefix="/api/v1/cluster", dependencies=[Depends(log_request)], tags=["cluster"])
     err = {"model": s.ErrorBody}
 
@@ -38,10 +38,19 @@ def build_cluster_router(service, log_request) -> APIRouter:
         leader = service.leader_info()
         if not leader or not leader.get("http_url"):
             raise Unavailable("no leader known to forward the transfer to")
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=10, verify=_verify(peer_ca)) as client:
             auth = request.headers.get("authorization")
             r = await client.post(leader["http_url"] + "/api/v1/cluster/transfer-leader", json={"to": to},
                                   headers={"authorization": auth} if auth else None)
         return JSONResponse(r.json(), status_code=r.status_code)
 
     return router
+
+
+def _verify(ca: str | None):
+    """TLS verification for calls to other members: their certificates chain to `ca`."""
+    if ca is None:
+        return True
+    import ssl
+
+    return ssl.create_default_context(cafile=ca)

@@ -15,6 +15,7 @@ from pysyncobj import SyncObjException
 
 from ..replication import RaftNode, RaftSettings
 from . import logs
+from .auth import AuthConfigError, Scope, Tokens, check_protected_mode
 from .service import PROPOSAL_TIMEOUT, QueueService
 
 log = logging.getLogger("rankq.server")
@@ -42,13 +43,19 @@ class ServerConfig(BaseModel):
     raft_port: int = Field(7070, ge=1, le=65535)
     peers: list[str] = []  # other members as host:port
     raft_password: str | None = None
-    api_token: str | None = None  # when set, /api/ requests and gRPC calls must present it
+    api_tokens: dict[str, frozenset[Scope]] = Field({}, repr=False)  # token -> scopes; empty: no API authentication
+    insecure_no_auth: bool = False  # allow serving a non-loopback address without tokens
+    tls_cert: str | None = None  # PEM certificate chain for HTTPS and gRPC over TLS
+    tls_key: str | None = None
+    tls_ca: str | None = None  # trusted by this node when it calls another member (default: tls_cert)
     log_format: str = "text"
     log_level: str = "INFO"
     demo_queue: str | None = None  # created on start when missing
     snapshot_entries: int = Field(20_000, ge=10)  # log entries between snapshots
     snapshot_seconds: int = Field(300, ge=1)  # or this long since the last one
     snapshot_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)  # or once the log is this large
+    archive_dsn: str | None = None  # PostgreSQL for finished messages of queues with archive on
+    archive_group: str = Field("default", min_length=1, max_length=128)  # this group's name in the archive
 
     @property
     def advertised_host(self) -> str:
@@ -73,13 +80,37 @@ class ServerConfig(BaseModel):
                 out.append(addr)
         return out
 
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
     def member_info(self) -> dict:
         host = self.advertised_host
         return {
             "node_id": self.node_id or self.raft_address,
-            "http_url": f"http://{host}:{self.http_port}",
+            "http_url": f"{'https' if self.tls else 'http'}://{host}:{self.http_port}",
             "grpc_target": f"{host}:{self.grpc_port}" if self.grpc_port else None,
         }
+
+
+def check_access(config: ServerConfig) -> Tokens:
+    """The server's tokens, once its access settings are known to be usable (protected mode, TLS
+    files); raises AuthConfigError with what to change otherwise."""
+    tokens = Tokens(config.api_tokens)
+    check_protected_mode(config.host, tokens, config.insecure_no_auth)
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise AuthConfigError("TLS needs both --tls-cert and --tls-key")
+    if config.tls_cert:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.tls_cert, config.tls_key)
+            if config.tls_ca:
+                ssl.create_default_context(cafile=config.tls_ca)
+        except (OSError, ssl.SSLError) as err:
+            raise AuthConfigError(f"cannot use the TLS certificate {config.tls_cert} / key {config.tls_key}"
+                                  f"{' / CA ' + config.tls_ca if config.tls_ca else ''}: {err}") from None
+    return tokens
 
 
 async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:
@@ -89,6 +120,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
 
     from .http_api import build_app
 
+    tokens = check_access(config)
     try:
         node = make_node(config)
     except SyncObjException as err:
@@ -99,8 +131,14 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
                     "set --raft-password-file or RANKQ_RAFT_PASSWORD")
     service = QueueService(node, member_info=config.member_info())
     await service.start()
+    archiver = None
+    if config.archive_dsn:
+        from .archive import Archiver, PostgresStore
 
-    app = build_app(service, config.api_token)
+        archiver = service.archiver = Archiver(service, PostgresStore(config.archive_dsn, config.archive_group))
+        archiver.start()
+
+    app = build_app(service, tokens, peer_ca=(config.tls_ca or config.tls_cert) if config.tls else None)
 
     class HttpServer(uvicorn.Server):
         @contextlib.contextmanager
@@ -112,13 +150,15 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     http = HttpServer(
         uvicorn.Config(app, host=config.host, port=config.http_port, log_config=None, access_log=False,
                        lifespan="off", timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
-                       timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS)
+                       timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
+                       ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key)
     )
     grpc_server = None
     if config.grpc_port:
         from .grpc_api import start_grpc
 
-        grpc_server = await start_grpc(service, config.host, config.grpc_port, config.api_token)
+        grpc_server = await start_grpc(service, config.host, config.grpc_port, tokens,
+                                       tls=(config.tls_cert, config.tls_key) if config.tls else None)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,19 +173,20 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         await asyncio.sleep(0.01)
     host = config.host
     if http.started:
-        log.info("RankQ node %s serving HTTP on http://%s:%d (docs at /docs), gRPC on %s:%s, Raft on %s, data in %s",
-                 config.node_id or config.raft_address, host, config.http_port, host, config.grpc_port or "off",
+        log.info("RankQ node %s serving HTTP on %s://%s:%d (docs at /docs), gRPC on %s:%s, Raft on %s, data in %s",
+                 config.node_id or config.raft_address, "https" if config.tls else "http", host, config.http_port, host, config.grpc_port or "off",
                  config.raft_address, os.path.abspath(config.data_dir))
     if started is not None:
         started.set()
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    await shutdown(service, http, http_task, grpc_server)
+    await shutdown(service, http, http_task, grpc_server, archiver)
 
 
-async def shutdown(service: QueueService, http, http_task: asyncio.Task, grpc_server) -> None:
+async def shutdown(service: QueueService, http, http_task: asyncio.Task, grpc_server, archiver=None) -> None:
     """Stop so that every write this node accepted gets an answer, in this order: take no new
     writes (503 naming the leader; readiness turns false), give accepted writes the proposal
-    timeout to commit, answer the rest 503 (outcome unknown), close HTTP and gRPC, stop Raft."""
+    timeout to commit, answer the rest 503 (outcome unknown), close HTTP and gRPC, stop the
+    archiver and Raft."""
     waiting = service.waiting_writes()
     log.info("shutting down: taking no new writes; %d accepted writes still waiting", waiting)
     service.begin_shutdown()
@@ -158,6 +199,8 @@ async def shutdown(service: QueueService, http, http_task: asyncio.Task, grpc_se
     if grpc_server is not None:
         closing.append(grpc_server.stop(grace=GRPC_GRACE_SECONDS))
     await asyncio.gather(*closing)
+    if archiver is not None:
+        await archiver.stop()
     await service.stop()
 
 

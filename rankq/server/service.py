@@ -61,6 +61,7 @@ class QueueService(ClusterOps):
         self._ready_events: dict[str, asyncio.Event] = {}
         self._deadline_changed: asyncio.Event | None = None
         self._ticker: asyncio.Task | None = None
+        self.archiver: Any = None  # set when the group archives to PostgreSQL (server/archive.py)
         self._closing = False  # shutting down: no new writes
         self._last_leader: dict | None = None  # for error details while no leader is known
         self._answered: asyncio.Event | None = None  # set whenever a proposal is answered

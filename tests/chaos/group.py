@@ -53,6 +53,8 @@ class NsNode:
             # Snapshots every few hundred entries, so faults also hit log compaction, restarts
             # from a snapshot and snapshot transfer to lagging members.
             "--snapshot-entries", "300",
+            # The API listens on the namespace's private address, reachable only from this test.
+            "--insecure-no-auth",
         ]
         if self._log is None or self._log.closed:
             self._log = open(self.log_path, "ab")

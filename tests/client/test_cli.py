@@ -248,3 +248,33 @@ def test_help_lists_the_commands(rankq):
     out = ok(rankq("--help"))
     for command in ("queue", "send", "receive", "ack", "nack", "message", "dlq", "server"):
         assert f"  {command} " in out
+
+
+# ---- narrow terminals -------------------------------------------------------------------------------
+
+@pytest.fixture
+def rankq80(server):
+    """`rankq` in an 80-column terminal."""
+    runner = CliRunner(env={"RANKQ_URL": None, "COLUMNS": "80"})
+
+    def run(*args: str):
+        return runner.invoke(main, ["--url", server.url, *args], catch_exceptions=False)
+
+    return run
+
+
+def test_tables_fit_80_columns_and_keep_every_column(rankq80, qname, server):
+    ok(rankq80("queue", "create", qname))
+    ok(rankq80("send", qname, '{"to": "someone@example.com", "subject": "a fairly long subject line"}'))
+    out = ok(rankq80("receive", qname, "--ack"))
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    header = next(line for line in out.splitlines() if "deliveries" in line)
+    assert header.split() == ["id", "priority", "group", "deliveries", "acked", "payload"]
+    assert any(line.split()[4:5] == ["yes"] for line in out.splitlines() if line.split()[:1][0:1] != []), out
+
+    out = ok(rankq80("cluster", "status"))
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    address = f"127.0.0.1:{server.raft_port}"
+    assert address in out and server.url in out, out  # whole, not cut
+    header = next(line for line in out.splitlines() if "role" in line)
+    assert header.split() == ["address", "role", "health", "match", "lag", "http"]

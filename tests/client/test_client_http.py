@@ -69,6 +69,16 @@ class Counting:
 
 # ---- round trips -----------------------------------------------------------------------------------
 
+def test_create_queue_exist_ok_returns_the_queue_unchanged(client, qname):
+    from rankq.client import ConflictError
+
+    client.create_queue(qname, visibility_timeout=45)
+    with pytest.raises(ConflictError):
+        client.create_queue(qname)
+    again = client.create_queue(qname, exist_ok=True, visibility_timeout=10)
+    assert again.name == qname and again.settings["visibility_timeout"] == 45
+
+
 def test_sync_round_trip_enqueue_dequeue_ack_with_result(client, qname):
     info = client.create_queue(qname, policy="weighted", weights={1: 50, 2: 30, 3: 20}, visibility_timeout=30)
     assert info.name == qname and info.settings["policy"] == "weighted"

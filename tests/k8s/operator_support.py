@@ -105,8 +105,8 @@ class OperatorProcess:
 
 
 class _Member:
-    def __init__(self, uid: str, proc: subprocess.Popen) -> None:
-        self.uid, self.proc = uid, proc
+    def __init__(self, uid: str, proc: subprocess.Popen, env: dict[str, str] | None = None) -> None:
+        self.uid, self.proc, self.env = uid, proc, env
 
 
 class StandIns:
@@ -238,14 +238,14 @@ class StandIns:
             (self.workdir / name).mkdir(parents=True, exist_ok=True)
             log = open(self.workdir / f"{name}.log", "ab")
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-            self.members[name] = _Member(pod.metadata.uid, proc)
+            self.members[name] = _Member(pod.metadata.uid, proc, env)
             self.all_procs.append(proc)
 
     def _terminate(self, name: str, member: _Member) -> None:
         """What the kubelet does: the preStop hook, then SIGTERM, then SIGKILL after the grace period."""
         try:
             if member.proc.poll() is None:
-                subprocess.run([*RANKQ, "node", "drain", f"--url={self.url(name)}", "--timeout=30"],
+                subprocess.run([*RANKQ, "node", "drain", f"--url={self.url(name)}", "--timeout=30"], env=member.env,
                                capture_output=True, timeout=40, cwd=REPO)
                 member.proc.terminate()
                 try:

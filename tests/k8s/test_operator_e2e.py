@@ -8,6 +8,7 @@ image change under a producer/consumer workload with no acknowledged message los
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -42,6 +43,9 @@ def env(k8s, tmp_path_factory):
     k8s.apply(manifest, namespace=ns)
     ctx = type("Ctx", (), {})()
     ctx.k8s, ctx.ns, ctx.op, ctx.stand, ctx.tmp = k8s, ns, op, stand, tmp
+    # The manifest names no token: the operator generates one with all scopes; clients read it.
+    secret = k8s.wait_for(lambda: k8s.get_json("secret", "q-token", namespace=ns), 60, "Secret q-token")
+    ctx.auth = {"Authorization": "Bearer " + base64.b64decode(secret["data"]["token"]).decode()}
     try:
         yield ctx
     finally:
@@ -73,7 +77,7 @@ def service_targets(ctx) -> set[str]:
 def raft_leader(ctx) -> str | None:
     for pod in list(ctx.stand.members):
         try:
-            st = httpx.get(ctx.stand.url(pod) + "/api/v1/cluster", timeout=1).json()
+            st = httpx.get(ctx.stand.url(pod) + "/api/v1/cluster", timeout=1, headers=ctx.auth).json()
             if st.get("leader"):
                 return st["leader"]
         except httpx.HTTPError:
@@ -119,7 +123,7 @@ class Workload:
     def _post(self, path: str, body: dict) -> httpx.Response | None:
         for url in self.urls():
             try:
-                r = httpx.post(url + path, json=body, timeout=3)
+                r = httpx.post(url + path, json=body, timeout=3, headers=self.ctx.auth)
                 if r.status_code < 500:
                     return r
             except httpx.HTTPError:
@@ -169,7 +173,7 @@ class Workload:
         """Payload numbers of this workload in the dead-letter queue (delivered, but out of tries)."""
         for url in self.urls():
             try:
-                r = httpx.get(f"{url}/api/v1/queues/{QUEUE}/dlq", params={"limit": 1000}, timeout=3)
+                r = httpx.get(f"{url}/api/v1/queues/{QUEUE}/dlq", params={"limit": 1000}, timeout=3, headers=self.ctx.auth)
                 if r.status_code == 200:
                     return {m["payload"]["n"] for m in r.json()["messages"]
                             if isinstance(m.get("payload"), dict) and m["payload"].get("tag") == self.tag}
@@ -233,13 +237,13 @@ def test_live_settings_change_without_restarts(env):
     env.k8s.kubectl("patch", "queue", "q", "-n", env.ns, "--type=merge", "-p", json.dumps(patch))
 
     def applied():
-        s = httpx.get(env.stand.url(leader) + f"/api/v1/queues/{QUEUE}", timeout=2).json()["settings"]
+        s = httpx.get(env.stand.url(leader) + f"/api/v1/queues/{QUEUE}", timeout=2, headers=env.auth).json()["settings"]
         return s if (s["visibility_timeout"] == 45 and s["max_length"] == 500 and s["policy"] == "strict"
                      and s["max_deliveries"] == 2 and s["dead_letter_retention"] == 60) else None
     env.k8s.wait_for(applied, 20, "settings applied through the leader")
     # Replicated: every member has them; no process was restarted.
     for pod in env.stand.members:
-        s = httpx.get(env.stand.url(pod) + f"/api/v1/queues/{QUEUE}", timeout=2).json()["settings"]
+        s = httpx.get(env.stand.url(pod) + f"/api/v1/queues/{QUEUE}", timeout=2, headers=env.auth).json()["settings"]
         assert s["visibility_timeout"] == 45 and s["max_deliveries"] == 2
     assert {n: m.proc.pid for n, m in env.stand.members.items()} == pids
     events = env.k8s.get_json("events", "--field-selector", "involvedObject.name=q", namespace=env.ns)["items"]
@@ -249,7 +253,7 @@ def test_live_settings_change_without_restarts(env):
     patch = {"spec": {"queue": {"visibilityTimeoutSeconds": 3, "maxLength": None},
                       "deadLetter": {"maxDeliveries": 0}}}
     env.k8s.kubectl("patch", "queue", "q", "-n", env.ns, "--type=merge", "-p", json.dumps(patch))
-    env.k8s.wait_for(lambda: (s := httpx.get(env.stand.url(leader) + f"/api/v1/queues/{QUEUE}", timeout=2)
+    env.k8s.wait_for(lambda: (s := httpx.get(env.stand.url(leader) + f"/api/v1/queues/{QUEUE}", timeout=2, headers=env.auth)
                               .json()["settings"])["visibility_timeout"] == 3 and s["max_deliveries"] == 0
                      and s["max_length"] is None, 20, "second change applied (and maxLength cleared)")
 

@@ -6,6 +6,8 @@ import json
 
 from rankq.operator import specs
 from rankq.operator.models import QueueResource
+from rankq.operator.reconcile import self_signed_tls
+from rankq.server.auth import TOKEN_ENV
 
 
 def queue(spec: dict | None = None, name: str = "orders", ns: str = "shop") -> QueueResource:
@@ -76,10 +78,96 @@ def test_scheduling_knobs_replace_defaults() -> None:
     assert pod["topologySpreadConstraints"] == [] and pod["nodeSelector"] == {"disk": "ssd"}
 
 
+def container(q: QueueResource) -> dict:
+    return specs.build_statefulset(q)["spec"]["template"]["spec"]["containers"][0]
+
+
+def token_env(q: QueueResource) -> dict[str, dict]:
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(q)["env"] if e["name"] in TOKEN_ENV}
+
+
+def kinds(q: QueueResource) -> list[tuple[str, str]]:
+    return [(c["kind"], c["metadata"]["name"]) for c in specs.build_children(q, password="pw", token="t")]
+
+
 def test_auth_secret_becomes_env() -> None:
-    c = specs.build_statefulset(queue({"auth": {"secretRef": {"name": "tok"}}}))["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e for e in c["env"]}
-    assert env["RANKQ_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "tok", "key": "token"}
+    q = queue({"auth": {"secretRef": {"name": "tok"}}})
+    assert token_env(q) == {"RANKQ_API_TOKEN": {"name": "tok", "key": "token"}}
+    assert ("Secret", "orders-token") not in kinds(q)  # the all-scope token serves the operator too
+    assert specs.operator_token_ref(q).name == "tok"
+
+
+def test_without_auth_the_operator_generates_an_all_scope_token() -> None:
+    """Server pods bind 0.0.0.0, so they always get a token: an open API is never the default."""
+    q = queue()
+    assert token_env(q) == {"RANKQ_API_TOKEN": {"name": "orders-token", "key": "token"}}
+    [secret] = [c for c in specs.build_children(q, password="pw", token="gen") if c["metadata"]["name"] == "orders-token"]
+    assert secret["stringData"] == {"token": "gen"} and secret["kind"] == "Secret"
+
+
+def test_a_secret_per_scope() -> None:
+    q = queue({"auth": {"produce": {"name": "p"}, "consume": {"name": "c", "key": "k"}}})
+    assert token_env(q) == {"RANKQ_PRODUCE_TOKEN": {"name": "p", "key": "token"},
+                            "RANKQ_CONSUME_TOKEN": {"name": "c", "key": "k"},
+                            "RANKQ_ADMIN_TOKEN": {"name": "orders-token", "key": "token"}}  # generated, admin only
+    assert ("Secret", "orders-token") in kinds(q)
+    q = queue({"auth": {"produce": {"name": "p"}, "admin": {"name": "a"}}})
+    assert token_env(q) == {"RANKQ_PRODUCE_TOKEN": {"name": "p", "key": "token"},
+                            "RANKQ_ADMIN_TOKEN": {"name": "a", "key": "token"}}
+    assert ("Secret", "orders-token") not in kinds(q) and specs.operator_token_ref(q).name == "a"
+
+
+def test_every_auth_spec_gives_the_pods_a_token() -> None:
+    for auth in ({}, {"produce": {"name": "p"}}, {"consume": {"name": "c"}}, {"admin": {"name": "a"}},
+                 {"secretRef": {"name": "s"}}):
+        env = token_env(queue({"auth": auth}))
+        assert env and ("RANKQ_ADMIN_TOKEN" in env or "RANKQ_API_TOKEN" in env), auth
+
+
+def test_tls_from_a_cert_manager_secret() -> None:
+    q = queue({"tls": {"secretName": "orders-cert"}})
+    c = container(q)
+    pod = specs.build_statefulset(q)["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "orders-cert", "defaultMode": 0o444}} in pod["volumes"]
+    assert {"name": "tls", "mountPath": specs.TLS_DIR, "readOnly": True} in c["volumeMounts"]
+    assert {f"--tls-cert={specs.TLS_DIR}/tls.crt", f"--tls-key={specs.TLS_DIR}/tls.key",
+            f"--tls-ca={specs.TLS_DIR}/ca.crt"} <= set(c["args"])
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS" and c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    drain = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert "--url=https://127.0.0.1:8080" in drain and f"--ca={specs.TLS_DIR}/ca.crt" in drain
+    assert specs.http_url(q, "orders-0") == "https://orders-0.orders-peers.shop.svc:8080"
+    assert not any(k == "Secret" and n == "orders-tls" for k, n in kinds(q))
+
+
+def test_tls_generated_by_the_operator() -> None:
+    q = queue({"tls": {"generate": True}, "storage": {"ephemeral": True}})
+    pem = {"tls.crt": "C", "tls.key": "K", "ca.crt": "A"}
+    [secret] = [c for c in specs.build_children(q, password="pw", token="t", tls_pem=pem)
+                if c["metadata"]["name"] == "orders-tls"]
+    assert secret["type"] == "kubernetes.io/tls" and secret["stringData"] == pem
+    volumes = {v["name"]: v for v in specs.build_statefulset(q)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "orders-tls" and "emptyDir" in volumes["data"]
+
+
+def test_without_tls_everything_is_plain_http() -> None:
+    q = queue()
+    c = container(q)
+    assert not any(a.startswith("--tls") for a in c["args"]) and c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert specs.http_url(q, "orders-0").startswith("http://")
+
+
+def test_generated_certificate_covers_every_member() -> None:
+    from cryptography import x509
+
+    q = queue()
+    pem = self_signed_tls(specs.tls_names(q))
+    ca = x509.load_pem_x509_certificate(pem["ca.crt"].encode())
+    cert = x509.load_pem_x509_certificate(pem["tls.crt"].encode())
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "*.orders-peers.shop.svc" in names and "orders.shop.svc" in names and "localhost" in names
+    host = specs.raft_host(q, "orders-4")
+    assert host.split(".", 1)[1] == "orders-peers.shop.svc"  # one label under the wildcard
 
 
 def test_leader_service_selects_only_the_leader() -> None:

@@ -20,7 +20,7 @@ class Weights(_message.Message):
     def __init__(self, classes: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class QueueSettings(_message.Message):
-    __slots__ = ("policy", "weights", "default_priority", "fair_groups", "group_max_inflight", "visibility_timeout", "max_deliveries", "dead_letter", "dead_letter_retention", "retention", "max_length", "max_payload_bytes", "dedup_window", "retry_base", "retry_max")
+    __slots__ = ("policy", "weights", "default_priority", "fair_groups", "group_max_inflight", "visibility_timeout", "max_deliveries", "dead_letter", "dead_letter_retention", "retention", "max_length", "max_payload_bytes", "dedup_window", "retry_base", "retry_max", "archive")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class QueueSettings(_message.Message):
     DEDUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
     RETRY_BASE_FIELD_NUMBER: _ClassVar[int]
     RETRY_MAX_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     policy: str
     weights: Weights
     default_priority: int
@@ -51,7 +52,8 @@ class QueueSettings(_message.Message):
     dedup_window: float
     retry_base: float
     retry_max: float
-    def __init__(self, policy: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., default_priority: _Optional[int] = ..., fair_groups: _Optional[bool] = ..., group_max_inflight: _Optional[int] = ..., visibility_timeout: _Optional[float] = ..., max_deliveries: _Optional[int] = ..., dead_letter: _Optional[bool] = ..., dead_letter_retention: _Optional[float] = ..., retention: _Optional[float] = ..., max_length: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., dedup_window: _Optional[float] = ..., retry_base: _Optional[float] = ..., retry_max: _Optional[float] = ...) -> None: ...
+    archive: bool
+    def __init__(self, policy: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., default_priority: _Optional[int] = ..., fair_groups: _Optional[bool] = ..., group_max_inflight: _Optional[int] = ..., visibility_timeout: _Optional[float] = ..., max_deliveries: _Optional[int] = ..., dead_letter: _Optional[bool] = ..., dead_letter_retention: _Optional[float] = ..., retention: _Optional[float] = ..., max_length: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., dedup_window: _Optional[float] = ..., retry_base: _Optional[float] = ..., retry_max: _Optional[float] = ..., archive: _Optional[bool] = ...) -> None: ...
 
 class QueueCounts(_message.Message):
     __slots__ = ("ready", "delayed", "leased", "dead", "acked_retained")
