@@ -214,8 +214,9 @@ def test_removed_member_refuses_writes_with_503_naming_the_leader(cluster):
         assert "not in contact with the group's leader" in r.json()["detail"], r.text
         assert leader.url in r.json()["detail"], r.text
     # The group itself goes on without it.
-    r = httpx.post(leader.url + "/api/v1/queues/r/messages", json={"payload": "ok"}, timeout=10)
-    assert r.status_code == 201, r.text
+    wait_for(lambda: httpx.post(g.leader(among=[n for n in g.nodes if n is not removed]).url
+                                + "/api/v1/queues/r/messages", json={"payload": "ok"}, timeout=10).status_code == 201,
+             30, "a write to the group without the removed member")
     assert "Traceback" not in removed.logs()
 
 
