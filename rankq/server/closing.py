@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-STOPPED_DETAIL = "this node stopped before the request finished; the outcome is unknown: retry it (with the same dedup_key for writes)"
+STOPPED_DETAIL = ("this node stopped before the request finished; the outcome is unknown: retry it "
+                  "(with the same dedup_key for writes)")
 
 
 class AnswerOnShutdown:
