@@ -171,7 +171,7 @@ def test_sigterm_with_writes_in_flight_answers_each_201_or_503(cluster, resume):
             n.signal(signal.SIGCONT)
     outcomes = writes.outcomes()
     assert leader.proc.wait(30) == 0
-    assert time.monotonic() - stopping < 15  # the drain is bounded (5 s) and closing takes seconds
+    assert time.monotonic() - stopping < 25  # bounded: 5 s drain, then seconds to close (Kubernetes waits 30 s)
     assert len(outcomes) == IN_FLIGHT
     bad = [o for o in outcomes if o[1] not in (201, 503)]
     assert not bad, f"{len(bad)} writes answered neither 201 nor 503: {bad[:5]}"
