@@ -253,7 +253,11 @@ class QueueService(ClusterOps):
         batch = entry[1]
         self._inflight -= 1
         if error is not None:
-            exc = Unavailable(str(error)) if isinstance(error, ReplicationError) else error
+            if isinstance(error, ReplicationError):
+                exc = Unavailable(str(error), detail=(
+                    f"no leader can commit writes right now ({error}); retry shortly{self._leader_hint()}"))
+            else:
+                exc = error
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
