@@ -8,7 +8,10 @@ import sys
 import time
 
 import click
-import httpx
+
+from .client import Client
+from .client.errors import ApiError, RankQError, TransportError
+from .client.http_transport import HttpTransport
 
 
 def quorum(size: int) -> int:
@@ -22,26 +25,32 @@ def quorum_critical(status: dict, me: str) -> bool:
     return others_up < quorum(len(members))
 
 
+def _client(url: str, timeout: float, token: str | None, ca: str | None) -> Client:
+    """A client to a member; with `ca`, the chain is checked but not the name (the pod's own
+    loopback, or a peer's address as the group reports it)."""
+    if not ca:
+        return Client(url, timeout=timeout, retries=0, token=token)
+    verify = ssl.create_default_context(cafile=ca)
+    verify.check_hostname = False
+    transport = HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None,
+                              verify=verify)
+    return Client(url, timeout=timeout, retries=0, transport=transport)
+
+
 def drain(url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo(s, err=True),
           ca: str | None = None) -> int:
     """Move leadership off this node, then wait while stopping it would cost the group its quorum.
     It presents the pod's admin token (RANKQ_ADMIN_TOKEN, else RANKQ_API_TOKEN): the transfer needs it."""
     deadline = time.monotonic() + timeout
-    token = os.environ.get("RANKQ_ADMIN_TOKEN") or os.environ.get("RANKQ_API_TOKEN")
-    verify: bool | ssl.SSLContext = True
-    if ca:
-        verify = ssl.create_default_context(cafile=ca)
-        verify.check_hostname = False  # this pod's own loopback: the chain is checked, not the name
-    with httpx.Client(timeout=3, headers={"Authorization": f"Bearer {token}"} if token else None,
-                      verify=verify) as http:
+    token = os.environ.get("RANKQ_ADMIN_TOKEN") or os.environ.get("RANKQ_API_TOKEN") or None
+    with _client(url, 3, token, ca) as node:
         try:
-            r = http.get(f"{url}/api/v1/cluster")
-            status = r.json()
-        except (httpx.HTTPError, ValueError) as err:
+            status = node.cluster_status()
+        except TransportError as err:
             echo(f"drain: node not answering ({err}); nothing to protect")
             return 0
-        if r.status_code != 200:
-            echo(f"drain: cannot read the group's status ({r.status_code}: {status.get('detail')}); not waiting")
+        except ApiError as err:
+            echo(f"drain: cannot read the group's status ({err.status}: {err.detail}); not waiting")
             return 1
         me = status["self"]
         if len(status.get("members") or []) <= 1:
@@ -49,24 +58,26 @@ def drain(url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo
             return 0
         while time.monotonic() < deadline:
             try:
-                status = http.get(f"{url}/api/v1/cluster").json()
+                status = node.cluster_status()
                 if status.get("leader") is None:
                     echo("drain: no leader known (group already without quorum); not waiting")
                     return 0
                 if status["leader"] == me:
                     echo("drain: this node leads; transferring leadership")
-                    http.post(f"{url}/api/v1/cluster/transfer-leader", json={"to": None}, timeout=10)
+                    with _client(url, 10, token, ca) as admin:
+                        admin.transfer_leader(None)
                     time.sleep(poll)
                     continue
                 leader = next((m for m in status["members"] if m["role"] == "leader"), None)
                 view = status
                 if leader and leader.get("http_url"):
-                    view = http.get(f"{leader['http_url']}/api/v1/cluster").json()
+                    with _client(leader["http_url"], 3, token, ca) as other:
+                        view = other.cluster_status()
                 if not quorum_critical(view, me):
                     echo(f"drain: {me} is not quorum-critical; stopping is safe")
                     return 0
                 echo(f"drain: {me} is quorum-critical; waiting")
-            except (httpx.HTTPError, ValueError, KeyError) as err:
+            except (RankQError, KeyError) as err:
                 echo(f"drain: {err}")
             time.sleep(poll)
     echo("drain: gave up waiting; stopping anyway")

@@ -7,8 +7,11 @@ waits for each call, so both have the same methods, arguments, results and error
 Retries
 -------
 A call that fails with `TransportError` (connection refused or broken, timeout) or
-`UnavailableError` (503: no leader can commit right now) is retried, with exponential backoff and
-jitter, up to `retries` more times, but only when repeating it cannot apply it twice:
+`UnavailableError` (503: no leader can commit right now) is retried, moving to the next member's
+URL, with exponential backoff (0.1 s doubling up to 1 s, with jitter) for up to `retry_budget`
+seconds from the call's start (10 s: a leader failover takes about 1-2 s, and a write caught by
+one is answered after the server's 5 s commit timeout), and at most `retries` more times when
+that is set, but only when repeating it cannot apply it twice:
 
 ========================================== =====================================================
 retried                                    why a repeat is harmless
@@ -37,6 +40,7 @@ import asyncio
 import os
 import random
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -63,8 +67,9 @@ T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_RETRIES = 3
-RETRY_CAP = 5.0
+DEFAULT_RETRY_BUDGET = 10.0  # seconds a retried call keeps trying; see the module docstring
+DEFAULT_RETRY_BACKOFF = 0.1  # first pause between attempts, doubled each time...
+RETRY_DELAY_CAP = 1.0  # ...up to this, so a new leader is found soon after it is elected
 
 _NEW_MESSAGE_FIELDS = frozenset(f.name for f in fields(NewMessage))
 
@@ -156,8 +161,9 @@ class AsyncClient:
     members of a replicated group (a list, or one comma-separated string) and the client moves to
     the next one when a node cannot be reached or answers 503; any member accepts any request.
     `timeout`
-    (seconds) bounds each request (a long poll gets its `wait` on top). `retries` is how many times
-    a failed idempotent call is repeated; see the module documentation for which calls qualify.
+    (seconds) bounds each request (a long poll gets its `wait` on top). A failed idempotent call is
+    repeated for up to `retry_budget` seconds, at most `retries` more times when that is set (0:
+    never); see the module documentation for which calls qualify.
     `token` is the server's API token, when it requires one, or `token_file` a file holding it.
     ``https://`` and ``grpcs://`` URLs use TLS; `ca` is the PEM file of the CA that signed the
     servers' certificates (default: the system's CAs).
@@ -165,15 +171,18 @@ class AsyncClient:
     """
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-                 retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
+                 retries: int | None = None, retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+                 retry_budget: float = DEFAULT_RETRY_BUDGET,
                  transport: AsyncTransport | None = None, token: str | None = None,
                  token_file: str | None = None, ca: str | None = None) -> None:
         if token is not None and token_file is not None:
             raise ValueError("give token or token_file, not both")
         if token_file is not None:
             token = read_token_file(token_file)
-        if retries < 0:
+        if retries is not None and retries < 0:
             raise ValueError("retries must be 0 or more")
+        if not retry_budget >= 0:
+            raise ValueError("retry_budget must be 0 or more seconds")
         urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else [str(u).strip() for u in url]
         urls = [u for u in urls if u]
         if not urls:
@@ -183,6 +192,7 @@ class AsyncClient:
         self.timeout = timeout
         self.retries = retries
         self.retry_backoff = retry_backoff
+        self.retry_budget = retry_budget
         self._transports: dict[int, AsyncTransport] = {}
         if transport is not None:
             self._transports[0] = transport
@@ -227,15 +237,18 @@ class AsyncClient:
 
     async def _call(self, op: Callable[[], Awaitable[T]], retry: bool) -> T:
         attempt = 0
+        give_up_at = time.monotonic() + self.retry_budget
         while True:
             try:
                 return await op()
             except (TransportError, UnavailableError):
                 self._next_node()
-                if not retry or attempt >= self.retries:
+                cap = min(RETRY_DELAY_CAP, self.retry_backoff * (2 ** min(attempt, 30)))
+                delay = random.uniform(cap / 2, cap)
+                if (not retry or (self.retries is not None and attempt >= self.retries)
+                        or time.monotonic() + delay > give_up_at):
                     raise
-            delay = min(RETRY_CAP, self.retry_backoff * (2 ** attempt))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            await asyncio.sleep(delay)
             attempt += 1
 
     # ---- queues --------------------------------------------------------------------------------
@@ -535,7 +548,8 @@ class Client:
     """
 
     def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-                 retries: int = DEFAULT_RETRIES, retry_backoff: float = 0.1,
+                 retries: int | None = None, retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+                 retry_budget: float = DEFAULT_RETRY_BUDGET,
                  transport: AsyncTransport | None = None, token: str | None = None,
                  token_file: str | None = None, ca: str | None = None) -> None:
         self.url = url
@@ -544,7 +558,8 @@ class Client:
 
         async def make() -> AsyncClient:
             return AsyncClient(url, timeout=timeout, retries=retries, retry_backoff=retry_backoff,
-                               transport=transport, token=token, token_file=token_file, ca=ca)
+                               retry_budget=retry_budget, transport=transport, token=token,
+                               token_file=token_file, ca=ca)
 
         try:
             self._async = self._loop.run(make())
@@ -556,8 +571,12 @@ class Client:
         return self._loop.run(coro)
 
     @property
-    def retries(self) -> int:
+    def retries(self) -> int | None:
         return self._async.retries
+
+    @property
+    def retry_budget(self) -> float:
+        return self._async.retry_budget
 
     def close(self) -> None:
         """Close the connections and stop the background thread. Safe to call twice."""

@@ -23,5 +23,8 @@ def operator_command(namespaces: tuple[str, ...], lease_namespace: str, endpoint
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(log_level.upper())))
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # kopf.objects reports every handled watch event at INFO; only its warnings are news.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLevelName(log_level.upper())))
+    for noisy in ("httpx", "httpx2"):  # one line per request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run(Settings(namespace=lease_namespace, endpoints_file=endpoints_file), list(namespaces) or None, liveness)

@@ -1,13 +1,21 @@
-"""kopf wiring: watch Queues, run one reconcile loop per Queue while this instance holds the Lease.
+"""kopf wiring: watches wake one daemon per Queue; the daemon reconciles while this instance leads.
 
-Handlers only record the latest body and wake the loop; `reconcile.QueueController` does the work.
-No finalizers are added (`on.event` handlers need none): deletion is garbage collection through
-owner references, so deleting a Queue works even when its group or the operator is down.
+- Queue: `on.create` / `on.update` / `on.resume` wake its daemon for a full reconcile (kopf's
+  update excludes status, so the operator's own status writes cause no work).
+- Children: pods and StatefulSets feed kopf indexes (the daemon reads them instead of the API
+  server) and wake the owning Queue; every other child kind, and a Secret a Queue references,
+  wakes it on any change, so a deleted child is recreated at once.
+- `@kopf.daemon` per Queue: kopf starts it when the Queue appears and stops it when the Queue goes
+  (kopf keeps a finalizer on the Queue for that). Between wake-ups it checks the group's Raft state
+  (the servers' `/api/v1/cluster`, which no watch can report) at a pace that backs off while the
+  Queue is settled. Reconcile (`reconcile.QueueController`) does the work.
+- A coordination.k8s.io Lease lets one operator instance act at a time (kopf runs `standalone`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import socket
@@ -16,20 +24,32 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import httpx
 import kopf
 
+from . import specs
 from .endpoints import Endpoints, FileEndpoints
-from .kube import Kube, KubeError
+from .kube import Kube, KubeError, code
 from .models import GROUP, PLURAL, VERSION
 from .reconcile import QueueController
 
 log = logging.getLogger("rankq.operator")
 
-TICK = 1.0  # seconds between reconcile ticks of one Queue
 LEASE_NAME = "rankq-operator"
 LEASE_SECONDS = 15
-RENEW_EVERY = 3.0
+RENEW_EVERY = 5.0
+DEBOUNCE = 0.1  # seconds to gather the burst of watch events one change causes
+# Raft-state check of one Queue: fast while something moves, doubling while settled, up to a cap.
+# The cap with a leader bounds how late a dead leader's label is moved (see docs/operator.md); the
+# check costs the API server nothing (pods come from the index), only an HTTP GET per member.
+CHECK_FAST = 0.5
+CHECK_SETTLED = 2.0
+CHECK_SILENT = 30.0  # no member answers: only a watch event (a pod changing) can change that
+CHECK_DEGRADED = 10.0
+
+APP = {"app.kubernetes.io/name": "rankq", specs.QUEUE_LABEL: kopf.PRESENT}
+CHILDREN = [("", "v1", "services"), ("", "v1", "configmaps"), ("", "v1", "serviceaccounts"),
+            ("policy", "v1", "poddisruptionbudgets"), ("rbac.authorization.k8s.io", "v1", "roles"),
+            ("rbac.authorization.k8s.io", "v1", "rolebindings")]
 
 
 @dataclass
@@ -39,11 +59,49 @@ class Settings:
     endpoints_file: str | None = None
 
 
-@dataclass
-class Entry:
-    body: dict[str, Any]
-    wake: asyncio.Event
-    task: asyncio.Task | None = None
+class Wake:
+    """A Queue's wake-up call: set by watches, taken by its daemon (`full`: compare children too)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.full = True
+
+    def set(self, full: bool) -> None:
+        self.full = self.full or full
+        self.event.set()
+
+    def take(self) -> bool:
+        full, self.full = self.full, False
+        self.event.clear()
+        return full
+
+    async def wait(self, timeout: float | None, stopped: Any) -> bool:
+        """Until woken (True), `timeout` passes or kopf stops the daemon (False)."""
+        return await first(self.event.wait(), stopped, timeout) and self.event.is_set()
+
+
+async def first(awaitable: Any, stopped: Any, timeout: float | None = None) -> bool:
+    """Await `awaitable` unless kopf's `stopped` flag is raised first; False on stop or timeout."""
+    async def until_stopped() -> None:
+        await stopped.wait()
+
+    job, stop = asyncio.ensure_future(awaitable), asyncio.ensure_future(until_stopped())
+    try:
+        await asyncio.wait([job, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (job, stop):
+            task.cancel()
+    return job.done() and not job.cancelled() and not stopped
+
+
+def next_check(previous: float, settled: bool, controller: QueueController) -> float:
+    """Seconds until the next Raft-state check of a Queue."""
+    if controller.degraded is not None:
+        return min(max(previous * 2, 1.0), CHECK_DEGRADED)
+    if not settled:
+        return CHECK_FAST
+    cap = CHECK_SETTLED if controller.seen and controller.seen[1] else CHECK_SILENT
+    return min(previous * 2, cap)
 
 
 class Operator:
@@ -52,33 +110,34 @@ class Operator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.kube: Kube | None = None
-        self.http: httpx.AsyncClient | None = None
         self.endpoints: Endpoints = FileEndpoints(settings.endpoints_file) if settings.endpoints_file else Endpoints()
-        self.queues: dict[tuple[str, str], Entry] = {}
+        self.wakes: dict[tuple[str, str], Wake] = {}
+        self.secret_refs: dict[tuple[str, str], set[tuple[str, str]]] = {}  # Secret -> Queues naming it
         self.leading = asyncio.Event()
         self.lease_task: asyncio.Task | None = None
+        self.lease: dict[str, Any] | None = None
 
     async def start(self) -> None:
         self.kube = Kube()
-        self.http = httpx.AsyncClient(timeout=5)
         self.lease_task = asyncio.create_task(self.hold_lease(), name="lease")
 
     async def stop(self) -> None:
-        for entry in self.queues.values():
-            if entry.task:
-                entry.task.cancel()
         if self.lease_task:
             self.lease_task.cancel()
         await self.release_lease()
-        if self.http:
-            await self.http.aclose()
+        if self.kube:
+            await self.kube.close()
+
+    def wake(self, namespace: str, queue: str | None, full: bool) -> None:
+        wake = self.wakes.get((namespace, queue)) if queue else None
+        if wake is not None:
+            wake.set(full)
 
     # -- only one operator acts at a time --
 
     async def hold_lease(self) -> None:
         """Acquire and renew a coordination.k8s.io Lease; act only while holding it."""
-        me = self.settings.identity
-        ns = self.settings.namespace
+        me, ns = self.settings.identity, self.settings.namespace
         while True:
             try:
                 held = await self._try_lease(me, ns)
@@ -94,23 +153,24 @@ class Operator:
             await asyncio.sleep(RENEW_EVERY)
 
     async def _try_lease(self, me: str, ns: str) -> bool:
+        assert self.kube is not None
         now = datetime.now(timezone.utc)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        lease = await self.kube.get("Lease", ns, LEASE_NAME)
         spec = {"holderIdentity": me, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": stamp}
+        # While holding it, renew from our last write (one request); a 409 means someone else wrote.
+        lease = self.lease if self.leading.is_set() and self.lease else await self.kube.get("Lease", ns, LEASE_NAME)
         if lease is None:
             try:
-                await self.kube.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                                        "metadata": {"name": LEASE_NAME, "namespace": ns},
-                                        "spec": {**spec, "acquireTime": stamp}})
+                self.lease = await self.kube.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                                     "metadata": {"name": LEASE_NAME, "namespace": ns},
+                                                     "spec": {**spec, "acquireTime": stamp}})
                 return True
             except KubeError as err:
-                if err.status == 409:
+                if code(err) == 409:
                     return False
                 raise
         cur = lease.get("spec") or {}
-        holder = cur.get("holderIdentity")
-        renew = cur.get("renewTime")
+        holder, renew = cur.get("holderIdentity"), cur.get("renewTime")
         expired = True
         if renew:
             renewed = datetime.fromisoformat(renew.replace("Z", "+00:00"))
@@ -119,14 +179,14 @@ class Operator:
             return False
         if holder != me:
             spec["acquireTime"] = stamp
-        body = {**lease, "spec": {**cur, **spec}}
         try:
-            # PUT with the resourceVersion we read: a concurrent taker makes this fail with 409.
-            await self.kube.request("PUT", f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{LEASE_NAME}",
-                                    body=body)
+            # The resourceVersion we read is a precondition: a concurrent taker makes this fail with 409.
+            self.lease = await self.kube.merge_patch("Lease", ns, LEASE_NAME, {
+                "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]}, "spec": spec})
             return True
         except KubeError as err:
-            if err.status == 409:
+            self.lease = None
+            if code(err) == 409:
                 return False
             raise
 
@@ -136,54 +196,69 @@ class Operator:
         try:
             lease = await self.kube.get("Lease", self.settings.namespace, LEASE_NAME)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.settings.identity:
-                lease["spec"]["holderIdentity"] = None
-                await self.kube.request(
-                    "PUT", f"/apis/coordination.k8s.io/v1/namespaces/{self.settings.namespace}/leases/{LEASE_NAME}",
-                    body=lease)
+                await self.kube.merge_patch("Lease", self.settings.namespace, LEASE_NAME, {
+                    "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                    "spec": {"holderIdentity": None}})
         except Exception:  # noqa: BLE001 - best effort on the way out
             pass
 
-    # -- one loop per Queue --
+    # -- one daemon per Queue --
 
-    def seen(self, body: dict[str, Any], deleted: bool) -> None:
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        entry = self.queues.get(key)
-        if deleted or body["metadata"].get("deletionTimestamp"):
-            if entry is not None:
-                if entry.task:
-                    entry.task.cancel()
-                del self.queues[key]
-            return
-        if entry is None or entry.body["metadata"].get("uid") != body["metadata"].get("uid"):
-            if entry is not None and entry.task:
-                entry.task.cancel()
-            entry = Entry(body=body, wake=asyncio.Event())
-            entry.task = asyncio.create_task(self.loop(key, entry), name=f"queue {key[0]}/{key[1]}")
-            self.queues[key] = entry
-        else:
-            generation_moved = entry.body["metadata"].get("generation") != body["metadata"].get("generation")
-            entry.body = body
-            if generation_moved:
-                entry.wake.set()
+    async def run_queue(self, body: kopf.Body, pods: kopf.Index, statefulsets: kopf.Index, stopped: Any) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        wake = self.wakes[key] = Wake()
+        assert self.kube is not None
+        controller = QueueController(self.kube, self.endpoints)
+        interval = CHECK_FAST
+        try:
+            while not stopped:
+                if not self.leading.is_set() and not await first(self.leading.wait(), stopped):
+                    break
+                full = wake.take()
+                plain = _plain(body)
+                if plain["metadata"].get("deletionTimestamp"):
+                    break  # going: garbage collection removes the children, kopf stops this daemon
+                self._track_secret(key, plain)
+                sts = next(iter(statefulsets.get(key, [])), None)
+                try:
+                    settled = await controller.tick(plain, copy.deepcopy(sts), copy.deepcopy(list(pods.get(key, []))),
+                                                    full)
+                except Exception:  # noqa: BLE001 - a bug must not end the daemon; it is logged and retried
+                    log.exception("%s/%s: reconcile failed", *key)
+                    settled = False
+                if controller.degraded and controller.degraded[0] == "KubernetesError" and \
+                        await self.kube.get("Queue", *key) is None:
+                    break  # deleted behind kopf's back (its finalizer removed by hand)
+                interval = next_check(interval, settled, controller)
+                if await wake.wait(interval, stopped):
+                    interval = CHECK_FAST
+                    await asyncio.sleep(DEBOUNCE)
+        finally:
+            if self.wakes.get(key) is wake:
+                del self.wakes[key]
+            self._track_secret(key, None)
+            await controller.close()
 
-    async def loop(self, key: tuple[str, str], entry: Entry) -> None:
-        controller = QueueController(self.kube, self.endpoints, self.http)
-        while True:
-            await self.leading.wait()
-            try:
-                await controller.tick(entry.body)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a bug must not end the loop; it is logged and retried
-                log.exception("%s/%s: reconcile failed", *key)
-            entry.wake.clear()
-            try:
-                await asyncio.wait_for(entry.wake.wait(), TICK)
-            except asyncio.TimeoutError:
-                pass
+    def _track_secret(self, key: tuple[str, str], body: dict[str, Any] | None) -> None:
+        """Remember which Secrets a Queue names (its tokens, its TLS Secret), so their changes wake it."""
+        for refs in self.secret_refs.values():
+            refs.discard(key)
+        spec = (body or {}).get("spec") or {}
+        auth = spec.get("auth") or {}
+        names = [(auth.get(field) or {}).get("name") for field in ("secretRef", "produce", "consume", "admin")]
+        names.append((spec.get("tls") or {}).get("secretName"))
+        for name in filter(None, names):
+            self.secret_refs.setdefault((key[0], name), set()).add(key)
 
 
-OPERATOR: Operator | None = None
+def _plain(body: Any) -> dict[str, Any]:
+    """A detached deep copy of a kopf body."""
+    return copy.deepcopy(dict(body))
+
+
+def _queue_of(labels: Any) -> str | None:
+    return (labels or {}).get(specs.QUEUE_LABEL)
 
 
 def register(settings: Settings) -> kopf.OperatorRegistry:
@@ -197,32 +272,72 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        global OPERATOR
-        settings.watching.server_timeout = 60
-        settings.watching.client_timeout = 90
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
         settings.persistence.finalizer = f"{GROUP}/finalizer"
+        # Handler progress in annotations: the Queue's status is ours, and its schema is structural.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration")
         settings.posting.level = logging.WARNING
+        settings.posting.reporting_component = "rankq-operator"
         # Resources are resolved once through discovery: no need to watch CRDs (least privilege).
         settings.scanning.disabled = True
         await state.start()
-        OPERATOR = state
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         await state.stop()
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def queue_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-        state.seen(_plain(body), deleted=event.get("type") == "DELETED")
+    # -- the Queue --
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    def queue_changed(namespace: str, name: str, **_: Any) -> None:
+        state.wake(namespace, name, full=True)
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_backoff=5, cancellation_timeout=10)
+    async def queue_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, rankq_pods: kopf.Index,
+                           rankq_statefulsets: kopf.Index, **_: Any) -> None:
+        await state.run_queue(body, rankq_pods, rankq_statefulsets, stopped)
+
+    # -- what the Queue owns --
+
+    @kopf.index("", "v1", "pods", labels=APP, registry=registry, id="rankq_pods")
+    def rankq_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, _queue_of(labels)): _plain(body)}
+
+    @kopf.index("apps", "v1", "statefulsets", labels=APP, registry=registry, id="rankq_statefulsets")
+    def rankq_statefulsets(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): _plain(body)}
+
+    @kopf.on.event("", "v1", "pods", labels=APP, registry=registry)
+    def pod_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        state.wake(namespace, _queue_of(labels), full=False)
+
+    @kopf.on.event("apps", "v1", "statefulsets", labels=APP, registry=registry)
+    def statefulset_event(event: dict[str, Any], namespace: str, labels: kopf.Labels, body: kopf.Body,
+                          **_: Any) -> None:
+        # Only our own spec (or its removal) needs the children compared; status moves need a check.
+        moved = event.get("type") == "DELETED" or \
+            body.get("metadata", {}).get("generation") != (body.get("status") or {}).get("observedGeneration")
+        state.wake(namespace, _queue_of(labels), full=moved)
+
+    for group, version, plural in CHILDREN + [("", "v1", "secrets")]:
+        @kopf.on.event(group, version, plural, labels=APP, registry=registry, id=f"child-{plural}")
+        def child_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+            state.wake(namespace, _queue_of(labels), full=True)
+
+    def referenced(namespace: str, name: str, **_: Any) -> bool:
+        return (namespace, name) in state.secret_refs
+
+    @kopf.on.event("", "v1", "secrets", when=referenced, registry=registry, id="referenced-secret")
+    def referenced_secret(namespace: str, name: str, **_: Any) -> None:
+        for ns, queue in list(state.secret_refs.get((namespace, name), ())):
+            state.wake(ns, queue, full=True)
 
     return registry
-
-
-def _plain(body: Any) -> dict[str, Any]:
-    """A detached deep copy of a kopf body."""
-    import copy
-
-    return copy.deepcopy(dict(body))
 
 
 def run(settings: Settings, namespaces: list[str] | None = None, liveness: str | None = None) -> None:

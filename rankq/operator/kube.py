@@ -1,160 +1,87 @@
-"""A thin async client for the Kubernetes API: raw JSON in and out, by kind and name.
+"""The operator's few Kubernetes calls, through lightkube's async client, on plain dicts.
 
-The operator works with plain dicts (what `specs.py` builds), so a typed client buys nothing here;
-one `request()` plus the path of each kind keeps every call visible. Credentials are loaded by the
-kubernetes client library; requests go through httpx so they never block the event loop.
+`specs.py` builds plain dicts, and reconcile compares plain dicts, so this module only maps a
+`kind` to lightkube's resource class and converts models back to dicts. Credentials (in-cluster
+ServiceAccount or kubeconfig), TLS, retries of the transport and error decoding are lightkube's.
+Reads of pods and StatefulSets mostly come from kopf's watch-fed indexes instead (handlers.py).
 """
 
 from __future__ import annotations
 
-import json
-import ssl
 from datetime import datetime, timezone
 from typing import Any
 
-import httpx
-from kubernetes import client as kclient
-from kubernetes import config as kconfig
+from lightkube import ApiError, AsyncClient, codecs
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, Service, ServiceAccount
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
+from lightkube.types import PatchType
+
+from .models import GROUP, KIND, PLURAL, VERSION
 
 FIELD_MANAGER = "rankq-operator"
 
-# kind -> (API prefix, plural)
-KINDS: dict[str, tuple[str, str]] = {
-    "ServiceAccount": ("/api/v1", "serviceaccounts"),
-    "Secret": ("/api/v1", "secrets"),
-    "ConfigMap": ("/api/v1", "configmaps"),
-    "Service": ("/api/v1", "services"),
-    "Pod": ("/api/v1", "pods"),
-    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
-    "Event": ("/api/v1", "events"),
-    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
-    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
-    "StatefulSet": ("/apis/apps/v1", "statefulsets"),
-    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
-    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
-    "Queue": ("/apis/rankq.io/v1alpha1", "queues"),
+Queue = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+
+KINDS: dict[str, Any] = {
+    "ServiceAccount": ServiceAccount, "Secret": Secret, "ConfigMap": ConfigMap, "Service": Service,
+    "Pod": Pod, "Role": Role, "RoleBinding": RoleBinding, "StatefulSet": StatefulSet,
+    "PodDisruptionBudget": PodDisruptionBudget, "Lease": Lease, KIND: Queue,
 }
 
+KubeError = ApiError  # lightkube's error: `.status.code` is the HTTP status
 
-class KubeError(Exception):
-    def __init__(self, status: int, reason: str, body: Any = None) -> None:
-        self.status, self.reason, self.body = status, reason, body
-        message = body.get("message") if isinstance(body, dict) else None
-        super().__init__(f"{status} {reason}: {message or body}")
+
+def code(err: ApiError) -> int:
+    return int(err.status.code or 0)
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-    prefix, plural = KINDS[kind]
-    out = f"{prefix}/namespaces/{namespace}/{plural}"
-    if name:
-        out += f"/{name}"
-    if subresource:
-        out += f"/{subresource}"
-    return out
+def _plain(obj: Any) -> dict[str, Any]:
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
 class Kube:
-    """Async requests to the API server with the credentials of the kubeconfig (or the pod's
-    ServiceAccount in cluster), as the kubernetes client library loads them."""
+    """Dict-in, dict-out calls by kind and name over one lightkube `AsyncClient`."""
 
-    def __init__(self, configuration: kclient.Configuration | None = None) -> None:
-        if configuration is None:
-            configuration = kclient.Configuration()
-            try:
-                kconfig.load_incluster_config(client_configuration=configuration)
-            except kconfig.ConfigException:
-                kconfig.load_kube_config(client_configuration=configuration)
-        self.configuration = configuration
-        ssl_ctx = ssl.create_default_context(cafile=configuration.ssl_ca_cert) if configuration.ssl_ca_cert \
-            else ssl.create_default_context()
-        if not configuration.verify_ssl:
-            ssl_ctx.check_hostname = False
-            ssl_ctx.verify_mode = ssl.CERT_NONE
-        if configuration.cert_file:
-            ssl_ctx.load_cert_chain(configuration.cert_file, configuration.key_file)
-        self.http = httpx.AsyncClient(base_url=configuration.host, verify=ssl_ctx, timeout=15)
-
-    def _headers(self, content_type: str) -> dict[str, str]:
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        # Refreshes rotated tokens; the key's name differs between client library versions.
-        token = self.configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
-        if token:
-            headers["Authorization"] = token
-        return headers
-
-    async def request(self, method: str, url: str, body: Any = None, content_type: str = "application/json",
-                      query: list[tuple[str, str]] | None = None) -> Any:
-        content = None if body is None else json.dumps(body)
-        r = await self.http.request(method, url, params=query, content=content, headers=self._headers(content_type))
-        try:
-            data = r.json() if r.content else None
-        except ValueError:
-            data = r.text
-        if r.status_code >= 400:
-            raise KubeError(r.status_code, r.reason_phrase, data)
-        return data
+    def __init__(self, client: AsyncClient | None = None) -> None:
+        self.client = client or AsyncClient(field_manager=FIELD_MANAGER)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.client.close()
 
     async def get(self, kind: str, namespace: str, name: str) -> dict | None:
         try:
-            return await self.request("GET", path(kind, namespace, name))
-        except KubeError as err:
-            if err.status == 404:
+            return _plain(await self.client.get(KINDS[kind], name, namespace=namespace))
+        except ApiError as err:
+            if code(err) == 404:
                 return None
             raise
 
-    async def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
-        query = [("labelSelector", selector)] if selector else None
-        return (await self.request("GET", path(kind, namespace), query=query)).get("items", [])
-
     async def create(self, obj: dict) -> dict:
-        meta = obj["metadata"]
-        return await self.request("POST", path(obj["kind"], meta["namespace"]), body=obj)
+        return _plain(await self.client.create(codecs.from_dict(obj)))
 
     async def apply(self, obj: dict) -> dict:
         """Server-side apply as the operator's field manager (fields it stops sending are removed)."""
         meta = obj["metadata"]
-        return await self.request(
-            "PATCH", path(obj["kind"], meta["namespace"], meta["name"]), body=obj,
-            content_type="application/apply-patch+yaml",
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")])
+        return _plain(await self.client.patch(KINDS[obj["kind"]], meta["name"], obj, namespace=meta["namespace"],
+                                              patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER, force=True))
 
-    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict,
-                          subresource: str | None = None) -> dict:
-        return await self.request("PATCH", path(kind, namespace, name, subresource), body=patch,
-                                  content_type="application/merge-patch+json")
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict, status: bool = False) -> dict:
+        res = KINDS[kind].Status if status else KINDS[kind]
+        return _plain(await self.client.patch(res, name, patch, namespace=namespace, patch_type=PatchType.MERGE))
 
-    async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
-        body = {"preconditions": {"uid": uid}} if uid else None
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
         try:
-            await self.request("DELETE", path(kind, namespace, name), body=body)
+            await self.client.delete(KINDS[kind], name, namespace=namespace)
             return True
-        except KubeError as err:
-            if err.status in (404, 409):
+        except ApiError as err:
+            if code(err) in (404, 409):
                 return False
             raise
-
-    async def event(self, owner: dict, reason: str, message: str, type_: str = "Normal") -> None:
-        """A core/v1 Event about `owner` (best effort: never fails the caller)."""
-        meta = owner["metadata"]
-        ts = now_iso()
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": owner.get("apiVersion"), "kind": owner.get("kind"),
-                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "reason": reason, "message": message[:1024], "type": type_,
-            "source": {"component": FIELD_MANAGER},
-            "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
-            "reportingComponent": FIELD_MANAGER, "reportingInstance": FIELD_MANAGER,
-        }
-        try:
-            await self.create(body)
-        except Exception:  # noqa: BLE001 - events are advisory
-            pass

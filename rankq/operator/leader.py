@@ -1,6 +1,6 @@
 """Who leads, as the members themselves report it, and the role labels that follow from it.
 
-The operator is the authority for `rankq.io/role` (see docs/operator.md): every tick it asks each
+The operator is the authority for `rankq.io/role` (see docs/operator.md): every check it asks each
 member for `/api/v1/cluster`, and labels `leader` only a pod that *itself* answers that it leads,
 in the highest term any member reports, with a quorum behind it. Every other pod is `follower`.
 When no pod qualifies, no pod carries `leader` and the client Service has no endpoints: clients
@@ -14,14 +14,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from . import specs
 from .endpoints import Endpoints
-from .kube import Kube, KubeError
+from .group import OBSERVE_TIMEOUT, GroupClients
+from .kube import Kube, KubeError, code
 from .models import QueueResource
-
-POLL_TIMEOUT = 0.7  # seconds per member; a dead pod must not stall the tick
 
 
 @dataclass
@@ -64,12 +61,10 @@ def role_changes(pods: list[dict[str, Any]], leader: str | None) -> list[tuple[s
     return demote + promote
 
 
-async def observe(http: httpx.AsyncClient, endpoints: Endpoints, q: QueueResource, pods: list[str]) -> Observation:
+async def observe(group: GroupClients, endpoints: Endpoints, q: QueueResource, pods: list[str]) -> Observation:
     async def one(pod: str) -> tuple[str, dict | None, str | None]:
         try:
-            r = await http.get(endpoints.http_url(q, pod) + "/api/v1/cluster", timeout=POLL_TIMEOUT)
-            r.raise_for_status()
-            return pod, r.json(), None
+            return pod, await group.at(endpoints.http_url(q, pod), OBSERVE_TIMEOUT).cluster_status(), None
         except Exception as err:  # noqa: BLE001 - an unreachable member is an observation
             return pod, None, f"{type(err).__name__}: {err}"
 
@@ -89,7 +84,7 @@ async def apply_roles(kube: Kube, q: QueueResource, pods: list[dict[str, Any]], 
         try:
             await kube.merge_patch("Pod", q.namespace, name, {"metadata": {"labels": {specs.ROLE_LABEL: role}}})
         except KubeError as err:
-            if err.status == 404:  # gone: nothing to demote or promote
+            if code(err) == 404:  # gone: nothing to demote or promote
                 continue
             raise  # never promote while a demotion is unconfirmed
     return changes

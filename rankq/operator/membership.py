@@ -6,8 +6,11 @@ and carries out at most one action, so an operator restart simply resumes from w
 
 Scale up n -> n+1: pod n is added to the group's configuration through the leader, then the
 ConfigMap's peer list and the StatefulSet grow to n+1 (pod n starts with the full list and is
-caught up by the leader), then we wait for it to be a healthy member. Scale down n -> n-1: if pod n-1 leads, leadership moves first; the StatefulSet shrinks (pod n-1
-stops, its claim is deleted); once it has stopped, it is removed from the group's configuration.
+caught up by the leader), then we wait for it to be a healthy member. When too few members answer
+to commit the change without pod n (a lone node growing), pod n starts first and is added while
+it answers: the API refuses an add the group could not commit. Scale down n -> n-1: if pod n-1
+leads, leadership moves first; the StatefulSet shrinks (pod n-1 stops, its claim is deleted); once
+it has stopped, it is removed from the group's configuration.
 
 Rolling update (StatefulSet updateStrategy OnDelete): while some pod runs an old revision and the
 whole group is healthy, delete the highest-ordinal old follower; the leader goes last, after its
@@ -17,6 +20,8 @@ leadership moved to an updated member. One pod at a time, never below quorum.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..replication.quorum import add_needs_new_member
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,12 @@ def plan_scale(name: str, target: int, sts_replicas: int, members: set[str] | No
         # leader at once. (A pod started before it is a member runs elections of its own and, Raft
         # without pre-vote, disrupts the group's leader with ever higher terms.)
         if growing not in members:
+            if add_needs_new_member(len(members), len(healthy & members)):
+                # Too few members answer to commit the change without the new one (a lone
+                # node, say): start its pod first (a non-member cannot reach the others), then
+                # add it while it answers.
+                return Action("set_replicas", replicas=sts_replicas + 1,
+                              reason=f"start {growing} before adding it: the group needs it to commit the change")
             return Action("add_member", pod=growing, reason=f"add {growing} to the group")
         return Action("set_replicas", replicas=sts_replicas + 1, reason=f"scale up to {sts_replicas + 1}")
     return Action("done")

@@ -1,14 +1,20 @@
 """Diff-and-apply for one `Queue`, and the one helper that writes its status.
 
-`QueueController.tick()` runs about once a second per Queue:
+`QueueController.tick()` runs when a watch reports a change to the Queue or one of its children
+(handlers.py), and otherwise on the Queue's slow Raft-state check:
 
-1. children: every `REFRESH` seconds, or at once when the spec's generation moved, each builder's
-   output is compared with what exists (a child is re-applied when a field we set differs or when
-   our hash annotation changed) and applied with server-side apply; a missing child is recreated;
+1. children (only when the Queue's spec or one of its children changed, `full=True`): each
+   builder's output is compared with what exists (a child is re-applied when a field we set differs
+   or when our hash annotation changed) and applied with server-side apply; a missing child is
+   recreated;
 2. the group: each member's `/api/v1/cluster` is read, the role labels follow the leader
    (`leader.py`), the queue is created or its settings patched through the leader;
 3. one step of scaling or of a rolling update (`membership.py`);
 4. status: written only when it changed, so status writes never cause more work.
+
+Pods and the StatefulSet come from kopf's watch-fed indexes, so a tick that changes nothing makes
+no request to the API server. `tick()` returns whether the Queue looked settled (nothing done, the
+same observation as last time), which lets the caller back off.
 
 Errors never escape a tick: a Queue the operator cannot realise gets `Degraded` with a reason and a
 Warning Event, and the next tick tries again.
@@ -22,63 +28,24 @@ import json
 import logging
 import secrets
 import time
+from dataclasses import asdict
 from typing import Any
 
-import httpx
+import kopf
 
+from ..client.errors import ConflictError, NotFoundError, RankQError
 from . import leader as leader_mod
 from . import specs
 from .endpoints import Endpoints
-from .kube import Kube, KubeError, now_iso
+from .group import QUEUE_TIMEOUT, GroupClients
+from .kube import Kube, KubeError, code, now_iso
 from .membership import Action, ordinal, plan_rollout, plan_scale
 from .models import QueueResource
 
 log = logging.getLogger("rankq.operator")
 
 HASH_ANNOTATION = "rankq.io/spec-hash"
-REFRESH = 5.0  # seconds between full child comparisons when nothing changed
 CAUGHT_UP_LAG = 100  # log entries a member may trail and still count as caught up
-
-
-class GroupApi:
-    """HTTP calls to the group's members with the operator's (admin) token; with TLS, a client of
-    its own that trusts the group's CA, else the shared client."""
-
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self.shared = self.http = http
-        self.headers: dict[str, str] = {}
-        self.ca: str | None = None
-
-    async def trust(self, ca: str | None) -> None:
-        """Verify the members' certificates against the PEM `ca` (None: plain HTTP)."""
-        if ca == self.ca:
-            return
-        if self.http is not self.shared:
-            await self.http.aclose()
-        self.ca = ca
-        if ca is None:
-            self.http = self.shared
-        else:
-            import ssl
-
-            self.http = httpx.AsyncClient(timeout=self.shared.timeout, verify=ssl.create_default_context(cadata=ca))
-
-    def _kw(self, kw: dict) -> dict:
-        if self.headers:
-            kw["headers"] = {**self.headers, **(kw.get("headers") or {})}
-        return kw
-
-    async def get(self, url: str, **kw):
-        return await self.http.get(url, **self._kw(kw))
-
-    async def post(self, url: str, **kw):
-        return await self.http.post(url, **self._kw(kw))
-
-    async def patch(self, url: str, **kw):
-        return await self.http.patch(url, **self._kw(kw))
-
-    async def delete(self, url: str, **kw):
-        return await self.http.delete(url, **self._kw(kw))
 
 
 class Unrealisable(Exception):
@@ -178,14 +145,15 @@ def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
 # ---- the controller -------------------------------------------------------------------------------
 
 class QueueController:
-    """Reconciles one Queue; `tick()` is called by the handlers' loop with the latest body."""
+    """Reconciles one Queue; `tick()` is called by the Queue's kopf daemon with the latest body."""
 
-    def __init__(self, kube: Kube, endpoints: Endpoints, http: httpx.AsyncClient) -> None:
+    def __init__(self, kube: Kube, endpoints: Endpoints) -> None:
         self.kube = kube
         self.endpoints = endpoints
-        self.http = GroupApi(http)
-        self.applied_generation: int | None = None
-        self.last_refresh = 0.0
+        self.group = GroupClients()
+        self.acted = False  # this tick wrote something or took a step
+        self.seen: Any = None  # what the last tick observed, to tell a settled Queue
+        self.last_written: dict[str, Any] | None = None
         self.degraded: tuple[str, str] | None = None
         self.progress: tuple[str, str] | None = None
         self.last_leader: str | None = None
@@ -193,9 +161,17 @@ class QueueController:
         self.settings_applied: dict | None = None
         self.ever_led = False  # before a first leader the group is starting, not degraded
 
+    async def close(self) -> None:
+        await self.group.close()
+
     async def event(self, body: dict, reason: str, message: str, warning: bool = False) -> None:
+        """Log it and post it as a Kubernetes Event (kopf posts in the background)."""
+        self.acted = True
         log.info("%s/%s: %s: %s", body["metadata"].get("namespace"), body["metadata"]["name"], reason, message)
-        await self.kube.event(body, reason, message, "Warning" if warning else "Normal")
+        try:
+            kopf.event(body, type="Warning" if warning else "Normal", reason=reason, message=message[:1024])
+        except LookupError:  # outside a running operator (unit tests): logged only
+            pass
 
     # -- children --
 
@@ -228,7 +204,7 @@ class QueueController:
         else:
             ref = specs.operator_token_ref(q)
             token = await self.secret_value(q, ref.name, ref.key, "spec.auth") or ""
-        self.http.headers = {"Authorization": f"Bearer {token.strip()}"}
+        await self.group.set_token(token.strip() or None)
         tls_pem = None
         tls_name = specs.tls_secret_name(q)
         if q.spec.tls.generate:
@@ -238,15 +214,15 @@ class QueueController:
                 tls_pem = {k: base64.b64decode(data[k]).decode() for k in ("tls.crt", "tls.key", "ca.crt")}
             else:
                 tls_pem = self_signed_tls(specs.tls_names(q))
-            await self.http.trust(tls_pem["ca.crt"])
+            await self.group.trust(tls_pem["ca.crt"])
         elif tls_name:
             ca = await self.secret_value(q, tls_name, "ca.crt", None)
             if ca is None:
                 raise Unrealisable("TLSSecretMissing", f"spec.tls.secretName names {tls_name}, which has no ca.crt "
                                                        f"(it needs tls.crt, tls.key and ca.crt)")
-            await self.http.trust(ca)
+            await self.group.trust(ca)
         else:
-            await self.http.trust(None)
+            await self.group.trust(None)
         password = await self.raft_password(q)
         for desired in specs.build_children(q, members, password, token, tls_pem):
             meta = desired["metadata"]
@@ -265,38 +241,46 @@ class QueueController:
 
     # -- one tick --
 
-    async def tick(self, body: dict) -> None:
+    async def tick(self, body: dict, sts: dict | None, pods: list[dict], full: bool) -> bool:
+        """One pass; `sts` and `pods` as the watches last reported them. True when settled."""
         q = QueueResource.from_body(body)
+        self.acted = False
         try:
-            await self._tick(body, q)
+            await self._tick(body, q, sts, pods, full or self.degraded is not None)
         except Unrealisable as err:
             if self.degraded != (err.reason, str(err)):
                 await self.event(body, err.reason, str(err), warning=True)
             self.degraded = (err.reason, str(err))
             await self.write_status(body, q, None, None, [], None)
+            return False
         except KubeError as err:
             reason = "KubernetesError"
             if self.degraded != (reason, str(err)):
                 await self.event(body, reason, str(err), warning=True)
             self.degraded = (reason, str(err))
             log.warning("%s/%s: %s", q.namespace, q.name, err)
+            return False
+        return not self.acted and self.degraded is None and self.progress is None
 
-    async def _tick(self, body: dict, q: QueueResource) -> None:
-        sts = await self.kube.get("StatefulSet", q.namespace, q.name)
-        members = sts["spec"]["replicas"] if sts and owned_by(sts, q.uid) else q.spec.replicas
-        due = time.monotonic() - self.last_refresh >= REFRESH or self.applied_generation != q.generation or sts is None
-        if due:
+    async def _tick(self, body: dict, q: QueueResource, sts: dict | None, pods: list[dict], full: bool) -> None:
+        if sts is not None and not owned_by(sts, q.uid):
+            sts = None  # reconcile_children reports the conflict
+        if full or sts is None:
+            observed = await self.kube.get("StatefulSet", q.namespace, q.name)
+            members = observed["spec"]["replicas"] if observed and owned_by(observed, q.uid) else q.spec.replicas
             await self.reconcile_children(body, q, members)
-            self.applied_generation = q.generation
-            self.last_refresh = time.monotonic()
             self.degraded = None
             sts = await self.kube.get("StatefulSet", q.namespace, q.name)
 
-        pods = sorted(await self.kube.list("Pod", q.namespace, specs.selector_string(q)),
-                      key=lambda p: ordinal(p["metadata"]["name"]))
+        pods = sorted(pods, key=lambda p: ordinal(p["metadata"]["name"]))
         live = [p["metadata"]["name"] for p in pods if p["metadata"].get("deletionTimestamp") is None]
-        obs = await leader_mod.observe(self.http, self.endpoints, q, live)
+        obs = await leader_mod.observe(self.group, self.endpoints, q, live)
         changes = await leader_mod.apply_roles(self.kube, q, pods, obs.leader)
+        self.acted = self.acted or bool(changes)
+        seen = (obs.leader, sorted(obs.answers), (obs.leader_status or {}).get("term"),
+                [(m["id"], m["role"], bool(m.get("healthy"))) for m in (obs.leader_status or {}).get("members", [])])
+        self.acted = self.acted or seen != self.seen
+        self.seen = seen
         if obs.leader != self.last_leader:
             if obs.leader:
                 await self.event(body, "LeaderElected", f"{obs.leader} leads (term {obs.leader_status['term']}); "
@@ -320,27 +304,23 @@ class QueueController:
     async def sync_queue(self, body: dict, q: QueueResource, obs: leader_mod.Observation) -> dict | None:
         if obs.leader is None:
             return None
-        base = self.endpoints.http_url(q, obs.leader) + "/api/v1/queues"
+        client = self.group.at(self.endpoints.http_url(q, obs.leader), QUEUE_TIMEOUT)
         name = q.spec.queue_name(q.name)
         desired = specs.queue_settings(q)
         try:
-            r = await self.http.get(f"{base}/{name}", timeout=2)
-            if r.status_code == 404:
-                r = await self.http.post(base, json={"name": name, **desired}, timeout=5)
-                r.raise_for_status()
+            try:
+                info = await client.get_queue(name)
+            except NotFoundError:
+                info = await client.create_queue(name, **desired)
                 await self.event(body, "QueueCreated", f"created queue {name!r} in the group")
                 self.settings_applied = desired
-                return r.json().get("counts")
-            r.raise_for_status()
-            info = r.json()
-            stale = {k: v for k, v in desired.items() if not _same_setting(v, info["settings"].get(k))}
+                return asdict(info.counts)
+            stale = {k: v for k, v in desired.items() if not _same_setting(v, info.settings.get(k))}
             if stale:
-                r = await self.http.patch(f"{base}/{name}", json=stale, timeout=5)
-                r.raise_for_status()
-                info = r.json()
+                info = await client.update_queue(name, **stale)
                 await self.event(body, "SettingsApplied", f"applied {', '.join(sorted(stale))} to queue {name!r} live")
-            return info.get("counts")
-        except (httpx.HTTPError, ValueError, KeyError) as err:
+            return asdict(info.counts)
+        except RankQError as err:
             log.info("%s/%s: queue settings not synced yet: %s", q.namespace, q.name, err)
             return None
 
@@ -381,7 +361,8 @@ class QueueController:
         await self.carry_out(body, q, action, obs)
 
     async def carry_out(self, body: dict, q: QueueResource, action: Action, obs: leader_mod.Observation) -> None:
-        leader_url = self.endpoints.http_url(q, obs.leader) if obs.leader else None
+        leader = self.group.at(self.endpoints.http_url(q, obs.leader)) if obs.leader else None
+        self.acted = True
         try:
             if action.kind == "set_replicas":
                 members = action.replicas
@@ -392,26 +373,23 @@ class QueueController:
                 await self.event(body, "Scaling", f"StatefulSet {q.name} to {members} pods ({action.reason})")
             elif action.kind == "add_member":
                 address = self.endpoints.raft_address(q, action.pod)
-                r = await self.http.post(leader_url + "/api/v1/cluster/members", json={"address": address}, timeout=10)
-                if r.status_code == 409 and "already a member" in r.text:
-                    return
-                r.raise_for_status()
+                # A conflict (already a member, or another change still committing) is decided by
+                # the next observation, which plans again from the group's configuration.
+                await leader.add_member(address)
                 await self.event(body, "MemberAdded", f"added {action.pod} ({address}) to the Raft group")
             elif action.kind == "remove_member":
-                r = await self.http.delete(f"{leader_url}/api/v1/cluster/members/{action.pod}", timeout=10)
-                r.raise_for_status()
+                await leader.remove_member(action.pod)
                 await self.event(body, "MemberRemoved", f"removed {action.pod} from the Raft group")
             elif action.kind == "transfer_leader":
-                r = await self.http.post(leader_url + "/api/v1/cluster/transfer-leader", json={"to": action.to},
-                                         timeout=10)
-                r.raise_for_status()
+                await leader.transfer_leader(action.to)
                 await self.event(body, "LeaderTransferred", f"moved leadership off {action.pod} ({action.reason})")
             elif action.kind == "delete_pod":
                 await self.kube.delete("Pod", q.namespace, action.pod)
                 await self.event(body, "RollingUpdate", f"deleted {action.pod} to restart it on the new revision")
-        except httpx.HTTPError as err:
-            detail = getattr(getattr(err, "response", None), "text", "")
-            log.info("%s/%s: %s did not succeed yet: %s %s", q.namespace, q.name, action.kind, err, detail[:200])
+        except ConflictError as err:
+            log.info("%s/%s: %s not carried out, the group says: %s", q.namespace, q.name, action.kind, err)
+        except RankQError as err:
+            log.info("%s/%s: %s did not succeed yet: %s", q.namespace, q.name, action.kind, err)
 
     # -- status --
 
@@ -476,13 +454,15 @@ class QueueController:
             msgs = {k: int(counts.get(k, 0)) for k in ("ready", "leased", "delayed", "dead")}
             new["messages"] = msgs
             new["depth"] = msgs["ready"] + msgs["leased"] + msgs["delayed"]
-        if not status_changed(old, new):
-            return
+        if not status_changed(old, new) or new == self.last_written:
+            return  # the second test: our last write may not have come back through the watch yet
+        self.acted = True
         try:
-            await self.kube.merge_patch("Queue", q.namespace, q.name, {"status": new}, subresource="status")
+            await self.kube.merge_patch("Queue", q.namespace, q.name, {"status": new}, status=True)
         except KubeError as err:
-            if err.status != 404:
+            if code(err) != 404:
                 raise
+        self.last_written = new
         body["status"] = {**old, **new}
 
 

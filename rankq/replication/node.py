@@ -21,8 +21,10 @@ from typing import Callable
 from pysyncobj import SyncObjConf
 from pysyncobj.config import FAIL_REASON
 
+from .secret import resolve_secret
 from .state_machine import EngineStateMachine
 from .syncobj import GuardedSyncObj
+from .transport import parse_address, probe_member
 
 log = logging.getLogger("rankq.replication")
 
@@ -40,6 +42,7 @@ class RaftSettings:
     peers: list[str] = field(default_factory=list)  # the other members' host:port
     bind_address: str | None = None  # host:port to listen on; default: self_address
     data_dir: str = "."
+    # The group's shared secret; without one a lone node generates its own (see secret.py).
     password: str | None = None
     tick_period: float = 0.05
     # Failover time is mostly the election timeout: a follower that hears nothing from the leader
@@ -119,13 +122,16 @@ class RaftNode:
         os.makedirs(settings.data_dir, exist_ok=True)
         _install_fork_hook()
         self.settings = settings
+        for address in [settings.self_address, *settings.peers]:
+            parse_address(address)
+        password = resolve_secret(settings.password, settings.data_dir, bool(settings.peers))
         self.state_machine = EngineStateMachine(on_woken)
         conf = SyncObjConf(
             autoTick=False,
             appendEntriesUseBatch=False,
             journalFile=settings.journal_file,
             fullDumpFile=settings.snapshot_file,
-            password=settings.password,
+            password=password,
             bindAddress=settings.bind_address,
             raftMinTimeout=settings.election_timeout[0],
             raftMaxTimeout=settings.election_timeout[1],
@@ -227,6 +233,10 @@ class RaftNode:
     def add_member(self, address: str, done: Callable[[Exception | None], None]) -> None:
         """Add one member (committed as a log entry); wait for `done` before the next change."""
         self.syncobj.addNodeToCluster(address, callback=self._outcome(done))
+
+    def probe_member(self, address: str, timeout: float = 2.0) -> None:
+        """Raise ProbeError unless `address` answers and holds this group's secret (blocking)."""
+        probe_member(address, self.syncobj.encryptor, timeout)
 
     def remove_member(self, address: str, done: Callable[[Exception | None], None]) -> None:
         self.syncobj.removeNodeFromCluster(address, callback=self._outcome(done))

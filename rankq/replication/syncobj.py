@@ -26,6 +26,8 @@ nothing for `connectionTimeout` as dead, but checks only when it next sends; fol
 other nothing while a leader lives, so the first vote request after the leader dies went into a
 "dead" connection and was dropped, and every election needed a second round (measured: all 20
 leader kills of the failover benchmark took two terms).
+
+Peers talk through `transport.PeerTransport` (authenticated, encrypted, bounded frames).
 """
 
 
@@ -35,6 +37,7 @@ import time
 
 from pysyncobj import SyncObj
 
+from .transport import PeerTransport
 
 KEEPALIVE_PERIOD = 0.5  # well inside the connection timeout
 
@@ -42,6 +45,7 @@ KEEPALIVE_PERIOD = 0.5  # well inside the connection timeout
 class GuardedSyncObj(SyncObj):
     def __init__(self, *args, **kwargs) -> None:
         self._next_keepalive = 0.0  # set before SyncObj's init: not part of snapshots
+        kwargs.setdefault("transportClass", PeerTransport)
         super().__init__(*args, **kwargs)
         serializer = self._SyncObj__serializer
         load = serializer.deserialize

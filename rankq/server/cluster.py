@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..engine import NotFound
-from ..replication import RaftNode
+from ..engine import Invalid, NotFound
+from ..replication import ProbeError, RaftNode, parse_address
+from ..replication.quorum import add_needs_new_member
 from .errors import ClusterConflict, Unavailable
 
 class ClusterOps:
@@ -60,8 +61,22 @@ class ClusterOps:
         raise NotFound(f"no member {ref!r} in the group")
 
     async def add_member(self, address: str) -> dict:
+        try:
+            parse_address(address)
+        except ValueError as err:
+            raise Invalid(str(err)) from None
         if address in self.node.members():
             raise ClusterConflict(f"{address} is already a member")
+        members = self.node.members()
+        reachable = sum(1 for m in members if self.node.is_connected(m))
+        if add_needs_new_member(len(members), reachable):
+            # The change cannot commit without the new member, and once appended it holds: a
+            # member that never answers would stall the group for good. Check it first.
+            try:
+                await asyncio.to_thread(self.node.probe_member, address)
+            except ProbeError as err:
+                raise ClusterConflict(f"{err}; the group needs it to commit the change: start it first "
+                                      f"with the group's secret and full peer list") from None
         await self._call(lambda done: self.node.add_member(address, done))
         return self.cluster_status()
 

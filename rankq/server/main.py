@@ -13,7 +13,7 @@ import socket
 from pydantic import BaseModel, Field
 from pysyncobj import SyncObjException
 
-from ..replication import RaftNode, RaftSettings
+from ..replication import RaftNode, RaftSettings, SecretError
 from . import logs
 from .auth import AuthConfigError, Scope, Tokens, check_protected_mode
 from .service import PROPOSAL_TIMEOUT, QueueService
@@ -126,9 +126,9 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     except SyncObjException as err:
         log.error("cannot listen for Raft on %s:%d (%s): is the port taken?", config.host, config.raft_port, err)
         raise SystemExit(1) from None
-    if config.peer_addresses and not config.raft_password:
-        log.warning("Raft traffic between members is NOT authenticated or encrypted: "
-                    "set --raft-password-file or RANKQ_RAFT_PASSWORD")
+    except (SecretError, ValueError) as err:
+        log.error("cannot start: %s", err)
+        raise SystemExit(2) from None
     service = QueueService(node, member_info=config.member_info())
     await service.start()
     archiver = None

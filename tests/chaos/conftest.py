@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from netns import NetnsUnavailable, check_available, sweep  # noqa: E402
+from netns import NetnsUnavailable, check_available, on_ci, sweep  # noqa: E402
 
 SUMMARIES = pytest.StashKey[list]()
 
@@ -20,7 +20,7 @@ def netns_ready():
     try:
         check_available()
     except NetnsUnavailable as err:
-        if os.environ.get("CI") == "true":
+        if on_ci(os.environ):
             pytest.fail(f"chaos suite cannot run on CI: {err}")
         pytest.skip(f"chaos suite skipped: {err}")
     sweep()

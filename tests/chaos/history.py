@@ -12,12 +12,17 @@ log, so comparing one delivery's time with an earlier lease's expiry needs only 
 
 Properties (`check`):
   lost          every acknowledged enqueue was delivered or is in the DLQ, and its final state is
-                acked or dead
-  double        no message is delivered while another lease on it is live (unless that lease was
-                released by a nack that may have committed)
+                acked or dead; nothing is dead-lettered before `max_deliveries` deliveries
+  double        no message is delivered while another lease on it is live (engine times, compared
+                exactly), unless that lease was released by a nack that may have committed early
+                enough for the message to be available again by then
   ack_undone    a message whose ack was acknowledged is never delivered again and stays acked
   invented      every delivered or dead-lettered message was enqueued, with that payload, and one
-                dedup key never became two messages
+                dedup key never became two messages; a message ends acked only if a consumer acked it
+
+Only one ack or nack per lease can take effect (the next one finds the token stale). So when one
+attempt on a lease was acknowledged, the attempts on it with an unknown outcome did nothing: they
+release nothing and ack nothing.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class LeaseOp:
     outcome: str | None = None
     status: int | None = None
     detail: str | None = None
+    delay_ms: int = 0  # a nack's delay: the message is available again only this long after it
 
 
 @dataclass
@@ -97,6 +103,7 @@ class Violation:
 @dataclass
 class FinalState:
     dlq: dict[int, str] = field(default_factory=dict)  # id -> canonical payload
+    dlq_deliveries: dict[int, int] = field(default_factory=dict)  # id -> deliveries the DLQ reports
     status: dict[int, str | None] = field(default_factory=dict)  # id -> state, None when not found
     drained: bool = False
 
@@ -137,8 +144,8 @@ class History:
             self.deliveries.append(d)
         return d
 
-    def lease_invoked(self, kind: str, consumer: str, node: str, d: Delivery) -> LeaseOp:
-        op = LeaseOp(kind, consumer, node, d.id, d.token, time.time())
+    def lease_invoked(self, kind: str, consumer: str, node: str, d: Delivery, delay_ms: int = 0) -> LeaseOp:
+        op = LeaseOp(kind, consumer, node, d.id, d.token, time.time(), delay_ms=delay_ms)
         with self.lock:
             self.lease_ops.append(op)
         return op
@@ -186,8 +193,19 @@ class History:
                 fh.write(json.dumps({"type": "unexpected", **u}) + "\n")
 
 
-def check(history: History, final: FinalState, margin_ms: int = 100, retention_s: float = 3600.0) -> list[Violation]:
-    """Every violation of the four properties, given the history and the state read after draining."""
+def effective_lease_ops(ops: list[LeaseOp]) -> list[LeaseOp]:
+    """The attempts on one lease that may have taken effect (see the module docstring)."""
+    done = [op for op in ops if op.outcome == OK]
+    return done[:1] if done else [op for op in ops if op.outcome == UNKNOWN]
+
+
+def check(history: History, final: FinalState, margin_ms: int = 100, retention_s: float = 3600.0,
+          max_deliveries: int | None = None) -> list[Violation]:
+    """Every violation of the four properties, given the history and the state read after draining.
+
+    `margin_ms` only covers comparisons between the clients' wall clock and engine time (same
+    machine); engine times are compared with each other exactly.
+    """
     out: list[Violation] = []
     enqueues = history.enqueues
     deliveries = sorted(history.deliveries, key=lambda d: (d.id, d.t_server_ms))
@@ -197,6 +215,8 @@ def check(history: History, final: FinalState, margin_ms: int = 100, retention_s
     lease_ops: dict[tuple[int, str], list[LeaseOp]] = defaultdict(list)
     for op in history.lease_ops:
         lease_ops[(op.id, op.token)].append(op)
+    effective = {lease: effective_lease_ops(ops) for lease, ops in lease_ops.items()}
+    acked_by_someone = {lease[0] for lease, ops in effective.items() if any(op.kind == "ack" for op in ops)}
 
     # ---- invented: payloads come from an enqueue, one key is one message ------------------------------
     sent: dict[str, str] = {}  # dedup key -> payload sent under it
@@ -226,6 +246,9 @@ def check(history: History, final: FinalState, margin_ms: int = 100, retention_s
     for key, ids in key_ids.items():
         if len(ids) > 1:
             out.append(Violation("invented", min(ids), f"dedup key {key} became several messages: {sorted(ids)}"))
+    for mid, state in sorted(final.status.items()):
+        if state == "acked" and mid not in acked_by_someone:
+            out.append(Violation("invented", mid, "ends acked, but no consumer's ack of it can have taken effect"))
 
     # ---- lost: acknowledged enqueues end delivered (and acked) or dead ------------------------------
     acked_enqueue_ids = {op.id for op in enqueues if op.outcome == OK}
@@ -237,23 +260,35 @@ def check(history: History, final: FinalState, margin_ms: int = 100, retention_s
             out.append(Violation("lost", mid, "acknowledged enqueue is unknown to the leader at the end (404)"))
         elif state not in ("acked", "dead", "unchecked") and final.drained:
             out.append(Violation("lost", mid, f"still {state} after the queue was drained"))
+    if max_deliveries:
+        history_complete = history.dequeues.get(UNKNOWN, 0) == 0  # every delivery was recorded
+        for mid in sorted(final.dlq):
+            reported = final.dlq_deliveries.get(mid)
+            seen = len({d.token for d in by_id.get(mid, [])})
+            if reported is not None and reported < max_deliveries:
+                out.append(Violation("lost", mid, f"dead-lettered after {reported} deliveries (max_deliveries "
+                                                  f"{max_deliveries})"))
+            elif history_complete and seen < max_deliveries:
+                out.append(Violation("lost", mid, f"dead-lettered after {seen} recorded deliveries "
+                                                  f"(max_deliveries {max_deliveries}, no dequeue outcome unknown)"))
 
     # ---- double: a second delivery while an earlier lease is live ------------------------------------
     for mid, ds in by_id.items():
         for j in range(1, len(ds)):
             later = ds[j]
             for earlier in ds[:j]:
-                if later.t_server_ms >= earlier.expires_ms - margin_ms:
-                    continue
+                if later.t_server_ms >= earlier.expires_ms:
+                    continue  # both engine times: exact (a lease that expires at t may go again at t)
                 if later.token == earlier.token and later.consumer == earlier.consumer and later.t_recv == earlier.t_recv:
                     continue  # the same record
+                ops = effective.get((mid, earlier.token), [])
                 released = [
-                    op for op in lease_ops[(mid, earlier.token)]
-                    if op.kind == "nack" and op.outcome in (OK, UNKNOWN) and op.t_invoke <= later.t_recv
+                    op for op in ops
+                    if op.kind == "nack" and op.t_invoke * 1000 + op.delay_ms <= later.t_server_ms + margin_ms
                 ]
                 if released:
-                    continue
-                acked = [op for op in lease_ops[(mid, earlier.token)] if op.kind == "ack" and op.outcome == OK]
+                    continue  # the nack may have committed and the delay passed by then
+                acked = [op for op in ops if op.kind == "ack" and op.outcome == OK]
                 if acked and later.t_server_ms > acked[0].t_complete * 1000 + margin_ms:
                     continue  # reported as ack_undone below
                 out.append(Violation(

@@ -54,6 +54,11 @@ def _install_tools() -> None:
             raise NetnsUnavailable(f"{' '.join(cmd)} failed: {res.stderr.strip()[-300:]}")
 
 
+def on_ci(environ) -> bool:
+    """Whether this runs on CI, where a chaos run that cannot start must fail, not skip."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def check_available() -> None:
     """Raise NetnsUnavailable with one clear reason unless namespaces and nftables work here."""
     if os.geteuid() != 0:

@@ -123,7 +123,7 @@ def run_chaos(name: str, size: int, faults: int, workdir: Path, budget: float, *
                 workload.stop()
             drained = drain(lambda: group.wait_leader(30).url, QUEUE, history, timeout=120)
             final = final_state(group.wait_leader(30).url, QUEUE, history, drained)
-            violations = check(history, final)
+            violations = check(history, final, max_deliveries=QUEUE_SETTINGS["max_deliveries"])
         finally:
             group.stop()
     summary = {

@@ -163,7 +163,7 @@ class Workload:
         h = self.history
         for attempt in range(3):
             url = self.urls[(node + attempt) % len(self.urls)]
-            op = h.lease_invoked(kind, name, url, d)
+            op = h.lease_invoked(kind, name, url, d, delay_ms=round(body.get("delay", 0) * 1000))
             try:
                 r = http.post(f"{url}/api/v1/queues/{self.queue}/messages/{d.id}/{kind}", json=body)
             except httpx.HTTPError as err:
@@ -206,14 +206,21 @@ def drain(leader_url, queue: str, history: History, timeout: float = 120.0) -> b
                     time.sleep(0.5)
                     continue
                 empty_seen = 0
-                t0 = time.time()
-                r = http.post(f"{url}/api/v1/queues/{queue}/dequeue", json={"max": 100, "wait": 1, "visibility_timeout": 30})
             except (httpx.HTTPError, KeyError, ValueError):
                 time.sleep(0.2)
                 continue
-            if r.status_code != 200:
+            t0 = time.time()
+            try:
+                r = http.post(f"{url}/api/v1/queues/{queue}/dequeue", json={"max": 100, "wait": 1, "visibility_timeout": 30})
+            except httpx.HTTPError as err:
+                history.dequeue_outcome(classify_error(err))  # an unknown one may have leased messages
                 time.sleep(0.2)
                 continue
+            if r.status_code != 200:
+                history.dequeue_outcome(UNKNOWN if r.status_code == 503 else FAIL)
+                time.sleep(0.2)
+                continue
+            history.dequeue_outcome(OK)
             got = [history.delivered("drain", url, m, 30_000, t0, time.time()) for m in r.json()["messages"]]
             if not got:
                 continue
@@ -246,6 +253,7 @@ def final_state(url: str, queue: str, history: History, drained: bool) -> FinalS
             page = http.get(f"{url}/api/v1/queues/{queue}/dlq", params=params).json()
             for m in page["messages"]:
                 final.dlq[m["id"]] = canonical(m.get("payload"))
+                final.dlq_deliveries[m["id"]] = m["deliveries"]
             after = page.get("next_after")
             if after is None:
                 break

@@ -276,6 +276,14 @@ class StandIns:
         self.members.clear()
 
 
+def drop_finalizers(k8s, namespace: str) -> None:
+    """After the operator stopped: release its finalizers so the namespace can go."""
+    proc = k8s.kubectl("get", "queues", "-n", namespace, "-o", "name", check=False)
+    for name in proc.stdout.split():
+        k8s.kubectl("patch", name, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                    check=False)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

@@ -17,7 +17,7 @@ import uuid
 import httpx
 import pytest
 
-from operator_support import OperatorProcess, StandIns, install_chart, unique
+from operator_support import OperatorProcess, StandIns, drop_finalizers, install_chart, unique
 
 pytestmark = pytest.mark.k8s
 
@@ -51,6 +51,7 @@ def env(k8s, tmp_path_factory):
     finally:
         stand.stop()
         op.stop()
+        drop_finalizers(k8s, ns)
         k8s.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         k8s.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
                     check=False)

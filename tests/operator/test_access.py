@@ -9,7 +9,6 @@ import asyncio
 import base64
 import ssl
 
-import httpx
 import pytest
 
 from rankq.operator.endpoints import Endpoints
@@ -54,29 +53,36 @@ def secret(name: str, **data: str) -> dict:
 
 def reconcile(kube: MemoryKube, spec: dict | None = None) -> QueueController:
     async def run() -> QueueController:
-        async with httpx.AsyncClient() as http:
-            ctl = QueueController(kube, Endpoints(), http)
-            b = body(spec)
+        ctl = QueueController(kube, Endpoints())
+        b = body(spec)
+        try:
             await ctl.reconcile_children(b, QueueResource.from_body(b), 3)
-            if ctl.http.http is not http:
-                await ctl.http.http.aclose()
-            return ctl
+        finally:
+            await ctl.close()
+        return ctl
     return asyncio.run(run())
+
+
+def headers(ctl: QueueController) -> dict[str, str]:
+    """The Authorization header the operator's clients to the group send."""
+    sent = ctl.group.at("http://127.0.0.1:1")._transport._http.headers.get("authorization")
+    asyncio.run(ctl.group.close())
+    return {"Authorization": sent} if sent else {}
 
 
 def test_generated_token_is_kept_and_presented() -> None:
     kube = MemoryKube()
     ctl = reconcile(kube)
     stored = base64.b64decode(kube.objects[("Secret", "orders-token")]["data"]["token"]).decode()
-    assert len(stored) >= 32 and ctl.http.headers == {"Authorization": f"Bearer {stored}"}
+    assert len(stored) >= 32 and headers(ctl) == {"Authorization": f"Bearer {stored}"}
     again = reconcile(kube)  # a later reconcile (or a restarted operator) keeps the same token
-    assert again.http.headers == ctl.http.headers
+    assert headers(again) == headers(ctl)
 
 
 def test_named_admin_token_is_presented_and_nothing_generated() -> None:
     kube = MemoryKube([secret("adm", token="admin-secret"), secret("prod", token="p")])
     ctl = reconcile(kube, {"auth": {"admin": {"name": "adm"}, "produce": {"name": "prod"}}})
-    assert ctl.http.headers == {"Authorization": "Bearer admin-secret"}
+    assert headers(ctl) == {"Authorization": "Bearer admin-secret"}
     assert ("Secret", "orders-token") not in kube.objects
 
 
@@ -91,10 +97,10 @@ def test_generated_tls_is_kept_and_trusted() -> None:
     ctl = reconcile(kube, {"tls": {"generate": True}})
     stored = kube.objects[("Secret", "orders-tls")]
     assert stored["type"] == "kubernetes.io/tls" and set(stored["data"]) == {"tls.crt", "tls.key", "ca.crt"}
-    assert ctl.http.ca == base64.b64decode(stored["data"]["ca.crt"]).decode()
-    ssl.create_default_context(cadata=ctl.http.ca)  # a usable CA
+    assert ctl.group.ca == base64.b64decode(stored["data"]["ca.crt"]).decode()
+    ssl.create_default_context(cadata=ctl.group.ca)  # a usable CA
     again = reconcile(kube, {"tls": {"generate": True}})
-    assert again.http.ca == ctl.http.ca
+    assert again.group.ca == ctl.group.ca
 
 
 def test_tls_secret_without_a_ca_is_unrealisable() -> None:

@@ -28,6 +28,20 @@ def test_scale_up_adds_the_member_then_grows_the_statefulset() -> None:
     assert plan_scale("q", 5, 4, names(4), "q-0", names(4), names(4)).pod == "q-4"
 
 
+def test_a_lone_node_grows_by_starting_the_pod_first() -> None:
+    # One member cannot commit adding a second without it: the pod starts first, then is added.
+    a = plan_scale("q", 3, 1, names(1), "q-0", names(1), names(1))
+    assert (a.kind, a.replicas) == ("set_replicas", 2)
+    a = plan_scale("q", 3, 2, names(1), "q-0", names(1), names(2))
+    assert (a.kind, a.pod) == ("add_member", "q-1")
+    # Two healthy of two can commit a third member's addition before its pod starts.
+    a = plan_scale("q", 3, 2, names(2), "q-0", names(2), names(2))
+    assert (a.kind, a.pod) == ("add_member", "q-2")
+    # Three members with one down cannot commit a fourth without it.
+    a = plan_scale("q", 5, 3, names(3), "q-0", {"q-0", "q-1"}, names(3))
+    assert a.kind == "wait"
+
+
 def test_a_pod_that_is_not_a_member_is_added() -> None:
     a = plan_scale("q", 3, 3, names(2), "q-0", names(2), names(3))
     assert (a.kind, a.pod) == ("add_member", "q-2")
