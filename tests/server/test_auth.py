@@ -356,10 +356,17 @@ def test_group_over_tls_forwards_a_transfer_to_the_leader(tmp_path):
         def status(node: ServerProcess) -> dict:
             return httpx.get(node.url + "/api/v1/cluster", headers=bearer(PRODUCE), verify=verify, timeout=2).json()
 
-        leader_id = wait_for(lambda: status(group.nodes[0]).get("leader"), 20, "a leader")
+        def published(node: ServerProcess) -> str | None:
+            """The leader's id once every member has published its (https) URL, as `node` sees it."""
+            st = status(node)
+            urls = [m["http_url"] or "" for m in st["members"]]
+            return st["leader"] if st["leader"] and all(u.startswith("https://") for u in urls) else None
+
+        # Members publish their URLs through the log just after a leader exists: wait for that.
+        leader_id = wait_for(lambda: published(group.nodes[0]), 20, "a leader and every member's URL")
         follower = next(n for n in group.nodes if n.node_id != leader_id)
         target = next(n for n in group.nodes if n.node_id not in (leader_id, follower.node_id))
-        assert status(follower)["members"][0]["http_url"].startswith("https://")
+        wait_for(lambda: published(follower), 20, "the follower to know every member's URL")
         url = follower.url + "/api/v1/cluster/transfer-leader"
         r = httpx.post(url, json={"to": target.node_id}, headers=bearer(PRODUCE), verify=verify, timeout=15)
         assert r.status_code == 403
