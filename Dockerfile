@@ -1,4 +1,7 @@
 # The RankQ image: one image for the server, the operator and workers.
+# A worker image adds the handlers' code on top and runs, for example:
+#   rankq worker myapp.tasks:send_email --queue emails --url http://rankq:8080 --metrics-port 9100
+# (give the pod terminationGracePeriodSeconds above the worker's --drain-timeout, 30 s by default).
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /src

@@ -50,10 +50,11 @@ test-server: $(STAMP) ## Only the server tests against real processes
 chaos: $(STAMP) ## The full chaos suite (kills, pauses, partitions in network namespaces; needs root)
 	$(PY) -m pytest tests/chaos -m chaos -q
 
-bench: $(STAMP) ## Benchmarks; results in bench/results/ (latest.{json,md}, backup.json, archive.json)
+bench: $(STAMP) ## Benchmarks; results in bench/results/ (latest.{json,md}, backup.json, archive.json, worker.{json,md})
 	$(PY) -m bench.run
 	$(PY) -m bench.backup
 	$(PY) -m bench.archive
+	$(PY) -m bench.worker
 
 proto: $(STAMP) ## Regenerate the gRPC modules from rankq/server/proto/rankq.proto
 	PYTHON=$(PY) bash rankq/server/proto/generate.sh
@@ -62,3 +63,4 @@ clean: ## Remove local data and caches (keeps .venv)
 	rm -rf $(RUN_DIR) .pytest_cache .hypothesis
 
 include mk/k8s.mk
+include mk/image.mk

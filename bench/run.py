@@ -48,7 +48,8 @@ PROTO = ROOT / "rankq" / "server" / "proto" / "rankq.proto"
 PAYLOAD_BYTES = 100
 MiB = 1024 * 1024
 
-SCENARIOS = ["http_single", "http_batch", "grpc_stream", "pairs", "latency", "memory_restart", "replicated", "failover"]
+SCENARIOS = ["http_single", "http_batch", "grpc_stream", "pairs", "latency", "memory_restart", "replicated", "failover",
+             "dashboard"]
 
 
 @dataclass
@@ -558,6 +559,11 @@ def run(plan: Plan, only: list[str], workdir: Path, quiet: float = 0) -> dict:
             log(f"failover: {plan.failover_kills} kills of the leader of a {plan.group_size}-node group")
             raw = asyncio.run(F.run_failover(b, plan.failover_kills, plan.failover_budget, log=log))
             res["failover"] = F.summary(raw, raft_settings(), TARGETS["failover_p99"])
+        if "dashboard" in only:
+            from . import dashboard as D
+
+            log("dashboard live feed: HTTP enqueue with 0 and 50 open feeds (bench/dashboard.py)")
+            res["dashboard"] = D.measure(b, log=log)
     finally:
         b.procs.close()
     results["meta"]["loadavg_end"] = os.getloadavg()[0]
@@ -641,6 +647,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| Restart after kill -9 with {x['fill_count']:,} queued (until /readyz and all ready; "
                      f"/readyz alone {x['ready_s']:.1f} s) | {fmt(x['rankq'], 's')} | {fmt(x['null'], 's')} (empty data dir) | "
                      f"{x['ratio']:.1f}× | | | |")
+    if "dashboard" in r:
+        x = r["dashboard"]
+        lines.append(f"| HTTP enqueue with {x['clients']} open dashboard feeds (vs none, same server, runs alternated) | "
+                     f"{fmt(x['with'], 'msg/s')} | {fmt(x['without'], 'msg/s')} (no feed) | cost {x['cost']:.1%} (paired runs) | "
+                     f"feed alone {x['feed_cpu_percent_of_core']:.2f}% of a core | "
+                     f"{x['target']} | {_met(x)} |")
     lines += ["", "Ratios for latency are RankQ / null (lower is better for both).", ""]
     lines += replicated_markdown(r, plan)
     details = ["## Per-run values", ""]

@@ -13,7 +13,7 @@ k8s-prepare: ## Before the Kubernetes tests: build missing binaries with progres
 k8s-build: ## Build missing control-plane binaries from Go modules into ~/.cache/rankq (slow once)
 	@bash $(K8S_HACK)/build.sh
 
-k8s-up: ## Start etcd, kube-apiserver, controller-manager, scheduler and kwok (.k8s/kubeconfig)
+k8s-up: ## Start etcd, kube-apiserver, controller-manager, scheduler and kwok (.k8s/kubeconfig); RANKQ_K8S_REAL_NODE=1 adds a real node
 	@bash $(K8S_HACK)/up.sh
 
 k8s-down: ## Stop what k8s-up started and delete its state (logs stay in .k8s/logs)

@@ -1,7 +1,8 @@
 """RankQ: replicated priority queues.
 
 The public client API lives here: ``rankq.Client``, ``rankq.AsyncClient``, their result types and
-errors (``rankq.RankQError`` and subclasses). They are imported on first use, so importing a
+errors (``rankq.RankQError`` and subclasses), and the worker runtime (``rankq.Worker``,
+``rankq.Retry``, ``rankq.Reject``). They are imported on first use, so importing a
 submodule such as ``rankq.engine`` or ``rankq.server`` does not load the client.
 """
 
@@ -37,7 +38,9 @@ _CLIENT_NAMES = (
     "UnavailableError",
 )
 
-__all__ = ["__version__", *_CLIENT_NAMES]
+_WORKER_NAMES = ("Worker", "Retry", "Reject")
+
+__all__ = ["__version__", *_CLIENT_NAMES, *_WORKER_NAMES]
 
 if TYPE_CHECKING:
     from .client import (  # noqa: F401
@@ -66,6 +69,7 @@ if TYPE_CHECKING:
         TransportError,
         UnavailableError,
     )
+    from .worker import Reject, Retry, Worker  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
@@ -75,8 +79,14 @@ def __getattr__(name: str) -> Any:
         value = getattr(client, name)
         globals()[name] = value
         return value
+    if name in _WORKER_NAMES:
+        from . import worker
+
+        value = getattr(worker, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'rankq' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_CLIENT_NAMES))
+    return sorted(set(globals()) | set(_CLIENT_NAMES) | set(_WORKER_NAMES))

@@ -614,18 +614,34 @@ def ack(state: CliState, queue: str, id: int, token: str, result: str | None) ->
 @click.option("--delay", type=SECONDS, metavar="SECONDS",
               help="Redeliver after this long (default: the queue's backoff).")
 @click.option("--error", metavar="TEXT", help="Why it failed; kept as the message's last error.")
+@click.option("--dead", is_flag=True, help="Dead-letter it now (reject), whatever deliveries are left.")
 @pass_state
-def nack(state: CliState, queue: str, id: int, token: str, delay: float | None, error: str | None) -> None:
+def nack(state: CliState, queue: str, id: int, token: str, delay: float | None, error: str | None,
+         dead: bool) -> None:
     """Give message ID of QUEUE (leased with TOKEN) back for redelivery."""
-    res = state.client().nack(queue, id, token, delay=delay, error=error)
+    res = state.client().nack(queue, id, token, delay=delay, error=error, dead=dead)
     if state.json:
         print_json(res)
     elif res.state == "dead":
-        click.echo(f"message {id} is dead (out of deliveries)")
+        click.echo(f"message {id} is dead" + ("" if dead else " (out of deliveries)"))
     elif res.state == "delayed" and res.available_at is not None:
         click.echo(f"message {id} is delayed until {_iso(res.available_at)}")
     else:
         click.echo(f"message {id} is {res.state}")
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("id", type=int)
+@click.argument("token")
+@pass_state
+def release(state: CliState, queue: str, id: int, token: str) -> None:
+    """Give message ID of QUEUE (leased with TOKEN) back at once, without counting the delivery."""
+    state.client().release(queue, id, token)
+    if state.json:
+        print_json({"id": id, "state": "ready"})
+    else:
+        click.echo(f"released message {id}")
 
 
 @main.command()
@@ -819,9 +835,11 @@ def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_
 def _register_operator_commands() -> None:
     from .node_cli import node
     from .operator.command import operator_command
+    from .worker.command import worker_command
 
     main.add_command(operator_command)
     main.add_command(node)
+    main.add_command(worker_command)
 
 
 _register_operator_commands()

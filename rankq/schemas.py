@@ -110,6 +110,7 @@ class QueueCounts(BaseModel):
     leased: int
     dead: int
     acked_retained: int = 0
+    backlog: int = Field(0, description="ready + leased + delayed messages already due: the work consumers have (for autoscalers)")
 
 
 class QueueInfo(BaseModel):
@@ -205,12 +206,22 @@ class NackRequest(Strict):
     lease_token: str = Field(..., min_length=1, max_length=128)
     delay: float | None = Field(None, ge=0, le=365 * 86400, description="seconds before redelivery; default: exponential backoff with jitter")
     error: str | None = Field(None, max_length=4096, description="why it failed; kept as last_error")
+    dead: bool = Field(False, description="dead-letter it now (reject), whatever deliveries are left")
 
 
 class NackResult(BaseModel):
     id: int
     state: Literal["ready", "delayed", "dead"]
     available_at: datetime | None = None
+
+
+class ReleaseRequest(Strict):
+    lease_token: str = Field(..., min_length=1, max_length=128)
+
+
+class ReleaseResult(BaseModel):
+    id: int
+    state: Literal["ready"] = "ready"
 
 
 class ExtendRequest(Strict):

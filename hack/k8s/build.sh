@@ -3,10 +3,12 @@
 #
 #   hack/k8s/build.sh            build whatever is missing
 #   hack/k8s/build.sh --force    rebuild everything
+#   RANKQ_K8S_REAL_NODE=1 hack/k8s/build.sh   also kubelet, kube-proxy and CoreDNS (the real node)
 #
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd come from a small
 # generated wrapper module that requires k8s.io/kubernetes and replaces every k8s.io/<staging>
-# module with its published v0.<minor>.<patch> release. kwok and helm are `go install`ed.
+# module with its published v0.<minor>.<patch> release (kubelet and kube-proxy too, for the real
+# node). kwok, helm and CoreDNS are `go install`ed.
 # Binaries found in KUBEBUILDER_ASSETS (envtest layout) are not built.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -52,7 +54,7 @@ k8s_version_ldflags() {
     printf '%s' "$out"
 }
 
-if want etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+if want etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; then
     t0=$(date +%s)
     wrapper="$K8S_BUILD_DIR/src/wrapper"
     mkdir -p "$wrapper"
@@ -85,6 +87,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
     k8s_log "go mod tidy in $wrapper"
@@ -96,6 +100,8 @@ GO
     want kube-controller-manager && pkgs+=(k8s.io/kubernetes/cmd/kube-controller-manager)
     want kube-scheduler && pkgs+=(k8s.io/kubernetes/cmd/kube-scheduler)
     want kubectl && pkgs+=(k8s.io/kubernetes/cmd/kubectl)
+    want kubelet && pkgs+=(k8s.io/kubernetes/cmd/kubelet)
+    want kube-proxy && pkgs+=(k8s.io/kubernetes/cmd/kube-proxy)
     if [ "${#pkgs[@]}" -gt 0 ]; then
         k8s_log "building ${pkgs[*]##*/} (Kubernetes $KUBERNETES_VERSION, -p $jobs); the first build takes a while"
         k8s_with_progress "${pkgs[*]##*/}" \
@@ -136,6 +142,16 @@ if want helm; then
         "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
     install_bin "$tmp/helm" helm; rmdir "$tmp"
     k8s_log "helm built in $(( $(date +%s) - t0 ))s"
+fi
+
+if want coredns; then
+    t0=$(date +%s)
+    tmp="$(mktemp -d "$K8S_BUILD_DIR/.out.XXXXXX")"
+    k8s_log "go install github.com/coredns/coredns@$COREDNS_VERSION"
+    GOBIN="$tmp" k8s_with_progress coredns go install -p "$jobs" -trimpath -ldflags "-s -w" \
+        "github.com/coredns/coredns@$COREDNS_VERSION"
+    install_bin "$tmp/coredns" coredns; rmdir "$tmp"
+    k8s_log "CoreDNS built in $(( $(date +%s) - t0 ))s"
 fi
 
 k8s_log "build finished in $(( $(date +%s) - start_all ))s; binaries in $K8S_BUILD_BIN"

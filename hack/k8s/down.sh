@@ -11,6 +11,9 @@ source "$K8S_HACK_DIR/proc.sh"
 exec 8>"$K8S_STATE_DIR/.lock"
 flock 8
 
+# The real node first (its pods, containerd, kube-proxy's rules, mounts), if one was started.
+if [ -f "$K8S_STATE_DIR/run/node" ]; then "$K8S_HACK_DIR/node.sh" down; fi
+
 # Reverse start order: the fake nodes' agent and the controllers first, etcd last.
 for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     proc_stop "$name"

@@ -35,6 +35,15 @@ K8S_POD_CIDR="10.244.0.0/16"
 
 # Every binary the harness may run, and the subset envtest's KUBEBUILDER_ASSETS provides.
 K8S_ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+# The real node's binaries (RANKQ_K8S_REAL_NODE=1, docs/real-node.md), built only when asked for.
+K8S_NODE_BINARIES=(kubelet kube-proxy coredns)
+k8s_real_node() { [ "${RANKQ_K8S_REAL_NODE:-0}" = 1 ]; }
+# The real node's address: on the loopback device, so it never leaves the machine; pods reach the
+# apiserver, the kubelet and CoreDNS there.
+K8S_NODE_NAME="${RANKQ_K8S_NODE_NAME:-rankq-node}"
+K8S_NODE_IP="${RANKQ_K8S_NODE_IP:-10.239.0.1}"
+K8S_DNS_DOMAIN=cluster.local
+if k8s_real_node; then K8S_ALL_BINARIES+=("${K8S_NODE_BINARIES[@]}"); fi
 
 k8s_log() { printf '[k8s] %s\n' "$*" >&2; }
 k8s_die() { printf '[k8s] error: %s\n' "$*" >&2; exit 1; }

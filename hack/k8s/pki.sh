@@ -60,11 +60,19 @@ ca front-proxy-ca rankq-local-front-proxy-ca
 san="IP:127.0.0.1,IP:$K8S_CLUSTER_IP_KUBERNETES,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default"
 san+=",DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 [ "$K8S_BIND_ADDRESS" != 127.0.0.1 ] && san+=",IP:$K8S_BIND_ADDRESS"
+k8s_real_node && san+=",IP:$K8S_NODE_IP"
 cert ca apiserver "/CN=kube-apiserver" serverAuth "$san"
 cert ca admin "/O=system:masters/CN=rankq-admin" clientAuth
 cert ca kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
 cert ca kube-scheduler "/CN=system:kube-scheduler" clientAuth
 cert ca kwok "/O=system:masters/CN=kwok" clientAuth
+if k8s_real_node; then  # docs/real-node.md
+    cert ca kubelet-client "/O=system:nodes/CN=system:node:$K8S_NODE_NAME" clientAuth
+    cert ca kubelet-serving "/CN=$K8S_NODE_NAME" serverAuth "IP:$K8S_NODE_IP,DNS:$K8S_NODE_NAME"
+    cert ca apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+    cert ca kube-proxy "/CN=system:kube-proxy" clientAuth
+    cert ca coredns "/O=system:masters/CN=coredns" clientAuth
+fi
 cert front-proxy-ca front-proxy-client "/CN=front-proxy-client" clientAuth
 
 if [ ! -f "$pki/sa.key" ]; then

@@ -80,6 +80,9 @@ EOF
 }
 write_kubeconfig "$K8S_STATE_DIR/kubeconfig" admin
 for c in kube-controller-manager kube-scheduler kwok; do write_kubeconfig "$PKI/$c.kubeconfig" "$c"; done
+if k8s_real_node; then
+    for c in kubelet-client kube-proxy coredns; do write_kubeconfig "$PKI/$c.kubeconfig" "$c"; done
+fi
 cat > "$K8S_STATE_DIR/env" <<EOF
 # source .k8s/env  -> kubectl and helm of the local control plane on PATH, KUBECONFIG set
 export KUBECONFIG="$K8S_STATE_DIR/kubeconfig"
@@ -101,11 +104,19 @@ proc_start etcd "$K8S_ETCD_CLIENT_PORT" "$K8S_STATE_DIR/bin/etcd" \
 proc_wait etcd 30 curl -fsS -o /dev/null "$ETCD_URL/health"
 
 # --- kube-apiserver ------------------------------------------------------------------------
+# With the real node (docs/real-node.md) pods reach the apiserver at the node address through the
+# `kubernetes` Service, so it listens there too and keeps that Service's endpoints.
+apiserver_net=(--bind-address="$K8S_BIND_ADDRESS" --advertise-address="$K8S_BIND_ADDRESS" --endpoint-reconciler-type=none)
+if k8s_real_node; then
+    apiserver_net=(--bind-address=0.0.0.0 --advertise-address="$K8S_NODE_IP" --endpoint-reconciler-type=lease
+        --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+        --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
+        --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP)
+    "$K8S_HACK_DIR/node.sh" address
+fi
 proc_start kube-apiserver "$K8S_APISERVER_PORT" "$K8S_STATE_DIR/bin/kube-apiserver" \
     --etcd-servers="$ETCD_URL" \
-    --bind-address="$K8S_BIND_ADDRESS" \
-    --advertise-address="$K8S_BIND_ADDRESS" \
-    --endpoint-reconciler-type=none \
+    "${apiserver_net[@]}" \
     --secure-port="$K8S_APISERVER_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" \
     --tls-private-key-file="$PKI/apiserver.key" \
@@ -266,8 +277,13 @@ EOF
     echo "$kwok_pid" > "$K8S_STATE_DIR/run/kwok-pools-warm"
 fi
 
+if k8s_real_node; then
+    "$K8S_HACK_DIR/node.sh" up
+fi
+
 components="etcd kube-apiserver"
 for c in kube-controller-manager kube-scheduler kwok; do have "$c" && components+=" $c"; done
+k8s_real_node && components+=" containerd kubelet kube-proxy coredns"
 echo "$components" > "$K8S_STATE_DIR/run/components"
 k8s_log "control plane up in $(elapsed)s: $components"
 k8s_log "export KUBECONFIG=$K8S_STATE_DIR/kubeconfig   (or: source $K8S_STATE_DIR/env)"

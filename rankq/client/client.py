@@ -21,8 +21,8 @@ dead_letters, iter_dead_letters
 update_queue, set_priority, redrive        setting the same value again changes nothing
 enqueue / enqueue_batch with a dedup_key   the server answers a repeat with the first id
 (every message of the batch has one)       (``duplicate=True``) within the queue's dedup window
-ack, ack_batch, nack, extend               a repeat after the first one took effect finds the
-                                           lease gone and gets 409 (ConflictError), so it can
+ack, ack_batch, nack, extend,              a repeat after the first one took effect finds the
+release                                    lease gone and gets 409 (ConflictError), so it can
                                            never finish or return a message twice. The flip
                                            side: a retried ack or nack that raises
                                            ConflictError may in fact have succeeded.
@@ -352,20 +352,34 @@ class AsyncClient:
 
     @overload
     async def nack(self, message: Message, *, delay: float | None = None,
-                   error: str | None = None) -> NackResult: ...
+                   error: str | None = None, dead: bool = False) -> NackResult: ...
     @overload
     async def nack(self, queue: str, id: int, lease_token: str, *, delay: float | None = None,
-                   error: str | None = None) -> NackResult: ...
+                   error: str | None = None, dead: bool = False) -> NackResult: ...
 
     async def nack(self, message: Message | str, *args: Any, delay: float | None = None,
-                   error: str | None = None) -> NackResult:
+                   error: str | None = None, dead: bool = False) -> NackResult:
         """Give a leased message back for redelivery after `delay` seconds (default: the queue's
         exponential backoff with jitter); `error` is kept as its last_error. The result's state is
-        ready, delayed, or dead once max_deliveries is used up. ConflictError on a stale lease."""
+        ready, delayed, or dead once max_deliveries is used up. ``dead=True`` dead-letters it at
+        once (a message no retry can fix). ConflictError on a stale lease."""
         queue, mid, token, rest = _lease_of(message, args, "nack")
         if rest:
-            raise TypeError("nack(): pass delay= and error= by keyword")
-        return await self._call(lambda: self._transport.nack(queue, mid, token, delay, error), retry=True)
+            raise TypeError("nack(): pass delay=, error= and dead= by keyword")
+        return await self._call(lambda: self._transport.nack(queue, mid, token, delay, error, dead), retry=True)
+
+    @overload
+    async def release(self, message: Message) -> None: ...
+    @overload
+    async def release(self, queue: str, id: int, lease_token: str) -> None: ...
+
+    async def release(self, message: Message | str, *args: Any) -> None:
+        """Give a leased message back, ready at once, without counting the delivery: for a
+        consumer that stops before running it. ConflictError on a stale lease."""
+        queue, mid, token, rest = _lease_of(message, args, "release")
+        if rest:
+            raise TypeError("release(): too many arguments")
+        await self._call(lambda: self._transport.release(queue, mid, token), retry=True)
 
     @overload
     async def extend(self, message: Message, visibility_timeout: float | None = None) -> datetime: ...
@@ -639,14 +653,23 @@ class Client:
         return self._run(self._async.ack_batch(list(messages)))
 
     @overload
-    def nack(self, message: Message, *, delay: float | None = None, error: str | None = None) -> NackResult: ...
+    def nack(self, message: Message, *, delay: float | None = None, error: str | None = None,
+             dead: bool = False) -> NackResult: ...
     @overload
     def nack(self, queue: str, id: int, lease_token: str, *, delay: float | None = None,
-             error: str | None = None) -> NackResult: ...
+             error: str | None = None, dead: bool = False) -> NackResult: ...
 
     def nack(self, message: Message | str, *args: Any, delay: float | None = None,
-             error: str | None = None) -> NackResult:
-        return self._run(self._async.nack(message, *args, delay=delay, error=error))
+             error: str | None = None, dead: bool = False) -> NackResult:
+        return self._run(self._async.nack(message, *args, delay=delay, error=error, dead=dead))
+
+    @overload
+    def release(self, message: Message) -> None: ...
+    @overload
+    def release(self, queue: str, id: int, lease_token: str) -> None: ...
+
+    def release(self, message: Message | str, *args: Any) -> None:
+        return self._run(self._async.release(message, *args))
 
     @overload
     def extend(self, message: Message, visibility_timeout: float | None = None) -> datetime: ...

@@ -173,7 +173,8 @@ def queue_info(q: pb.QueueInfo) -> QueueInfo:
     return QueueInfo(
         name=q.name,
         settings=settings_dict(q.settings),
-        counts=QueueCounts(counts.ready, counts.delayed, counts.leased, counts.dead, counts.acked_retained),
+        counts=QueueCounts(counts.ready, counts.delayed, counts.leased, counts.dead, counts.acked_retained,
+                           counts.backlog),
         totals=dict(q.totals),
         created_at=_dt(q.created_at) if q.created_at else None,
     )
@@ -358,10 +359,13 @@ class GrpcTransport:
         return [AckOutcome(r.id, r.ok, r.status, r.detail or None) for r in res.results]
 
     async def nack(self, queue: str, id: int, lease_token: str, delay: float | None = None,
-                   error: str | None = None) -> NackResult:
-        req = pb.NackRequest(queue=queue, id=id, lease_token=lease_token, delay=delay, error=error)
+                   error: str | None = None, dead: bool = False) -> NackResult:
+        req = pb.NackRequest(queue=queue, id=id, lease_token=lease_token, delay=delay, error=error, dead=dead)
         res = await self._call("Nack", req)
         return NackResult(res.id, res.state, _dt(res.available_at) if res.HasField("available_at") else None)
+
+    async def release(self, queue: str, id: int, lease_token: str) -> None:
+        await self._call("Release", pb.ReleaseRequest(queue=queue, id=id, lease_token=lease_token))
 
     async def extend(self, queue: str, id: int, lease_token: str,
                      visibility_timeout: float | None = None) -> datetime:

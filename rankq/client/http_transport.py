@@ -128,10 +128,13 @@ class HttpTransport:
                 for r in out["results"]]
 
     async def nack(self, queue: str, id: int, lease_token: str, delay: float | None = None,
-                   error: str | None = None) -> NackResult:
-        body = _drop_none({"lease_token": lease_token, "delay": delay, "error": error})
+                   error: str | None = None, dead: bool = False) -> NackResult:
+        body = _drop_none({"lease_token": lease_token, "delay": delay, "error": error, "dead": dead or None})
         out = await self._call("POST", f"/queues/{_seg(queue)}/messages/{int(id)}/nack", json=body)
         return NackResult(id=out["id"], state=out["state"], available_at=_dt(out.get("available_at")))
+
+    async def release(self, queue: str, id: int, lease_token: str) -> None:
+        await self._call("POST", f"/queues/{_seg(queue)}/messages/{int(id)}/release", json={"lease_token": lease_token})
 
     async def extend(self, queue: str, id: int, lease_token: str,
                      visibility_timeout: float | None = None) -> datetime:
@@ -292,7 +295,7 @@ def _status(d: dict) -> MessageStatus:
     )
 
 
-_COUNT_FIELDS = ("ready", "delayed", "leased", "dead", "acked_retained")
+_COUNT_FIELDS = ("ready", "delayed", "leased", "dead", "acked_retained", "backlog")
 
 
 def _queue_info(d: dict) -> QueueInfo:

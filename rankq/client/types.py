@@ -96,6 +96,7 @@ class QueueCounts:
     leased: int = 0
     dead: int = 0
     acked_retained: int = 0
+    backlog: int = 0  # ready + leased + delayed already due: what an autoscaler should count
 
     @property
     def depth(self) -> int:

@@ -82,6 +82,17 @@ class Nack:
     delay_ms: int | None = None  # None: exponential backoff with jitter
     error: str | None = None
     jitter: float = 0.0  # in [0, 1), drawn by the proposer
+    dead: bool = False  # dead-letter now (a consumer's reject), whatever deliveries are left
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give a leased message back, ready at once, without counting the delivery (a worker that
+    stops before running it, or a dequeue whose client went away)."""
+
+    queue: str
+    id: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +157,7 @@ Command = (
     | Ack
     | Nack
     | Extend
+    | Release
     | SetPriority
     | Cancel
     | Redrive
@@ -168,7 +180,7 @@ def _positional_reduce(cls):
 
 
 for _cls in (CreateQueue, UpdateQueue, DeleteQueue, Enqueue, Dequeue, Ack, Nack,
-             Extend, SetPriority, Cancel, Redrive, Tick, Restore, ArchiveDone):
+             Extend, Release, SetPriority, Cancel, Redrive, Tick, Restore, ArchiveDone):
     _positional_reduce(_cls)
 del _cls
 

@@ -103,6 +103,9 @@ class Engine:
     def _extend(self, cmd: c.Extend, now: int) -> int:
         return self._queue(cmd.queue, now).extend(cmd, now)
 
+    def _release_cmd(self, cmd: c.Release, now: int) -> None:
+        self._queue(cmd.queue, now).release(cmd, self.woke)
+
     def _set_priority(self, cmd: c.SetPriority, now: int) -> None:
         self._queue(cmd.queue, now).set_priority(cmd, self.woke)
 
@@ -166,6 +169,7 @@ _HANDLERS = {
     c.Ack: Engine._ack,
     c.Nack: Engine._nack,
     c.Extend: Engine._extend,
+    c.Release: Engine._release_cmd,
     c.SetPriority: Engine._set_priority,
     c.Cancel: Engine._cancel,
     c.Redrive: Engine._redrive,

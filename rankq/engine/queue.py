@@ -54,7 +54,7 @@ class QueueState:
         self.acked_purge: list[tuple[int, int]] = []
         self.dedup: dict[str, tuple[int, int]] = {}  # key -> (id, expires_at)
         self.dedup_purge: list[tuple[int, str]] = []
-        self.totals = {"enqueued": 0, "dequeued": 0, "acked": 0, "nacked": 0, "expired": 0, "dead_lettered": 0}
+        self.totals = {"enqueued": 0, "dequeued": 0, "acked": 0, "nacked": 0, "expired": 0, "dead_lettered": 0, "released": 0}
 
     # ---- counts -------------------------------------------------------------------------------
 
@@ -73,6 +73,23 @@ class QueueState:
             "dead": len(self.dead),
             "acked_retained": len(self.acked),
         }
+
+    def backlog(self, now: int) -> int:
+        """Work for consumers at `now`: ready + leased + delayed messages already due (what an
+        autoscaler should count; ready alone would scale busy workers away)."""
+        due = 0
+        heap = self.delays
+        stack = [0] if heap else []
+        while stack:  # only the heap's top part holds entries due at `now`
+            i = stack.pop()
+            at, mid = heap[i]
+            if at > now:
+                continue
+            msg = self.messages.get(mid)
+            if msg is not None and msg.state == DELAYED and msg.due == at:
+                due += 1
+            stack.extend(j for j in (2 * i + 1, 2 * i + 2) if j < len(heap))
+        return self.n_ready + self.n_leased + due
 
     def next_deadline(self) -> int | None:
         """The earliest time at which a Tick would change something here."""
@@ -327,7 +344,7 @@ class QueueState:
         self.totals["nacked"] += 1
         if cmd.error is not None:
             msg.set_extra("last_error", cmd.error)
-        if self._exhausted(msg):
+        if cmd.dead or self._exhausted(msg):
             self._dead_letter(msg, None, now)
             return {"state": "dead", "available_at": None}
         if cmd.delay_ms is None:
@@ -351,6 +368,15 @@ class QueueState:
         msg.due = now + vt
         heapq.heappush(self.leases, (msg.due, msg.id))
         return msg.due
+
+    def release(self, cmd: c.Release, woke: set[str]) -> None:
+        """Leased -> ready, and the delivery it had is not counted."""
+        msg = self._leased(cmd.id, cmd.token)
+        self._release(msg)
+        msg.deliveries -= 1
+        self.totals["released"] = self.totals.get("released", 0) + 1  # absent in older snapshots
+        self._make_ready(msg)
+        woke.add(self.name)
 
     def set_priority(self, cmd: c.SetPriority, woke: set[str]) -> None:
         msg = self._queued(cmd.id)
@@ -426,6 +452,38 @@ class QueueState:
                 dedup_key=None, payload=None, acked_at=acked_at,
             )
         raise NotFound(f"message {mid} not found in queue {self.name!r}")
+
+    def peek(self, limit: int) -> list[MessageInfo]:
+        """The next `limit` ready messages in the order a dequeue would lease them, leasing nothing.
+
+        Runs the real selection on a shadow of the ready set, counting each message as if it were
+        leased (so per-group caps apply as they would)."""
+        if not 1 <= limit <= MAX_DEQUEUE:
+            raise Invalid(f"limit must be between 1 and {MAX_DEQUEUE}")
+        cfg = self.config
+        shadow = self.ready.shadow(self.messages, limit)
+        inflight = dict(self.inflight_by_group)
+        cap = cfg.group_max_inflight
+        eligible = None
+        if cfg.fair_groups and cap is not None:
+            def eligible(slot: str) -> bool:
+                return inflight.get(slot, 0) < cap
+        out = []
+        for _ in range(limit):
+            if cfg.policy == WEIGHTED:
+                msg = shadow.take_weighted(self.messages, cfg.weights, eligible)
+            else:
+                msg = shadow.take_strict(self.messages, eligible)
+            if msg is None:
+                break
+            inflight[msg.group] = inflight.get(msg.group, 0) + 1
+            out.append(info_of(self.name, msg))
+        return out
+
+    def oldest_ready_at(self) -> int | None:
+        """When the longest-waiting ready message was enqueued (ms), or None."""
+        mid = self.ready.oldest_id(self.messages)
+        return None if mid is None else self.messages[mid].enqueued_at
 
     def dead_letters(self, after: int | None, limit: int) -> list[MessageInfo]:
         out = []

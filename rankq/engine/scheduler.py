@@ -68,6 +68,28 @@ class Level:
             return messages[heapq.heappop(heap)]
         return None
 
+    def head_ids(self, slot: str, messages: dict[int, Message], slot_of: Callable[[Message], str], limit: int) -> list[int]:
+        """The `limit` oldest ready ids of one group slot, read without changing the heap.
+
+        Walks the heap as the tree it is, smallest first (a heap of (id, position) candidates), so
+        the cost grows with `limit` and the stale entries met on the way, not with the heap's size."""
+        heap = self.heaps.get(slot) or []
+        out: list[int] = []
+        seen: set[int] = set()
+        frontier = [(heap[0], 0)] if heap else []
+        size = len(heap)
+        while frontier and len(out) < limit:
+            mid, i = heapq.heappop(frontier)
+            if mid not in seen:  # an id pushed twice (ready again) is one message
+                seen.add(mid)
+                msg = messages.get(mid)
+                if msg is not None and msg.state == READY and msg.priority == self.priority and slot_of(msg) == slot:
+                    out.append(mid)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < size:
+                    heapq.heappush(frontier, (heap[child], child))
+        return out
+
 
 class ReadySet:
     """All ready messages of one queue, by priority level."""
@@ -151,6 +173,31 @@ class ReadySet:
                 cw[best] += total
             candidates.remove(best)
         return None
+
+    def shadow(self, messages: dict[int, Message], limit: int) -> "ReadySet":
+        """A throwaway copy holding at most `limit` ready ids per group slot, so a look ahead can
+        run the real selection (`take_*`) without touching this set."""
+        new = ReadySet(self.fair)
+        new.active = list(self.active)
+        new.current_weight = dict(self.current_weight)
+        for p in self.active:
+            level = self.levels[p]
+            copy = new.levels[p] = Level(p)
+            copy.rotation = deque(level.rotation)
+            copy.heaps = {slot: level.head_ids(slot, messages, self.slot_of, limit) for slot in level.rotation}
+            copy.ready = level.ready
+        return new
+
+    def oldest_id(self, messages: dict[int, Message]) -> int | None:
+        """The smallest ready id (ids follow log order, so: the longest-waiting ready message)."""
+        best = None
+        for p in self.active:
+            level = self.levels[p]
+            for slot in level.rotation:
+                head = level.head_ids(slot, messages, self.slot_of, 1)
+                if head and (best is None or head[0] < best):
+                    best = head[0]
+        return best
 
     def rebuilt(self, fair: bool, ready_messages) -> "ReadySet":
         new = ReadySet(fair)

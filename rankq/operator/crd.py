@@ -98,6 +98,7 @@ PRINTER_COLUMNS = [
     {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
     {"name": "Depth", "type": "integer", "jsonPath": ".status.depth"},
     {"name": "DLQ", "type": "integer", "jsonPath": ".status.messages.dead"},
+    {"name": "Workers", "type": "string", "jsonPath": ".status.workersSummary"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

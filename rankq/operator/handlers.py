@@ -26,7 +26,7 @@ from typing import Any
 
 import kopf
 
-from . import specs
+from . import external_metrics, specs, worker_specs
 from .endpoints import Endpoints, FileEndpoints
 from .kube import Kube, KubeError, code
 from .models import GROUP, PLURAL, VERSION
@@ -47,6 +47,7 @@ CHECK_SILENT = 30.0  # no member answers: only a watch event (a pod changing) ca
 CHECK_DEGRADED = 10.0
 
 APP = {"app.kubernetes.io/name": "rankq", specs.QUEUE_LABEL: kopf.PRESENT}
+WORKERS = {"app.kubernetes.io/name": worker_specs.WORKER_NAME, specs.QUEUE_LABEL: kopf.PRESENT}
 CHILDREN = [("", "v1", "services"), ("", "v1", "configmaps"), ("", "v1", "serviceaccounts"),
             ("policy", "v1", "poddisruptionbudgets"), ("rbac.authorization.k8s.io", "v1", "roles"),
             ("rbac.authorization.k8s.io", "v1", "rolebindings")]
@@ -57,6 +58,12 @@ class Settings:
     namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or "default")  # of the Lease
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     endpoints_file: str | None = None
+    # The external metrics API for the HPA (off when no port is given).
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    metrics_cert: str | None = None
+    metrics_key: str | None = None
+    requestheader_ca: str | None = None  # default: read from kube-system/extension-apiserver-authentication
 
 
 class Wake:
@@ -116,12 +123,53 @@ class Operator:
         self.leading = asyncio.Event()
         self.lease_task: asyncio.Task | None = None
         self.lease: dict[str, Any] | None = None
+        self.controllers: dict[tuple[str, str], QueueController] = {}
+        self.metrics: external_metrics.ExternalMetricsServer | None = None
 
     async def start(self) -> None:
         self.kube = Kube()
         self.lease_task = asyncio.create_task(self.hold_lease(), name="lease")
+        if self.settings.metrics_port:
+            await self.start_metrics()
+
+    async def start_metrics(self) -> None:
+        s = self.settings
+        if not (s.metrics_cert and s.metrics_key):
+            raise kopf.PermanentError("--metrics-api-port needs --metrics-api-cert and --metrics-api-key")
+        ca = s.requestheader_ca or await self._requestheader_ca()
+        tls = external_metrics.ServingTLS(s.metrics_cert, s.metrics_key, ca)
+        self.metrics = external_metrics.ExternalMetricsServer(self.backlog, tls, s.metrics_host, s.metrics_port)
+        await self.metrics.start()
+
+    async def _requestheader_ca(self) -> str:
+        """The CA the kube-apiserver's proxy certificate comes from, as the cluster publishes it."""
+        import tempfile
+
+        assert self.kube is not None
+        cm = await self.kube.get("ConfigMap", "kube-system", "extension-apiserver-authentication")
+        pem = ((cm or {}).get("data") or {}).get("requestheader-client-ca-file")
+        if not pem:
+            raise kopf.PermanentError("kube-system/extension-apiserver-authentication has no requestheader-client-ca-file: "
+                                      "the cluster's aggregation layer is not set up")
+        with tempfile.NamedTemporaryFile("w", suffix=".crt", delete=False) as fh:
+            fh.write(pem)
+        return fh.name
+
+    async def backlog(self, namespace: str, queue: str, include_delayed: bool = False) -> int:
+        """The backlog of the Queue (by its name or its queue's name) in `namespace`, for the HPA."""
+        for (ns, name), controller in list(self.controllers.items()):
+            q = controller.queue
+            if ns == namespace and q is not None and queue in (name, q.spec.queue_name(name)):
+                value = await controller.read_backlog(include_delayed)
+                if value is None:
+                    raise external_metrics.MetricUnavailable(f"the leader of Queue {namespace}/{name} does not answer")
+                return value
+        raise external_metrics.MetricNotFound(f"no Queue {queue!r} in namespace {namespace!r} (or this operator "
+                                              f"instance does not lead)")
 
     async def stop(self) -> None:
+        if self.metrics:
+            await self.metrics.stop()
         if self.lease_task:
             self.lease_task.cancel()
         await self.release_lease()
@@ -204,12 +252,13 @@ class Operator:
 
     # -- one daemon per Queue --
 
-    async def run_queue(self, body: kopf.Body, pods: kopf.Index, statefulsets: kopf.Index, stopped: Any) -> None:
+    async def run_queue(self, body: kopf.Body, pods: kopf.Index, statefulsets: kopf.Index, stopped: Any,
+                        deployments: kopf.Index | None = None) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         wake = self.wakes[key] = Wake()
         assert self.kube is not None
-        controller = QueueController(self.kube, self.endpoints)
+        controller = self.controllers[key] = QueueController(self.kube, self.endpoints)
         interval = CHECK_FAST
         try:
             while not stopped:
@@ -222,8 +271,9 @@ class Operator:
                 self._track_secret(key, plain)
                 sts = next(iter(statefulsets.get(key, [])), None)
                 try:
+                    workers = copy.deepcopy(list((deployments or {}).get(key, [])))
                     settled = await controller.tick(plain, copy.deepcopy(sts), copy.deepcopy(list(pods.get(key, []))),
-                                                    full)
+                                                    full, workers)
                 except Exception:  # noqa: BLE001 - a bug must not end the daemon; it is logged and retried
                     log.exception("%s/%s: reconcile failed", *key)
                     settled = False
@@ -237,6 +287,8 @@ class Operator:
         finally:
             if self.wakes.get(key) is wake:
                 del self.wakes[key]
+            if self.controllers.get(key) is controller:
+                del self.controllers[key]
             self._track_secret(key, None)
             await controller.close()
 
@@ -299,8 +351,8 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_backoff=5, cancellation_timeout=10)
     async def queue_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, rankq_pods: kopf.Index,
-                           rankq_statefulsets: kopf.Index, **_: Any) -> None:
-        await state.run_queue(body, rankq_pods, rankq_statefulsets, stopped)
+                           rankq_statefulsets: kopf.Index, rankq_worker_deployments: kopf.Index, **_: Any) -> None:
+        await state.run_queue(body, rankq_pods, rankq_statefulsets, stopped, rankq_worker_deployments)
 
     # -- what the Queue owns --
 
@@ -311,6 +363,21 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
     @kopf.index("apps", "v1", "statefulsets", labels=APP, registry=registry, id="rankq_statefulsets")
     def rankq_statefulsets(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): _plain(body)}
+
+    @kopf.index("apps", "v1", "deployments", labels=WORKERS, registry=registry, id="rankq_worker_deployments")
+    def rankq_worker_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, _queue_of(labels)): _plain(body)}
+
+    @kopf.on.event("apps", "v1", "deployments", labels=WORKERS, registry=registry)
+    def worker_deployment_event(event: dict[str, Any], namespace: str, labels: kopf.Labels, body: kopf.Body,
+                                **_: Any) -> None:
+        moved = event.get("type") == "DELETED" or \
+            body.get("metadata", {}).get("generation") != (body.get("status") or {}).get("observedGeneration")
+        state.wake(namespace, _queue_of(labels), full=moved)
+
+    @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=WORKERS, registry=registry)
+    def worker_hpa_event(event: dict[str, Any], namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        state.wake(namespace, _queue_of(labels), full=event.get("type") == "DELETED")
 
     @kopf.on.event("", "v1", "pods", labels=APP, registry=registry)
     def pod_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 from lightkube import ApiError, AsyncClient, codecs
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.apps_v1 import Deployment, StatefulSet
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, Service, ServiceAccount
 from lightkube.resources.policy_v1 import PodDisruptionBudget
@@ -25,11 +26,17 @@ from .models import GROUP, KIND, PLURAL, VERSION
 FIELD_MANAGER = "rankq-operator"
 
 Queue = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+# KEDA's kinds, for pools with autoscaling.provider keda (a cluster without KEDA answers 404).
+ScaledObject = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
+TriggerAuthentication = create_namespaced_resource("keda.sh", "v1alpha1", "TriggerAuthentication",
+                                                   "triggerauthentications")
 
 KINDS: dict[str, Any] = {
     "ServiceAccount": ServiceAccount, "Secret": Secret, "ConfigMap": ConfigMap, "Service": Service,
     "Pod": Pod, "Role": Role, "RoleBinding": RoleBinding, "StatefulSet": StatefulSet,
     "PodDisruptionBudget": PodDisruptionBudget, "Lease": Lease, KIND: Queue,
+    "Deployment": Deployment, "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
+    "ScaledObject": ScaledObject, "TriggerAuthentication": TriggerAuthentication,
 }
 
 KubeError = ApiError  # lightkube's error: `.status.code` is the HTTP status

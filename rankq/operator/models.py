@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "rankq.io"
@@ -110,6 +110,64 @@ class TlsSpec(Model):
         return bool(self.secret_name) or self.generate
 
 
+class AutoscalingSpec(Model):
+    """How a worker pool follows the queue's backlog (ready + leased, plus delayed if asked)."""
+
+    provider: Literal["hpa", "keda", "none"] = Field(
+        "hpa", description="hpa: a HorizontalPodAutoscaler on the external metric rankq_queue_backlog that the "
+                           "operator serves; keda: a KEDA ScaledObject (no HPA of ours); none: fixed minReplicas.")
+    min_replicas: int = Field(0, ge=0, le=1000, description="Fewest pods; 0 lets an idle pool scale to zero.")
+    max_replicas: int = Field(10, ge=1, le=1000, description="Most pods.")
+    target_backlog_per_replica: int = Field(
+        100, ge=1, description="Backlog one pod should carry: replicas = ceil(backlog / target).")
+    activation_backlog: int = Field(1, ge=1, description="Backlog that wakes a pool at zero (0 -> 1 pod).")
+    include_delayed: bool = Field(False, description="Count delayed messages in the backlog too.")
+    cooldown_seconds: int = Field(300, ge=0, le=86400,
+                                  description="Seconds with no backlog before a pool at minReplicas 0 goes to zero.")
+    behavior: dict[str, Any] | None = Field(
+        None, description="autoscaling/v2 HPA behavior (scaleUp / scaleDown policies), passed through.",
+        **k8s(**PRESERVE))
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSpec":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("autoscaling.maxReplicas must be at least minReplicas")
+        return self
+
+
+class WorkerPoolSpec(Model):
+    """A Deployment of `rankq worker` pods that run one handler against this Queue."""
+
+    name: str = Field(..., min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                      description="Pool name; the Deployment is <queue>-<name>.")
+    image: str | None = Field(None, min_length=1, description="Image with the handler's code; default: the server image.")
+    handler: str = Field(..., pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+                         description="The handler as module:function, e.g. myapp.tasks:send_email.")
+    concurrency: int = Field(8, ge=1, le=1024, description="Messages one pod works on at once.")
+    visibility_timeout_seconds: int | None = Field(
+        None, ge=1, le=12 * 3600, description="Lease per message; default: the queue's. Heartbeats extend it.")
+    drain_timeout_seconds: int = Field(
+        30, ge=1, le=3600, description="On SIGTERM, how long running handlers may finish before their messages are "
+                                        "released; the pod's grace period is this plus 15 s.")
+    env: list[dict[str, Any]] | None = Field(None, description="Container env, passed through.", **k8s(items=PRESERVE))
+    env_from: list[dict[str, Any]] | None = Field(None, description="Container envFrom, passed through.",
+                                                  **k8s(items=PRESERVE))
+    resources: dict[str, Any] = Field(default_factory=dict, description="Container resources.", **k8s(**PRESERVE))
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = Field(None, **k8s(items=PRESERVE))
+    affinity: dict[str, Any] | None = Field(None, **k8s(**PRESERVE))
+    service_account_name: str | None = None
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec,
+        **k8s(**{"x-kubernetes-validations": [
+            {"rule": "(has(self.maxReplicas) ? self.maxReplicas : 10) >= (has(self.minReplicas) ? self.minReplicas : 0)",
+             "message": "autoscaling.maxReplicas must be at least minReplicas"}]}))
+
+    @property
+    def grace_seconds(self) -> int:
+        return self.drain_timeout_seconds + 15
+
+
 class QueueSpec(Model):
     replicas: int = Field(
         3, description="Members of the Raft group: 1, 3, 5 or 7.",
@@ -135,7 +193,9 @@ class QueueSpec(Model):
     topology_spread_constraints: list[dict[str, Any]] | None = Field(
         None, description="Pod topology spread; default: spread members across nodes (maxSkew 1).", **k8s(items=PRESERVE))
     priority_class_name: str | None = None
-    workers: dict[str, Any] | None = Field(None, description="Reserved for worker Deployments (not acted on yet).", **k8s(**PRESERVE))
+    workers: list[WorkerPoolSpec] = Field(
+        default_factory=list, max_length=20, description="Worker pools: Deployments of `rankq worker` scaled on backlog.",
+        **k8s(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}))
 
     def queue_name(self, cr_name: str) -> str:
         return self.queue.name or cr_name
@@ -165,6 +225,16 @@ class MemberStatus(Model):
     lag: int | None = None
 
 
+class WorkerPoolStatus(Model):
+    name: str
+    desired_replicas: int | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    backlog: int | None = None
+    last_scale_reason: str | None = None
+    last_scale_time: str | None = None
+
+
 class QueueStatus(Model):
     phase: Literal["Pending", "Creating", "Running", "Scaling", "Updating", "Degraded"] | None = None
     leader: str | None = Field(None, description="Pod that is the Raft leader.")
@@ -176,6 +246,8 @@ class QueueStatus(Model):
     depth: int | None = Field(None, description="ready + delayed + leased messages.")
     term: int | None = None
     current_image: str | None = None
+    workers: list[WorkerPoolStatus] | None = Field(None, description="Per worker pool: replicas and the last scaling.")
+    workers_summary: str | None = Field(None, description="ready/desired worker pods over all pools (printer column).")
     observed_generation: int | None = None
     conditions: list[Condition] | None = Field(
         None, **k8s(**{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}))

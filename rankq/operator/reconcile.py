@@ -41,6 +41,7 @@ from .group import QUEUE_TIMEOUT, GroupClients
 from .kube import Kube, KubeError, code, now_iso
 from .membership import Action, ordinal, plan_rollout, plan_scale
 from .models import QueueResource
+from .workers import WorkerPools, backlog_of, summary
 
 log = logging.getLogger("rankq.operator")
 
@@ -160,6 +161,10 @@ class QueueController:
         self.leader_since: float | None = None
         self.settings_applied: dict | None = None
         self.ever_led = False  # before a first leader the group is starting, not degraded
+        self.workers = WorkerPools(kube)
+        self.worker_status: list[dict[str, Any]] = []
+        self.deployments: list[dict[str, Any]] = []
+        self.queue: QueueResource | None = None  # the last spec seen (the metrics API reads backlog by it)
 
     async def close(self) -> None:
         await self.group.close()
@@ -241,10 +246,14 @@ class QueueController:
 
     # -- one tick --
 
-    async def tick(self, body: dict, sts: dict | None, pods: list[dict], full: bool) -> bool:
-        """One pass; `sts` and `pods` as the watches last reported them. True when settled."""
+    async def tick(self, body: dict, sts: dict | None, pods: list[dict], full: bool,
+                   deployments: list[dict] | None = None) -> bool:
+        """One pass; `sts`, `pods` and the worker `deployments` as the watches last reported them.
+        True when settled."""
         q = QueueResource.from_body(body)
+        self.queue = q
         self.acted = False
+        self.deployments = deployments or []
         try:
             await self._tick(body, q, sts, pods, full or self.degraded is not None)
         except Unrealisable as err:
@@ -295,6 +304,9 @@ class QueueController:
             log.info("%s/%s: relabelled %s", q.namespace, q.name, changes)
 
         counts = await self.sync_queue(body, q, obs)
+        if q.spec.workers or self.deployments:
+            self.worker_status = await self.workers.reconcile(
+                q, self.deployments, counts, full, lambda reason, message: self.event(body, reason, message))
         if sts is not None:
             await self.step(body, q, sts, pods, obs)
         await self.write_status(body, q, sts, obs, pods, counts)
@@ -323,6 +335,19 @@ class QueueController:
         except RankQError as err:
             log.info("%s/%s: queue settings not synced yet: %s", q.namespace, q.name, err)
             return None
+
+    async def read_backlog(self, include_delayed: bool) -> int | None:
+        """The queue's backlog read from the leader now (for the external metrics API), or None
+        when no leader is known or it does not answer."""
+        q = self.queue
+        if q is None or not self.last_leader:
+            return None
+        client = self.group.at(self.endpoints.http_url(q, self.last_leader), QUEUE_TIMEOUT)
+        try:
+            info = await client.get_queue(q.spec.queue_name(q.name))
+        except RankQError:
+            return None
+        return backlog_of(asdict(info.counts), include_delayed)
 
     # -- scaling and rolling, one action per tick --
 
@@ -450,6 +475,9 @@ class QueueController:
                                "healthy": bool(m.get("healthy") or m["role"] == "leader"),
                                **({"lag": m["lag"]} if m.get("lag") is not None else {})}
                               for m in st["members"]]
+        if q.spec.workers:
+            new["workers"] = self.worker_status
+            new["workersSummary"] = summary(self.worker_status)
         if counts is not None:
             msgs = {k: int(counts.get(k, 0)) for k in ("ready", "leased", "delayed", "dead")}
             new["messages"] = msgs

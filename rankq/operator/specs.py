@@ -21,6 +21,7 @@ DRAIN_TIMEOUT = 50  # seconds a preStop drain may wait; the grace period allows 
 TLS_DIR = "/etc/rankq/tls"  # the TLS Secret's tls.crt, tls.key and ca.crt, mounted read-only
 TOKEN_KEY = "token"  # key of the generated token Secret
 MAX_REPLICAS = 7
+IMAGE_UID = 10001  # the image's user (Dockerfile: useradd --uid 10001)
 
 
 # ---- names and labels ------------------------------------------------------------------------------
@@ -377,6 +378,8 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
     pod_spec: dict[str, Any] = {
         "serviceAccountName": q.name,
         "terminationGracePeriodSeconds": DRAIN_TIMEOUT + 10,
+        # The image runs as uid 10001; a fresh volume is root's until the kubelet hands it to this group.
+        "securityContext": {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "fsGroup": IMAGE_UID},
         "containers": [container],
         "affinity": spec.affinity if spec.affinity is not None else default_affinity(q),
         "topologySpreadConstraints": (spec.topology_spread_constraints

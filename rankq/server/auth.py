@@ -61,6 +61,9 @@ HTTP_SCOPES: dict[tuple[str, str], Scope | None] = {
     ("GET", "/api/v1/backup"): Scope.ADMIN,  # every message of every queue: not a plain read
     ("POST", "/api/v1/restore"): Scope.ADMIN,
     ("GET", "/api/v1/archive"): READ,
+    ("GET", "/api/v1/queues/{name}/peek"): READ,  # the dashboard's reads: as GET message and the DLQ list
+    ("GET", "/api/v1/dashboard/stream"): READ,
+    ("GET", "/api/v1/dashboard/snapshot"): READ,
 }
 
 # rankq.v1.RankQ method -> scope needed.

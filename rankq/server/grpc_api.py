@@ -419,7 +419,8 @@ class RankQServicer(pb_grpc.RankQServicer):
         error = request.error if request.HasField("error") else None
         if error is not None and len(error) > 4096:
             raise Invalid("error must be at most 4096 characters")
-        res = await self.service.nack(request.queue, request.id, lease_token(request.lease_token), delay, error)
+        res = await self.service.nack(request.queue, request.id, lease_token(request.lease_token), delay, error,
+                                      request.dead)
         return pb.NackResponse(id=request.id, state=res["state"], available_at=res["available_at"])
 
     @unary
@@ -428,6 +429,11 @@ class RankQServicer(pb_grpc.RankQServicer):
               if request.HasField("visibility_timeout") else None)
         due = await self.service.extend(request.queue, request.id, lease_token(request.lease_token), vt)
         return pb.ExtendResponse(id=request.id, lease_expires_at=due)
+
+    @unary
+    async def Release(self, request, context):
+        await self.service.release(request.queue, request.id, lease_token(request.lease_token))
+        return pb.ReleaseResponse(id=request.id, state="ready")
 
     # ---- dead letters ---------------------------------------------------------------------------
 
@@ -623,8 +629,10 @@ async def start_grpc(service: QueueService, host: str, port: int, tokens: Tokens
                      tls: tuple[str, str] | None = None) -> grpc.aio.Server:
     """Start serving rankq.v1.RankQ (with server reflection) on host:port; returns the running server.
     With `tokens`, calls need a token with the method's scope; `tls` is (cert file, key file)."""
+    from .metrics import GrpcObserver
+
     server = grpc.aio.server(
-        interceptors=[GrpcAuth(tokens, SERVICE_NAME)] if tokens else None,
+        interceptors=[GrpcObserver(), *([GrpcAuth(tokens, SERVICE_NAME)] if tokens else [])],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", -1),

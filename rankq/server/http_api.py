@@ -6,6 +6,7 @@ the engine map to statuses in one table; a client mistake is always a 4xx with a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -26,6 +27,7 @@ from .errors import ClusterConflict, Unavailable
 from .http_archive import build_archive_router
 from .http_backup import build_backup_router
 from .http_cluster import build_cluster_router
+from .http_dashboard import add_dashboard
 from .service import QueueService, QueueView
 
 STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Full: 429, ClusterConflict: 409}
@@ -128,6 +130,38 @@ def delivered_json(deliveries) -> str:
     return '{"messages":[' + ",".join(parts) + "]}"
 
 
+async def until_disconnected(request: Request, call, release) -> list:
+    """Run a long poll, cancelled when its client hangs up: the server does not notice a closed
+    connection by itself, and a poll finishing for nobody would strand the messages it leased.
+    The service releases what a cancelled dequeue got; `release` gives back what a poll that
+    finished just as its client left had leased."""
+    task = asyncio.ensure_future(call)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not watcher.done():
+        watcher.cancel()
+        return await task
+    try:  # the client is gone: nobody reads this answer
+        got = await task
+    except (asyncio.CancelledError, Exception):
+        return []
+    for d in got:
+        try:
+            await release(d.id, d.lease_token)
+        except Exception:  # its lease runs out instead
+            pass
+    return []
+
+
 def raw(body: str, status: int = 200) -> Response:
     return Response(content=body, status_code=status, media_type="application/json")
 
@@ -135,7 +169,7 @@ def raw(body: str, status: int = 200) -> Response:
 async def log_request(request: Request) -> None:
     route = request.scope.get("route")
     client = request.client.host if request.client else "-"
-    tid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    tid = logs.trace_id.get() or request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     logs.trace_id.set(tid)
     logs.request_line(getattr(route, "path", request.url.path), request.method, str(request.url.path), client, tid)
 
@@ -147,6 +181,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
         title="RankQ",
         version="0.1.0",
         description="Replicated priority queues. Durations are seconds; timestamps are ISO 8601 UTC.",
+        docs_url=None, redoc_url=None,  # served from packaged assets by the dashboard router
     )
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(log_request)])
     err = {"model": s.ErrorBody}
@@ -186,7 +221,8 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     app.add_middleware(AnswerOnShutdown, service=service)  # inside LeaderHeaders: its answers name the leader
     app.add_middleware(LeaderHeaders, service=service)
     if tokens:
-        app.add_middleware(ApiAuth, tokens=tokens)  # outermost: refused calls are not read at all
+        app.add_middleware(ApiAuth, tokens=tokens)  # before any other: refused calls are not read at all
+    app.add_middleware(metrics.RequestObserver, router=app.router)  # outermost, reads no body: refusals are counted too
 
     # ---- queues ----------------------------------------------------------------------------------
 
@@ -234,10 +270,14 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
         return raw('{"results":[' + items + "]}", 201)
 
     @api.post("/queues/{name}/dequeue", response_model=s.DequeueResult, responses=common, tags=["messages"])
-    async def dequeue(name: str, body: s.DequeueRequest | None = None):
+    async def dequeue(name: str, request: Request, body: s.DequeueRequest | None = None):
         """Lease up to `max` messages. With `wait`, return as soon as one is ready (or [] when the wait ends)."""
         body = body or s.DequeueRequest()
-        got = await service.dequeue(name, body.max, body.wait, s.to_ms(body.visibility_timeout))
+        call = service.dequeue(name, body.max, body.wait, s.to_ms(body.visibility_timeout))
+        if body.wait:
+            got = await until_disconnected(request, call, lambda mid, token: service.release(name, mid, token))
+        else:
+            got = await call
         return raw(delivered_json(got))
 
     @api.post("/queues/{name}/messages/{id}/ack", response_model=s.AckResult, responses=common, tags=["leases"])
@@ -261,8 +301,14 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     @api.post("/queues/{name}/messages/{id}/nack", response_model=s.NackResult, responses=common, tags=["leases"])
     async def nack(name: str, id: int, body: s.NackRequest):
         """Give a message back: after `delay`, or after exponential backoff with jitter when unset."""
-        res = await service.nack(name, id, body.lease_token, s.to_ms(body.delay), body.error)
+        res = await service.nack(name, id, body.lease_token, s.to_ms(body.delay), body.error, body.dead)
         return JSONResponse({"id": id, "state": res["state"], "available_at": s.iso(res["available_at"])})
+
+    @api.post("/queues/{name}/messages/{id}/release", response_model=s.ReleaseResult, responses=common, tags=["leases"])
+    async def release(name: str, id: int, body: s.ReleaseRequest):
+        """Give a leased message back, ready at once, without counting the delivery (a consumer that stops before running it)."""
+        await service.release(name, id, body.lease_token)
+        return raw('{"id":%d,"state":"ready"}' % id)
 
     @api.post("/queues/{name}/messages/{id}/extend", response_model=s.ExtendResult, responses=common, tags=["leases"])
     async def extend(name: str, id: int, body: s.ExtendRequest):
@@ -305,6 +351,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     app.include_router(build_cluster_router(service, log_request, peer_ca))
     app.include_router(build_backup_router(service, log_request))
     app.include_router(build_archive_router(service, log_request))
+    add_dashboard(app, service, log_request)
 
     # ---- health ----------------------------------------------------------------------------------
 

@@ -179,6 +179,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     if started is not None:
         started.set()
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    app.state.feed.close()  # open dashboard streams end now instead of holding the shutdown
     await shutdown(service, http, http_task, grpc_server, archiver)
 
 

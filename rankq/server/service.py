@@ -19,6 +19,7 @@ from typing import Any
 from ..engine import EngineError, MessageInfo, NotFound
 from ..engine import commands as c
 from ..replication import RaftNode, ReplicationError
+from . import metrics
 from .cluster import ClusterOps
 from .errors import ClusterConflict, Unavailable
 
@@ -34,6 +35,11 @@ PROPOSAL_TIMEOUT = 5.0  # a write not committed by then is answered 503 (outcome
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _log_release_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:  # the lease then runs out instead
+        log.warning("could not release a message of a departed dequeue: %s", task.exception())
 
 
 @dataclass(frozen=True)
@@ -251,6 +257,8 @@ class QueueService(ClusterOps):
         if entry is None:  # already answered as timed out
             return
         batch = entry[1]
+        if error is None:
+            metrics.observe_commit(time.monotonic() - entry[0])
         self._inflight -= 1
         if error is not None:
             if isinstance(error, ReplicationError):
@@ -341,7 +349,8 @@ class QueueService(ClusterOps):
 
     @staticmethod
     def _view(q) -> QueueView:
-        return QueueView(q.name, q.config.as_dict(), q.counts(), dict(q.totals), q.created_at)
+        counts = {**q.counts(), "backlog": q.backlog(now_ms())}
+        return QueueView(q.name, q.config.as_dict(), counts, dict(q.totals), q.created_at)
 
     async def enqueue(self, queue: str, messages: list[c.NewMessage]) -> list[tuple[int, bool]]:
         return await self.submit(c.Enqueue(queue, tuple(messages)))
@@ -353,7 +362,12 @@ class QueueService(ClusterOps):
         cmd = c.Dequeue(queue, max, visibility_timeout_ms)
         while True:
             ev = self._ready_event(queue)  # taken before proposing, so no wake-up is missed
-            got = await self.submit(cmd)
+            proposal = asyncio.ensure_future(self.submit(cmd))
+            try:
+                got = await asyncio.shield(proposal)
+            except asyncio.CancelledError:  # the client went away: what it leased goes back
+                proposal.add_done_callback(lambda p, q=queue: self._release_orphans(q, p))
+                raise
             left = deadline - time.monotonic()
             if got or left <= 0:
                 return got
@@ -366,11 +380,23 @@ class QueueService(ClusterOps):
             if queue not in self.node.engine.queues:
                 raise NotFound(f"queue {queue!r} not found")
 
+    def _release_orphans(self, queue: str, proposal: asyncio.Future) -> None:
+        """Release the messages a dequeue leased for a caller that is no longer there."""
+        if proposal.cancelled() or proposal.exception() is not None:
+            return
+        for d in proposal.result():
+            task = asyncio.ensure_future(self.submit(c.Release(queue, d.id, d.lease_token)))
+            task.add_done_callback(_log_release_failure)
+
+    async def release(self, queue: str, mid: int, token: str) -> None:
+        await self.submit(c.Release(queue, mid, token))
+
     async def ack(self, queue: str, items: list[c.AckItem]) -> list[EngineError | None]:
         return await self.submit(c.Ack(queue, tuple(items)))
 
-    async def nack(self, queue: str, mid: int, token: str, delay_ms: int | None = None, error: str | None = None) -> dict:
-        return await self.submit(c.Nack(queue, mid, token, delay_ms, error, random.random()))
+    async def nack(self, queue: str, mid: int, token: str, delay_ms: int | None = None, error: str | None = None,
+                   dead: bool = False) -> dict:
+        return await self.submit(c.Nack(queue, mid, token, delay_ms, error, random.random(), dead))
 
     async def extend(self, queue: str, mid: int, token: str, visibility_timeout_ms: int | None = None) -> int:
         return await self.submit(c.Extend(queue, mid, token, visibility_timeout_ms))
@@ -388,6 +414,11 @@ class QueueService(ClusterOps):
     def get_message(self, queue: str, mid: int) -> MessageInfo:
         with self.node.lock:
             return self.node.engine.message(queue, mid)
+
+    def peek(self, queue: str, limit: int) -> list[MessageInfo]:
+        """The next ready messages in delivery order, leasing nothing (a local read)."""
+        with self.node.lock:
+            return self.node.engine.queue(queue).peek(limit)
 
     def dead_letters(self, queue: str, after: int | None = None, limit: int = 100) -> list[MessageInfo]:
         with self.node.lock:

@@ -129,6 +129,43 @@ class EngineMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.leases)
     @rule(data=st.data())
+    def release(self, data):
+        mid = data.draw(st.sampled_from(sorted(self.leases)))
+        token = self.leases.pop(mid)
+        self.old_tokens[mid] = token
+        msg = self.q.messages.get(mid)
+        before = None if msg is None or msg.token != token else msg.deliveries
+        try:
+            self.apply(c.Release("q", mid, token))
+        except EngineError:
+            assert before is None, "a live lease must be releasable"
+            return
+        after = self.q.messages[mid]
+        assert after.state == READY and after.deliveries == before - 1, "a release does not count a delivery"
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
+    def reject(self, data):
+        mid = data.draw(st.sampled_from(sorted(self.leases)))
+        token = self.leases.pop(mid)
+        self.old_tokens[mid] = token
+        try:
+            res = self.apply(c.Nack("q", mid, token, None, "bad input", 0.5, True))
+        except EngineError:
+            return
+        assert res["state"] == "dead" and mid in self.q.dead and mid not in self.q.messages
+
+    @invariant()
+    def backlog_counts_ready_leased_and_due(self):
+        q = self.q
+        due = sum(1 for m in q.messages.values() if m.state == DELAYED and m.due <= self.engine.now)
+        assert q.backlog(self.engine.now) == q.n_ready + q.n_leased + due
+        later = self.engine.now + 1500
+        due_later = sum(1 for m in q.messages.values() if m.state == DELAYED and m.due <= later)
+        assert q.backlog(later) == q.n_ready + q.n_leased + due_later
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
     def extend(self, data):
         mid = data.draw(st.sampled_from(sorted(self.leases)))
         try:

@@ -189,3 +189,50 @@ def test_bad_settings_and_names_are_refused():
     e.apply(c.CreateQueue("q", {}, b"s"), T0)
     with pytest.raises(Conflict):
         e.apply(c.CreateQueue("q", {}, b"s"), T0)
+
+
+def test_release_makes_ready_at_once_without_counting_the_delivery():
+    e = make({"max_deliveries": 1})
+    [mid] = put(e, '"a"', '"b"')[:1]
+    [d] = take(e)
+    assert d.id == mid and d.deliveries == 1
+    e.apply(c.Release("q", mid, d.lease_token), T0 + 10)
+    info = e.message("q", mid)
+    assert info.state == "ready" and info.deliveries == 0
+    [again] = take(e, t=T0 + 20)  # FIFO position kept; max_deliveries=1 and still delivered
+    assert again.id == mid and again.deliveries == 1 and again.lease_token != d.lease_token
+    assert e.queue("q").totals["released"] == 1
+
+
+def test_release_refuses_a_stale_token_and_changes_nothing():
+    e = make()
+    [mid] = put(e, '"a"')
+    [d] = take(e, visibility_timeout_ms=100)
+    e.apply(c.Tick(), T0 + 200)  # lease expired: back to ready
+    with pytest.raises(Conflict):
+        e.apply(c.Release("q", mid, d.lease_token), T0 + 210)
+    assert e.message("q", mid).deliveries == 1
+    with pytest.raises(NotFound):
+        e.apply(c.Release("q", 999, "x"), T0 + 220)
+
+
+def test_nack_dead_rejects_at_once_with_deliveries_left():
+    e = make({"max_deliveries": 5})
+    [mid] = put(e, '"a"')
+    [d] = take(e)
+    res = e.apply(c.Nack("q", mid, d.lease_token, None, "bad input", 0.0, True), T0 + 1)
+    assert res["state"] == "dead"
+    info = e.message("q", mid)
+    assert info.state == "dead" and info.last_error == "bad input" and info.deliveries == 1
+
+
+def test_backlog_is_ready_leased_and_due_delayed():
+    e = make()
+    put(e, '"r1"', '"r2"', '"r3"')
+    put(e, '"soon"', delay_ms=100)
+    put(e, '"later"', delay_ms=10_000)
+    take(e)
+    q = e.queue("q")
+    assert q.backlog(T0) == 3  # 2 ready + 1 leased
+    assert q.backlog(T0 + 100) == 4  # the delayed one is due, even before a tick moved it
+    assert q.backlog(T0 + 20_000) == 5

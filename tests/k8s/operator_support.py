@@ -46,7 +46,10 @@ def install_chart(k8s, namespace: str, release: str, tmp: Path) -> Path:
     k8s.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "queue.yaml"))
     proc = subprocess.run(
         [str(k8s.helm_path), "install", release, str(REPO / "helm" / "rankq"), "--namespace", namespace,
-         "--kubeconfig", str(k8s.kubeconfig), "--set", "replicas=0", "--wait=false"],
+         "--kubeconfig", str(k8s.kubeconfig), "--set", "replicas=0", "--wait=false",
+         # The operator runs outside the cluster here: an APIService with no backend would break
+         # discovery for everything else on the shared control plane.
+         "--set", "externalMetrics.enabled=false"],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     sa = f"{release}-rankq" if "rankq" not in release else release
@@ -68,9 +71,11 @@ def install_chart(k8s, namespace: str, release: str, tmp: Path) -> Path:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, lease_namespace: str, endpoints_file: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, lease_namespace: str, endpoints_file: Path, log: Path,
+                 extra: list[str] | None = None) -> None:
         self.kubeconfig, self.lease_namespace, self.endpoints_file, self.log = \
             kubeconfig, lease_namespace, endpoints_file, log
+        self.extra = extra or []
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "OperatorProcess":
@@ -78,7 +83,7 @@ class OperatorProcess:
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self.proc = subprocess.Popen(
             [*RANKQ, "operator", "--lease-namespace", self.lease_namespace,
-             "--endpoints-file", str(self.endpoints_file)],
+             "--endpoints-file", str(self.endpoints_file), *self.extra],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
         atexit.register(self.kill)  # never leave an operator acting after the test run
         return self
@@ -290,3 +295,94 @@ def unique(prefix: str) -> str:
 
 def cleanup_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+class WorkerStandIns:
+    """Real `rankq worker` processes standing in for kwok's worker pods: started when a pod appears
+    (its args, with the leader Service's URL replaced by the group's stand-in URLs), SIGTERM when it
+    is deleted and SIGKILL after its grace period, as the kubelet does. Exit codes are kept."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, servers: StandIns, workdir: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
+        from kubernetes import client, config
+
+        self.core = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        self.namespace = namespace
+        self.servers = servers
+        self.workdir = workdir
+        self.extra_env = extra_env or {}
+        self.procs: dict[str, tuple[str, subprocess.Popen, int]] = {}  # pod -> (uid, process, grace)
+        self.exits: dict[str, int | None] = {}
+        self.started: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "WorkerStandIns":
+        atexit.register(self.stop)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.sync()
+            except Exception as err:  # noqa: BLE001 - keep playing kubelet through API hiccups
+                print(f"worker stand-ins: {err}", file=sys.stderr)
+            self.stopping.wait(0.2)
+
+    def running(self) -> int:
+        with self.lock:
+            return sum(1 for _, p, _ in self.procs.values() if p.poll() is None)
+
+    def sync(self) -> None:
+        pods = {p.metadata.name: p for p in self.core.list_namespaced_pod(
+            self.namespace, label_selector="app.kubernetes.io/name=rankq-worker").items}
+        with self.lock:
+            for name, (uid, proc, grace) in list(self.procs.items()):
+                pod = pods.get(name)
+                if pod is None or pod.metadata.uid != uid or pod.metadata.deletion_timestamp is not None:
+                    del self.procs[name]
+                    threading.Thread(target=self._terminate, args=(name, proc, grace), daemon=True).start()
+            for name, pod in pods.items():
+                if name in self.procs or name in self.exits or pod.metadata.deletion_timestamp is not None:
+                    continue
+                container = pod.spec.containers[0]
+                args = list(container.args)
+                urls = ",".join(self.servers.url(m) for m in sorted(self.servers.ports))
+                for i, arg in enumerate(args):
+                    if args[i - 1] == "--url" and i > 0:
+                        args[i] = urls
+                    elif args[i - 1] == "--metrics-port" and i > 0:
+                        args[i] = str(free_port())
+                env = dict(os.environ, **self.extra_env)
+                for e in container.env or []:
+                    env[e.name] = e.value if e.value is not None else self.servers._value_from(pod, e.value_from)
+                env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "k8s"), env.get("PYTHONPATH", "")])
+                log = open(self.workdir / f"{name}.log", "ab")
+                proc = subprocess.Popen([*RANKQ, *args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                self.procs[name] = (pod.metadata.uid, proc, int(pod.spec.termination_grace_period_seconds or 30))
+                self.exits[name] = None
+                self.started.append((time.monotonic(), name))
+
+    def _terminate(self, name: str, proc: subprocess.Popen, grace: int) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        with self.lock:
+            self.exits[name] = proc.returncode
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread:
+            self.thread.join(5)
+        with self.lock:
+            procs = list(self.procs.items())
+            self.procs.clear()
+        for name, (_, proc, grace) in procs:
+            self._terminate(name, proc, min(grace, 20))

@@ -114,7 +114,7 @@ def test_example_queue_produces_every_child_with_the_right_shape(k8s, op, namesp
     assert st["phase"] == "Creating"
     table = k8s.kubectl("get", "rq", "orders", "-n", namespace).stdout
     header = table.splitlines()[0].split()
-    assert header == ["NAME", "REPLICAS", "READY", "LEADER", "DEPTH", "DLQ", "PHASE", "AGE"]
+    assert header == ["NAME", "REPLICAS", "READY", "LEADER", "DEPTH", "DLQ", "WORKERS", "PHASE", "AGE"]
     # The example's claims have no provisioner here, so its pods stay Pending: 0 ready.
     assert table.splitlines()[1].split()[1:3] == ["3", "0"]
 

@@ -226,3 +226,10 @@ def test_secret_and_rbac() -> None:
     assert rule["resourceNames"] == [f"orders-{i}" for i in range(7)]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "orders", "namespace": "shop"}]
     assert binding["roleRef"]["name"] == "orders"
+
+
+def test_server_pods_can_write_their_volume() -> None:
+    """The image runs as uid 10001; without fsGroup a fresh volume stays root's and the server
+    crash-loops on its journal (seen on a real node)."""
+    pod = specs.build_statefulset(queue())["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == specs.IMAGE_UID == pod["securityContext"]["runAsUser"]

@@ -56,18 +56,20 @@ class QueueSettings(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., default_priority: _Optional[int] = ..., fair_groups: _Optional[bool] = ..., group_max_inflight: _Optional[int] = ..., visibility_timeout: _Optional[float] = ..., max_deliveries: _Optional[int] = ..., dead_letter: _Optional[bool] = ..., dead_letter_retention: _Optional[float] = ..., retention: _Optional[float] = ..., max_length: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., dedup_window: _Optional[float] = ..., retry_base: _Optional[float] = ..., retry_max: _Optional[float] = ..., archive: _Optional[bool] = ...) -> None: ...
 
 class QueueCounts(_message.Message):
-    __slots__ = ("ready", "delayed", "leased", "dead", "acked_retained")
+    __slots__ = ("ready", "delayed", "leased", "dead", "acked_retained", "backlog")
     READY_FIELD_NUMBER: _ClassVar[int]
     DELAYED_FIELD_NUMBER: _ClassVar[int]
     LEASED_FIELD_NUMBER: _ClassVar[int]
     DEAD_FIELD_NUMBER: _ClassVar[int]
     ACKED_RETAINED_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
     ready: int
     delayed: int
     leased: int
     dead: int
     acked_retained: int
-    def __init__(self, ready: _Optional[int] = ..., delayed: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., acked_retained: _Optional[int] = ...) -> None: ...
+    backlog: int
+    def __init__(self, ready: _Optional[int] = ..., delayed: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., acked_retained: _Optional[int] = ..., backlog: _Optional[int] = ...) -> None: ...
 
 class QueueInfo(_message.Message):
     __slots__ = ("name", "settings", "counts", "totals", "created_at")
@@ -416,18 +418,20 @@ class AckBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[AckOutcome, _Mapping]]] = ...) -> None: ...
 
 class NackRequest(_message.Message):
-    __slots__ = ("queue", "id", "lease_token", "delay", "error")
+    __slots__ = ("queue", "id", "lease_token", "delay", "error", "dead")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DELAY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEAD_FIELD_NUMBER: _ClassVar[int]
     queue: str
     id: int
     lease_token: str
     delay: float
     error: str
-    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ..., delay: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    dead: bool
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ..., delay: _Optional[float] = ..., error: _Optional[str] = ..., dead: _Optional[bool] = ...) -> None: ...
 
 class NackResponse(_message.Message):
     __slots__ = ("id", "state", "available_at")
@@ -458,6 +462,24 @@ class ExtendResponse(_message.Message):
     id: int
     lease_expires_at: int
     def __init__(self, id: _Optional[int] = ..., lease_expires_at: _Optional[int] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("queue", "id", "lease_token")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: int
+    lease_token: str
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("id", "state")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    state: str
+    def __init__(self, id: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ListDeadLettersRequest(_message.Message):
     __slots__ = ("queue", "after", "limit")

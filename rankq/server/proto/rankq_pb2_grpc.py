@@ -109,6 +109,11 @@ class RankQStub:
                 request_serializer=rankq__pb2.ExtendRequest.SerializeToString,
                 response_deserializer=rankq__pb2.ExtendResponse.FromString,
                 _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/rankq.v1.RankQ/Release',
+                request_serializer=rankq__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=rankq__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
         self.ListDeadLetters = channel.unary_unary(
                 '/rankq.v1.RankQ/ListDeadLetters',
                 request_serializer=rankq__pb2.ListDeadLettersRequest.SerializeToString,
@@ -232,6 +237,13 @@ class RankQServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Release(self, request, context):
+        """Give a leased message back, ready at once, without counting the delivery.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeadLetters(self, request, context):
         """---- dead letters
         """
@@ -345,6 +357,11 @@ def add_RankQServicer_to_server(servicer, server):
                     servicer.Extend,
                     request_deserializer=rankq__pb2.ExtendRequest.FromString,
                     response_serializer=rankq__pb2.ExtendResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=rankq__pb2.ReleaseRequest.FromString,
+                    response_serializer=rankq__pb2.ReleaseResponse.SerializeToString,
             ),
             'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeadLetters,
@@ -772,6 +789,33 @@ class RankQ:
             '/rankq.v1.RankQ/Extend',
             rankq__pb2.ExtendRequest.SerializeToString,
             rankq__pb2.ExtendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rankq.v1.RankQ/Release',
+            rankq__pb2.ReleaseRequest.SerializeToString,
+            rankq__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

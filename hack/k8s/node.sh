@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# The real node of the local cluster (RANKQ_K8S_REAL_NODE=1 make k8s-up; docs/real-node.md):
+# containerd + runc + CNI plugins from Debian, kubelet and kube-proxy (nftables) and CoreDNS built
+# from Go modules, a locally built pause image, images imported into containerd, never pulled.
+#
+#   node.sh address   put the node address on the loopback device (before the apiserver starts)
+#   node.sh up        start containerd, kubelet, kube-proxy, CoreDNS; wait until the node is Ready
+#   node.sh down      stop them, remove the pods' containers, mounts, rules and the address
+#   node.sh pvs       make released PersistentVolumes available again (wiped)
+#   node.sh images    (re)import the pause image and every rankq-*.oci.tar of the image cache
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$K8S_HACK_DIR/proc.sh"
+
+NODE_DIR="$K8S_STATE_DIR/node"
+PKI="$K8S_STATE_DIR/pki"
+SOCK="$K8S_STATE_DIR/run/containerd.sock"
+# containerd's state dir holds shim sockets (short path limit) and must be on a tmpfs.
+CTRD_STATE="/run/rankq-containerd-$(printf '%s' "$K8S_STATE_DIR" | sha1sum | cut -c1-8)"
+CNI_BRIDGE=rankq-cni0
+IMAGE_DIR="${RANKQ_IMAGE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rankq/image}"
+PAUSE_IMAGE="rankq.local/pause:1"
+PV_COUNT="${RANKQ_K8S_NODE_PVS:-6}"
+KC="$K8S_STATE_DIR/bin/kubectl --kubeconfig=$K8S_STATE_DIR/kubeconfig --request-timeout=10s"
+ctr_() { ctr --address "$SOCK" -n k8s.io "$@"; }
+
+has_cap_sys_resource() { # CAP_SYS_RESOURCE (bit 24) in our effective set
+    local eff; eff="$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status)"
+    (( (16#$eff >> 24) & 1 ))
+}
+
+need() {
+    local missing=() c
+    for c in containerd containerd-shim-runc-v2 runc ctr nft ip; do command -v "$c" >/dev/null || missing+=("$c"); done
+    [ -x /usr/lib/cni/bridge ] || missing+=(cni-plugins)
+    [ "${#missing[@]}" = 0 ] || k8s_die "the real node needs ${missing[*]} (Debian: apt-get install containerd runc containernetworking-plugins nftables iproute2)"
+    [ "$(id -u)" = 0 ] || k8s_die "the real node needs root (containers, mounts, network)"
+    for b in kubelet kube-proxy coredns; do
+        [ -x "$K8S_STATE_DIR/bin/$b" ] || k8s_die "no $b: RANKQ_K8S_REAL_NODE=1 bash hack/k8s/build.sh"
+    done
+}
+
+cmd_address() {
+    ip -4 addr show dev lo | grep -q " $K8S_NODE_IP/" || ip addr add "$K8S_NODE_IP/32" dev lo
+}
+
+build_pause() { # -> $K8S_BUILD_DIR/pause.oci.tar
+    local out="$K8S_BUILD_DIR/pause.oci.tar" tmp
+    [ -f "$out" ] && [ "$out" -nt "$K8S_HACK_DIR/pause/pause.go" ] && return 0
+    tmp="$(mktemp -d)"
+    mkdir -p "$tmp/root"
+    (cd "$K8S_HACK_DIR/pause" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-buildvcs=false \
+        go build -trimpath -ldflags "-s -w" -o "$tmp/root/pause" pause.go)
+    tar -C "$tmp/root" --owner=0 --group=0 -cf "$tmp/rootfs.tar" pause
+    python3 "$K8S_HACK_DIR/oci.py" write "$tmp/rootfs.tar" "$out" --entrypoint /pause --user 65535 \
+        --name "$PAUSE_IMAGE" >/dev/null
+    rm -rf "$tmp"
+}
+
+cmd_images() {
+    build_pause
+    ctr_ images import "$K8S_BUILD_DIR/pause.oci.tar" >/dev/null
+    local f
+    for f in "$IMAGE_DIR"/rankq-*.oci.tar; do
+        [ -f "$f" ] || continue
+        k8s_log "importing $(basename "$f") into the node's containerd"
+        ctr_ images import "$f" >/dev/null
+    done
+}
+
+cmd_up() {
+    need
+    mkdir -p "$NODE_DIR"/{containerd,kubelet,cni,pv,coredns} "$CTRD_STATE"
+    : > "$K8S_STATE_DIR/run/node"
+    sysctl -qw net.ipv4.ip_forward=1
+    sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
+    cmd_address
+
+    # --- containerd ---
+    local restrict_oom=false oom_adj=-999
+    if ! grep -q '^CapEff:.*' /proc/self/status || ! has_cap_sys_resource; then restrict_oom=true; oom_adj=0; fi
+    cat > "$NODE_DIR/containerd.toml" <<EOF
+version = 2
+root = "$NODE_DIR/containerd"
+state = "$CTRD_STATE"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  # root here may lack CAP_SYS_RESOURCE (docs/real-node.md): no negative OOM scores (kubelet asks
+  # -998 for sandboxes); clamp them to containerd's own score instead of failing every pod.
+  restrict_oom_score_adj = $restrict_oom
+  enable_cdi = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$NODE_DIR/cni"
+EOF
+    proc_start containerd "" "$(command -v containerd)" --config "$NODE_DIR/containerd.toml" --log-level warn
+    proc_wait containerd 30 ctr --address "$SOCK" version
+    cmd_images
+
+    # --- kubelet ---
+    cat > "$NODE_DIR/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $K8S_NODE_IP
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI/ca.crt}
+authorization: {mode: Webhook}
+tlsCertFile: $PKI/kubelet-serving.crt
+tlsPrivateKeyFile: $PKI/kubelet-serving.key
+cgroupDriver: cgroupfs
+oomScoreAdj: $oom_adj
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix://$SOCK
+clusterDomain: $K8S_DNS_DOMAIN
+clusterDNS: [$K8S_NODE_IP]
+resolvConf: /etc/resolv.conf
+serializeImagePulls: false
+evictionHard: {memory.available: 100Mi, nodefs.available: "1%", imagefs.available: "1%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+nodeStatusReportFrequency: 10s
+registerWithTaints:
+- {key: rankq.dev/real-node, value: "true", effect: NoSchedule}
+EOF
+    proc_start kubelet "" "$K8S_STATE_DIR/bin/kubelet" \
+        --config="$NODE_DIR/kubelet.yaml" \
+        --kubeconfig="$PKI/kubelet-client.kubeconfig" \
+        --root-dir="$NODE_DIR/kubelet" \
+        --hostname-override="$K8S_NODE_NAME" \
+        --node-ip="$K8S_NODE_IP" \
+        --node-labels="type=real" \
+        --v=1
+    registered() { $KC get node "$K8S_NODE_NAME" -o jsonpath='{.spec.podCIDR}' | grep -q .; }
+    proc_wait kubelet 90 registered
+    local cidr
+    cidr="$($KC get node "$K8S_NODE_NAME" -o jsonpath='{.spec.podCIDR}')"
+
+    # --- pod network: one bridge, addresses from the node's pod CIDR ---
+    cat > "$NODE_DIR/cni/10-rankq.conflist" <<EOF
+{"cniVersion": "1.0.0", "name": "rankq", "plugins": [
+  {"type": "bridge", "bridge": "$CNI_BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$cidr"}]], "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": "$NODE_DIR/cni/ipam"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}},
+  {"type": "loopback"}
+]}
+EOF
+
+    # --- kube-proxy (nftables: no iptables needed) ---
+    cat > "$NODE_DIR/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clientConnection: {kubeconfig: $PKI/kube-proxy.kubeconfig}
+hostnameOverride: $K8S_NODE_NAME
+clusterCIDR: $K8S_POD_CIDR
+bindAddress: 127.0.0.1
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: [$K8S_NODE_IP/32]
+conntrack: {maxPerCore: 0}
+oomScoreAdj: $oom_adj
+EOF
+    proc_start kube-proxy "" "$K8S_STATE_DIR/bin/kube-proxy" --config="$NODE_DIR/kube-proxy.yaml"
+
+    # --- cluster DNS: CoreDNS as a process on the node address ---
+    cat > "$NODE_DIR/coredns/Corefile" <<EOF
+.:53 {
+    bind $K8S_NODE_IP
+    errors
+    kubernetes $K8S_DNS_DOMAIN in-addr.arpa ip6.arpa {
+        kubeconfig $PKI/coredns.kubeconfig rankq-local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }
+    cache 5
+}
+EOF
+    proc_start coredns "" "$K8S_STATE_DIR/bin/coredns" -conf "$NODE_DIR/coredns/Corefile"
+
+    cmd_pvs
+
+    node_ready() {
+        [ "$($KC get node "$K8S_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+    }
+    proc_wait kubelet 120 node_ready
+    proc_wait kube-proxy 30 curl -fsS -o /dev/null http://127.0.0.1:10256/healthz
+    k8s_log "real node $K8S_NODE_NAME Ready ($K8S_NODE_IP, pods $cidr, taint rankq.dev/real-node=true:NoSchedule)"
+}
+
+# Storage: local PVs on the node, class rankq-local (no provisioner, bound on first use). A PV whose
+# claim was deleted (Released) is wiped and made Available again, as a local provisioner would.
+cmd_pvs() {
+    local name
+    for name in $($KC get pv -l type=real -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}'); do
+        $KC delete pv "$name" --wait=true >/dev/null
+        rm -rf "${NODE_DIR:?}/pv/pv-${name##*-pv-}"
+    done
+    local pvs="$NODE_DIR/pvs.yaml" i
+    cat > "$pvs" <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: rankq-local}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+EOF
+    for i in $(seq 0 $((PV_COUNT - 1))); do
+        mkdir -p "$NODE_DIR/pv/pv-$i"
+        cat >> "$pvs" <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $K8S_NODE_NAME-pv-$i, labels: {type: real}}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: rankq-local
+  local: {path: $NODE_DIR/pv/pv-$i}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$K8S_NODE_NAME]}]}]
+EOF
+    done
+    $KC apply -f "$pvs" >/dev/null
+
+}
+
+cmd_down() {
+    proc_stop kubelet
+    if proc_pid containerd >/dev/null; then
+        local ids id
+        ids="$(ctr_ tasks ls -q 2>/dev/null || true)"
+        for id in $ids; do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
+        for id in $ids; do
+            for _ in $(seq 50); do ctr_ tasks delete "$id" >/dev/null 2>&1 && break; sleep 0.1; done
+        done
+        for id in $(ctr_ containers ls -q 2>/dev/null || true); do ctr_ containers delete "$id" >/dev/null 2>&1 || true; done
+    fi
+    proc_stop containerd
+    # Shims of this containerd outlive it; they name its socket on their command line.
+    local pid
+    for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $SOCK( |$)" || true); do kill -KILL "$pid" 2>/dev/null || true; done
+    proc_stop coredns
+    proc_stop kube-proxy
+    [ -x "$K8S_STATE_DIR/bin/kube-proxy" ] && "$K8S_STATE_DIR/bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
+    nft delete table ip kube-proxy 2>/dev/null || true
+    nft delete table ip6 kube-proxy 2>/dev/null || true
+    # Everything mounted below the node's directories (pod volumes, overlay snapshots, netns).
+    local m
+    for m in $(findmnt -rn -o TARGET | grep -E "^($NODE_DIR|$CTRD_STATE)" | sort -r || true); do umount -l "$m" 2>/dev/null || true; done
+    ip link del "$CNI_BRIDGE" 2>/dev/null || true
+    ip addr del "$K8S_NODE_IP/32" dev lo 2>/dev/null || true
+    rm -rf "${NODE_DIR:?}" "${CTRD_STATE:?}" "$K8S_STATE_DIR/run/node"
+    k8s_log "real node stopped"
+}
+
+case "${1:-}" in
+    address) cmd_address ;;
+    up) cmd_up ;;
+    down) cmd_down ;;
+    images) need; cmd_images ;;
+    pvs) cmd_pvs ;;
+    *) echo "usage: $0 address|up|down|images|pvs" >&2; exit 2 ;;
+esac

@@ -1,0 +1,13 @@
+"""The handler the autoscaling end-to-end test's workers run: a little work, then a journal line."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def handle(msg) -> dict:
+    time.sleep(float(os.environ.get("RANKQ_TEST_WORK_SECONDS", "0.3")))
+    with open(os.environ["RANKQ_TEST_JOURNAL"], "a") as fh:
+        fh.write(f"{msg.id} {os.getpid()}\n")
+    return {"done": True}
