@@ -6,14 +6,59 @@ integer milliseconds. Conversions live here so both sides agree on them.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Literal
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import Strict as StrictMode
 
-MAX_WAIT = 20.0
-MAX_BATCH = 1000
-MAX_VISIBILITY = 12 * 3600.0
+from .engine import config as limits
+from .engine.errors import Invalid
+from .validation import check_json
+
+MAX_WAIT = limits.MAX_WAIT_MS / 1000
+MAX_BATCH = limits.MAX_BATCH
+MAX_VISIBILITY = limits.MAX_VISIBILITY_MS / 1000
+MAX_DURATION = limits.MAX_DURATION_MS / 1000
+
+
+
+def json_int(low: int, high: int) -> Any:
+    """A strict integer (no "1", true or 1.0 for 1) within [low, high]."""
+    return Annotated[int, Field(ge=low, le=high)]
+
+
+# Request field types, bounded as the engine and gRPC are.
+Int64 = json_int(limits.INT64_MIN, limits.INT64_MAX)
+Count = json_int(1, limits.INT64_MAX)
+PriorityClass = Annotated[int, StrictMode(False), Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]  # JSON keys are text
+Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION)]
+
+
+def _json_value(value: Any) -> Any:
+    try:
+        return check_json("value", value)
+    except Invalid as err:
+        raise ValueError(err.detail) from None
+
+
+Json = Annotated[Any, AfterValidator(_json_value)]
+
+
+def _timestamp_text(value: Any) -> Any:
+    if not isinstance(value, (str, datetime)):
+        raise ValueError("must be an ISO 8601 date-time string with a time zone")
+    return value
+
+
+# A time with its zone (`Z` or an offset); a time without one is refused rather than guessed.
+Timestamp = Annotated[AwareDatetime, StrictMode(False), BeforeValidator(_timestamp_text)]
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def timestamp_ms(at: datetime | None) -> int | None:
+    """Exact milliseconds since the epoch (float seconds would round near year 9999)."""
+    return None if at is None else (at - _EPOCH) // timedelta(milliseconds=1)
 
 # Settings whose wire value is seconds and whose engine value is milliseconds.
 SECONDS_FIELDS = {
@@ -55,27 +100,30 @@ def iso(ms: int | None) -> str | None:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request models: unknown fields, coercions ("1" or true for 1) and NaN/Infinity are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class QueueSettings(Strict):
     """Queue settings. Every field is optional: unset fields keep their current (or default) value."""
 
     policy: Literal["strict", "weighted"] | None = Field(None, description="strict: lowest priority number first; weighted: smooth weighted round robin over priority classes")
-    weights: dict[int, int] | None = Field(None, description="priority class -> weight (weighted policy); default {1:30, 2:25, 3:20, 4:15, 5:10}")
-    default_priority: int | None = Field(None, description="priority of a message that names none (default 3)")
+    weights: dict[PriorityClass, Count] | None = Field(None, description="priority class -> weight (weighted policy); default {1:30, 2:25, 3:20, 4:15, 5:10}",
+                                                      json_schema_extra={"propertyNames": {"pattern": "^-?[1-9][0-9]{0,17}$|^0$"}})
+    default_priority: Int64 | None = Field(None, description="priority of a message that names none (default 3)")
     fair_groups: bool | None = Field(None, description="serve the groups of one priority round robin")
-    group_max_inflight: int | None = Field(None, ge=1, description="cap on leased messages per group (fair groups); null: no cap")
+    group_max_inflight: Count | None = Field(None, description="cap on leased messages per group (fair groups); null: no cap")
     visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="seconds a dequeued message stays leased (default 30)")
-    max_deliveries: int | None = Field(None, ge=0, description="deliveries before a message is dead-lettered; 0: retry forever (default 5)")
+    max_deliveries: json_int(0, limits.INT64_MAX) | None = Field(None, description="deliveries before a message is dead-lettered; 0: retry forever (default 5)")
     dead_letter: bool | None = Field(None, description="keep messages that ran out of deliveries in the dead-letter queue (default true); false drops them")
-    dead_letter_retention: float | None = Field(None, ge=0, description="seconds dead letters are kept; null: until redriven or deleted (default 14 days)")
-    retention: float | None = Field(None, ge=0, description="seconds an acked message's status and result stay readable (default 3600)")
-    max_length: int | None = Field(None, ge=1, description="most messages (ready + delayed + leased); an enqueue beyond it gets 429; null: unbounded")
-    max_payload_bytes: int | None = Field(None, ge=1, le=64 * 1024 * 1024, description="largest payload in bytes (default 262144)")
-    dedup_window: float | None = Field(None, ge=0, description="seconds a dedup key is remembered (default 300)")
-    retry_base: float | None = Field(None, ge=0, description="first retry delay after a nack without delay, doubling per delivery (default 1)")
-    retry_max: float | None = Field(None, ge=0, description="longest retry delay (default 300)")
+    dead_letter_retention: Seconds | None = Field(None, description="seconds dead letters are kept; null: until redriven or deleted (default 14 days)")
+    retention: Seconds | None = Field(None, description="seconds an acked message's status and result stay readable (default 3600)")
+    max_length: Count | None = Field(None, description="most messages (ready + delayed + leased); an enqueue beyond it gets 429; null: unbounded")
+    max_payload_bytes: json_int(1, limits.MAX_PAYLOAD_BYTES) | None = Field(None, description="largest payload plus headers in bytes (default 262144)")
+    dedup_window: Seconds | None = Field(None, description="seconds a dedup key is remembered (default 300)")
+    retry_base: Seconds | None = Field(None, description="first retry delay after a nack without delay, doubling per delivery (default 1)")
+    retry_max: Seconds | None = Field(None, description="longest retry delay (default 300)")
     archive: bool | None = Field(None, description="copy finished messages (acked with result, dead-lettered, cancelled) to the group's PostgreSQL archive (default false)")
 
     def to_engine(self) -> dict:
@@ -97,7 +145,7 @@ class QueueSettings(Strict):
     @classmethod
     def from_engine(cls, config: dict) -> "QueueSettings":
         back = {v: k for k, v in SECONDS_FIELDS.items()}
-        return cls(**{back.get(k, k): from_ms(v) if k in back else v for k, v in config.items()})
+        return cls.model_construct(**{back.get(k, k): from_ms(v) if k in back else v for k, v in config.items()})
 
 
 class CreateQueue(QueueSettings):
@@ -126,13 +174,13 @@ class QueueList(BaseModel):
 
 
 class EnqueueRequest(Strict):
-    payload: Any = Field(..., description="any JSON value")
-    priority: int | None = Field(None, description="lower is served sooner; default: the queue's default_priority")
-    group: str | None = Field(None, min_length=1, max_length=256, description="fairness key (default 'default')")
-    delay: float | None = Field(None, ge=0, le=365 * 86400, description="seconds before the message becomes ready")
-    deliver_at: datetime | None = Field(None, description="time at which the message becomes ready")
-    headers: dict[str, str] | None = None
-    dedup_key: str | None = Field(None, min_length=1, max_length=256, description="an enqueue with a key seen within the dedup window returns the first id")
+    payload: Any = Field(..., description="any JSON value (no NaN or Infinity, nested at most 64 deep)")
+    priority: Int64 | None = Field(None, description="lower is served sooner; default: the queue's default_priority")
+    group: str | None = Field(None, min_length=1, max_length=limits.MAX_TEXT, description="fairness key (default 'default')")
+    delay: Seconds | None = Field(None, description="seconds before the message becomes ready")
+    deliver_at: Timestamp | None = Field(None, description="time at which the message becomes ready, with its zone (`Z` or an offset)")
+    headers: dict[str, str] | None = Field(None, description="text headers; their bytes count toward max_payload_bytes")
+    dedup_key: str | None = Field(None, min_length=1, max_length=limits.MAX_TEXT, description="an enqueue with a key seen within the dedup window returns the first id")
 
 
 class EnqueueResult(BaseModel):
@@ -150,7 +198,7 @@ class EnqueueBatchResult(BaseModel):
 
 
 class DequeueRequest(Strict):
-    max: int = Field(1, ge=1, le=MAX_BATCH, description="most messages to lease")
+    max: json_int(1, MAX_BATCH) = Field(1, description="most messages to lease")
     wait: float = Field(0, ge=0, le=MAX_WAIT, description="seconds to wait for a message when none is ready (long poll)")
     visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="lease length for these messages; default: the queue's")
 
@@ -174,12 +222,12 @@ class DequeueResult(BaseModel):
 
 
 class AckRequest(Strict):
-    lease_token: str = Field(..., min_length=1, max_length=128)
-    result: Any = Field(None, description="JSON kept with the message status for the queue's retention")
+    lease_token: str = Field(..., min_length=1, max_length=limits.MAX_TOKEN)
+    result: Json = Field(None, description="JSON kept with the message status for the queue's retention (nested at most 64 deep)")
 
 
 class AckBatchItem(AckRequest):
-    id: int
+    id: Int64
 
 
 class AckBatchRequest(Strict):
@@ -203,9 +251,9 @@ class AckResult(BaseModel):
 
 
 class NackRequest(Strict):
-    lease_token: str = Field(..., min_length=1, max_length=128)
-    delay: float | None = Field(None, ge=0, le=365 * 86400, description="seconds before redelivery; default: exponential backoff with jitter")
-    error: str | None = Field(None, max_length=4096, description="why it failed; kept as last_error")
+    lease_token: str = Field(..., min_length=1, max_length=limits.MAX_TOKEN)
+    delay: Seconds | None = Field(None, description="seconds before redelivery; default: exponential backoff with jitter")
+    error: str | None = Field(None, max_length=limits.MAX_ERROR, description="why it failed; kept as last_error")
     dead: bool = Field(False, description="dead-letter it now (reject), whatever deliveries are left")
 
 
@@ -216,7 +264,7 @@ class NackResult(BaseModel):
 
 
 class ReleaseRequest(Strict):
-    lease_token: str = Field(..., min_length=1, max_length=128)
+    lease_token: str = Field(..., min_length=1, max_length=limits.MAX_TOKEN)
 
 
 class ReleaseResult(BaseModel):
@@ -225,7 +273,7 @@ class ReleaseResult(BaseModel):
 
 
 class ExtendRequest(Strict):
-    lease_token: str = Field(..., min_length=1, max_length=128)
+    lease_token: str = Field(..., min_length=1, max_length=limits.MAX_TOKEN)
     visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="new lease length from now; default: the queue's")
 
 
@@ -235,7 +283,7 @@ class ExtendResult(BaseModel):
 
 
 class PriorityRequest(Strict):
-    priority: int
+    priority: Int64
 
 
 class MessageStatus(BaseModel):
@@ -264,7 +312,7 @@ class DeadLetterPage(BaseModel):
 
 
 class RedriveRequest(Strict):
-    ids: list[int] | None = Field(None, max_length=100_000, description="ids to move back; null or absent: all dead letters")
+    ids: list[Int64] | None = Field(None, max_length=limits.MAX_REDRIVE_IDS, description="ids to move back; null or absent: all dead letters")
 
 
 class RedriveResult(BaseModel):
@@ -311,7 +359,7 @@ class AddMember(Strict):
 
 
 class TransferLeader(Strict):
-    to: str | None = Field(None, description="node id or Raft address; default: the most caught-up follower")
+    to: str | None = Field(None, min_length=1, max_length=limits.MAX_TEXT, description="node id or Raft address; default: the most caught-up follower")
 
 
 class RestoreChunk(Strict):

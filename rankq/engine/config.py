@@ -20,6 +20,23 @@ POLICIES = (STRICT, WEIGHTED)
 
 DEFAULT_WEIGHTS = {1: 30, 2: 25, 3: 20, 4: 15, 5: 10}
 
+# ---- limits: declared here once; the HTTP schemas, the gRPC checks and the engine import them ----
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1  # priorities, weights, counts and times fit a protobuf int64
+# Timestamps (ms since the epoch) must name an instant ISO 8601 can write: years 0001 to 9999.
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # largest max_payload_bytes; also the HTTP body cap
+MAX_JSON_DEPTH = 64  # nesting of a JSON payload or ack result
+MAX_BATCH = 1000  # messages per enqueue batch, per dequeue, items per batch ack
+MAX_WAIT_MS = 20_000  # long-poll wait
+MAX_VISIBILITY_MS = 12 * 3600 * 1000  # lease length
+MAX_DURATION_MS = 365 * 24 * 3600 * 1000  # delays, retention, dedup window, retry backoff
+MAX_TEXT = 256  # group, dedup key, node reference
+MAX_TOKEN = 128  # lease token
+MAX_ERROR = 4096  # nack error text
+MAX_REDRIVE_IDS = 100_000
+
 
 @dataclass(slots=True)
 class QueueConfig:
@@ -52,28 +69,29 @@ class QueueConfig:
         if not self.weights:
             raise Invalid("weights must name at least one priority class")
         for cls, weight in self.weights.items():
-            if not isinstance(cls, int) or isinstance(cls, bool):
-                raise Invalid(f"priority class {cls!r} is not an integer")
-            if not isinstance(weight, int) or weight < 1:
-                raise Invalid(f"weight of class {cls} must be a positive integer")
+            check_int64("priority class", cls)
+            _positive(f"weight of class {cls}", weight, upper=INT64_MAX)
+        check_int64("default_priority", self.default_priority)
         if self.policy == WEIGHTED and self.default_priority not in self.weights:
             raise Invalid(
                 f"default_priority {self.default_priority} is not one of the weighted classes "
                 f"{sorted(self.weights)}"
             )
-        _positive("visibility_timeout_ms", self.visibility_timeout_ms, upper=12 * 3600 * 1000)
-        _non_negative("max_deliveries", self.max_deliveries)
-        _non_negative("retention_ms", self.retention_ms)
-        _non_negative("dedup_window_ms", self.dedup_window_ms)
-        _non_negative("retry_base_ms", self.retry_base_ms)
-        _non_negative("retry_max_ms", self.retry_max_ms)
+        if not isinstance(self.fair_groups, bool) or not isinstance(self.dead_letter, bool):
+            raise Invalid("fair_groups and dead_letter must be true or false")
+        _positive("visibility_timeout_ms", self.visibility_timeout_ms, upper=MAX_VISIBILITY_MS)
+        _non_negative("max_deliveries", self.max_deliveries, upper=INT64_MAX)
+        _non_negative("retention_ms", self.retention_ms, upper=MAX_DURATION_MS)
+        _non_negative("dedup_window_ms", self.dedup_window_ms, upper=MAX_DURATION_MS)
+        _non_negative("retry_base_ms", self.retry_base_ms, upper=MAX_DURATION_MS)
+        _non_negative("retry_max_ms", self.retry_max_ms, upper=MAX_DURATION_MS)
         if self.dead_letter_retention_ms is not None:
-            _non_negative("dead_letter_retention_ms", self.dead_letter_retention_ms)
+            _non_negative("dead_letter_retention_ms", self.dead_letter_retention_ms, upper=MAX_DURATION_MS)
         if self.max_length is not None:
-            _positive("max_length", self.max_length)
+            _positive("max_length", self.max_length, upper=INT64_MAX)
         if self.group_max_inflight is not None:
-            _positive("group_max_inflight", self.group_max_inflight)
-        _positive("max_payload_bytes", self.max_payload_bytes, upper=64 * 1024 * 1024)
+            _positive("group_max_inflight", self.group_max_inflight, upper=INT64_MAX)
+        _positive("max_payload_bytes", self.max_payload_bytes, upper=MAX_PAYLOAD_BYTES)
         if not isinstance(self.archive, bool):
             raise Invalid("archive must be true or false")
         return self
@@ -100,9 +118,27 @@ def _positive(name: str, value, upper: int | None = None) -> None:
         raise Invalid(f"{name} must be at most {upper}")
 
 
-def _non_negative(name: str, value) -> None:
+def _non_negative(name: str, value, upper: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise Invalid(f"{name} must be a non-negative integer")
+    if upper is not None and value > upper:
+        raise Invalid(f"{name} must be at most {upper}")
+
+
+def check_int64(name: str, value) -> int:
+    """An integer a protobuf int64 can carry (priorities, times): larger ones could not be delivered."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Invalid(f"{name} must be an integer")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise Invalid(f"{name} must be between {INT64_MIN} and {INT64_MAX}")
+    return value
+
+
+def check_time_ms(name: str, value) -> int:
+    """A timestamp in ms that can be written back as ISO 8601 (years 0001 to 9999)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not MIN_TIME_MS <= value <= MAX_TIME_MS:
+        raise Invalid(f"{name} must be a time between years 0001 and 9999 (ms {MIN_TIME_MS} to {MAX_TIME_MS})")
+    return value
 
 
 def check_queue_name(name: str) -> str:

@@ -14,7 +14,18 @@ from typing import Any
 
 from . import commands as c
 from .archive import ArchiveOutbox
-from .config import WEIGHTED, QueueConfig
+from .config import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_BATCH,
+    MAX_DURATION_MS,
+    MAX_PAYLOAD_BYTES,
+    MAX_TIME_MS,
+    MAX_VISIBILITY_MS,
+    MIN_TIME_MS,
+    WEIGHTED,
+    QueueConfig,
+)
 from .errors import Conflict, Full, Invalid, NotFound, TooLarge
 from .message import (
     DEAD,
@@ -28,9 +39,49 @@ from .message import (
 )
 from .scheduler import ReadySet
 
-MAX_DEQUEUE = 1000
+MAX_DEQUEUE = MAX_BATCH
 GROUP_MAX_LEN = 256
 DEDUP_KEY_MAX_LEN = 256
+
+
+def message_size(m: c.NewMessage) -> int:
+    """Bytes a message counts against max_payload_bytes: its payload and its headers, as UTF-8.
+
+    Text that has no UTF-8 form (a lone surrogate) is refused here: it could never be delivered.
+    """
+    payload = m.payload
+    try:
+        # isascii() reads a flag CPython keeps on every str: ASCII text is counted without encoding.
+        size = len(payload) if type(payload) is bytes or payload.isascii() else len(payload.encode())
+        if m.headers:
+            for key, value in m.headers.items():
+                size += (len(key) if key.isascii() else len(key.encode())) + (len(value) if value.isascii() else len(value.encode()))
+    except UnicodeEncodeError:
+        raise Invalid("payload and headers must be valid Unicode (no lone surrogates)") from None
+    except (AttributeError, TypeError):
+        raise Invalid("headers must map text to text") from None
+    return size
+
+
+def check_messages(name: str, config: QueueConfig | None, messages) -> None:
+    """Refuse messages no API could deliver or list, and payloads over the queue's limit.
+
+    The engine runs this on apply; the service runs it before proposing, against its own copy of
+    the queue's settings (`config` None: the queue is not known here yet), so that a refused
+    message is not written to the log.
+    """
+    limit = MAX_PAYLOAD_BYTES if config is None else config.max_payload_bytes
+    for i, m in enumerate(messages):
+        size = message_size(m)
+        if size > limit:
+            where = f"message {i}: " if len(messages) > 1 else ""
+            raise TooLarge(f"{where}payload and headers are {size} bytes; queue {name!r} allows {limit}")
+        if m.priority is not None and not INT64_MIN <= m.priority <= INT64_MAX:
+            raise Invalid(f"priority must be between {INT64_MIN} and {INT64_MAX}")
+        if m.delay_ms is not None and not 0 <= m.delay_ms <= MAX_DURATION_MS:
+            raise Invalid(f"delay must be between 0 and {MAX_DURATION_MS // 1000} seconds")
+        if m.deliver_at_ms is not None and not MIN_TIME_MS <= m.deliver_at_ms <= MAX_TIME_MS:
+            raise Invalid("deliver_at must be a time between years 0001 and 9999")
 
 
 class QueueState:
@@ -228,11 +279,8 @@ class QueueState:
         checked = []
         fresh = 0
         batch_keys: dict[str, int] = {}
+        check_messages(self.name, cfg, cmd.messages)
         for i, m in enumerate(cmd.messages):
-            size = len(m.payload.encode() if isinstance(m.payload, str) else m.payload)
-            if size > cfg.max_payload_bytes:
-                where = f"message {i}: " if len(cmd.messages) > 1 else ""
-                raise TooLarge(f"{where}payload is {size} bytes; queue {self.name!r} allows {cfg.max_payload_bytes}")
             priority = cfg.default_priority if m.priority is None else m.priority
             if cfg.policy == WEIGHTED and priority not in cfg.weights:
                 raise Invalid(f"priority {priority} is not a class of weighted queue {self.name!r}: {sorted(cfg.weights)}")
@@ -292,7 +340,7 @@ class QueueState:
             raise Invalid(f"max must be between 1 and {MAX_DEQUEUE}")
         cfg = self.config
         vt = cfg.visibility_timeout_ms if cmd.visibility_timeout_ms is None else cmd.visibility_timeout_ms
-        if not 1 <= vt <= 12 * 3600 * 1000:
+        if not 1 <= vt <= MAX_VISIBILITY_MS:
             raise Invalid("visibility_timeout must be more than 0 and at most 12 hours")
         eligible = None
         cap = cfg.group_max_inflight
@@ -339,6 +387,8 @@ class QueueState:
             heapq.heappush(self.acked_purge, (now + self.config.retention_ms, msg.id))
 
     def nack(self, cmd: c.Nack, now: int, woke: set[str]) -> dict:
+        if cmd.delay_ms is not None and not 0 <= cmd.delay_ms <= MAX_DURATION_MS:
+            raise Invalid(f"delay must be between 0 and {MAX_DURATION_MS // 1000} seconds")
         msg = self._leased(cmd.id, cmd.token)
         self._release(msg)
         self.totals["nacked"] += 1
@@ -363,7 +413,7 @@ class QueueState:
     def extend(self, cmd: c.Extend, now: int) -> int:
         msg = self._leased(cmd.id, cmd.token)
         vt = self.config.visibility_timeout_ms if cmd.visibility_timeout_ms is None else cmd.visibility_timeout_ms
-        if not 1 <= vt <= 12 * 3600 * 1000:
+        if not 1 <= vt <= MAX_VISIBILITY_MS:
             raise Invalid("visibility_timeout must be more than 0 and at most 12 hours")
         msg.due = now + vt
         heapq.heappush(self.leases, (msg.due, msg.id))
@@ -381,6 +431,8 @@ class QueueState:
     def set_priority(self, cmd: c.SetPriority, woke: set[str]) -> None:
         msg = self._queued(cmd.id)
         cfg = self.config
+        if not INT64_MIN <= cmd.priority <= INT64_MAX:
+            raise Invalid(f"priority must be between {INT64_MIN} and {INT64_MAX}")
         if cfg.policy == WEIGHTED and cmd.priority not in cfg.weights:
             raise Invalid(f"priority {cmd.priority} is not a class of weighted queue {self.name!r}: {sorted(cfg.weights)}")
         if msg.priority == cmd.priority:

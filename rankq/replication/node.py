@@ -220,7 +220,12 @@ class RaftNode:
 
         with self._waiting_lock:
             self._waiting += 1
-        self.state_machine.apply_batch(now, commands, callback=callback)
+        try:
+            self.state_machine.apply_batch(now, commands, callback=callback)
+        except BaseException:  # not serializable: it never reached the log, nothing to wait for
+            with self._waiting_lock:
+                self._waiting -= 1
+            raise
 
     # ---- membership ---------------------------------------------------------------------------
 

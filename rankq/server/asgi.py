@@ -1,14 +1,20 @@
 """Plain ASGI middleware (cheaper than FastAPI's decorator form on the hot path).
 
-Every response names the current leader (`X-RankQ-Leader`, `X-RankQ-Leader-URL`); bodies over the
-server-wide limit are refused with 413 before they are read. API tokens are checked in `auth.py`.
+Every response names the current leader (`X-RankQ-Leader`, `X-RankQ-Leader-URL`); a body over the
+server-wide limit is refused with 413 while it is read (declared length or not: chunked bodies are
+counted), and a body that is not UTF-8 with 422, before the app sees either. API tokens are checked
+in `auth.py`.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 
-MAX_BODY = 64 * 1024 * 1024
+from ..engine.config import MAX_PAYLOAD_BYTES
+
+MAX_BODY = MAX_PAYLOAD_BYTES
+UTF8_SLICE = 1024 * 1024  # non-ASCII bodies are checked a slice at a time, to keep memory flat
 
 
 class LeaderHeaders:
@@ -25,6 +31,14 @@ class LeaderHeaders:
                 if value.isdigit() and int(value) > self.max_body:
                     return await self._answer(send, 413, f"request body over {self.max_body} bytes")
 
+        if scope["path"].startswith("/api/"):
+            body, refusal = await self._read_body(receive)
+            if refusal is not None:
+                return await self._answer(send, *refusal)
+            if body is None:  # the client left before its body was complete
+                return
+            receive = _replay(body, receive)
+
         async def send_with_leader(message):
             if message["type"] == "http.response.start":
                 leader = self.service.leader_info()
@@ -38,9 +52,52 @@ class LeaderHeaders:
 
         await self.app(scope, receive, send_with_leader)
 
+    async def _read_body(self, receive) -> tuple[bytes | None, tuple | None]:
+        """The whole body, or why it is refused: over the limit (counted as it arrives, so a
+        chunked body cannot go past it either) or not UTF-8, as JSON must be."""
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None, None
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self.max_body:  # close the connection: its unread rest is not drained
+                    return None, (413, f"request body over {self.max_body} bytes", [(b"connection", b"close")])
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not body.isascii():
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            view = memoryview(body)
+            try:
+                for start in range(0, len(body), UTF8_SLICE):
+                    decoder.decode(view[start:start + UTF8_SLICE])
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                return None, (422, "request body is not valid UTF-8, as JSON must be")
+        return body, None
+
     async def _answer(self, send, status: int, detail: str, headers: list | None = None) -> None:
         body = json.dumps({"detail": detail}).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 *(headers or [])]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive):
+    """A receive that hands the app the body already read, then the client's later messages."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

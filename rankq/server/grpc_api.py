@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from functools import partial
 
 import grpc
@@ -23,9 +22,11 @@ from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection
 
 from .. import schemas as s
+from ..engine import config as limits
 from ..engine import Conflict, EngineError, Full, Invalid, NotFound, TooLarge
 from ..engine import commands as c
 from ..engine.message import Delivery, MessageInfo
+from ..validation import check_settings, parse_json, seconds_ms
 from . import logs
 from .auth import GrpcAuth, Tokens
 from .proto import rankq_pb2 as pb
@@ -35,9 +36,9 @@ from .service import MAX_WAIT_SECONDS, QueueService, QueueView, Unavailable
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankQ"].full_name
 JSON = "application/json"
 OCTETS = "application/octet-stream"
-MAX_MESSAGE_BYTES = 65 * 1024 * 1024  # the largest payload (64 MiB) plus room for its envelope
+MAX_MESSAGE_BYTES = limits.MAX_PAYLOAD_BYTES + 1024 * 1024  # the largest payload plus room for its envelope
 MAX_VISIBILITY = s.MAX_VISIBILITY
-MAX_DELAY = 365 * 86400.0
+MAX_DELAY = s.MAX_DURATION
 STREAM_INFLIGHT = 20_000  # unacknowledged messages one EnqueueStream may have in the service
 
 # engine error -> (gRPC code, HTTP status); the order matters only for subclasses
@@ -91,33 +92,10 @@ def checked(request):
     return request
 
 
-def seconds_ms(name: str, value: float, low: float = 0.0, high: float | None = None, open_low: bool = False) -> int:
-    if not math.isfinite(value) or value < low or (open_low and value == low) or (high is not None and value > high):
-        bound = f"more than {low:g}" if open_low else f"at least {low:g}"
-        upper = "" if high is None else f" and at most {high:g}"
-        raise Invalid(f"{name} must be {bound}{upper} seconds, not {value!r}")
-    return int(round(value * 1000))
-
-
 def lease_token(token: str) -> str:
     if not 1 <= len(token) <= 128:
         raise Invalid("lease_token must be 1 to 128 characters")
     return token
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder for all calls: json.loads with options builds a new decoder each time.
-_STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant)
-
-
-def parse_json(name: str, data: bytes | str) -> object:
-    try:
-        return _STRICT_JSON.decode(data.decode() if isinstance(data, bytes) else data)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise Invalid(f"{name} is not valid JSON: {err}") from None
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -154,7 +132,7 @@ def new_message(m: pb.NewMessage) -> c.NewMessage:
         stored_payload(m.payload, ctype) if ctype else m.payload,
         m.priority if has("priority") else None,
         group,
-        seconds_ms("delay", m.delay, 0.0, MAX_DELAY) if has("delay") else None,
+        seconds_ms("delay", m.delay, MAX_DELAY) if has("delay") else None,
         m.deliver_at if has("deliver_at") else None,
         dict(m.headers) if len(m.headers) else None,
         dedup_key,
@@ -169,10 +147,10 @@ def settings_to_engine(settings: pb.QueueSettings) -> dict:
         value = getattr(settings, name)
         if name == "weights":
             out["weights"] = dict(value.classes)
+        elif name == "visibility_timeout":
+            out["visibility_timeout_ms"] = seconds_ms(name, value, MAX_VISIBILITY, open_low=True)
         elif name in s.SECONDS_FIELDS:
-            if not math.isfinite(value):
-                raise Invalid(f"{name} must be a finite number of seconds")
-            out[s.SECONDS_FIELDS[name]] = int(round(value * 1000))
+            out[s.SECONDS_FIELDS[name]] = seconds_ms(name, value, s.MAX_DURATION)
         else:
             out[name] = value
     return out
@@ -316,6 +294,7 @@ class RankQServicer(pb_grpc.RankQServicer):
     @unary
     async def CreateQueue(self, request, context):
         settings = settings_to_engine(request.settings) if request.HasField("settings") else {}
+        check_settings(request.name, None, settings)
         return queue_info(await self.service.create_queue(request.name, settings))
 
     @unary
@@ -336,6 +315,7 @@ class RankQServicer(pb_grpc.RankQServicer):
             if request.settings.HasField(name):
                 raise Invalid(f"{name} is both set and cleared")
             changes[key] = None
+        check_settings(request.name, self.service.get_queue(request.name).config, changes)
         return queue_info(await self.service.update_queue(request.name, changes))
 
     @unary
@@ -347,7 +327,7 @@ class RankQServicer(pb_grpc.RankQServicer):
 
     @unary
     async def Enqueue(self, request, context):
-        [(mid, dup)] = await self.service.submit(c.Enqueue(request.queue, (new_message(request.message),)))
+        [(mid, dup)] = await self.service.enqueue(request.queue, [new_message(request.message)])
         return pb.EnqueueResponse(id=mid, duplicate=dup)
 
     @unary
@@ -367,7 +347,7 @@ class RankQServicer(pb_grpc.RankQServicer):
     async def Dequeue(self, request, context):
         if not 0 <= request.wait <= s.MAX_WAIT:  # also refuses NaN
             raise Invalid(f"wait must be between 0 and {s.MAX_WAIT:g} seconds")
-        vt = (seconds_ms("visibility_timeout", request.visibility_timeout, 0.0, MAX_VISIBILITY, open_low=True)
+        vt = (seconds_ms("visibility_timeout", request.visibility_timeout, MAX_VISIBILITY, open_low=True)
               if request.HasField("visibility_timeout") else None)
         got = await self.service.dequeue(request.queue, request.max or 1, request.wait, vt)
         return pb.DequeueResponse(messages=[delivery(d) for d in got])
@@ -415,7 +395,7 @@ class RankQServicer(pb_grpc.RankQServicer):
 
     @unary
     async def Nack(self, request, context):
-        delay = seconds_ms("delay", request.delay, 0.0, MAX_DELAY) if request.HasField("delay") else None
+        delay = seconds_ms("delay", request.delay, MAX_DELAY) if request.HasField("delay") else None
         error = request.error if request.HasField("error") else None
         if error is not None and len(error) > 4096:
             raise Invalid("error must be at most 4096 characters")
@@ -425,7 +405,7 @@ class RankQServicer(pb_grpc.RankQServicer):
 
     @unary
     async def Extend(self, request, context):
-        vt = (seconds_ms("visibility_timeout", request.visibility_timeout, 0.0, MAX_VISIBILITY, open_low=True)
+        vt = (seconds_ms("visibility_timeout", request.visibility_timeout, MAX_VISIBILITY, open_low=True)
               if request.HasField("visibility_timeout") else None)
         due = await self.service.extend(request.queue, request.id, lease_token(request.lease_token), vt)
         return pb.ExtendResponse(id=request.id, lease_expires_at=due)
@@ -530,7 +510,7 @@ class RankQServicer(pb_grpc.RankQServicer):
         those land in order in the same log entry, which gives each its own outcome.
         """
         try:
-            out = await self.service.submit(c.Enqueue(queue, tuple(msgs)))
+            out = await self.service.enqueue(queue, msgs)
             return [(ref, mid, dup) for ref, (mid, dup) in zip(refs, out)]
         except EngineError as err:
             if len(msgs) == 1:
@@ -538,7 +518,7 @@ class RankQServicer(pb_grpc.RankQServicer):
         except Exception as err:
             return [self._refused(route, ref, err) for ref in refs]
         each = await asyncio.gather(
-            *(self.service.submit(c.Enqueue(queue, (m,))) for m in msgs), return_exceptions=True
+            *(self.service.enqueue(queue, [m]) for m in msgs), return_exceptions=True
         )
         return [
             self._refused(route, ref, res) if isinstance(res, BaseException) else (ref, res[0][0], res[0][1])
@@ -583,7 +563,7 @@ class RankQServicer(pb_grpc.RankQServicer):
                 state["credits"] += first.credits
                 if not first.queue:
                     raise Invalid("the first grant must name the queue")
-                vt = (seconds_ms("visibility_timeout", first.visibility_timeout, 0.0, MAX_VISIBILITY, open_low=True)
+                vt = (seconds_ms("visibility_timeout", first.visibility_timeout, MAX_VISIBILITY, open_low=True)
                       if first.HasField("visibility_timeout") else None)
                 self.service.get_queue(first.queue)  # fail fast on an unknown queue
                 while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import uuid
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -19,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import schemas as s
 from ..engine import Conflict, EngineError, Full, Invalid, MessageInfo, NotFound, TooLarge
 from ..engine import commands as c
+from ..engine.config import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH
+from ..validation import check_settings, json_text
 from . import logs, metrics
 from .asgi import LeaderHeaders
 from .closing import AnswerOnShutdown
@@ -44,10 +47,6 @@ def status_of(err: Exception) -> int:
 
 # Module-level encoders: json.dumps with options builds a new encoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def encode_payload(value) -> str:
-    return _COMPACT.encode(value)
 
 
 def payload_fields(payload) -> dict:
@@ -93,13 +92,13 @@ def message_status(info: MessageInfo) -> dict:
     return out
 
 
-def new_message(m: s.EnqueueRequest) -> c.NewMessage:
+def new_message(m: s.EnqueueRequest, where: str = "payload") -> c.NewMessage:
     return c.NewMessage(
-        payload=encode_payload(m.payload),
+        payload=json_text(where, m.payload),
         priority=m.priority,
         group=m.group,
         delay_ms=s.to_ms(m.delay),
-        deliver_at_ms=None if m.deliver_at is None else int(m.deliver_at.timestamp() * 1000),
+        deliver_at_ms=s.timestamp_ms(m.deliver_at),
         headers=m.headers,
         dedup_key=m.dedup_key,
     )
@@ -189,7 +188,8 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError):
-        return _error(request, status_of(exc), exc.detail)
+        status = status_of(exc)
+        return _error(request, status, exc.detail, {"Retry-After": "1"} if status == 429 else None)
 
     @app.exception_handler(ClusterConflict)
     async def cluster_conflict(request: Request, exc: ClusterConflict):
@@ -211,6 +211,10 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # the only 400 FastAPI raises: a body json.loads could not take
+            return _error(request, 422, f"request body is not JSON, or is nested deeper than {MAX_JSON_DEPTH} levels")
+        if exc.status_code == 405:  # name every method of the path, not only those of its first route
+            return _error(request, 405, str(exc.detail), {"Allow": ", ".join(allowed_methods(request.url.path))})
         return _error(request, exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
@@ -223,14 +227,26 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     if tokens:
         app.add_middleware(ApiAuth, tokens=tokens)  # before any other: refused calls are not read at all
     app.add_middleware(metrics.RequestObserver, router=app.router)  # outermost, reads no body: refusals are counted too
+    methods_by_path: list[tuple[re.Pattern, set[str]]] = []
+
+    def allowed_methods(path: str) -> list[str]:
+        """The methods the OpenAPI document gives a concrete path (integer parameters match digits only)."""
+        if not methods_by_path:
+            for template, ops in app.openapi()["paths"].items():
+                ints = {p["name"] for op in ops.values() for p in op.get("parameters", [])
+                        if p["in"] == "path" and p.get("schema", {}).get("type") == "integer"}
+                regex = re.sub(r"\{(\w+)\}", lambda m: "[0-9]+" if m.group(1) in ints else "[^/]+", template)
+                methods_by_path.append((re.compile(regex + "$"), {m.upper() for m in ops}))
+        return sorted({m for regex, ms in methods_by_path if regex.match(path) for m in ms})
 
     # ---- queues ----------------------------------------------------------------------------------
 
     @api.post("/queues", status_code=201, response_model=s.QueueInfo, responses=common, tags=["queues"])
     async def create_queue(body: s.CreateQueue):
         """Create a queue with the given settings (unset ones take defaults)."""
-        settings = s.QueueSettings.model_validate(body.model_dump(exclude={"name"}, exclude_unset=True))
-        view = await service.create_queue(body.name, settings.to_engine())
+        settings = s.QueueSettings.model_validate(body.model_dump(exclude={"name"}, exclude_unset=True)).to_engine()
+        check_settings(body.name, None, settings)
+        view = await service.create_queue(body.name, settings)
         return JSONResponse(queue_info(view), status_code=201)
 
     @api.get("/queues", response_model=s.QueueList, tags=["queues"])
@@ -245,7 +261,9 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     @api.patch("/queues/{name}", response_model=s.QueueInfo, responses=common, tags=["queues"])
     async def update_queue(name: str, body: s.QueueSettings):
         """Change settings live; fields left out keep their values, `null` clears optional limits."""
-        return JSONResponse(queue_info(await service.update_queue(name, body.to_engine())))
+        changes = body.to_engine()
+        check_settings(name, service.get_queue(name).config, changes)
+        return JSONResponse(queue_info(await service.update_queue(name, changes)))
 
     @api.delete("/queues/{name}", status_code=204, responses=common, tags=["queues"])
     async def delete_queue(name: str):
@@ -265,7 +283,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
               responses={**common, 413: err, 429: err}, tags=["messages"])
     async def enqueue_batch(name: str, body: s.EnqueueBatchRequest):
         """Enqueue up to 1000 messages at once; all are accepted or none."""
-        out = await service.enqueue(name, [new_message(m) for m in body.messages])
+        out = await service.enqueue(name, [new_message(m, f"messages.{i}.payload") for i, m in enumerate(body.messages)])
         items = ",".join('{"id":%d,"seq":%d,"duplicate":%s}' % (i, i, "true" if d else "false") for i, d in out)
         return raw('{"results":[' + items + "]}", 201)
 
@@ -280,7 +298,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
             got = await call
         return raw(delivered_json(got))
 
-    @api.post("/queues/{name}/messages/{id}/ack", response_model=s.AckResult, responses=common, tags=["leases"])
+    @api.post("/queues/{name}/messages/{id:int}/ack", response_model=s.AckResult, responses=common, tags=["leases"])
     async def ack(name: str, id: int, body: s.AckRequest):
         """Finish a leased message. A stale or wrong lease token gets 409."""
         [res] = await service.ack(name, [c.AckItem(id, body.lease_token, body.result)])
@@ -298,35 +316,35 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
         ]
         return JSONResponse({"results": results})
 
-    @api.post("/queues/{name}/messages/{id}/nack", response_model=s.NackResult, responses=common, tags=["leases"])
+    @api.post("/queues/{name}/messages/{id:int}/nack", response_model=s.NackResult, responses=common, tags=["leases"])
     async def nack(name: str, id: int, body: s.NackRequest):
         """Give a message back: after `delay`, or after exponential backoff with jitter when unset."""
         res = await service.nack(name, id, body.lease_token, s.to_ms(body.delay), body.error, body.dead)
         return JSONResponse({"id": id, "state": res["state"], "available_at": s.iso(res["available_at"])})
 
-    @api.post("/queues/{name}/messages/{id}/release", response_model=s.ReleaseResult, responses=common, tags=["leases"])
+    @api.post("/queues/{name}/messages/{id:int}/release", response_model=s.ReleaseResult, responses=common, tags=["leases"])
     async def release(name: str, id: int, body: s.ReleaseRequest):
         """Give a leased message back, ready at once, without counting the delivery (a consumer that stops before running it)."""
         await service.release(name, id, body.lease_token)
         return raw('{"id":%d,"state":"ready"}' % id)
 
-    @api.post("/queues/{name}/messages/{id}/extend", response_model=s.ExtendResult, responses=common, tags=["leases"])
+    @api.post("/queues/{name}/messages/{id:int}/extend", response_model=s.ExtendResult, responses=common, tags=["leases"])
     async def extend(name: str, id: int, body: s.ExtendRequest):
         """Keep the lease for `visibility_timeout` more seconds from now."""
         due = await service.extend(name, id, body.lease_token, s.to_ms(body.visibility_timeout))
         return JSONResponse({"id": id, "lease_expires_at": s.iso(due)})
 
-    @api.put("/queues/{name}/messages/{id}/priority", response_model=s.MessageStatus, responses=common, tags=["messages"])
+    @api.put("/queues/{name}/messages/{id:int}/priority", response_model=s.MessageStatus, responses=common, tags=["messages"])
     async def set_priority(name: str, id: int, body: s.PriorityRequest):
         """Change the priority of a ready or delayed message (409 while leased)."""
         return JSONResponse(message_status(await service.set_priority(name, id, body.priority)))
 
-    @api.get("/queues/{name}/messages/{id}", response_model=s.MessageStatus, responses=common, tags=["messages"])
+    @api.get("/queues/{name}/messages/{id:int}", response_model=s.MessageStatus, responses=common, tags=["messages"])
     async def get_message(name: str, id: int):
         """State of a message: ready, delayed, leased, dead or acked (with its result, while retained)."""
         return JSONResponse(message_status(service.get_message(name, id)))
 
-    @api.delete("/queues/{name}/messages/{id}", response_model=s.CancelResult, responses=common, tags=["messages"])
+    @api.delete("/queues/{name}/messages/{id:int}", response_model=s.CancelResult, responses=common, tags=["messages"])
     async def cancel(name: str, id: int):
         """Cancel a ready or delayed message, or delete a dead letter (409 while leased)."""
         was = await service.cancel(name, id)
@@ -352,6 +370,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     app.include_router(build_backup_router(service, log_request))
     app.include_router(build_archive_router(service, log_request))
     add_dashboard(app, service, log_request)
+    app.openapi = _exact_int64_bounds(app.openapi)
 
     # ---- health ----------------------------------------------------------------------------------
 
@@ -369,12 +388,37 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
                     "leader_address": leader.get("address")}
         return JSONResponse({"detail": f"not ready: {service.not_ready_reason()}"}, status_code=503)
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus():
         body, ctype = metrics.render(service)
         return Response(content=body, media_type=ctype)
 
     return app
+
+
+def _exact_int64_bounds(openapi):
+    """FastAPI's OpenAPI model keeps `minimum`/`maximum` as floats, which turns the int64 bounds into
+    2^63 (one past the largest int64); put the exact integers back so the schema says what is checked."""
+
+    def fix(node) -> None:
+        if isinstance(node, dict):
+            for key in ("minimum", "maximum"):
+                value = node.get(key)
+                if type(value) is float and value in (float(INT64_MIN), float(INT64_MAX)):
+                    node[key] = INT64_MIN if value < 0 else INT64_MAX
+            for child in node.values():
+                fix(child)
+        elif isinstance(node, list):
+            for child in node:
+                fix(child)
+
+    def exact():
+        schema = openapi()
+        fix(schema)  # cached by FastAPI after the first call; fixing twice changes nothing
+        return schema
+
+    return exact
 
 
 def _route(request: Request) -> str:

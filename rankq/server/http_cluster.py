@@ -19,17 +19,17 @@ def build_cluster_router(service, log_request, peer_ca: str | None = None) -> AP
         """Leader, term, commit index, and each member's id, address, role, health and progress."""
         return service.cluster_status()
 
-    @router.post("/members", response_model=s.ClusterStatus, responses={409: err, 503: err})
+    @router.post("/members", response_model=s.ClusterStatus, responses={409: err, 422: err, 503: err})
     async def add_member(body: s.AddMember):
         """Add one member (start it first with the full peer list); wait for this before the next change."""
         return await service.add_member(body.address)
 
-    @router.delete("/members/{member}", response_model=s.ClusterStatus, responses={404: err, 409: err, 503: err})
+    @router.delete("/members/{member}", response_model=s.ClusterStatus, responses={404: err, 409: err, 422: err, 503: err})
     async def remove_member(member: str):
         """Remove one member by node id or Raft address (not the leader: transfer leadership first)."""
         return await service.remove_member(member)
 
-    @router.post("/transfer-leader", response_model=s.ClusterStatus, responses={404: err, 409: err, 503: err})
+    @router.post("/transfer-leader", response_model=s.ClusterStatus, responses={404: err, 409: err, 422: err, 503: err})
     async def transfer_leader(request: Request, body: s.TransferLeader | None = None):
         """Hand leadership to another member, e.g. before restarting the leader in a rolling update."""
         to = None if body is None else body.to

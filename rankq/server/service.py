@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import EngineError, MessageInfo, NotFound
+from ..engine import EngineError, Invalid, MessageInfo, NotFound
 from ..engine import commands as c
+from ..engine.queue import check_messages
 from ..replication import RaftNode, ReplicationError
 from . import metrics
 from .cluster import ClusterOps
@@ -213,19 +214,28 @@ class QueueService(ClusterOps):
         while self._pending and self._inflight < self.max_inflight:
             batch = self._pending[:MAX_BATCH_COMMANDS]
             del self._pending[:MAX_BATCH_COMMANDS]
-            self._inflight += 1
-            self._batch_ids += 1
-            bid = self._batch_ids
-            self._batches[bid] = (time.monotonic(), batch)
-            loop = self._loop
+            self._propose(batch)
 
-            def done(results, error, bid=bid):
-                loop.call_soon_threadsafe(self._resolve, bid, results, error)
+    def _propose(self, batch: list) -> None:
+        self._inflight += 1
+        self._batch_ids += 1
+        bid = self._batch_ids
+        self._batches[bid] = (time.monotonic(), batch)
+        loop = self._loop
 
-            try:
-                self.node.propose(now_ms(), [cmd for cmd, _ in batch], done)
-            except Exception as err:  # pragma: no cover - defensive: never strand a request
-                self._resolve(bid, None, err)
+        def done(results, error, bid=bid):
+            loop.call_soon_threadsafe(self._resolve, bid, results, error)
+
+        try:
+            self.node.propose(now_ms(), [cmd for cmd, _ in batch], done)
+        except Exception as err:  # the batch could not be serialized: never fail the others with it
+            del self._batches[bid]
+            self._inflight -= 1
+            if len(batch) > 1:
+                for item in batch:
+                    self._propose([item])
+            elif not batch[0][1].done():
+                batch[0][1].set_exception(Invalid(f"the request cannot be written to the log ({type(err).__name__})"))
 
     async def _expire_loop(self) -> None:
         """Answer requests whose proposal has not committed in time (leader lost mid-flight).
@@ -353,6 +363,8 @@ class QueueService(ClusterOps):
         return QueueView(q.name, q.config.as_dict(), counts, dict(q.totals), q.created_at)
 
     async def enqueue(self, queue: str, messages: list[c.NewMessage]) -> list[tuple[int, bool]]:
+        q = self.node.engine.queues.get(queue)
+        check_messages(queue, None if q is None else q.config, messages)  # refused before the log
         return await self.submit(c.Enqueue(queue, tuple(messages)))
 
     async def dequeue(self, queue: str, max: int = 1, wait: float = 0.0, visibility_timeout_ms: int | None = None):

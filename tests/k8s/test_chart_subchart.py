@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import state_dir
+from k8s_support import state_dir
 from operator_support import REPO
 
 CHART = REPO / "helm" / "rankq"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Cluster
+    from k8s_support import Cluster
 
 pytestmark = pytest.mark.k8s
 

@@ -216,7 +216,7 @@ def test_queue_deletion_removes_children(k8s, op, namespace):
 def test_chart_lints_and_renders():
     import subprocess
 
-    from conftest import state_dir
+    from k8s_support import state_dir
 
     helm = state_dir() / "bin" / "helm"
     if not helm.exists():

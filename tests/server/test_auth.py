@@ -356,17 +356,20 @@ def test_group_over_tls_forwards_a_transfer_to_the_leader(tmp_path):
         def status(node: ServerProcess) -> dict:
             return httpx.get(node.url + "/api/v1/cluster", headers=bearer(PRODUCE), verify=verify, timeout=2).json()
 
-        def published(node: ServerProcess) -> str | None:
-            """The leader's id once every member has published its (https) URL, as `node` sees it."""
-            st = status(node)
-            urls = [m["http_url"] or "" for m in st["members"]]
-            return st["leader"] if st["leader"] and all(u.startswith("https://") for u in urls) else None
-
-        # Members publish their URLs through the log just after a leader exists: wait for that.
-        leader_id = wait_for(lambda: published(group.nodes[0]), 20, "a leader and every member's URL")
+        ids = {n.node_id for n in group.nodes}
+        # A leader is named by its node id once it has published it (before that, by its address).
+        leader_id = wait_for(lambda: (lead := status(group.nodes[0]).get("leader")) in ids and lead, 20, "a leader")
         follower = next(n for n in group.nodes if n.node_id != leader_id)
         target = next(n for n in group.nodes if n.node_id not in (leader_id, follower.node_id))
-        wait_for(lambda: published(follower), 20, "the follower to know every member's URL")
+
+        def follower_can_reach_the_leader() -> bool:
+            # Members publish their URLs through the log after they start: wait until the
+            # follower knows the leader's, as a forwarded call needs it.
+            st = status(follower)
+            lead = next((m for m in st["members"] if m["role"] == "leader"), {})
+            return st.get("leader") == leader_id and (lead.get("http_url") or "").startswith("https://")
+
+        wait_for(follower_can_reach_the_leader, 20, "the follower to know the leader's URL")
         url = follower.url + "/api/v1/cluster/transfer-leader"
         r = httpx.post(url, json={"to": target.node_id}, headers=bearer(PRODUCE), verify=verify, timeout=15)
         assert r.status_code == 403

@@ -197,7 +197,7 @@ def test_client_mistakes_get_clear_4xx_and_lose_nothing(api):
         (api.post("/queues/errs/dequeue", json={"max": 0}), 422),
         (api.post("/queues/errs/dequeue", json={"wait": 99}), 422),
         (api.post("/queues/errs/messages/999999/ack", json={"lease_token": "x"}), 404),
-        (api.get("/queues/errs/messages/notanumber"), 422),
+        (api.get("/queues/errs/messages/notanumber"), 404),  # a message id is digits; this path names none
         (api.post("/queues", json={"name": "bad name!"}), 422),
         (api.post("/queues", json={"name": "q2", "policy": "lifo"}), 422),
         (api.post("/queues", json={"name": "q3", "policy": "weighted", "weights": {"1": 0}}), 422),
