@@ -29,6 +29,9 @@ from .transport import parse_address, probe_member
 log = logging.getLogger("rankq.replication")
 
 FAIL_FAST_SECONDS = 10
+# Without a leader this long, this node counts as cut off from the group (about as long as the
+# server lets a write wait for its commit; an election takes about one second).
+CUT_OFF_SECONDS = 5.0
 
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
@@ -150,6 +153,7 @@ class RaftNode:
         )
         self.syncobj = GuardedSyncObj(settings.self_address, list(settings.peers), conf, consumers=[self.state_machine])
         self._waiting = 0  # proposals not yet answered
+        self._last_contact = time.monotonic()  # when this node last knew a leader it hears from
         self._waiting_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raft-tick", daemon=True)
@@ -278,3 +282,24 @@ class RaftNode:
 
     def status(self) -> dict:
         return self.syncobj.getStatus()
+
+    def cut_off(self) -> bool:
+        """True when this node has been out of contact with any leader for over CUT_OFF_SECONDS.
+
+        A member removed from the group, or not yet added, looks like this from inside: the others
+        drop its connections, so it hears no leader; PySyncObj meanwhile either keeps naming the
+        last leader it knew (it starts no election while connected to nobody) or runs elections
+        nobody answers. Either way nothing it proposes can commit. A partitioned node looks alike.
+        """
+        now = time.monotonic()
+        if self.is_leader():
+            in_contact = True
+        elif self.leader() is None:
+            in_contact = False
+        else:  # a follower expects to hear from its leader before its election deadline
+            deadline = getattr(self.syncobj, "_SyncObj__raftElectionDeadline", 0)
+            in_contact = not deadline or now <= deadline  # 0: an election was just requested
+        if in_contact:
+            self._last_contact = now
+            return False
+        return now - self._last_contact > CUT_OFF_SECONDS

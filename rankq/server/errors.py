@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class Unavailable(Exception):
-    """The group cannot commit writes right now (no leader yet, leadership lost, or timed out)."""
+    """The group cannot commit writes right now (no leader yet, leadership lost, or timed out).
+
+    `detail` is what clients read (HTTP 503 body, gRPC UNAVAILABLE message); a node that refuses a
+    write for a reason of its own (shutting down, cut off from the group) says so there.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.detail = detail or f"no leader can commit writes right now ({reason}); retry shortly"
 
 
 class ClusterConflict(Exception):

@@ -59,8 +59,6 @@ def error_status(err: Exception) -> tuple[grpc.StatusCode, int, str]:
     """The gRPC code, HTTP status and detail for an exception a handler ended in."""
     for cls, code, status in CODES:
         if isinstance(err, cls):
-            if isinstance(err, Unavailable):
-                return code, status, f"no leader can commit writes right now ({err}); retry shortly"
             return code, status, err.detail
     return grpc.StatusCode.INTERNAL, 500, "internal server error"
 

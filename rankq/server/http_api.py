@@ -24,6 +24,7 @@ from ..engine.config import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH
 from ..validation import check_settings, json_text
 from . import logs, metrics
 from .asgi import LeaderHeaders
+from .closing import AnswerOnShutdown
 from .auth import ApiAuth, Tokens
 from .errors import ClusterConflict, Unavailable
 from .http_archive import build_archive_router
@@ -196,7 +197,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable):
-        return _error(request, 503, f"no leader can commit writes right now ({exc}); retry shortly", {"Retry-After": "1"})
+        return _error(request, 503, exc.detail, {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -221,6 +222,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
         logs.error_line(_route(request), f"internal error: {exc!r}", 500, exc_info=exc)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
+    app.add_middleware(AnswerOnShutdown, service=service)  # inside LeaderHeaders: its answers name the leader
     app.add_middleware(LeaderHeaders, service=service)
     if tokens:
         app.add_middleware(ApiAuth, tokens=tokens)  # before any other: refused calls are not read at all
@@ -379,12 +381,12 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
 
     @app.get("/readyz", tags=["health"])
     async def readyz():
-        """A leader is known and this node has applied the log: requests can be served."""
+        """A leader is known, this node hears from it and has applied the log, and is not stopping."""
         if service.is_ready():
             leader = service.leader_info() or {}
             return {"status": "ready", "leader": leader.get("node_id") or leader.get("address"),
                     "leader_address": leader.get("address")}
-        return JSONResponse({"detail": "not ready: no leader elected or log not yet applied"}, status_code=503)
+        return JSONResponse({"detail": f"not ready: {service.not_ready_reason()}"}, status_code=503)
 
     @app.get("/metrics", tags=["health"], response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})

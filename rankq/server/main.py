@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -15,9 +16,21 @@ from pysyncobj import SyncObjException
 from ..replication import RaftNode, RaftSettings, SecretError
 from . import logs
 from .auth import AuthConfigError, Scope, Tokens, check_protected_mode
-from .service import QueueService
+from .service import PROPOSAL_TIMEOUT, QueueService
 
 log = logging.getLogger("rankq.server")
+
+# Stopping (SIGTERM/SIGINT) takes at most DRAIN + HTTP_GRACE seconds (gRPC closes alongside HTTP)
+# plus the Raft thread's exit, normally milliseconds: about 8 s, well inside Kubernetes' default
+# 30 s grace period. Writes accepted before the signal keep the proposal timeout to commit, as they
+# would have had anyway; those still waiting then are answered 503.
+SHUTDOWN_DRAIN_SECONDS = PROPOSAL_TIMEOUT
+HTTP_GRACE_SECONDS = 3  # for requests other than writes (reads, membership changes) to finish
+GRPC_GRACE_SECONDS = 2
+# Idle keep-alive connections stay open this long. Longer than the idle timeouts of common load
+# balancers and client pools (60 s), so the server is not the side that closes a connection just as
+# a client sends a request on it (the client would see the connection drop without an answer).
+HTTP_KEEP_ALIVE_SECONDS = 75
 
 
 class ServerConfig(BaseModel):
@@ -126,9 +139,18 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         archiver.start()
 
     app = build_app(service, tokens, peer_ca=(config.tls_ca or config.tls_cert) if config.tls else None)
-    http = uvicorn.Server(
+
+    class HttpServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            """Leave signals to `serve`: uvicorn's own handling would close connections and cancel
+            handlers still waiting for a commit (answered 500) before they could be answered."""
+            yield
+
+    http = HttpServer(
         uvicorn.Config(app, host=config.host, port=config.http_port, log_config=None, access_log=False,
-                       lifespan="off", timeout_graceful_shutdown=5,
+                       lifespan="off", timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
+                       timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
                        ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key)
     )
     grpc_server = None
@@ -157,12 +179,27 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     if started is not None:
         started.set()
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    log.info("shutting down")
-    http.should_exit = True
     app.state.feed.close()  # open dashboard streams end now instead of holding the shutdown
+    await shutdown(service, http, http_task, grpc_server, archiver)
+
+
+async def shutdown(service: QueueService, http, http_task: asyncio.Task, grpc_server, archiver=None) -> None:
+    """Stop so that every write this node accepted gets an answer, in this order: take no new
+    writes (503 naming the leader; readiness turns false), give accepted writes the proposal
+    timeout to commit, answer the rest 503 (outcome unknown), close HTTP and gRPC, stop the
+    archiver and Raft."""
+    waiting = service.waiting_writes()
+    log.info("shutting down: taking no new writes; %d accepted writes still waiting", waiting)
+    service.begin_shutdown()
+    unanswered = await service.drain(SHUTDOWN_DRAIN_SECONDS)
+    if unanswered:
+        log.warning("answered %d writes 503 (not committed within %gs of shutdown)", unanswered,
+                    SHUTDOWN_DRAIN_SECONDS)
+    http.should_exit = True
+    closing = [http_task]
     if grpc_server is not None:
-        await grpc_server.stop(grace=2)
-    await http_task
+        closing.append(grpc_server.stop(grace=GRPC_GRACE_SECONDS))
+    await asyncio.gather(*closing)
     if archiver is not None:
         await archiver.stop()
     await service.stop()

@@ -160,6 +160,8 @@ class ClusterCollector:
         yield GaugeMetricFamily("rankq_raft_term", "Current Raft term", value=status["term"])
         yield GaugeMetricFamily("rankq_raft_commit_index", "Raft commit index", value=status["commit_index"])
         yield GaugeMetricFamily("rankq_raft_last_applied", "Last applied Raft log index", value=status["last_applied"])
+        yield GaugeMetricFamily("rankq_writes_waiting", "Writes accepted by this node and not yet answered",
+                                value=service.waiting_writes())
         yield CounterMetricFamily("rankq_raft_elections", "Raft terms begun (elections) since this process started",
                                   value=self.elections.count(status["term"]))
         members = GaugeMetricFamily("rankq_raft_members", "Members of the Raft group as this node sees them", value=len(status["members"]))

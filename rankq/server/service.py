@@ -69,6 +69,9 @@ class QueueService(ClusterOps):
         self._deadline_changed: asyncio.Event | None = None
         self._ticker: asyncio.Task | None = None
         self.archiver: Any = None  # set when the group archives to PostgreSQL (server/archive.py)
+        self._closing = False  # shutting down: no new writes
+        self._last_leader: dict | None = None  # for error details while no leader is known
+        self._answered: asyncio.Event | None = None  # set whenever a proposal is answered
         node.state_machine.on_woken = self._woken_from_raft
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -76,6 +79,7 @@ class QueueService(ClusterOps):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._deadline_changed = asyncio.Event()
+        self._answered = asyncio.Event()
         self.node.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="rankq-ticker")
         self._tasks = [
@@ -95,12 +99,111 @@ class QueueService(ClusterOps):
         await asyncio.to_thread(self.node.stop)
 
     def is_ready(self) -> bool:
-        return self.node.is_ready()
+        """Whether this node can take writes now; `/readyz` and load balancers go by it."""
+        return not self._closing and self.node.is_ready() and not self.node.cut_off()
+
+    @property
+    def closing(self) -> bool:
+        """Shutting down: new writes are refused."""
+        return self._closing
+
+    def not_ready_reason(self) -> str:
+        if self._closing:
+            return "shutting down"
+        if self.node.cut_off():
+            return "cut off from the group's leader (removed from the group, or partitioned away)"
+        return "no leader elected or log not yet applied"
+
+    def begin_shutdown(self) -> None:
+        """Take no more writes (they get 503 naming the leader) and end long polls at once.
+
+        Writes accepted before this are still proposed and answered: see `drain`.
+        """
+        self._closing = True
+        events, self._ready_events = self._ready_events, {}
+        for ev in events.values():
+            ev.set()
+
+    def waiting_writes(self) -> int:
+        """Writes accepted and not yet answered (queued here or proposed and awaiting commit)."""
+        return len(self._pending) + sum(len(batch) for _, batch in self._batches.values())
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` for accepted writes to be answered; answer the rest 503.
+
+        A proposed write that did not commit by then may still commit after this node is gone, so
+        its answer says the outcome is unknown (a retry with the same dedup key is safe); a write
+        never proposed was not written. Returns how many writes were answered that way.
+        """
+        deadline = time.monotonic() + timeout
+        while self._pending or self._batches:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._answered.clear()
+            try:
+                await asyncio.wait_for(self._answered.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                break
+        return self._answer_all("this node shut down")
+
+    def _answer_all(self, why: str) -> int:
+        """Answer every write still waiting with 503: outcome unknown if proposed, else not written."""
+        hint = self._leader_hint()
+        unknown = Unavailable(f"{why}; outcome unknown", detail=(
+            f"{why} before the write was committed; the outcome is unknown: retry with the same dedup_key{hint}"))
+        not_written = Unavailable(f"{why}; not written", detail=(
+            f"{why} before the write was proposed; nothing was written: retry{hint}"))
+        answered = 0
+        for _, batch in self._batches.values():
+            answered += self._fail(batch, unknown)
+        answered += self._fail(self._pending, not_written)
+        self._batches.clear()
+        self._pending = []
+        self._inflight = 0
+        if self._answered is not None:
+            self._answered.set()
+        return answered
+
+    @staticmethod
+    def _fail(batch: list, exc: Exception) -> int:
+        n = 0
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
+                n += 1
+        return n
+
+    def _leader_hint(self) -> str:
+        """'; send writes to the leader n1 at http://...' for error details (or the last one known)."""
+        info = self.leader_info()
+        which = "the leader"
+        if info is None:
+            info, which = self._last_leader, "the last known leader"
+        if not info or info["address"] == self.node.settings.self_address:
+            return "; send writes to another member"
+        name = info.get("node_id") or info["address"]
+        where = info.get("http_url") or info.get("grpc_target")
+        return f"; send writes to {which}, {name}" + (f" at {where}" if where else "")
+
+    def _refusal(self) -> Unavailable | None:
+        """Why this node takes no new write, or None when it does."""
+        if self._closing:
+            return Unavailable("shutting down", detail="this node is shutting down and takes no new writes"
+                               + self._leader_hint())
+        if self.node.cut_off():
+            return Unavailable("cut off", detail=(
+                "this node is not in contact with the group's leader (it was removed from the group, "
+                "is not yet added, or is partitioned away) and cannot commit writes" + self._leader_hint()))
+        return None
 
     # ---- proposing ----------------------------------------------------------------------------
 
     async def submit(self, cmd) -> Any:
         """Replicate one command and return its result, or raise its EngineError."""
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
         fut = self._loop.create_future()
         self._pending.append((cmd, fut))
         self._flush()
@@ -142,15 +245,21 @@ class QueueService(ClusterOps):
         """
         while True:
             await asyncio.sleep(0.25)
+            self._last_leader = self.leader_info() or self._last_leader
+            cut_off = self.node.cut_off()  # evaluated often: it keeps track of the last contact
+            if cut_off and (self._batches or self._pending) and self.node.leader() is not None:
+                # Nothing forwarded to a leader this node cannot reach will commit: answer now. (A
+                # deposed leader's own entries may still commit if it is elected again: they wait.)
+                self._answer_all("this node lost contact with the group's leader")
+                continue
             cutoff = time.monotonic() - self.proposal_timeout
             for bid, (started, batch) in list(self._batches.items()):
                 if started < cutoff:
                     del self._batches[bid]
                     self._inflight -= 1
                     exc = Unavailable(f"not committed within {self.proposal_timeout:g}s; the outcome is unknown")
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    self._fail(batch, exc)
+                    self._answered.set()
             self._flush()
 
     def _resolve(self, bid, results, error) -> None:
@@ -162,7 +271,11 @@ class QueueService(ClusterOps):
             metrics.observe_commit(time.monotonic() - entry[0])
         self._inflight -= 1
         if error is not None:
-            exc = Unavailable(str(error)) if isinstance(error, ReplicationError) else error
+            if isinstance(error, ReplicationError):
+                exc = Unavailable(str(error), detail=(
+                    f"no leader can commit writes right now ({error}); retry shortly{self._leader_hint()}"))
+            else:
+                exc = error
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
@@ -175,6 +288,7 @@ class QueueService(ClusterOps):
                 else:
                     fut.set_result(res)
         self._deadline_changed.set()
+        self._answered.set()
         self._flush()
 
     # ---- time ---------------------------------------------------------------------------------
@@ -273,6 +387,8 @@ class QueueService(ClusterOps):
                 await asyncio.wait_for(ev.wait(), timeout=left)
             except asyncio.TimeoutError:
                 return []
+            if self._closing:
+                return []  # this node is stopping: end the wait early, with nothing leased
             if queue not in self.node.engine.queues:
                 raise NotFound(f"queue {queue!r} not found")
 

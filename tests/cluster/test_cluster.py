@@ -15,20 +15,6 @@ from serverproc import Cluster, wait_for
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    groups: list[Cluster] = []
-
-    def make(size: int = 3, **kw) -> Cluster:
-        c = Cluster(str(tmp_path / f"g{len(groups)}"), size, **kw)
-        groups.append(c)
-        return c.start()
-
-    yield make
-    for c in groups:
-        c.stop()
-
-
 def api(node) -> httpx.Client:
     return httpx.Client(base_url=node.url + "/api/v1", timeout=10)
 
@@ -46,10 +32,11 @@ def counts(node, queue):
 def test_status_and_writes_through_a_follower(cluster):
     g = cluster(3)
     leader = g.leader()
-    status = g.status(leader)
-    assert len(status["members"]) == 3 and status["leader"] == leader.node_id
-    assert all(m["healthy"] for m in status["members"])
-    assert {m["id"] for m in status["members"]} == {"n0", "n1", "n2"}
+    # Members publish their ids and URLs through the log just after a leader exists.
+    status = wait_for(lambda: (st := g.status(leader))["leader"] == leader.node_id
+                      and {m["id"] for m in st["members"]} == {"n0", "n1", "n2"} and st, 20, "every member's id")
+    assert len(status["members"]) == 3
+    wait_for(lambda: all(m["healthy"] for m in g.status(leader)["members"]), 20, "every member connected")
     follower = g.followers()[0]
     with api(follower) as c:
         r = c.post("/queues", json={"name": "jobs"})

@@ -139,7 +139,7 @@ def test_reflection_lists_the_service(server):
 def test_each_rpc_is_logged_like_an_http_request(server, stub):
     stub.ListQueues(pb.ListQueuesRequest(), timeout=10)
     line = "/rankq.v1.RankQ/ListQueues: Received RPC request for ListQueues from IP: 127.0.0.1"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while line not in server.log():
         assert time.monotonic() < deadline, server.log()[-2000:]
         time.sleep(0.05)
@@ -249,8 +249,8 @@ def test_dequeue_long_polls_until_a_message_arrives(server, queue):
         async with grpc.aio.insecure_channel(server.grpc) as channel:
             aio = pb_grpc.RankQStub(channel)
             calls = server.log().count("Received RPC request for Dequeue from")
-            waiting = asyncio.ensure_future(aio.Dequeue(pb.DequeueRequest(queue=queue, wait=10), timeout=20))
-            deadline = time.monotonic() + 5
+            waiting = asyncio.ensure_future(aio.Dequeue(pb.DequeueRequest(queue=queue, wait=20), timeout=30))
+            deadline = time.monotonic() + 15
             while server.log().count("Received RPC request for Dequeue from") <= calls:  # the poll has arrived
                 assert time.monotonic() < deadline, "the long poll never reached the server"
                 await asyncio.sleep(0.01)
@@ -261,7 +261,7 @@ def test_dequeue_long_polls_until_a_message_arrives(server, queue):
 
     messages, took = run(scenario())
     assert [m.payload for m in messages] == [b"late"]
-    assert took < 5
+    assert took < 10  # woken by the write, not by the end of its 20 s wait
 
 
 def test_dead_letters_and_redrive(stub):
@@ -455,9 +455,17 @@ def test_enqueue_stream_helper_keeps_going_after_a_refusal(server):
     assert sorted(m.payload["n"] for m in got) == sorted(accepted)
 
 
+def commit_index(server) -> int:
+    text = httpx.get(server.http + "/metrics", timeout=5).text
+    return int(float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("rankq_raft_commit_index "))))
+
+
 def test_enqueue_stream_throughput_smoke(server):
-    """Not the benchmark (see the report in the commit); a guard against falling back to one commit per message."""
+    """Not the benchmark (see the report in the commit); a guard against falling back to one commit per
+    message, measured in log entries rather than time so that a loaded machine cannot fail it."""
     n = 5000
+    before = commit_index(server)
 
     async def scenario():
         t = GrpcTransport(server.grpc, timeout=10)
@@ -473,11 +481,11 @@ def test_enqueue_stream_throughput_smoke(server):
         finally:
             await t.close()
 
-    ids, took, ready = run(scenario())
+    ids, _took, ready = run(scenario())
     assert len(ids) == ready == n
     in_send_order = [ids[i] for i in range(n)]
     assert in_send_order == sorted(in_send_order)  # with nothing refused, ids follow the send order
-    assert took < 10
+    assert commit_index(server) - before < n / 10  # batched: far fewer log entries than messages
 
 
 def test_dequeue_stream_sends_no_more_than_the_credits_granted(server, stub, queue):
