@@ -114,7 +114,35 @@ class _Member:
         self.uid, self.proc, self.env = uid, proc, env
 
 
-class StandIns:
+class _KubeletLoop:
+    """Plays kubelet: `sync()` every 0.2 s on a thread of its own until `stop()`."""
+
+    label = "stand-ins"
+    stopping: threading.Event
+    thread: threading.Thread | None
+
+    def sync(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        atexit.register(self.stop)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.sync()
+            except Exception as err:  # noqa: BLE001 - keep playing kubelet through API hiccups
+                print(f"{self.label}: {err}", file=sys.stderr)
+            self.stopping.wait(0.2)
+
+
+class StandIns(_KubeletLoop):
     """Real server processes standing in for the pods kwok only pretends to run."""
 
     def __init__(self, kubeconfig: Path, namespace: str, workdir: Path, endpoints_file: Path) -> None:
@@ -213,19 +241,6 @@ class StandIns:
 
     # -- lifecycle --
 
-    def start(self) -> "StandIns":
-        atexit.register(self.stop)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.sync()
-            except Exception as err:  # noqa: BLE001 - keep playing kubelet through API hiccups
-                print(f"stand-ins: {err}", file=sys.stderr)
-            self.stopping.wait(0.2)
 
     def sync(self) -> None:
         pods = {p.metadata.name: p for p in self.core.list_namespaced_pod(self.namespace, label_selector="app.kubernetes.io/name=rankq").items}
@@ -297,10 +312,12 @@ def cleanup_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-class WorkerStandIns:
+class WorkerStandIns(_KubeletLoop):
     """Real `rankq worker` processes standing in for kwok's worker pods: started when a pod appears
     (its args, with the leader Service's URL replaced by the group's stand-in URLs), SIGTERM when it
     is deleted and SIGKILL after its grace period, as the kubelet does. Exit codes are kept."""
+
+    label = "worker stand-ins"
 
     def __init__(self, kubeconfig: Path, namespace: str, servers: StandIns, workdir: Path,
                  extra_env: dict[str, str] | None = None) -> None:
@@ -318,19 +335,6 @@ class WorkerStandIns:
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def start(self) -> "WorkerStandIns":
-        atexit.register(self.stop)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.sync()
-            except Exception as err:  # noqa: BLE001 - keep playing kubelet through API hiccups
-                print(f"worker stand-ins: {err}", file=sys.stderr)
-            self.stopping.wait(0.2)
 
     def running(self) -> int:
         with self.lock:

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from rankq.server.proto import rankq_pb2 as pb
 from rankq.server.proto import rankq_pb2_grpc as pb_grpc
-from serverproc import ServerProcess
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -124,10 +123,8 @@ def build(desc, values: dict):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(str(tmp_path_factory.mktemp("grpc-fuzz")), grpc=True).start()
-    yield srv
-    srv.stop()
+def server(grpc_server):
+    return grpc_server
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rankq.server.proto import rankq_pb2 as pb
-from rankq.server.proto import rankq_pb2_grpc as pb_grpc
-from serverproc import ServerProcess
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -62,23 +60,8 @@ http_messages = st.fixed_dictionaries({"payload": payloads}, optional={
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(str(tmp_path_factory.mktemp("poison")), grpc=True).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def api(server):
-    with httpx.Client(base_url=server.url + "/api/v1", timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    yield pb_grpc.RankQStub(channel)
-    channel.close()
+def server(grpc_server):
+    return grpc_server
 
 
 def ok(r: httpx.Response, status: int = 200) -> dict:

@@ -7,10 +7,7 @@ deliver, a batch of other clients' writes failed with it) or was answered with a
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import socket
-import time
 from collections import Counter
 
 import grpc
@@ -19,30 +16,13 @@ import pytest
 
 from rankq.engine.config import INT64_MAX, MAX_JSON_DEPTH, MAX_PAYLOAD_BYTES
 from rankq.server.proto import rankq_pb2 as pb
-from rankq.server.proto import rankq_pb2_grpc as pb_grpc
-from serverproc import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(str(tmp_path_factory.mktemp("validation")), grpc=True).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def api(server):
-    with httpx.Client(base_url=server.url + "/api/v1", timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    yield pb_grpc.RankQStub(channel)
-    channel.close()
+def server(grpc_server):
+    return grpc_server
 
 
 def post_raw(api, path: str, text: str | bytes) -> httpx.Response:
