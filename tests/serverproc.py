@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -13,7 +14,31 @@ import time
 import httpx
 
 
+PORTS_FROM = 20_000  # above the local control plane's fixed ports (hack/k8s/lib.sh)
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A port nothing listens on now, picked below the kernel's ephemeral range: a port taken from
+    that range can become the local end of any outgoing connection on the machine before the
+    server binds it (seen as "address already in use" under load)."""
+    low = _ephemeral_low()
+    if low - PORTS_FROM > 1000:
+        for _ in range(100):
+            port = random.randrange(PORTS_FROM, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

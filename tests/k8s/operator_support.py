@@ -28,17 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from serverproc import free_port  # noqa: E402  (tests/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[2]
 RANKQ = [sys.executable, "-c", "from rankq.cli import main; main()"]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def install_chart(k8s, namespace: str, release: str, tmp: Path) -> Path:

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,16 +22,13 @@ from rankq.client.grpc_transport import GrpcTransport
 from rankq.client.types import EnqueueResult, Message, MessageStatus, NewMessage, QueueInfo
 from rankq.server.proto import rankq_pb2 as pb
 from rankq.server.proto import rankq_pb2_grpc as pb_grpc
+from serverproc import free_port  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.timeout(60)
 
 START_DEADLINE = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
