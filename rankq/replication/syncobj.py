@@ -21,6 +21,9 @@ snapshot (seen in tests as acknowledged writes missing after kill -9). Before th
 loaded, the log is now trimmed to start at the snapshot's entries when it holds them, which is what
 the parent would have done had it lived.
 
+A third correction: a snapshot chunk never advances a follower's commit index (see
+`snapshot_chunk_without_commit`).
+
 Finally, members send each other a small keepalive. PySyncObj counts a connection that has read
 nothing for `connectionTimeout` as dead, but checks only when it next sends; followers send each
 other nothing while a leader lives, so the first vote request after the leader dies went into a
@@ -40,6 +43,21 @@ from pysyncobj import SyncObj
 from .transport import PeerTransport
 
 KEEPALIVE_PERIOD = 0.5  # well inside the connection timeout
+
+
+def snapshot_chunk_without_commit(message: dict, commit_index: int) -> dict:
+    """A snapshot chunk (append_entries without prevLogIdx) that cannot move the commit index.
+
+    PySyncObj lets every append_entries raise a follower's commit index to min(leader's commit
+    index, the follower's *whole* log), but a snapshot chunk verifies nothing about that log. A
+    deposed leader that still holds entries of its old term which the group never committed
+    (written while it was cut off) would then apply them when the new leader starts sending it a
+    snapshot, and answer their clients "committed": writes acknowledged and then gone (seen in the
+    chaos sample: an enqueue answered 201 by a partitioned ex-leader, unknown to the group). Raft
+    commits on a follower only up to the last entry the leader has verified (§5.3); the regular
+    append_entries path does that, and a loaded snapshot sets the commit index itself.
+    """
+    return {**message, "commit_index": commit_index}
 
 
 class GuardedSyncObj(SyncObj):
@@ -81,14 +99,11 @@ class GuardedSyncObj(SyncObj):
             log.deleteEntriesTo(pos)
 
     def _SyncObj__onMessageReceived(self, node, message):  # overrides the name-mangled handler
-        if (
-            type(message) is dict
-            and message.get("type") == "append_entries"
-            and "prevLogIdx" in message
-            and "transmission" not in message
-            and message.get("entries")
-        ):
-            message = self._trim_known_entries(message)
+        if type(message) is dict and message.get("type") == "append_entries":
+            if "prevLogIdx" not in message:
+                message = snapshot_chunk_without_commit(message, self._SyncObj__raftCommitIndex)
+            elif "transmission" not in message and message.get("entries"):
+                message = self._trim_known_entries(message)
         return SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     def _trim_known_entries(self, message: dict) -> dict:

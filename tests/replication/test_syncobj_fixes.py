@@ -70,3 +70,19 @@ def test_overlapping_append_entries_keep_what_the_follower_holds(node):
         clash = (b"c", log[4][1], term + 1)
         out = sync._trim_known_entries({**msg, "entries": [log[3], clash]})
         assert out["entries"] == [log[3], clash] and out["prevLogIdx"] == log[2][1]
+
+
+def test_a_snapshot_chunk_cannot_commit_a_followers_unverified_tail(node):
+    """A deposed leader with entries the group never committed receives snapshot chunks from the
+    new leader: they must not raise its commit index over those entries (a 201 for a lost write)."""
+    from rankq.replication.syncobj import snapshot_chunk_without_commit
+
+    sync = node.syncobj
+    with node.lock:
+        commit = sync._SyncObj__raftCommitIndex
+    chunk = {"type": "append_entries", "term": 99, "commit_index": commit + 1000, "serialized": ("x", False, False)}
+    rewritten = snapshot_chunk_without_commit(chunk, commit)
+    assert rewritten["commit_index"] == commit and rewritten["serialized"] == chunk["serialized"]
+    regular = {"type": "append_entries", "term": 99, "commit_index": commit + 5, "prevLogIdx": 1, "prevLogTerm": 1,
+               "entries": []}
+    assert "prevLogIdx" in regular  # the regular path keeps PySyncObj's own rule (entries verified first)
