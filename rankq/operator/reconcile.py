@@ -23,8 +23,6 @@ Warning Event, and the next tick tries again.
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import logging
 import secrets
 import time
@@ -41,11 +39,11 @@ from .group import QUEUE_TIMEOUT, GroupClients
 from .kube import Kube, KubeError, code, now_iso
 from .membership import Action, ordinal, plan_rollout, plan_scale
 from .models import QueueResource
+from .specs import HASH_ANNOTATION, spec_hash
 from .workers import WorkerPools, backlog_of, summary
 
 log = logging.getLogger("rankq.operator")
 
-HASH_ANNOTATION = "rankq.io/spec-hash"
 CAUGHT_UP_LAG = 100  # log entries a member may trail and still count as caught up
 
 
@@ -55,10 +53,6 @@ class Unrealisable(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def spec_hash(obj: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def is_subset(want: Any, have: Any) -> bool:

@@ -7,6 +7,7 @@ the StatefulSet, the Services and the operator agree on them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -21,7 +22,12 @@ DRAIN_TIMEOUT = 50  # seconds a preStop drain may wait; the grace period allows 
 TLS_DIR = "/etc/rankq/tls"  # the TLS Secret's tls.crt, tls.key and ca.crt, mounted read-only
 TOKEN_KEY = "token"  # key of the generated token Secret
 MAX_REPLICAS = 7
+HASH_ANNOTATION = "rankq.io/spec-hash"  # a child's built spec, to tell when it must be applied again
 IMAGE_UID = 10001  # the image's user (Dockerfile: useradd --uid 10001)
+
+
+def spec_hash(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---- names and labels ------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ zero itself (feature gate HPAScaleToZero off, found out by the API server refusi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,15 +21,9 @@ from typing import Any
 from . import worker_specs as ws
 from .kube import KubeError, code, now_iso
 from .models import QueueResource, WorkerPoolSpec
+from .specs import HASH_ANNOTATION, spec_hash
 
 log = logging.getLogger("rankq.operator")
-
-HASH_ANNOTATION = "rankq.io/spec-hash"
-
-
-def _hash(obj: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
 
 def backlog_of(counts: dict[str, Any] | None, include_delayed: bool) -> int | None:
     """Ready + leased (+ delayed): leased messages keep busy workers from being scaled away."""
@@ -108,7 +100,7 @@ class WorkerPools:
                 replicas = step
         if observed is None or full or reason or replicas != current:
             desired = ws.build_worker_deployment(q, pool, replicas)
-            desired["metadata"]["annotations"] = {HASH_ANNOTATION: _hash(ws.build_worker_deployment(q, pool))}
+            desired["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(ws.build_worker_deployment(q, pool))}
             have = (observed or {}).get("metadata", {}).get("annotations", {}).get(HASH_ANNOTATION)
             if observed is None or reason or replicas != current or have != desired["metadata"]["annotations"][HASH_ANNOTATION]:
                 await self.kube.apply(desired)
@@ -134,7 +126,7 @@ class WorkerPools:
             for kind, child in (("ScaledObject", name), ("TriggerAuthentication", ws.trigger_auth_name(q, pool))):
                 await self._delete_optional(kind, q.namespace, child)
         for desired in ws.build_pool_children(q, pool, bool(self.zero_capable)):
-            desired["metadata"]["annotations"] = {HASH_ANNOTATION: _hash(desired)}
+            desired["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(desired)}
             observed = await self._get_optional(desired["kind"], q.namespace, desired["metadata"]["name"])
             if observed is not None and (observed["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
                     desired["metadata"]["annotations"][HASH_ANNOTATION]:
