@@ -1,12 +1,17 @@
 -- wrk script: POST the same JSON body on every request and print a JSON summary at the end.
 --   wrk ... -s post.lua URL -- BODY_FILE
 -- The summary line starts with "WRKJSON " so the harness can find it among wrk's own output.
+-- With RANKQ_API_TOKEN set, every request carries it as a bearer token.
 
 function init(args)
   local f = assert(io.open(args[1], "rb"))
   wrk.method = "POST"
   wrk.body = f:read("*a")
   wrk.headers["Content-Type"] = "application/json"
+  local token = os.getenv("RANKQ_API_TOKEN")
+  if token and token ~= "" then
+    wrk.headers["Authorization"] = "Bearer " .. token
+  end
   f:close()
 end
 

@@ -169,7 +169,7 @@ func grpcStream(args []string) error {
 	if openLoop {
 		total = *duration
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), total+15*time.Second)
+	ctx, cancel := context.WithTimeout(authContext(context.Background()), total+15*time.Second)
 	defer cancel()
 	runCtx, stopSending := context.WithTimeout(ctx, total)
 	defer stopSending()

@@ -6,6 +6,10 @@
 //	pairs        producers (batch enqueue) and consumers (dequeue max=N + batch ack) together
 //	fill         enqueue a fixed number of messages in batches, as fast as the server takes them
 //	grpc-stream  EnqueueStream: closed loop with a window per stream, or paced open loop (-rate)
+//	grpc-unary   unary Enqueue calls, one message each, from concurrent clients (closed loop)
+//	drain        dequeue (max=N) + batch ack of a filled queue until it is empty
+//
+// With RANKQ_API_TOKEN set, every request carries it as a bearer token (HTTP header, gRPC metadata).
 //
 // Every run is bounded by a message count and a deadline, and refuses non-loopback targets.
 package main
@@ -31,7 +35,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: rankq-load http-paced|pairs|fill|grpc-stream [flags]")
+		fmt.Fprintln(os.Stderr, "usage: rankq-load http-paced|pairs|fill|grpc-stream|grpc-unary|drain [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -44,6 +48,10 @@ func main() {
 		err = fill(os.Args[2:])
 	case "grpc-stream":
 		err = grpcStream(os.Args[2:])
+	case "grpc-unary":
+		err = grpcUnary(os.Args[2:])
+	case "drain":
+		err = drain(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -111,6 +119,7 @@ func post(ctx context.Context, c *http.Client, u string, body []byte, want int) 
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	authorize(req)
 	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
