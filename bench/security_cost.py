@@ -73,7 +73,7 @@ class Plan:
     batch: int = 100
     batch_conns: int = 8
     clients: int = 50
-    drain_messages: int = 20_000
+    drain_messages: int = 60_000
     drain_consumers: int = 4
     group_size: int = 3
 
@@ -93,7 +93,8 @@ class Build:
     commit: str
     rankq: Path
     proto: Path
-    closed: bool  # peers with a shared secret, an API token on every request
+    secret: bool  # members share a Raft secret (--raft-password-file)
+    token: bool  # the API needs a token; every request carries it
 
 
 def git(*args: str) -> str:
@@ -121,7 +122,7 @@ def baseline_build(rev: str) -> Build:
         if done.returncode != 0 or not rankq.exists():
             raise Failure(f"installing the baseline failed; see {home / 'install.log'}")
         stamp.write_text(commit + "\n")
-    return Build("baseline", commit, rankq, home / "src" / "rankq" / "server" / "proto" / "rankq.proto", closed=False)
+    return Build("baseline", commit, rankq, home / "src" / "rankq" / "server" / "proto" / "rankq.proto", secret=False, token=False)
 
 
 def current_build() -> Build:
@@ -130,10 +131,22 @@ def current_build() -> Build:
         raise Failure(f"no rankq script beside {sys.executable}: run from the project's venv (make venv)")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     return Build("current", git("rev-parse", "HEAD") + (" (with uncommitted changes)" if dirty else ""), rankq,
-                 ROOT / "rankq" / "server" / "proto" / "rankq.proto", closed=True)
+                 ROOT / "rankq" / "server" / "proto" / "rankq.proto", secret=True, token=True)
 
 
 # ---- a group of one build ----------------------------------------------------------------------------
+
+
+def server_env() -> dict:
+    """The servers' environment: nothing that could put another build's modules or settings first."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("RANKQ_")}
+
+
+def private_file(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return path
 
 
 class Group:
@@ -145,15 +158,11 @@ class Group:
         root.mkdir(parents=True, exist_ok=True)
         extra: list[str] = []
         self.token: str | None = None
-        if build.closed:
-            secret = root / "raft-secret"
-            tokens = root / "api-tokens"
+        if build.secret:
+            extra += ["--raft-password-file", str(private_file(root / "raft-secret", secrets.token_urlsafe(32)))]
+        if build.token:
             self.token = secrets.token_urlsafe(32)
-            for path, text in ((secret, secrets.token_urlsafe(32)), (tokens, self.token + "\n")):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(text)
-            extra = ["--raft-password-file", str(secret), "--api-token-file", str(tokens)]
+            extra += ["--api-token-file", str(private_file(root / "api-tokens", self.token + "\n"))]
         ports = [{"http": P.free_port(), "grpc": P.free_port(), "raft": P.free_port()} for _ in range(size)]
         peers = ",".join(f"n{i}={P.HOST}:{p['raft']}" for i, p in enumerate(ports))
         self.members: list[Server] = []
@@ -161,7 +170,7 @@ class Group:
             args = [str(build.rankq), "server", "--data-dir", str(root / f"n{i}"), "--host", P.HOST,
                     "--http-port", str(p["http"]), "--grpc-port", str(p["grpc"]), "--raft-port", str(p["raft"]),
                     "--node-id", f"n{i}", "--peers", peers, *extra]
-            proc = procs.spawn(f"{name}-n{i}", args)
+            proc = procs.spawn(f"{name}-n{i}", args, env=server_env())
             server = Server("rankq", proc, p["http"], p["grpc"])
             server.node_id = f"n{i}"
             self.members.append(server)

@@ -18,7 +18,7 @@ func drain(args []string) error {
 	fs := flag.NewFlagSet("drain", flag.ExitOnError)
 	base := fs.String("base", "", "server base URL")
 	queue := fs.String("queue", "bench", "queue name")
-	count := fs.Int64("count", 20000, "messages to drain")
+	count := fs.Int64("count", 60000, "messages to drain")
 	consumers := fs.Int("consumers", 4, "concurrent consumers (one connection each)")
 	maxN := fs.Int("max", 100, "dequeue max")
 	deadline := fs.Duration("deadline", 2*time.Minute, "give up after this long")
