@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -331,75 +331,102 @@ class Bench:
 
 # ---- summary and report -----------------------------------------------------------------------------
 
+ARMS = ["baseline", "baseline-secret", "current"]
+ARM_TEXT = {
+    "baseline": "the commit before the security merges with its defaults: Raft traffic in plain pickle, no API token",
+    "baseline-secret": "the same commit with its optional `--raft-password-file` (PySyncObj's own encryption, "
+                       "what the operator passed to every group): the cost of encrypting peers, measured in the old code",
+    "current": "this tree in its closed mode: peers authenticated and encrypted with a shared secret, a bearer "
+               "token on every request, the validation layer on every input",
+}
+
 
 def summarise(runs: dict, paths: list[str]) -> dict:
-    """Per path: each arm's median, min and max; current/baseline of the medians, and of each pair of
-    runs taken next to each other (their spread shows how much of a difference is noise)."""
+    """Per path and arm: median, min, max, spread and CPU per message; then current against each other
+    arm: the ratio of the medians, and the median of the ratios of runs of the same repetition
+    (taken minutes apart at most, so their spread shows how much of a difference is noise)."""
     out = {}
     for path in paths:
         arms = {}
-        for arm in ("baseline", "current"):
-            values = [r[path]["value"] for r in runs[arm]]
-            cpu = [r[path]["group_cpu_us_per_msg"] for r in runs[arm] if r[path].get("group_cpu_us_per_msg")]
-            arms[arm] = {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values,
-                         "spread": (max(values) - min(values)) / statistics.median(values),
+        for arm, reps in runs.items():
+            values = [r[path]["value"] for r in reps]
+            cpu = [r[path]["group_cpu_us_per_msg"] for r in reps if r[path].get("group_cpu_us_per_msg")]
+            med = statistics.median(values)
+            arms[arm] = {"median": med, "min": min(values), "max": max(values), "values": values,
+                         "spread": (max(values) - min(values)) / med, "cpu_values": cpu,
                          "group_cpu_us_per_msg": statistics.median(cpu) if cpu else None}
-        pairs = [c[path]["value"] / b[path]["value"] for b, c in zip(runs["baseline"], runs["current"])]
-        ratio = arms["current"]["median"] / arms["baseline"]["median"]
-        cb, cc = arms["baseline"]["group_cpu_us_per_msg"], arms["current"]["group_cpu_us_per_msg"]
-        out[path] = {"label": LABELS[path], "unit": "msg/s", **arms, "ratio": ratio,
-                     "pair_ratios": pairs, "pair_ratio_median": statistics.median(pairs),
-                     "cpu_ratio": cc / cb if cb and cc else None, "drop_over_limit": ratio < 1 - LIMIT}
+        against = {}
+        for ref in (a for a in runs if a != "current"):
+            pairs = [c[path]["value"] / b[path]["value"] for b, c in zip(runs[ref], runs["current"])]
+            ratio = arms["current"]["median"] / arms[ref]["median"]
+            cb, cc = arms[ref]["group_cpu_us_per_msg"], arms["current"]["group_cpu_us_per_msg"]
+            against[ref] = {"ratio": ratio, "pair_ratios": pairs, "pair_ratio_median": statistics.median(pairs),
+                            "cpu_ratio": cc / cb if cb and cc else None, "drop_over_limit": ratio < 1 - LIMIT}
+        out[path] = {"label": LABELS[path], "unit": "msg/s", "arms": arms, "current_vs": against}
     return out
+
+
+def _range(x: dict) -> str:
+    return f"{x['median']:,.0f} ({x['min']:,.0f}–{x['max']:,.0f})"
 
 
 def markdown(res: dict) -> str:
     m = res["meta"]
     plan = m["plan"]
-    order = " ".join(m["order"])
+    arms = m["arms"]
+    refs = [a for a in arms if a != "current"]
     lines = [
         "# What the security work costs",
         "",
-        f"`python -m bench.security_cost` ({m['date']}, {m['cores']} cores, Python {m['python']}). Two builds as "
-        f"{plan['group_size']}-node groups on loopback, load to the leader, {PAYLOAD_BYTES}-byte payloads:",
+        f"`python -m bench.security_cost` ({m['date']}, {m['cores']} cores shared with other work, Python "
+        f"{m['python']}). Each arm is a {plan['group_size']}-node group on loopback, load to the leader, "
+        f"{PAYLOAD_BYTES}-byte payloads, every write committed on a majority before it is answered:",
         "",
-        f"- **baseline** `{m['baseline'][:12]}` (main before the security merges) with its defaults: Raft "
-        "traffic in plain pickle, no API token;",
-        f"- **current** `{m['current'][:12]}` in its closed mode: peers authenticated and encrypted with a "
-        "shared secret, a bearer token on every request, the validation layer on every input.",
+    ]
+    for arm in arms:
+        commit = m["commits"][arm]
+        lines.append(f"- **{arm}** (`{commit[:12]}`{commit[40:]}): {ARM_TEXT[arm]};")
+    lines += [
         "",
-        f"A fresh group per arm and repetition, in the order {order} (alternating, so drift in the machine's "
-        f"load falls on both); {plan['duration']:g} s measured after {plan['warmup']:g} s of warm-up per "
-        f"enqueue path; the drain empties {plan['drain_messages']:,} messages. Figures are medians of "
-        f"{plan['reps']}; *ratio* = current / baseline of the medians; *paired* = the median of the ratios of "
-        "runs taken next to each other; CPU is what all three members used per message.",
+        f"A fresh group per arm and repetition; the arms take turns, rotated each repetition ({' '.join(m['order'])}), "
+        f"so drift in the machine's load falls on all of them. {plan['duration']:g} s measured after "
+        f"{plan['warmup']:g} s of warm-up per enqueue path; the drain empties {plan['drain_messages']:,} messages. "
+        f"Throughput figures are medians of {plan['reps']} with the min–max of the runs; CPU is what all "
+        f"{plan['group_size']} members used per message (median), which the machine's load moves less than "
+        "throughput.",
         "",
-        "| path | baseline msg/s (min–max) | current msg/s (min–max) | ratio | paired (min–max) | "
-        "CPU µs/msg baseline → current |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| path | " + " | ".join(f"{a} msg/s" for a in arms) + " | " + " | ".join(
+            f"current / {a}: medians, paired runs (min–max)" for a in refs) + " | CPU µs/msg: " + " → ".join(arms) + " |",
+        "| --- | " + " | ".join("---:" for _ in arms) + " | " + " | ".join("---:" for _ in refs) + " | ---: |",
     ]
     for path, x in res["results"].items():
-        b, c = x["baseline"], x["current"]
-        cpu = (f"{b['group_cpu_us_per_msg']:,.0f} → {c['group_cpu_us_per_msg']:,.0f} ({x['cpu_ratio']:.2f}×)"
-               if x.get("cpu_ratio") else "–")
-        lines.append(f"| {x['label']} | {b['median']:,.0f} ({b['min']:,.0f}–{b['max']:,.0f}) | "
-                     f"{c['median']:,.0f} ({c['min']:,.0f}–{c['max']:,.0f}) | **{x['ratio']:.1%}** | "
-                     f"{x['pair_ratio_median']:.1%} ({min(x['pair_ratios']):.1%}–{max(x['pair_ratios']):.1%}) | {cpu} |")
+        cells = [_range(x["arms"][a]) for a in arms]
+        for ref in refs:
+            v = x["current_vs"][ref]
+            cells.append(f"**{v['ratio']:.0%}**, {v['pair_ratio_median']:.0%} ({min(v['pair_ratios']):.0%}–"
+                         f"{max(v['pair_ratios']):.0%})")
+        cpu = [x["arms"][a]["group_cpu_us_per_msg"] for a in arms]
+        cells.append(" → ".join("–" if c is None else f"{c:,.0f}" for c in cpu))
+        lines.append(f"| {x['label']} | " + " | ".join(cells) + " |")
     loads = m["load"]
     lines += [
         "",
-        f"Noise: the machine's load average ran from {min(loads['loadavg']):.1f} to {max(loads['loadavg']):.1f} "
-        + (f"and CPU pressure (share of time a runnable task waited for a core) from "
-           f"{min(loads['cpu_pressure']):.0f}% to {max(loads['cpu_pressure']):.0f}% " if loads.get("cpu_pressure") else "")
-        + "during the measurements. The min–max ranges above are the spread of each arm across its runs.",
+        f"Noise: during the measurements the machine's load average ran from {min(loads['loadavg']):.1f} to "
+        f"{max(loads['loadavg']):.1f}"
+        + (f" and CPU pressure (share of time a runnable task waited for a core) from "
+           f"{min(loads['cpu_pressure']):.0f}% to {max(loads['cpu_pressure']):.0f}%" if loads.get("cpu_pressure") else "")
+        + "; the min–max ranges above are each arm's spread across its runs. Per run: "
+        + "; ".join(f"{p} " + ", ".join(f"{a} " + "/".join(f"{v:,.0f}" for v in x["arms"][a]["values"]) for a in arms)
+                    for p, x in res["results"].items()) + ".",
         "",
     ]
-    worst = min(res["results"].values(), key=lambda x: x["ratio"])
-    verdict = (f"Every path keeps at least {1 - LIMIT:.0%} of the baseline's throughput (lowest: "
-               f"{worst['label']}, {worst['ratio']:.1%})." if not any(x["drop_over_limit"] for x in res["results"].values())
-               else "Paths below " + f"{1 - LIMIT:.0%}: " + ", ".join(
-                   f"{x['label']} ({x['ratio']:.1%})" for x in res["results"].values() if x["drop_over_limit"]) + ".")
-    lines += [verdict, ""]
+    over = [x for x in res["results"].values() if x["current_vs"]["baseline"]["drop_over_limit"]]
+    if over:
+        lines.append(f"Against the baseline, paths whose median throughput is below {1 - LIMIT:.0%}: " + ", ".join(
+            f"{x['label']} ({x['current_vs']['baseline']['ratio']:.0%})" for x in over) + ".")
+    else:
+        lines.append(f"Against the baseline every path keeps at least {1 - LIMIT:.0%} of the median throughput.")
+    lines.append("")
     notes = HERE / "security_cost_notes.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
@@ -409,6 +436,7 @@ def markdown(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default=BASELINE, help="commit to compare with (default: main before the security merges)")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)} (current is always run)")
     ap.add_argument("--reps", type=int, default=Plan.reps)
     ap.add_argument("--duration", type=float, default=Plan.duration, help="measured seconds per enqueue run")
     ap.add_argument("--only", help="comma-separated subset of: " + ", ".join(PATHS))
@@ -423,35 +451,38 @@ def main(argv: list[str] | None = None) -> int:
     paths = PATHS if not args.only else [p.strip() for p in args.only.split(",")]
     if set(paths) - set(PATHS):
         ap.error(f"unknown path(s): {', '.join(sorted(set(paths) - set(PATHS)))}")
+    arms = [a for a in ARMS if a in {x.strip() for x in args.arms.split(",")} | {"current"}]
+    if len(arms) < 2:
+        ap.error(f"--arms needs at least one of {', '.join(a for a in ARMS if a != 'current')}")
     plan = Plan(reps=args.reps, duration=args.duration)
     from .run import setup_tools
 
     tools = setup_tools()
-    builds = {"baseline": baseline_build(args.baseline), "current": current_build()}
+    baseline = baseline_build(args.baseline)
+    builds = {"baseline": baseline, "baseline-secret": replace(baseline, name="baseline-secret", secret=True),
+              "current": current_build()}
     workdir = Path(tempfile.mkdtemp(prefix="rankq-bench-security-"))
     b = Bench(plan, tools, workdir)
-    runs: dict[str, list] = {"baseline": [], "current": []}
+    runs: dict[str, list] = {arm: [] for arm in arms}
     order: list[str] = []
     started = time.monotonic()
     try:
         for rep in range(plan.reps):
-            arms = ("baseline", "current") if rep % 2 == 0 else ("current", "baseline")
-            for arm in arms:
+            for arm in arms[rep % len(arms):] + arms[:rep % len(arms)]:
                 runs[arm].append(b.run_arm(builds[arm], paths))
-                order.append("A" if arm == "baseline" else "B")
+                order.append(arm)
                 log(f"rep {rep + 1}/{plan.reps} {arm}: " + ", ".join(
-                    f"{k} {v['value']:,.0f}" for k, v in runs[arm][-1].items()))
+                    f"{k} {v['value']:,.0f} ({v['group_cpu_us_per_msg'] or 0:,.0f} µs/msg)" for k, v in runs[arm][-1].items()))
     except Failure as err:
         log(f"benchmark failed: {err}; logs in {workdir / 'logs'}")
-        b.procs.close()
         return 1
     finally:
         b.procs.close()
     samples = [r for arm in runs.values() for rep in arm for r in rep.values()]
     res = {
         "meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
-                 "python": sys.version.split()[0], "baseline": builds["baseline"].commit,
-                 "current": builds["current"].commit, "plan": asdict(plan), "order": order,
+                 "python": sys.version.split()[0], "arms": arms,
+                 "commits": {arm: builds[arm].commit for arm in arms}, "plan": asdict(plan), "order": order,
                  "seconds": round(time.monotonic() - started, 1),
                  "load": {"loadavg": [s["loadavg"] for s in samples],
                           "cpu_pressure": [s["cpu_pressure"] for s in samples if "cpu_pressure" in s]}},
