@@ -44,10 +44,6 @@ MAX_FRAME_BYTES = 1 << 30  # between members; append-entries are split into 64 K
 READ_CHUNK_BYTES = 256 * 1024
 READ_BUDGET_BYTES = 4 * 1024 * 1024  # per connection and poll event: the tick loop goes on
 COMPACT_BYTES = 1024 * 1024  # drop consumed bytes from a buffer's front past this size
-# Frames whose pickle is at most this long travel as a stored (level 0) zlib stream: heartbeats,
-# append-entries answers and small entries gain nothing from compression, and setting up a level-3
-# compressor cost them more CPU than sealing them does. Any zlib reader (PySyncObj's too) takes both.
-STORED_FRAME_BYTES = 512
 HANDSHAKE_SECONDS = 5.0  # an unproven connection is closed after this long
 MAX_HANDSHAKES = 32  # unproven connections at once; the oldest is closed to admit a new one
 RAND_KEY_BYTES = 32
@@ -172,9 +168,7 @@ class PeerConnection:
             return
         if self.sendRandKey:
             message = (self.sendRandKey, message)
-        data = pickle.dumps(message)
-        data = zlib.compress(data, 0 if len(data) <= STORED_FRAME_BYTES else 3)
-        token = self.encryptor.encrypt_at_time(data, int(time.monotonic()))
+        token = self.encryptor.encrypt_at_time(zlib.compress(pickle.dumps(message), 3), int(time.monotonic()))
         self._wbuf += HEADER.pack(len(token))
         self._wbuf += token
         self._flush()

@@ -1,8 +1,9 @@
 """Frames of the peer transport in PySyncObj's password wire format, small and large alike.
 
-Small frames travel as a stored zlib stream, large ones compressed; a member running PySyncObj's
-own connection code (the format it reads: 4-byte length, Fernet token, zlib, pickle) must read
-both, and a frame still fails when it is not sealed with the group's secret.
+A member running PySyncObj's own connection code (the format it reads: 4-byte length, Fernet token,
+zlib, pickle) must read what this transport sends — a group the operator ran with a password before
+this transport keeps talking through a rolling update —, and a frame is unreadable without the
+group's secret. A cheaper cipher or framing would have to keep this test passing, or negotiate.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from pysyncobj.encryptor import getEncryptor
 
-from rankq.replication.transport import STORED_FRAME_BYTES, PeerConnection
+from rankq.replication.transport import PeerConnection
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -58,13 +59,10 @@ def test_small_and_large_frames_read_as_pysyncobj_reads_them():
     secret = getEncryptor("the group's secret")
     small = {"type": "next_node_idx", "next_node_idx": 12, "success": True}
     large = {"type": "append_entries", "entries": [(b"x" * 4000, 7, 1)], "commit_index": 6}
-    assert len(pickle.dumps(small)) <= STORED_FRAME_BYTES < len(pickle.dumps(large))
     tokens = sent_frames(secret, [small, large])
     got = [pickle.loads(zlib.decompress(secret.decrypt(t))) for t in tokens]
     assert got == [small, large]
-    stored, compressed = (secret.decrypt(t) for t in tokens)
-    assert len(stored) > len(pickle.dumps(small))  # stored: the pickle plus zlib's framing
-    assert len(compressed) < 1000  # 4,000 repeated bytes compressed
+    assert len(secret.decrypt(tokens[1])) < 1000  # 4,000 repeated bytes travel compressed
 
 
 def test_a_frame_is_unreadable_without_the_secret():
