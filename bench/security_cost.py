@@ -62,6 +62,8 @@ LABELS = {
     "grpc_unary": "gRPC Enqueue, 1 msg/call, 50 clients",
     "drain": "drain: dequeue(max=100) + batch ack, 4 consumers",
 }
+SHORT = {"http_batch": "HTTP batches", "http_single": "HTTP one per request", "grpc_unary": "gRPC one per call",
+         "drain": "drain"}
 LIMIT = 0.05  # the largest throughput drop the issue allows
 
 
@@ -304,8 +306,13 @@ class Bench:
 
     @staticmethod
     def result(rate: float, msgs: int, cpu: dict, share: float = 1.0, **extra) -> dict:
-        group_us = cpu["group_cpu_seconds"] * share / msgs * 1e6 if msgs and "group_cpu_seconds" in cpu else None
-        return {"value": rate, "group_cpu_us_per_msg": group_us,
+        def per_msg(seconds: float | None) -> float | None:
+            return seconds * share / msgs * 1e6 if msgs and seconds is not None else None
+
+        others = [o["cpu_seconds"] for o in cpu.get("others", ()) if "cpu_seconds" in o]
+        return {"value": rate, "group_cpu_us_per_msg": per_msg(cpu.get("group_cpu_seconds")),
+                "leader_cpu_us_per_msg": per_msg(cpu.get("cpu_seconds")),
+                "follower_cpu_us_per_msg": per_msg(statistics.mean(others)) if others else None,
                 "leader_cpu_percent": cpu.get("cpu_percent"), **extra, **P.machine_load()}
 
     def run_arm(self, build: Build, paths: list[str]) -> dict:
@@ -355,6 +362,9 @@ def summarise(runs: dict, paths: list[str]) -> dict:
             arms[arm] = {"median": med, "min": min(values), "max": max(values), "values": values,
                          "spread": (max(values) - min(values)) / med, "cpu_values": cpu,
                          "group_cpu_us_per_msg": statistics.median(cpu) if cpu else None}
+            for role in ("leader", "follower"):
+                got = [r[path][f"{role}_cpu_us_per_msg"] for r in reps if r[path].get(f"{role}_cpu_us_per_msg")]
+                arms[arm][f"{role}_cpu_us_per_msg"] = statistics.median(got) if got else None
         against = {}
         for ref in (a for a in runs if a != "current"):
             pairs = [c[path]["value"] / b[path]["value"] for b, c in zip(runs[ref], runs["current"])]
@@ -364,6 +374,10 @@ def summarise(runs: dict, paths: list[str]) -> dict:
                             "cpu_ratio": cc / cb if cb and cc else None, "drop_over_limit": ratio < 1 - LIMIT}
         out[path] = {"label": LABELS[path], "unit": "msg/s", "arms": arms, "current_vs": against}
     return out
+
+
+def _us(v: float | None) -> str:
+    return "–" if v is None else f"{v:,.0f}"
 
 
 def _range(x: dict) -> str:
@@ -408,6 +422,11 @@ def markdown(res: dict) -> str:
         cpu = [x["arms"][a]["group_cpu_us_per_msg"] for a in arms]
         cells.append(" → ".join("–" if c is None else f"{c:,.0f}" for c in cpu))
         lines.append(f"| {x['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "CPU per message by member (medians, µs): "
+              + "; ".join(f"{SHORT[path]}: "
+                          + ", ".join(f"{a} leader {_us(x['arms'][a].get('leader_cpu_us_per_msg'))} / follower "
+                                      f"{_us(x['arms'][a].get('follower_cpu_us_per_msg'))}" for a in arms)
+                          for path, x in res["results"].items()) + "."]
     loads = m["load"]
     lines += [
         "",
