@@ -442,7 +442,7 @@ def markdown(res: dict) -> str:
     over = [x for x in res["results"].values() if x["current_vs"]["baseline"]["drop_over_limit"]]
     if over:
         lines.append(f"Against the baseline, paths whose median throughput is below {1 - LIMIT:.0%}: " + ", ".join(
-            f"{x['label']} ({x['current_vs']['baseline']['ratio']:.0%})" for x in over) + ".")
+            f"{x['label']} ({x['current_vs']['baseline']['ratio']:.1%})" for x in over) + ".")
     else:
         lines.append(f"Against the baseline every path keeps at least {1 - LIMIT:.0%} of the median throughput.")
     lines.append("")
