@@ -148,6 +148,15 @@ def test_grpc_codes_per_scope(secured):
                 assert await call.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert dict(await call.trailing_metadata())["rankq-status"] == "403"
             await stub.ListQueues(pb.ListQueuesRequest(), timeout=5, metadata=meta)  # reads pass
+            # bytes that are no EnqueueRequest: without a token the answer is the refusal, not a
+            # parse error (nothing a caller without a token sends is decoded); with one, 422
+            raw = channel.unary_unary("/rankq.v1.RankQ/Enqueue")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\xff\xff\xff", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\xff\xff\xff", timeout=5, metadata=meta)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     import asyncio
 
