@@ -49,6 +49,7 @@ class PoolMemory:
     idle_since: float | None = None
     last_reason: str | None = None
     last_time: str | None = None
+    keda_missing: bool = False  # warned that the cluster does not serve KEDA's kinds
 
 
 @dataclass
@@ -85,7 +86,7 @@ class WorkerPools:
         elif backlog == 0 and mem.idle_since is None:
             mem.idle_since = now
         current = None if observed is None else int((observed.get("spec") or {}).get("replicas") or 0)
-        if full or observed is None:
+        if full or observed is None or mem.keda_missing:  # KEDA may have been installed since
             await self._scaler(q, pool, event)
         replicas = current if current is not None else initial_replicas(pool, bool(self.zero_capable))
         if pool.autoscaling.provider == "none":
@@ -131,7 +132,20 @@ class WorkerPools:
             if observed is not None and (observed["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
                     desired["metadata"]["annotations"][HASH_ANNOTATION]:
                 continue
-            await self._apply_scaler(q, pool, desired)
+            try:
+                await self._apply_scaler(q, pool, desired)
+            except Exception as err:
+                if desired["apiVersion"] != ws.KEDA_API or not _not_found(err):
+                    raise
+                # No KEDA in this cluster: say so once and keep the rest of the Queue going.
+                mem = self.memory.setdefault(pool.name, PoolMemory())
+                if not mem.keda_missing:
+                    mem.keda_missing = True
+                    await event("KedaNotInstalled", f"pool {pool.name}: autoscaling.provider is keda, but the "
+                                f"cluster does not serve {desired['kind']} ({ws.KEDA_API}); install KEDA or use "
+                                f"provider hpa", warning=True)
+                return
+            self.memory.setdefault(pool.name, PoolMemory()).keda_missing = False
             await event("Created" if observed is None else "Updated",
                         f"{'Created' if observed is None else 'Updated'} {desired['kind']} {desired['metadata']['name']}")
 

@@ -13,22 +13,50 @@ controllers), kwok pods backed by real `rankq server` and `rankq worker` process
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import ipaddress
 import json
+import os
+import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from operator_support import (OperatorProcess, StandIns, WorkerStandIns, drop_finalizers, free_port, install_chart,
-                              unique)
+from k8s_support import Cluster
+from operator_support import (REPO, OperatorProcess, StandIns, WorkerStandIns, drop_finalizers, free_port,
+                              install_chart, unique)
 
 TOTAL = 1000
 TARGET = 100
 MAX = 10
 COOLDOWN = 10
+CONCURRENCY = 2  # per worker pod
+HPA_SYNC_SECONDS = 5  # kube-controller-manager's --horizontal-pod-autoscaler-sync-period in hack/k8s/up.sh
+SCALE_TO_ZERO_GATE = "HPAScaleToZero=true"
+
+
+@contextlib.contextmanager
+def gated_control_plane(state: Path, gates: str = SCALE_TO_ZERO_GATE) -> Iterator[Cluster]:
+    """A second local control plane with feature gates on (hack/k8s/up.sh reads
+    RANKQ_K8S_FEATURE_GATES): state in `state`, free loopback ports, one kwok node; stopped after."""
+    env = dict(os.environ, RANKQ_K8S_DIR=str(state), RANKQ_K8S_NODES="1", RANKQ_K8S_FEATURE_GATES=gates)
+    env.update({f"RANKQ_K8S_{name}_PORT": str(free_port())
+                for name in ("APISERVER", "ETCD_CLIENT", "ETCD_PEER", "KCM", "SCHED")})
+    env.pop("RANKQ_K8S_REAL_NODE", None)
+    hack = REPO / "hack" / "k8s"
+    try:
+        up = subprocess.run(["bash", str(hack / "up.sh")], env=env, capture_output=True, text=True, timeout=300,
+                            cwd=REPO)
+        if up.returncode != 0:
+            raise RuntimeError(f"hack/k8s/up.sh with {gates} failed:\n{(up.stdout + up.stderr)[-4000:]}")
+        yield Cluster(state)
+    finally:
+        subprocess.run(["bash", str(hack / "down.sh")], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=REPO)
 
 
 def serving_cert(root: Path, names: list[str]) -> tuple[str, str, str]:
@@ -112,7 +140,7 @@ def run(k8s, tmp_path: Path) -> Outcome:
         k8s.apply({"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
                    "spec": {"replicas": 1, "storage": {"ephemeral": True}, "queue": {"name": "jobs"},
                             "workers": [{
-                                "name": "pool", "handler": "autoscale_jobs:handle", "concurrency": 2,
+                                "name": "pool", "handler": "autoscale_jobs:handle", "concurrency": CONCURRENCY,
                                 "drainTimeoutSeconds": 20,
                                 "env": [{"name": "RANKQ_TEST_JOURNAL", "value": str(journal)}],
                                 "autoscaling": {

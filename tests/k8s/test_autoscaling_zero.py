@@ -9,46 +9,22 @@ back to 0, and the operator posts no activation Events.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import autoscale_scenario as scenario
 from k8s_support import Cluster
-from operator_support import REPO
-from serverproc import free_port
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(600)]
-
-HACK = REPO / "hack" / "k8s"
-
-
-def gated_env(state: Path) -> dict[str, str]:
-    ports = {name: str(free_port()) for name in ("APISERVER", "ETCD_CLIENT", "ETCD_PEER", "KCM", "SCHED")}
-    env = dict(os.environ, RANKQ_K8S_DIR=str(state), RANKQ_K8S_NODES="1",
-               RANKQ_K8S_FEATURE_GATES="HPAScaleToZero=true")
-    env.update({f"RANKQ_K8S_{name}_PORT": port for name, port in ports.items()})
-    env.pop("RANKQ_K8S_REAL_NODE", None)
-    return env
 
 
 @pytest.fixture(scope="module")
 def gated(k8s, tmp_path_factory) -> Iterator[Cluster]:
     """A control plane with HPAScaleToZero on, beside the shared one; stopped after the module."""
     k8s.require("kube-controller-manager", "kwok", "helm")
-    state = tmp_path_factory.mktemp("k8s-gated")
-    env = gated_env(state)
-    up = subprocess.run(["bash", str(HACK / "up.sh")], env=env, capture_output=True, text=True, timeout=300,
-                        cwd=REPO)
-    try:
-        assert up.returncode == 0, (up.stdout + up.stderr)[-4000:]
-        yield Cluster(state)
-    finally:
-        subprocess.run(["bash", str(HACK / "down.sh")], env=env, capture_output=True, text=True, timeout=120,
-                       cwd=REPO)
+    with scenario.gated_control_plane(tmp_path_factory.mktemp("k8s-gated")) as cluster:
+        yield cluster
 
 
 def test_the_hpa_itself_scales_from_zero_and_back_with_the_gate_on(gated, tmp_path):
