@@ -90,6 +90,8 @@ def serving_cert(root: Path, names: list[str]) -> tuple[str, str, str]:
 class Outcome:
     """What one run measured (seconds from the enqueue, and from the drained queue) and saw."""
 
+    total: int
+    max_replicas: int
     first_worker: float
     full_scale: float
     to_zero: float
@@ -99,14 +101,16 @@ class Outcome:
     status: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"first worker {self.first_worker:.1f} s after the enqueue, {MAX} replicas after "
+        return (f"{self.total} messages: first worker {self.first_worker:.1f} s after the enqueue, "
+                f"{self.max_replicas} replicas after "
                 f"{self.full_scale:.1f} s, back to zero {self.to_zero:.1f} s after the drain; "
                 f"replicas {self.replicas_seen}")
 
 
-def run(k8s, tmp_path: Path) -> Outcome:
+def run(k8s, tmp_path: Path, total: int = TOTAL, max_replicas: int = MAX) -> Outcome:
     """One run of the scenario on the control plane `k8s` (a tests/k8s `Cluster`); asserts the
-    invariants (exactly once, clean exits, no flapping) and returns the timings."""
+    invariants (exactly once, clean exits, no flapping) and returns the timings. `total` messages
+    with target TARGET should reach `max_replicas`."""
     sys_ns, ns, release = unique("rankq-as"), unique("t-as"), unique("rq")
     k8s.kubectl("create", "namespace", sys_ns)
     k8s.kubectl("create", "namespace", ns)
@@ -144,10 +148,10 @@ def run(k8s, tmp_path: Path) -> Outcome:
                                 "drainTimeoutSeconds": 20,
                                 "env": [{"name": "RANKQ_TEST_JOURNAL", "value": str(journal)}],
                                 "autoscaling": {
-                                    "minReplicas": 0, "maxReplicas": MAX, "targetBacklogPerReplica": TARGET,
+                                    "minReplicas": 0, "maxReplicas": max_replicas, "targetBacklogPerReplica": TARGET,
                                     "cooldownSeconds": COOLDOWN,
                                     "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0,
-                                                             "policies": [{"type": "Pods", "value": MAX,
+                                                             "policies": [{"type": "Pods", "value": max_replicas,
                                                                            "periodSeconds": 5}]},
                                                  "scaleDown": {"stabilizationWindowSeconds": 0}}}}]}}, namespace=ns)
         secret = k8s.wait_for(lambda: k8s.get_json("secret", "q-token", namespace=ns), 60, "the generated token")
@@ -172,7 +176,7 @@ def run(k8s, tmp_path: Path) -> Outcome:
         hpa = k8s.wait_for(lambda: k8s.get_json("hpa", "q-pool", namespace=ns), 30, "the HPA")
         assert deployment_replicas() == 0  # idle pool asleep
 
-        body = {"messages": [{"payload": {"n": i}} for i in range(TOTAL)]}
+        body = {"messages": [{"payload": {"n": i}} for i in range(total)]}
         t0 = time.monotonic()
         assert httpx.post(f"{url}/api/v1/queues/jobs/messages/batch", json=body, headers=auth,
                           timeout=30).status_code == 201
@@ -187,14 +191,14 @@ def run(k8s, tmp_path: Path) -> Outcome:
         assert item["metricLabels"] == {"rankq.io/queue": "jobs"}
         k8s.wait_for(lambda: workers.running() >= 1, 30, "the first worker")
         first_worker = time.monotonic() - t0
-        k8s.wait_for(lambda: deployment_replicas() >= MAX, 90, f"{MAX} replicas")
+        k8s.wait_for(lambda: deployment_replicas() >= max_replicas, 90, f"{max_replicas} replicas")
         full_scale = time.monotonic() - t0
-        k8s.wait_for(lambda: len(journal.read_text().split("\n")) > TOTAL, 180, "every message handled")
+        k8s.wait_for(lambda: len(journal.read_text().split("\n")) > total, 180, "every message handled")
         drained = time.monotonic()
         k8s.wait_for(lambda: deployment_replicas() == 0 and workers.running() == 0, 120, "the pool back at zero")
         to_zero = time.monotonic() - drained
         lines = [line.split()[0] for line in journal.read_text().split("\n") if line]
-        assert len(lines) == len(set(lines)) == TOTAL, "every message handled exactly once"
+        assert len(lines) == len(set(lines)) == total, "every message handled exactly once"
         counts = httpx.get(f"{url}/api/v1/queues/jobs", headers=auth, timeout=5).json()["counts"]
         assert (counts["ready"], counts["leased"], counts["dead"]) == (0, 0, 0)
         k8s.wait_for(lambda: all(code is not None for code in workers.exits.values()), 60, "every worker to exit")
@@ -207,7 +211,7 @@ def run(k8s, tmp_path: Path) -> Outcome:
         events = k8s.get_json("events", namespace=ns)["items"]
         activations = sum(1 for e in events if e.get("reason") in ("WorkersActivated", "WorkersDeactivated"))
         hpa = k8s.get_json("hpa", "q-pool", namespace=ns)
-        return Outcome(first_worker, full_scale, to_zero, replicas_seen, int(hpa["spec"]["minReplicas"]),
+        return Outcome(total, max_replicas, first_worker, full_scale, to_zero, replicas_seen, int(hpa["spec"]["minReplicas"]),
                        activations, status)
     except BaseException:
         print(op.tail())
