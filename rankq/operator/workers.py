@@ -50,6 +50,7 @@ class PoolMemory:
     last_reason: str | None = None
     last_time: str | None = None
     keda_missing: bool = False  # warned that the cluster does not serve KEDA's kinds
+    delayed_ignored: bool = False  # warned that KEDA cannot count all delayed messages
 
 
 @dataclass
@@ -126,6 +127,12 @@ class WorkerPools:
         if provider != "keda":
             for kind, child in (("ScaledObject", name), ("TriggerAuthentication", ws.trigger_auth_name(q, pool))):
                 await self._delete_optional(kind, q.namespace, child)
+        mem = self.memory.setdefault(pool.name, PoolMemory())
+        ignored = provider == "keda" and pool.autoscaling.include_delayed
+        if ignored and not mem.delayed_ignored:
+            await event("IncludeDelayedIgnored", f"pool {pool.name}: KEDA reads counts.backlog (delayed messages only "
+                        f"once due); includeDelayed applies to provider hpa only", warning=True)
+        mem.delayed_ignored = ignored
         for desired in ws.build_pool_children(q, pool, bool(self.zero_capable)):
             desired["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(desired)}
             observed = await self._get_optional(desired["kind"], q.namespace, desired["metadata"]["name"])
@@ -138,14 +145,13 @@ class WorkerPools:
                 if desired["apiVersion"] != ws.KEDA_API or not _not_found(err):
                     raise
                 # No KEDA in this cluster: say so once and keep the rest of the Queue going.
-                mem = self.memory.setdefault(pool.name, PoolMemory())
                 if not mem.keda_missing:
                     mem.keda_missing = True
                     await event("KedaNotInstalled", f"pool {pool.name}: autoscaling.provider is keda, but the "
                                 f"cluster does not serve {desired['kind']} ({ws.KEDA_API}); install KEDA or use "
                                 f"provider hpa", warning=True)
                 return
-            self.memory.setdefault(pool.name, PoolMemory()).keda_missing = False
+            mem.keda_missing = False
             await event("Created" if observed is None else "Updated",
                         f"{'Created' if observed is None else 'Updated'} {desired['kind']} {desired['metadata']['name']}")
 

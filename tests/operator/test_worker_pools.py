@@ -114,3 +114,16 @@ def test_a_cluster_without_keda_gets_one_warning_and_the_pool_still_runs():
     kube.__class__ = Kube
     run(pools.reconcile(queue([keda]), [dep], None, False, event))
     assert {("ScaledObject", "orders-mail"), ("TriggerAuthentication", "orders-mail-token")} <= set(kube.objects)
+
+
+def test_include_delayed_with_keda_is_flagged_once():
+    pools = WorkerPools(Kube(), zero_capable=False)
+    events: list[tuple[str, bool]] = []
+
+    async def event(reason: str, message: str, warning: bool = False) -> None:
+        events.append((reason, warning))
+
+    keda = {**POOL, "autoscaling": {**POOL["autoscaling"], "provider": "keda", "includeDelayed": True}}
+    for _ in range(3):
+        run(pools.reconcile(queue([keda]), [], None, True, event))
+    assert events.count(("IncludeDelayedIgnored", True)) == 1
