@@ -133,6 +133,8 @@ class WorkerPools:
             await event("IncludeDelayedIgnored", f"pool {pool.name}: KEDA reads counts.backlog (delayed messages only "
                         f"once due); includeDelayed applies to provider hpa only", warning=True)
         mem.delayed_ignored = ignored
+        if provider != "keda":
+            mem.keda_missing = False
         for desired in ws.build_pool_children(q, pool, bool(self.zero_capable)):
             desired["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(desired)}
             observed = await self._get_optional(desired["kind"], q.namespace, desired["metadata"]["name"])
