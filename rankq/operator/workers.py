@@ -130,8 +130,8 @@ class WorkerPools:
         mem = self.memory.setdefault(pool.name, PoolMemory())
         ignored = provider == "keda" and pool.autoscaling.include_delayed
         if ignored and not mem.delayed_ignored:
-            await event("IncludeDelayedIgnored", f"pool {pool.name}: KEDA reads counts.backlog (delayed messages only "
-                        f"once due); includeDelayed applies to provider hpa only", warning=True)
+            await event("IncludeDelayedIgnored", f"pool {pool.name}: KEDA reads {ws.KEDA_VALUE_LOCATION} (delayed messages "
+                        f"only once due); includeDelayed applies to provider hpa only", warning=True)
         mem.delayed_ignored = ignored
         if provider != "keda":
             mem.keda_missing = False

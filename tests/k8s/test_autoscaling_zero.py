@@ -16,6 +16,7 @@ import pytest
 
 import autoscale_scenario as scenario
 from k8s_support import Cluster
+from operator_support import OperatorProcess, drop_finalizers, install_chart, unique
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(600)]
 
@@ -34,3 +35,36 @@ def test_the_hpa_itself_scales_from_zero_and_back_with_the_gate_on(gated, tmp_pa
     assert out.replicas_seen[0] == 0 and out.replicas_seen[1] > 1  # 0 -> N by the HPA, not 0 -> 1 by us
     assert out.activation_events == 0 and out.status["workers"][0].get("lastScaleReason") is None
     print(f"\nautoscaling (HPAScaleToZero): {out.summary()}")
+
+
+def test_keda_pool_on_a_cluster_without_keda_gets_a_warning_and_still_runs(gated, tmp_path):
+    """This control plane has no KEDA CRDs (test_autoscaling_keda installs them on the shared one):
+    the operator says so once, in an Event, and runs the pool's Deployment anyway."""
+    sys_ns, ns, release = unique("rankq-nokeda"), unique("t-nokeda"), unique("rq")
+    gated.kubectl("create", "namespace", sys_ns)
+    gated.kubectl("create", "namespace", ns)
+    kubeconfig = install_chart(gated, sys_ns, release, tmp_path)
+    op = OperatorProcess(kubeconfig, sys_ns, tmp_path / "endpoints.json", tmp_path / "operator.log").start()
+    try:
+        gated.apply({"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
+                     "spec": {"replicas": 1, "storage": {"ephemeral": True},
+                              "workers": [{"name": "pool", "handler": "autoscale_jobs:handle",
+                                           "autoscaling": {"provider": "keda", "minReplicas": 1}}]}}, namespace=ns)
+
+        def warned() -> list[dict]:
+            return [e for e in gated.get_json("events", namespace=ns)["items"]
+                    if e.get("reason") == "KedaNotInstalled" and e.get("type") == "Warning"]
+
+        events = gated.wait_for(warned, 60, "the KedaNotInstalled Event")
+        assert "ScaledObject" in events[0]["message"] or "TriggerAuthentication" in events[0]["message"]
+        dep = gated.wait_for(lambda: gated.get_json("deployment", "q-pool", namespace=ns), 30, "the pool's Deployment")
+        assert dep["spec"]["replicas"] == 1
+        gated.wait_for(lambda: gated.get_json("statefulset", "q", namespace=ns), 30, "the Queue's StatefulSet")
+    except BaseException:
+        print(op.tail())
+        raise
+    finally:
+        op.stop()
+        drop_finalizers(gated, ns)
+        for namespace in (ns, sys_ns):
+            gated.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
