@@ -354,9 +354,9 @@ cmd_down() {
         local ids id
         ids="$(ctr_ tasks ls -q 2>/dev/null || true)"
         for id in $ids; do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
-        for id in $ids; do
-            for _ in $(seq 50); do ctr_ tasks delete "$id" >/dev/null 2>&1 && break; sleep 0.1; done
-        done
+        # containerd's CRI plugin deletes a task once it exited; delete only what is left after that.
+        for _ in $(seq 50); do [ -z "$(ctr_ tasks ls -q 2>/dev/null)" ] && break; sleep 0.1; done
+        for id in $(ctr_ tasks ls -q 2>/dev/null || true); do ctr_ tasks delete "$id" >/dev/null 2>&1 || true; done
         for id in $(ctr_ containers ls -q 2>/dev/null || true); do ctr_ containers delete "$id" >/dev/null 2>&1 || true; done
     fi
     proc_stop containerd
