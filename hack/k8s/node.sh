@@ -167,13 +167,19 @@ cmd_images() {
 
 cmd_up() {
     need
+    # Claim the machine's one real node: check and write the owner under a machine-wide lock, so two
+    # checkouts starting at once cannot both pass. Exit 3 = another checkout owns it.
     local owner
+    exec 7>"$K8S_NODE_OWNER_FILE.lock"
+    flock 7
     if owner="$(cat "$K8S_NODE_OWNER_FILE" 2>/dev/null)" && [ "$owner" != "$K8S_STATE_DIR" ] && [ -f "$owner/run/node" ]; then
-        k8s_die "a real node of $owner runs on this machine; stop it first (its make k8s-down)"
+        k8s_log "a real node of $owner runs on this machine ($K8S_NODE_OWNER_FILE); stop it first (its make k8s-down)"
+        exit 3
     fi
     mkdir -p "$NODE_DIR"/{containerd,kubelet,cni,pv,coredns} "$CTRD_STATE"
     : > "$K8S_STATE_DIR/run/node"
     printf '%s\n' "$K8S_STATE_DIR" > "$K8S_NODE_OWNER_FILE"
+    exec 7>&-
     sysctl -qw net.ipv4.ip_forward=1
     sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
     cmd_address
