@@ -51,11 +51,12 @@ test-server: $(STAMP) ## Only the server tests against real processes
 chaos: $(STAMP) ## The full chaos suite (kills, pauses, partitions in network namespaces; needs root)
 	$(PY) -m pytest tests/chaos -m chaos -q
 
-bench: $(STAMP) ## Benchmarks; results in bench/results/ (latest.{json,md}, backup.json, archive.json, worker.{json,md})
+bench: $(STAMP) ## Benchmarks; results in bench/results/ (latest.{json,md}, backup.json, archive.json, worker.{json,md}, autoscaling.{json,md})
 	$(PY) -m bench.run
 	$(PY) -m bench.backup
 	$(PY) -m bench.archive
 	$(PY) -m bench.worker
+	$(PY) -m bench.autoscaling
 
 proto: $(STAMP) ## Regenerate the gRPC modules from rankq/server/proto/rankq.proto
 	PYTHON=$(PY) bash rankq/server/proto/generate.sh

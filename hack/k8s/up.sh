@@ -16,6 +16,10 @@ elapsed() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b 
 
 NODES="${RANKQ_K8S_NODES:-3}"
 READY_TIMEOUT="${RANKQ_K8S_READY_TIMEOUT:-120}"
+# Feature gates for kube-apiserver and kube-controller-manager, e.g. HPAScaleToZero=true (lets an
+# HPA have minReplicas 0; alpha in 1.34). Empty: the release's defaults.
+feature_gates=()
+if [ -n "${RANKQ_K8S_FEATURE_GATES:-}" ]; then feature_gates=(--feature-gates="$RANKQ_K8S_FEATURE_GATES"); fi
 
 for cmd in curl openssl setsid flock base64; do
     command -v "$cmd" >/dev/null || k8s_die "$cmd not found (Debian: apt-get install curl openssl util-linux coreutils)"
@@ -143,6 +147,7 @@ proc_start kube-apiserver "$K8S_APISERVER_PORT" "$K8S_STATE_DIR/bin/kube-apiserv
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
     --proxy-client-key-file="$PKI/front-proxy-client.key" \
+    ${feature_gates[@]+"${feature_gates[@]}"} \
     --profiling=false
 api_ready() {
     curl -fsS -o /dev/null --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
@@ -172,6 +177,7 @@ if have kube-controller-manager; then
         --leader-elect=false \
         --controllers='*,bootstrapsigner,tokencleaner' \
         --horizontal-pod-autoscaler-sync-period=5s \
+        ${feature_gates[@]+"${feature_gates[@]}"} \
         --profiling=false
 fi
 if have kube-scheduler; then

@@ -300,7 +300,8 @@ class QueueController:
         counts = await self.sync_queue(body, q, obs)
         if q.spec.workers or self.deployments:
             self.worker_status = await self.workers.reconcile(
-                q, self.deployments, counts, full, lambda reason, message: self.event(body, reason, message))
+                q, self.deployments, counts, full,
+                lambda reason, message, warning=False: self.event(body, reason, message, warning))
         if sts is not None:
             await self.step(body, q, sts, pods, obs)
         await self.write_status(body, q, sts, obs, pods, counts)

@@ -152,29 +152,49 @@ def trigger_auth_name(q: QueueResource, pool: WorkerPoolSpec) -> str:
     return f"{deployment_name(q, pool)}-token"
 
 
+# KEDA's metrics-api trigger: the queue's info document, the backlog's place in it, and the auth
+# parameter that carries the Secret's value as `Authorization: Bearer <token>`.
+KEDA_TRIGGER = "metrics-api"
+KEDA_VALUE_LOCATION = "counts.backlog"  # ready + leased + delayed already due (GJSON path)
+KEDA_TOKEN_PARAMETER = "token"
+
+
 def build_trigger_authentication(q: QueueResource, pool: WorkerPoolSpec) -> dict[str, Any]:
+    """The bearer token KEDA sends: the same Secret key the pool's workers use."""
     token = worker_token_ref(q)
     return {"apiVersion": KEDA_API, "kind": "TriggerAuthentication",
             "metadata": _metadata(q, pool, trigger_auth_name(q, pool)),
-            "spec": {"secretTargetRef": [{"parameter": "token", "name": token.name, "key": token.key}]}}
+            "spec": {"secretTargetRef": [{"parameter": KEDA_TOKEN_PARAMETER, "name": token.name, "key": token.key}]}}
+
+
+def keda_activation_target(pool: WorkerPoolSpec) -> int:
+    """KEDA activates when the value is *above* activationTargetValue; activationBacklog is the
+    backlog that wakes the pool (>=), so the two differ by one."""
+    return max(0, pool.autoscaling.activation_backlog - 1)
 
 
 def build_scaled_object(q: QueueResource, pool: WorkerPoolSpec) -> dict[str, Any]:
-    """KEDA's metrics-api trigger on the queue's info: `counts.backlog`."""
+    """A ScaledObject whose metrics-api trigger reads `counts.backlog` from the leader Service.
+
+    KEDA makes (and owns) the HPA itself and moves the Deployment between 0 and 1; replicas =
+    ceil(backlog / targetValue) as with our own HPA. `includeDelayed` cannot be expressed here (the
+    document has no field for ready + leased + all delayed), so it applies to provider hpa only.
+    """
     a = pool.autoscaling
     queue = q.spec.queue_name(q.name)
-    value = "counts.backlog"  # ready + leased + due delayed (includeDelayed applies to the HPA metric only)
     spec: dict[str, Any] = {
-        "scaleTargetRef": {"name": deployment_name(q, pool)},
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(q, pool)},
         "minReplicaCount": a.min_replicas,
         "maxReplicaCount": a.max_replicas,
         "cooldownPeriod": a.cooldown_seconds,
         "triggers": [{
-            "type": "metrics-api",
+            "type": KEDA_TRIGGER,
+            "name": "backlog",
             "metricType": "AverageValue",
-            "metadata": {"url": f"{leader_url(q)}/api/v1/queues/{queue}", "format": "json", "valueLocation": value,
+            "metadata": {"url": f"{leader_url(q)}/api/v1/queues/{queue}", "format": "json",
+                         "valueLocation": KEDA_VALUE_LOCATION,
                          "targetValue": str(a.target_backlog_per_replica),
-                         "activationTargetValue": str(max(0, a.activation_backlog - 1)), "authMode": "bearer"},
+                         "activationTargetValue": str(keda_activation_target(pool)), "authMode": "bearer"},
             "authenticationRef": {"name": trigger_auth_name(q, pool)},
         }],
     }

@@ -49,6 +49,8 @@ class PoolMemory:
     idle_since: float | None = None
     last_reason: str | None = None
     last_time: str | None = None
+    keda_missing: bool = False  # warned that the cluster does not serve KEDA's kinds
+    delayed_ignored: bool = False  # warned that KEDA cannot count all delayed messages
 
 
 @dataclass
@@ -85,7 +87,7 @@ class WorkerPools:
         elif backlog == 0 and mem.idle_since is None:
             mem.idle_since = now
         current = None if observed is None else int((observed.get("spec") or {}).get("replicas") or 0)
-        if full or observed is None:
+        if full or observed is None or mem.keda_missing:  # KEDA may have been installed since
             await self._scaler(q, pool, event)
         replicas = current if current is not None else initial_replicas(pool, bool(self.zero_capable))
         if pool.autoscaling.provider == "none":
@@ -125,13 +127,33 @@ class WorkerPools:
         if provider != "keda":
             for kind, child in (("ScaledObject", name), ("TriggerAuthentication", ws.trigger_auth_name(q, pool))):
                 await self._delete_optional(kind, q.namespace, child)
+        mem = self.memory.setdefault(pool.name, PoolMemory())
+        ignored = provider == "keda" and pool.autoscaling.include_delayed
+        if ignored and not mem.delayed_ignored:
+            await event("IncludeDelayedIgnored", f"pool {pool.name}: KEDA reads {ws.KEDA_VALUE_LOCATION} (delayed messages "
+                        f"only once due); includeDelayed applies to provider hpa only", warning=True)
+        mem.delayed_ignored = ignored
+        if provider != "keda":
+            mem.keda_missing = False
         for desired in ws.build_pool_children(q, pool, bool(self.zero_capable)):
             desired["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(desired)}
             observed = await self._get_optional(desired["kind"], q.namespace, desired["metadata"]["name"])
             if observed is not None and (observed["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
                     desired["metadata"]["annotations"][HASH_ANNOTATION]:
                 continue
-            await self._apply_scaler(q, pool, desired)
+            try:
+                await self._apply_scaler(q, pool, desired)
+            except Exception as err:
+                if desired["apiVersion"] != ws.KEDA_API or not _not_found(err):
+                    raise
+                # No KEDA in this cluster: say so once and keep the rest of the Queue going.
+                if not mem.keda_missing:
+                    mem.keda_missing = True
+                    await event("KedaNotInstalled", f"pool {pool.name}: autoscaling.provider is keda, but the "
+                                f"cluster does not serve {desired['kind']} ({ws.KEDA_API}); install KEDA or use "
+                                f"provider hpa", warning=True)
+                return
+            mem.keda_missing = False
             await event("Created" if observed is None else "Updated",
                         f"{'Created' if observed is None else 'Updated'} {desired['kind']} {desired['metadata']['name']}")
 

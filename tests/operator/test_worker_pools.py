@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+
 from rankq.operator.models import QueueResource
 from rankq.operator.workers import WorkerPools, summary
 from test_access import MemoryKube
@@ -84,3 +86,44 @@ def test_with_scale_to_zero_the_hpa_owns_zero_and_keda_replaces_it():
     run(pools.reconcile(queue([keda]), [dep], None, True, event))
     kinds = {k for k, _ in kube.objects}
     assert "HorizontalPodAutoscaler" not in kinds and {"ScaledObject", "TriggerAuthentication"} <= kinds
+
+
+def test_a_cluster_without_keda_gets_one_warning_and_the_pool_still_runs():
+    class NoKeda(Kube):
+        async def apply(self, obj: dict) -> dict:
+            if obj["apiVersion"].startswith("keda.sh/"):  # the API server has no such resource: 404
+                request = httpx.Request("PATCH", "https://k8s/apis/keda.sh/v1alpha1/x")
+                raise httpx.HTTPStatusError("404", request=request, response=httpx.Response(404, request=request))
+            return await super().apply(obj)
+
+    kube = NoKeda()
+    pools = WorkerPools(kube, zero_capable=False)
+    events: list[tuple[str, str, bool]] = []
+
+    async def event(reason: str, message: str, warning: bool = False) -> None:
+        events.append((reason, message, warning))
+
+    keda = {**POOL, "autoscaling": {**POOL["autoscaling"], "provider": "keda"}}
+    run(pools.reconcile(queue([keda]), [], None, True, event))
+    dep = kube.objects[("Deployment", "orders-mail")]
+    run(pools.reconcile(queue([keda]), [dep], None, True, event))
+    warnings = [e for e in events if e[2]]
+    assert [w[0] for w in warnings] == ["KedaNotInstalled"]  # once, not on every tick
+    assert "keda.sh/v1alpha1" in warnings[0][1]
+    # KEDA installed later: the next tick creates its objects without a change to the Queue.
+    kube.__class__ = Kube
+    run(pools.reconcile(queue([keda]), [dep], None, False, event))
+    assert {("ScaledObject", "orders-mail"), ("TriggerAuthentication", "orders-mail-token")} <= set(kube.objects)
+
+
+def test_include_delayed_with_keda_is_flagged_once():
+    pools = WorkerPools(Kube(), zero_capable=False)
+    events: list[tuple[str, bool]] = []
+
+    async def event(reason: str, message: str, warning: bool = False) -> None:
+        events.append((reason, warning))
+
+    keda = {**POOL, "autoscaling": {**POOL["autoscaling"], "provider": "keda", "includeDelayed": True}}
+    for _ in range(3):
+        run(pools.reconcile(queue([keda]), [], None, True, event))
+    assert events.count(("IncludeDelayedIgnored", True)) == 1

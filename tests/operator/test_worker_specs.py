@@ -69,6 +69,25 @@ def test_keda_mode_builds_a_scaled_object_and_its_token_and_no_hpa():
     assert children[0]["spec"]["secretTargetRef"][0]["name"] == "orders-token"
 
 
+def test_keda_trigger_follows_the_pool_target_activation_cooldown_and_behavior():
+    behavior = {"scaleDown": {"stabilizationWindowSeconds": 30}}
+    q = queue([{**POOL, "autoscaling": {"provider": "keda", "minReplicas": 0, "maxReplicas": 7,
+                                        "targetBacklogPerReplica": 50, "activationBacklog": 5,
+                                        "cooldownSeconds": 120, "behavior": behavior}}],
+              {"auth": {"consume": {"name": "workers", "key": "t"}}, "tls": {"generate": True}})
+    auth, so = ws.build_pool_children(q, q.spec.workers[0])
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "token", "name": "workers", "key": "t"}]
+    spec = so["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders-mail"}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"], spec["cooldownPeriod"]) == (0, 7, 120)
+    meta = spec["triggers"][0]["metadata"]
+    # KEDA wakes a pool when the value is above activationTargetValue: a backlog of 5 must wake it, 4 not.
+    assert meta["targetValue"] == "50" and meta["activationTargetValue"] == "4"
+    assert meta["url"] == "https://orders.shop.svc:8080/api/v1/queues/orders"
+    assert all(isinstance(v, str) for v in meta.values())  # the CRD's metadata is a map of strings
+    assert spec["advanced"] == {"horizontalPodAutoscalerConfig": {"behavior": behavior}}
+
+
 @pytest.mark.parametrize(("replicas", "backlog", "idle", "step"), [
     (0, 0, 0, None), (0, 1, 0, 1), (3, 0, 100, None), (1, 0, 300, 0), (1, 5, 1000, None), (2, 0, 299, None)])
 def test_activation_moves_zero_to_one_and_back_after_the_cooldown(replicas, backlog, idle, step):
