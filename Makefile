@@ -32,6 +32,7 @@ run: $(STAMP) ## Start a local 3-node group with a demo queue (data and logs in 
 	$(VENV)/bin/rankq dev cluster --nodes 3 --data-dir $(RUN_DIR) --http-port $(HTTP_PORT) \
 		--grpc-port $(GRPC_PORT) --raft-port $(RAFT_PORT) --demo-queue demo
 
+test: export RANKQ_K8S_REAL_NODE ?= auto
 test: $(STAMP) k8s-prepare ## Install what is needed and run the test suite (CI runs this; builds Kubernetes once, see k8s-prepare)
 	$(PY) -m pytest -m "not slow" -q
 

@@ -2,6 +2,9 @@
 # Build the RankQ OCI image without a Docker daemon or a registry (`make image`).
 #
 #   hack/k8s/image.sh      -> $RANKQ_IMAGE_DIR/rankq-<version>.oci.tar (default ~/.cache/rankq/image)
+#   hack/k8s/image.sh --if-changed        build only if the sources changed since the last build
+#   hack/k8s/image.sh --also-tag T        also write rankq-T.oci.tar: the same layer under a second
+#                                         tag, a distinct image (new config), in seconds
 #
 # The root filesystem is Debian bookworm from Debian's packages (mmdebstrap, Python 3.11 from
 # Debian); RankQ's wheel and its dependencies from PyPI go into a venv at /opt/rankq. The image's
@@ -18,6 +21,16 @@ REPO_ROOT="$(cd "$HERE/../.." && pwd)"
 log() { printf '[image] %s\n' "$*" >&2; }
 die() { printf '[image] error: %s\n' "$*" >&2; exit 1; }
 
+if_changed=0; also_tags=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --if-changed) if_changed=1 ;;
+        --also-tag) also_tags+=("$2"); shift ;;
+        *) die "usage: $0 [--if-changed] [--also-tag TAG]..." ;;
+    esac
+    shift
+done
+
 PYTHON="${PYTHON:-python3}"
 IMAGE_DIR="${RANKQ_IMAGE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rankq/image}"
 VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_ROOT/pyproject.toml" | head -n1)"
@@ -26,6 +39,28 @@ NAME="${RANKQ_IMAGE_NAME:-docker.io/library/rankq}:$TAG"
 MIRROR="${RANKQ_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 VENV=/opt/rankq
 OUT="$IMAGE_DIR/rankq-$TAG.oci.tar"
+
+# What goes into the image: a build is current while this fingerprint is unchanged.
+inputs_digest() {
+    (cd "$REPO_ROOT" && git ls-files -co --exclude-standard -- rankq pyproject.toml README.md Dockerfile \
+        hack/k8s/image.sh hack/k8s/oci.py | LC_ALL=C sort | xargs -d '\n' sha256sum) | sha256sum | cut -c1-16
+}
+DIGEST="$(inputs_digest)"
+
+retag() { # retag TAG: the built image's layer under a second tag
+    local out="$IMAGE_DIR/rankq-$1.oci.tar"
+    [ -f "$out" ] && [ "$out" -nt "$OUT" ] && return 0
+    "$PYTHON" "$HERE/oci.py" retag "$OUT" "$out" --name "${RANKQ_IMAGE_NAME:-docker.io/library/rankq}:$1" \
+        --label "org.opencontainers.image.version=$1" >/dev/null
+    log "image ${RANKQ_IMAGE_NAME:-docker.io/library/rankq}:$1 (same layer as $TAG): $out"
+}
+
+if [ "$if_changed" = 1 ] && [ -f "$OUT" ] && [ "$(cat "$OUT.inputs" 2>/dev/null)" = "$DIGEST" ]; then
+    log "$OUT is current (sources unchanged since it was built)"
+    for t in "${also_tags[@]}"; do retag "$t"; done
+    printf '%s\n' "$OUT"
+    exit 0
+fi
 
 command -v mmdebstrap >/dev/null || die "mmdebstrap not found (Debian: apt-get install mmdebstrap)"
 [ "$(id -u)" = 0 ] || command -v newuidmap >/dev/null \
@@ -80,8 +115,10 @@ log "writing the OCI archive $OUT"
 "$PYTHON" "$HERE/oci.py" write "$work/rootfs.tar" "$OUT" --dockerfile "$REPO_ROOT/Dockerfile" --name "$NAME" \
     --path-prefix "$VENV/bin" --label "org.opencontainers.image.version=$TAG" \
     --label "org.opencontainers.image.title=rankq" > "$work/result.json"
+printf '%s\n' "$DIGEST" > "$OUT.inputs"
 rootfs_mb=$(( $(stat -c %s "$work/rootfs.tar") / 1048576 ))
 archive_mb=$(( $(stat -c %s "$OUT") / 1048576 ))
 log "image $NAME: $archive_mb MiB compressed, $rootfs_mb MiB unpacked, built in $(( $(date +%s) - t0 ))s"
+for t in "${also_tags[@]}"; do retag "$t"; done
 log "import into containerd: ctr -n k8s.io images import $OUT"
 printf '%s\n' "$OUT"

@@ -37,13 +37,35 @@ K8S_POD_CIDR="10.244.0.0/16"
 K8S_ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 # The real node's binaries (RANKQ_K8S_REAL_NODE=1, docs/real-node.md), built only when asked for.
 K8S_NODE_BINARIES=(kubelet kube-proxy coredns)
+# RANKQ_K8S_REAL_NODE: 1 = run the real node (fail where it cannot run), auto = run it where this
+# machine can (what `make test` sets; k8s_real_node_resolve decides), anything else = no real node.
 k8s_real_node() { [ "${RANKQ_K8S_REAL_NODE:-0}" = 1 ]; }
+# Debian packages the real node and `make image` need, and a command each provides.
+K8S_NODE_PACKAGES=(containerd:containerd runc:runc containernetworking-plugins:/usr/lib/cni/bridge
+    nftables:nft iproute2:ip mmdebstrap:mmdebstrap util-linux:unshare)
 # The real node's address: on the loopback device, so it never leaves the machine; pods reach the
 # apiserver, the kubelet and CoreDNS there.
 K8S_NODE_NAME="${RANKQ_K8S_NODE_NAME:-rankq-node}"
 K8S_NODE_IP="${RANKQ_K8S_NODE_IP:-10.239.0.1}"
 K8S_DNS_DOMAIN=cluster.local
 if k8s_real_node; then K8S_ALL_BINARIES+=("${K8S_NODE_BINARIES[@]}"); fi
+# Machine-wide: the one real node's owner (its state dir). Node address, bridge and nftables table
+# are global, so a second checkout must not start another one.
+K8S_NODE_OWNER_FILE=/run/rankq-real-node
+
+# k8s_real_node_resolve: RANKQ_K8S_REAL_NODE=auto becomes 1 where `node.sh check` passes, else 0
+# with the reason in K8S_REAL_NODE_SKIP. Exported, so scripts run from here see the decision.
+K8S_REAL_NODE_SKIP=""
+k8s_real_node_resolve() {
+    [ "${RANKQ_K8S_REAL_NODE:-}" = auto ] || return 0
+    if K8S_REAL_NODE_SKIP="$(bash "$K8S_HACK_DIR/node.sh" check 2>&1)"; then
+        RANKQ_K8S_REAL_NODE=1
+        K8S_ALL_BINARIES+=("${K8S_NODE_BINARIES[@]}")
+    else
+        RANKQ_K8S_REAL_NODE=0
+    fi
+    export RANKQ_K8S_REAL_NODE
+}
 
 k8s_log() { printf '[k8s] %s\n' "$*" >&2; }
 k8s_die() { printf '[k8s] error: %s\n' "$*" >&2; exit 1; }

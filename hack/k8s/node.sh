@@ -8,6 +8,8 @@
 #   node.sh down      stop them, remove the pods' containers, mounts, rules and the address
 #   node.sh pvs       make released PersistentVolumes available again (wiped)
 #   node.sh images    (re)import the pause image and every rankq-*.oci.tar of the image cache
+#   node.sh check     can this machine run the node? prints what is missing, exit 1 if anything is
+#   node.sh install   apt-get install the Debian packages the node and `make image` need (root)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$K8S_HACK_DIR/proc.sh"
@@ -40,6 +42,101 @@ need() {
     done
 }
 
+missing_packages() { # Debian packages (of K8S_NODE_PACKAGES) whose command is not here
+    local entry pkg cmd
+    for entry in "${K8S_NODE_PACKAGES[@]}"; do
+        pkg="${entry%%:*}"; cmd="${entry#*:}"
+        if [[ "$cmd" == /* ]]; then [ -x "$cmd" ] || echo "$pkg"; else command -v "$cmd" >/dev/null || echo "$pkg"; fi
+    done
+}
+
+cmd_install() {
+    local pkgs; pkgs="$(missing_packages | xargs)"
+    [ -n "$pkgs" ] || return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        k8s_log "the real node needs $pkgs (Debian: apt-get install $pkgs); not root or no apt-get, not installing"
+        return 0
+    fi
+    k8s_log "apt-get install $pkgs (the real node and make image)"
+    local t0; t0=$(date +%s)
+    # shellcheck disable=SC2086  # a word list
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs; } >&2 \
+        || k8s_log "apt-get install $pkgs failed"
+    k8s_log "packages installed in $(( $(date +%s) - t0 ))s"
+}
+
+# Each probe below is what one part of the node does first; a machine that fails one cannot run
+# pods, and the message names the kernel feature, mount or permission and the command that failed.
+cmd_check() {
+    local why=() c pkgs owner
+    [ "$(uname -s)" = Linux ] || { echo "not Linux ($(uname -s))"; return 1; }
+    if [ "$(id -u)" != 0 ]; then
+        echo "not root (uid $(id -u)): containers, mounts, cgroups and the pod network need root"; return 1
+    fi
+    pkgs="$(missing_packages | xargs)"
+    [ -z "$pkgs" ] || why+=("missing Debian packages: $pkgs (apt-get install $pkgs)")
+    for c in kubelet kube-proxy coredns; do
+        k8s_find_binary "$c" >/dev/null || k8s_have_go || why+=("no $c binary and no Go toolchain to build it")
+    done
+    [ -f "$K8S_BUILD_DIR/pause.oci.tar" ] || k8s_have_go || why+=("no Go toolchain to build the pause image")
+    if [ -f "$K8S_NODE_OWNER_FILE" ] && owner="$(cat "$K8S_NODE_OWNER_FILE")" && [ "$owner" != "$K8S_STATE_DIR" ] \
+        && [ -f "$owner/run/node" ]; then
+        why+=("a real node of $owner runs on this machine ($K8S_NODE_OWNER_FILE); one per machine: node address $K8S_NODE_IP, bridge $CNI_BRIDGE and nftables table kube-proxy are global")
+    fi
+    # cgroups: the kubelet (cgroupfs driver) creates kubepods/ under cpu, cpuset, memory and pids.
+    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        for c in cpu cpuset memory pids; do
+            grep -qw "$c" /sys/fs/cgroup/cgroup.controllers || why+=("cgroup v2 without the $c controller (/sys/fs/cgroup/cgroup.controllers: $(cat /sys/fs/cgroup/cgroup.controllers))")
+        done
+        probe_cgroup /sys/fs/cgroup || why+=("cannot create a cgroup: mkdir /sys/fs/cgroup/rankq-probe failed (read-only cgroup mount)")
+    else
+        for c in cpu cpuacct cpuset memory pids; do
+            local dir
+            dir="$(awk -v c="$c" '$3 == "cgroup" && ("," $4 ",") ~ ("," c ",") { print $2; exit }' /proc/mounts)"
+            if [ -z "$dir" ]; then
+                why+=("no cgroup v1 hierarchy with the $c controller mounted (grep cgroup /proc/mounts)")
+            elif ! probe_cgroup "$dir"; then
+                why+=("cannot create a cgroup: mkdir $dir/rankq-probe failed (read-only cgroup mount)")
+            fi
+        done
+    fi
+    grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
+    probe_overlay || why+=("overlayfs mount fails under $K8S_STATE_DIR (containerd's overlayfs snapshotter): mount -t overlay")
+    unshare --net true 2>/dev/null || why+=("cannot create a network namespace: unshare --net true failed")
+    unshare --mount --pid --fork true 2>/dev/null || why+=("cannot create mount and PID namespaces: unshare --mount --pid --fork true failed")
+    if ip link add rankq-probe0 type veth peer name rankq-probe1 2>/dev/null; then
+        ip link del rankq-probe0 2>/dev/null || true
+    else
+        why+=("cannot create a veth pair (the CNI bridge plugin): ip link add rankq-probe0 type veth peer name rankq-probe1")
+    fi
+    if ! ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
+        if ip link add rankq-probe0 type bridge 2>/dev/null; then ip link del rankq-probe0 2>/dev/null || true
+        else why+=("cannot create a Linux bridge: ip link add rankq-probe0 type bridge"); fi
+    fi
+    if command -v nft >/dev/null; then
+        if nft add table ip rankq-probe 2>/dev/null; then nft delete table ip rankq-probe 2>/dev/null || true
+        else why+=("nftables unavailable (kube-proxy's nftables mode): nft add table ip rankq-probe failed"); fi
+    fi
+    [ "${#why[@]}" = 0 ] && return 0
+    local IFS=$'\n'; echo "${why[*]}"; return 1
+}
+
+probe_cgroup() {
+    local d="$1/rankq-probe-$$"
+    mkdir "$d" 2>/dev/null && rmdir "$d"
+}
+
+probe_overlay() {
+    mkdir -p "$K8S_STATE_DIR"
+    local d rc=0
+    d="$(mktemp -d "$K8S_STATE_DIR/.overlay-probe.XXXXXX")"
+    mkdir "$d"/{l,u,w,m}
+    mount -t overlay overlay -o "lowerdir=$d/l,upperdir=$d/u,workdir=$d/w" "$d/m" 2>/dev/null || rc=1
+    [ "$rc" = 0 ] && umount "$d/m"
+    rm -rf "$d"
+    return "$rc"
+}
+
 cmd_address() {
     ip -4 addr show dev lo | grep -q " $K8S_NODE_IP/" || ip addr add "$K8S_NODE_IP/32" dev lo
 }
@@ -70,8 +167,19 @@ cmd_images() {
 
 cmd_up() {
     need
+    # Claim the machine's one real node: check and write the owner under a machine-wide lock, so two
+    # checkouts starting at once cannot both pass. Exit 3 = another checkout owns it.
+    local owner
+    exec 7>"$K8S_NODE_OWNER_FILE.lock"
+    flock 7
+    if owner="$(cat "$K8S_NODE_OWNER_FILE" 2>/dev/null)" && [ "$owner" != "$K8S_STATE_DIR" ] && [ -f "$owner/run/node" ]; then
+        k8s_log "a real node of $owner runs on this machine ($K8S_NODE_OWNER_FILE); stop it first (its make k8s-down)"
+        exit 3
+    fi
     mkdir -p "$NODE_DIR"/{containerd,kubelet,cni,pv,coredns} "$CTRD_STATE"
     : > "$K8S_STATE_DIR/run/node"
+    printf '%s\n' "$K8S_STATE_DIR" > "$K8S_NODE_OWNER_FILE"
+    exec 7>&-
     sysctl -qw net.ipv4.ip_forward=1
     sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
     cmd_address
@@ -252,9 +360,9 @@ cmd_down() {
         local ids id
         ids="$(ctr_ tasks ls -q 2>/dev/null || true)"
         for id in $ids; do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
-        for id in $ids; do
-            for _ in $(seq 50); do ctr_ tasks delete "$id" >/dev/null 2>&1 && break; sleep 0.1; done
-        done
+        # containerd's CRI plugin deletes a task once it exited; delete only what is left after that.
+        for _ in $(seq 50); do [ -z "$(ctr_ tasks ls -q 2>/dev/null)" ] && break; sleep 0.1; done
+        for id in $(ctr_ tasks ls -q 2>/dev/null || true); do ctr_ tasks delete "$id" >/dev/null 2>&1 || true; done
         for id in $(ctr_ containers ls -q 2>/dev/null || true); do ctr_ containers delete "$id" >/dev/null 2>&1 || true; done
     fi
     proc_stop containerd
@@ -272,6 +380,7 @@ cmd_down() {
     ip link del "$CNI_BRIDGE" 2>/dev/null || true
     ip addr del "$K8S_NODE_IP/32" dev lo 2>/dev/null || true
     rm -rf "${NODE_DIR:?}" "${CTRD_STATE:?}" "$K8S_STATE_DIR/run/node"
+    [ "$(cat "$K8S_NODE_OWNER_FILE" 2>/dev/null)" = "$K8S_STATE_DIR" ] && rm -f "$K8S_NODE_OWNER_FILE"
     k8s_log "real node stopped"
 }
 
@@ -281,5 +390,7 @@ case "${1:-}" in
     down) cmd_down ;;
     images) need; cmd_images ;;
     pvs) cmd_pvs ;;
-    *) echo "usage: $0 address|up|down|images|pvs" >&2; exit 2 ;;
+    check) cmd_check ;;
+    install) cmd_install ;;
+    *) echo "usage: $0 address|up|down|images|pvs|check|install" >&2; exit 2 ;;
 esac

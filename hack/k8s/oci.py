@@ -7,6 +7,7 @@ here, so both build paths describe one image; ``tests/k8s/test_image.py`` checks
     oci.py dockerfile DOCKERFILE            print the parsed settings and RUN steps as JSON
     oci.py write ROOTFS_TAR OUT_TAR --dockerfile F --name N [--path-prefix P] [--label K=V ...]
     oci.py write ROOTFS_TAR OUT_TAR --entrypoint /pause --user 65535 --name N
+    oci.py retag IN_TAR OUT_TAR --name N [--label K=V ...]   same layer, new config and name
 
 Only the Python standard library is used: this runs before any virtualenv exists.
 """
@@ -172,6 +173,40 @@ def write_archive(rootfs_tar: Path, out: Path, config: dict[str, Any], name: str
     return {"name": name, "manifest": man_desc["digest"], "layer_bytes": layer_size}
 
 
+def retag_archive(src: Path, out: Path, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A second image from an archive's layer: a new config (labels) and name, the layer blob as is.
+
+    Why: a rolling image change needs a second, distinct image (its own config and manifest digest,
+    so the runtime sees a new image ID) but not a second build of an identical root filesystem.
+    """
+    index, manifest, config = read_archive(src)
+    for k, v in labels.items():
+        config["config"].setdefault("Labels", {})[k] = v
+    layer_digest = manifest["layers"][0]["digest"].split(":", 1)[1]
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmpdir:
+        layout = Path(tmpdir) / "layout"
+        (layout / "blobs" / "sha256").mkdir(parents=True)
+        with tarfile.open(src) as tar:
+            f = tar.extractfile(f"blobs/sha256/{layer_digest}")
+            assert f is not None
+            with open(layout / "blobs" / "sha256" / layer_digest, "wb") as dst:
+                shutil.copyfileobj(f, dst, 1 << 20)
+        conf_desc = _blob(layout, json.dumps(config, sort_keys=True).encode())
+        manifest = {**manifest, "config": {**manifest["config"], **conf_desc}}
+        man_desc = _blob(layout, json.dumps(manifest, sort_keys=True).encode())
+        tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
+        entry = {**index["manifests"][0], **man_desc}
+        entry["annotations"] = {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag}
+        (layout / "index.json").write_text(json.dumps({**index, "manifests": [entry]}, sort_keys=True))
+        (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        tmp_out = Path(tmpdir) / "out.tar"
+        with tarfile.open(tmp_out, "w") as tar:
+            for p in sorted(layout.rglob("*")):
+                tar.add(p, arcname=str(p.relative_to(layout)), recursive=False, filter=_plain)
+        shutil.move(str(tmp_out), out)
+    return {"name": name, "manifest": man_desc["digest"], "layer": f"sha256:{layer_digest}"}
+
+
 def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
@@ -219,7 +254,16 @@ def main(argv: list[str]) -> int:
     w.add_argument("--name", required=True)
     w.add_argument("--path-prefix", default="")
     w.add_argument("--label", action="append", default=[])
+    r = sub.add_parser("retag")
+    r.add_argument("src", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument("--name", required=True)
+    r.add_argument("--label", action="append", default=[])
     args = ap.parse_args(argv)
+    if args.cmd == "retag":
+        labels = dict(kv.split("=", 1) for kv in args.label)
+        print(json.dumps(retag_archive(args.src, args.out, args.name, labels)))
+        return 0
     if args.cmd == "dockerfile":
         print(json.dumps(parse_dockerfile(args.dockerfile.read_text()), indent=2))
         return 0

@@ -224,6 +224,10 @@ def _tail(proc: subprocess.CompletedProcess[str]) -> str:
     return ((proc.stdout or "") + (proc.stderr or ""))[-4000:]
 
 
+def _real_node_asked() -> bool:
+    return os.environ.get("RANKQ_K8S_REAL_NODE", "") in ("1", "auto")
+
+
 @pytest.fixture(scope="session")
 def k8s() -> Iterator[Cluster]:
     """The local control plane, reused if `make k8s-up` already runs it, else started here."""
@@ -243,7 +247,9 @@ def k8s() -> Iterator[Cluster]:
     started = False
     if not running:
         # Missing binaries were built in pytest_collection_finish; up.sh builds any still missing.
-        up = _run(["bash", str(HACK / "up.sh")], timeout=300)
+        # A real node (RANKQ_K8S_REAL_NODE, docs/real-node.md) adds containerd, image imports
+        # and the kubelet's registration to the start, and its teardown to the stop.
+        up = _run(["bash", str(HACK / "up.sh")], timeout=600 if _real_node_asked() else 300)
         if up.returncode != 0:
             pytest.fail(f"make k8s-up failed:\n{_tail(up)}")
         started = True
@@ -253,7 +259,7 @@ def k8s() -> Iterator[Cluster]:
         yield cluster
     finally:
         if started and os.environ.get("RANKQ_K8S_KEEP", "") not in ("1", "true", "yes"):
-            _run(["bash", str(HACK / "down.sh")], timeout=120)
+            _run(["bash", str(HACK / "down.sh")], timeout=300 if _real_node_asked() else 120)
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """The image `make image` builds without Docker: the Dockerfile's settings, and `rankq` runs inside it.
 
-The image is built once per cache (hack/k8s/image.sh, ~5 min cold) unless RANKQ_IMAGE_ARCHIVE
-names an archive already built. Needs root and mmdebstrap (Debian: apt-get install mmdebstrap);
-skipped without them.
+The image is built once per change of its sources (hack/k8s/image.sh --if-changed, ~3-5 min cold;
+`make test` builds it before pytest) unless RANKQ_IMAGE_ARCHIVE names an archive already built.
+Needs root and mmdebstrap (Debian: apt-get install mmdebstrap); skipped without them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def image_archive() -> Path:
     if os.geteuid() != 0 or not shutil.which("mmdebstrap"):
         pytest.skip("make image needs root and mmdebstrap (apt-get install mmdebstrap)")
     proc = subprocess.run(
-        ["bash", str(HACK / "image.sh")],
+        ["bash", str(HACK / "image.sh"), "--if-changed"],  # make test's prepare step usually built it
         capture_output=True,
         text=True,
         timeout=840,
