@@ -141,8 +141,15 @@ def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, 
     """Run a queue server node."""
     import os
 
-    from .server.auth import AuthConfigError, Scope, load_tokens
-    from .server.main import ServerConfig, check_access, run
+    from .extras import MissingExtra, require
+
+    try:
+        with require("server"):
+            from .server.auth import AuthConfigError, Scope, load_tokens
+            from .server.main import ServerConfig, check_access, run
+    except MissingExtra as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
 
     password = os.environ.get("RANKQ_RAFT_PASSWORD")
     if raft_password_file:
@@ -826,6 +833,14 @@ def dev() -> None:
 def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_port: int, demo_queue: str) -> None:
     """Run a local group on 127.0.0.1 under a supervisor that restarts crashed nodes (Ctrl-C stops all)."""
     from .devcluster import DevCluster
+    from .extras import MissingExtra, require
+
+    try:
+        with require("server"):  # the nodes are `rankq server` processes
+            import rankq.server.main  # noqa: F401
+    except MissingExtra as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
 
     raise SystemExit(DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run())
 

@@ -102,7 +102,10 @@ def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None
     if scheme in ("grpc", "grpcs"):
         if not parts.hostname or parts.port is None:
             raise ValueError(f"a gRPC URL needs host and port, e.g. grpc://127.0.0.1:9090 (got {url!r})")
-        from .grpc_transport import GrpcTransport, tls_credentials  # imported only when used: grpcio
+        from ..extras import require
+
+        with require("grpc"):  # imported only when used: grpcio is the rankq[grpc] extra
+            from .grpc_transport import GrpcTransport, tls_credentials
 
         return GrpcTransport(parts.netloc, timeout=timeout,
                              credentials=tls_credentials(ca) if scheme == "grpcs" else None,

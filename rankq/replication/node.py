@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pysyncobj import SyncObjConf
+from pysyncobj import SyncObjConf, SyncObjException
 from pysyncobj.config import FAIL_REASON
 
 from .secret import resolve_secret
@@ -117,6 +117,10 @@ class ReplicationError(Exception):
         super().__init__(f"write not committed: {self.reason}")
 
 
+class BindError(Exception):
+    """The Raft port could not be bound (taken, or an address this host does not have)."""
+
+
 class RaftNode:
     def __init__(self, settings: RaftSettings, on_woken: Callable[[set[str]], None] | None = None) -> None:
         os.makedirs(settings.data_dir, exist_ok=True)
@@ -151,7 +155,11 @@ class RaftNode:
             bindRetryTime=0.5,
             maxBindRetries=10,
         )
-        self.syncobj = GuardedSyncObj(settings.self_address, list(settings.peers), conf, consumers=[self.state_machine])
+        try:
+            self.syncobj = GuardedSyncObj(settings.self_address, list(settings.peers), conf,
+                                          consumers=[self.state_machine])
+        except SyncObjException as err:
+            raise BindError(str(err)) from err
         self._waiting = 0  # proposals not yet answered
         self._last_contact = time.monotonic()  # when this node last knew a leader it hears from
         self._waiting_lock = threading.Lock()

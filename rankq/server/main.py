@@ -11,9 +11,8 @@ import signal
 import socket
 
 from pydantic import BaseModel, Field
-from pysyncobj import SyncObjException
 
-from ..replication import RaftNode, RaftSettings, SecretError
+from ..replication import BindError, RaftNode, RaftSettings, SecretError
 from . import logs
 from .auth import AuthConfigError, Scope, Tokens, check_protected_mode
 from .service import PROPOSAL_TIMEOUT, QueueService
@@ -123,7 +122,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     tokens = check_access(config)
     try:
         node = make_node(config)
-    except SyncObjException as err:
+    except BindError as err:
         log.error("cannot listen for Raft on %s:%d (%s): is the port taken?", config.host, config.raft_port, err)
         raise SystemExit(1) from None
     except (SecretError, ValueError) as err:
