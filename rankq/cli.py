@@ -23,7 +23,25 @@ STDIN_BATCH = 100
 
 
 class RankQGroup(click.Group):
-    """The top-level group: a client error becomes one line on stderr and exit status 1."""
+    """The top-level group: a client error becomes one line on stderr and exit status 1.
+
+    `rankq server` is loaded when asked for: it needs the server extra, and a client-only install
+    gets a command that says so instead."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "server"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "server" and cmd_name not in self.commands:
+            from .extras import MissingExtra, require
+
+            try:
+                with require("server"):
+                    from .server.command import server
+            except MissingExtra as err:
+                return _missing_extra_command(cmd_name, err)
+            self.add_command(server)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -66,6 +84,18 @@ class CliState:
 pass_state = click.make_pass_decorator(CliState)
 
 
+def _missing_extra_command(name: str, err: Exception) -> click.Command:
+    """Stands in for a command whose extra is not installed: any use prints which one to install."""
+
+    def fail(args: tuple[str, ...]) -> None:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+    return click.Command(name, callback=fail, help=f"(not installed) {err}", add_help_option=False,
+                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+                         context_settings={"ignore_unknown_options": True})
+
+
 @click.group(cls=RankQGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rankq")
 @click.option("--url", envvar="RANKQ_URL", default=DEFAULT_URL, show_default=True,
@@ -86,96 +116,6 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
          ca: str | None) -> None:
     """RankQ: replicated priority queues."""
     ctx.obj = CliState(url=url, output=output, timeout=timeout, token=token, token_file=token_file, ca=ca)
-
-
-@main.command()
-@click.option("--data-dir", default="./data", show_default=True, help="Where the Raft journal and snapshots live.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (HTTP and gRPC).")
-@click.option("--http-port", default=8080, show_default=True, type=int)
-@click.option("--grpc-port", default=9090, show_default=True, type=int, help="0 turns gRPC off.")
-@click.option("--node-id", default=None, help="Name of this node in the group (default: its Raft address).")
-@click.option("--raft-host", default=None,
-              help="Name other members and clients reach this node at, e.g. its DNS name (default: --host).")
-@click.option("--raft-port", default=7070, show_default=True, type=int)
-@click.option("--peers", default="",
-              help="Comma-separated Raft addresses of the group's members, host:port or id=host:port "
-                   "(this node's own entry may be included).")
-@click.option("--raft-password-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with the shared secret that authenticates and encrypts Raft traffic "
-                   "(or set RANKQ_RAFT_PASSWORD).")
-@click.option("--api-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File of bearer tokens for the API, one per line: 'TOKEN' (all scopes) or 'TOKEN "
-                   "produce,consume,admin'; health, metrics and docs stay open. Env: RANKQ_API_TOKEN (one "
-                   "all-scope token), RANKQ_PRODUCE_TOKEN, RANKQ_CONSUME_TOKEN, RANKQ_ADMIN_TOKEN.")
-@click.option("--produce-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with a token (one per line) that may enqueue.")
-@click.option("--consume-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with a token (one per line) that may dequeue, ack, nack and extend.")
-@click.option("--admin-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with a token (one per line) that may change queues, dead letters and membership.")
-@click.option("--insecure-no-auth", is_flag=True, default=False,
-              help="Serve the API on a non-loopback --host without any token (refused otherwise).")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="PEM certificate (chain) for HTTPS and gRPC over TLS; needs --tls-key.")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key of --tls-cert.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="CA this node trusts when it calls another member over HTTPS (default: --tls-cert).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--log-level", default="INFO", show_default=True)
-@click.option("--demo-queue", default=None, help="Create this queue (weighted policy) on start if missing.")
-@click.option("--snapshot-entries", default=20_000, show_default=True, type=click.IntRange(min=10),
-              help="Write a snapshot and compact the log after this many log entries...")
-@click.option("--snapshot-seconds", default=300, show_default=True, type=click.IntRange(min=1),
-              help="...or after this many seconds since the last snapshot...")
-@click.option("--snapshot-mib", default=64, show_default=True, type=click.IntRange(min=1),
-              help="...or once the log since the last snapshot holds this many MiB.")
-@click.option("--archive-dsn", envvar="RANKQ_ARCHIVE_DSN", default=None, show_envvar=True,
-              help="PostgreSQL connection string for the archive of finished messages of queues with "
-                   "archive on (prefer the environment variable: it keeps the password out of ps).")
-@click.option("--archive-group", envvar="RANKQ_ARCHIVE_GROUP", default="default", show_default=True,
-              help="This group's name in the archive tables (several groups may share a database).")
-def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, peers, raft_password_file,
-           api_token_file, produce_token_file, consume_token_file, admin_token_file, insecure_no_auth,
-           tls_cert, tls_key, tls_ca, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds,
-           snapshot_mib, archive_dsn, archive_group) -> None:
-    """Run a queue server node."""
-    import os
-
-    from .extras import MissingExtra, require
-
-    try:
-        with require("server"):
-            from .server.auth import AuthConfigError, Scope, load_tokens
-            from .server.main import ServerConfig, check_access, run
-    except MissingExtra as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-
-    password = os.environ.get("RANKQ_RAFT_PASSWORD")
-    if raft_password_file:
-        with open(raft_password_file, encoding="utf-8") as fh:
-            password = fh.read().strip()
-    try:
-        tokens = load_tokens(
-            [api_token_file] if api_token_file else [],
-            {scope: [path] for scope, path in ((Scope.PRODUCE, produce_token_file), (Scope.CONSUME, consume_token_file),
-                                               (Scope.ADMIN, admin_token_file)) if path},
-            environ=os.environ,
-        )
-        config = ServerConfig(
-            data_dir=data_dir, host=host, http_port=http_port, grpc_port=grpc_port, node_id=node_id,
-            raft_host=raft_host, raft_port=raft_port,
-            peers=[p.strip() for p in peers.split(",") if p.strip()],
-            raft_password=password or None, api_tokens=tokens, insecure_no_auth=insecure_no_auth,
-            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, log_format=log_format, log_level=log_level,
-            demo_queue=demo_queue, snapshot_entries=snapshot_entries, snapshot_seconds=snapshot_seconds,
-            snapshot_bytes=snapshot_mib * 1024 * 1024, archive_dsn=archive_dsn or None, archive_group=archive_group,
-        )
-        check_access(config)
-    except AuthConfigError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    run(config)
 
 
 # ---- output ----------------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ CUT_OFF_SECONDS = 5.0
 
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
+# When to write a snapshot and compact the log (the server's --snapshot-* defaults come from here).
+COMPACTION_MIN_ENTRIES = 20_000
+COMPACTION_MIN_SECONDS = 300
+COMPACTION_MAX_BYTES = 64 * 1024 * 1024
+
 
 @dataclass
 class RaftSettings:
@@ -56,11 +61,11 @@ class RaftSettings:
     connection_timeout: float = 2.0
     connection_retry: float = 0.5
     dns_cache_seconds: float = 2.0  # pod IPs change on restart: do not cache names for long
-    compaction_min_entries: int = 20_000
-    compaction_min_seconds: int = 300
+    compaction_min_entries: int = COMPACTION_MIN_ENTRIES
+    compaction_min_seconds: int = COMPACTION_MIN_SECONDS
     # ...or once the log holds this many bytes: PySyncObj keeps every log entry in memory too, so
     # a log of a few large batches must be compacted by size, not only by count.
-    compaction_max_bytes: int = 64 * 1024 * 1024
+    compaction_max_bytes: int = COMPACTION_MAX_BYTES
 
     @property
     def journal_file(self) -> str:
