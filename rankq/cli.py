@@ -12,11 +12,14 @@ import json
 import sys
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from .client.errors import RankQError
+from .engine.config import INT64_MAX, INT64_MIN, SETTINGS_BY_WIRE, Setting
+from .engine.config import SETTINGS as QUEUE_SETTINGS
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 STDIN_BATCH = 100
@@ -261,56 +264,53 @@ class Weights(click.ParamType):
         return out
 
 
-SETTINGS = ("policy", "weights", "default_priority", "visibility_timeout", "max_deliveries", "max_length",
-            "max_payload_bytes", "fair_groups", "group_max_inflight", "dead_letter", "dead_letter_retention",
-            "retention", "dedup_window", "retry_base", "retry_max")
-
 SECONDS = click.FloatRange(min=0)
 
 
-def settings_options(f):
-    """The queue settings flags, shared by `queue create` and `queue update`."""
-    opts = [
-        click.option("--policy", type=click.Choice(["strict", "weighted"]),
-                     help="strict: lowest priority number first; weighted: share by class weights."),
-        click.option("--weights", type=Weights(), help="Class weights for --policy weighted, e.g. 1=30,2=25,3=20."),
-        click.option("--default-priority", type=int, help="Priority of a message that names none."),
-        click.option("--visibility-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-                     help="How long a received message stays leased."),
-        click.option("--max-deliveries", type=click.IntRange(min=0), metavar="N",
-                     help="Deliveries before a message is dead-lettered (0: retry forever)."),
-        click.option("--max-length", type=OrNone(int),
-                     help="Most messages held; further sends are refused. 'none': unbounded."),
-        click.option("--max-payload-bytes", type=click.IntRange(min=1), metavar="N", help="Largest payload."),
-        click.option("--fair-groups/--no-fair-groups", default=None,
-                     help="Serve the groups of one priority round robin."),
-        click.option("--group-max-inflight", type=OrNone(int),
-                     help="Cap on leased messages per group (fair groups). 'none': no cap."),
-        click.option("--dead-letter/--no-dead-letter", default=None,
-                     help="Keep messages that ran out of deliveries in the dead-letter queue, or drop them."),
-        click.option("--dead-letter-retention", type=OrNone(float),
-                     help="How long dead letters are kept. 'none': until redriven or deleted."),
-        click.option("--retention", type=SECONDS, metavar="SECONDS",
-                     help="How long an acked message's status and result stay readable."),
-        click.option("--dedup-window", type=SECONDS, metavar="SECONDS", help="How long a dedup key is remembered."),
-        click.option("--retry-base", type=SECONDS, metavar="SECONDS",
-                     help="First redelivery delay after a nack without --delay (doubles each time)."),
-        click.option("--retry-max", type=SECONDS, metavar="SECONDS", help="Longest redelivery delay."),
-        click.option("--archive/--no-archive", default=None,
-                     help="Copy finished messages to the group's PostgreSQL archive (server --archive-dsn)."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
+def setting_option(spec: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The `queue create/update` option of one queue setting, from its definition in the engine."""
+    flag = "--" + spec.wire.replace("_", "-")
+    default = spec.wire_value(spec.default)
+    shown = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) else default
+    if isinstance(shown, dict):
+        shown = ",".join(f"{k}={v}" for k, v in shown.items())
+    elif isinstance(shown, float) and shown.is_integer():
+        shown = int(shown)
+    help_text = spec.doc.replace("null:", "'none':") + ("" if default is None else f" (server default {shown})")
+    unit = "SECONDS" if spec.is_duration else "N"
+    if spec.kind is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", spec.wire, default=None, help=help_text)
+    if spec.choices:
+        return click.option(flag, spec.wire, type=click.Choice(spec.choices), help=help_text)
+    if spec.kind is dict:
+        return click.option(flag, spec.wire, type=Weights(), help=help_text + ", e.g. 1=30,2=25,3=20")
+    if spec.nullable:
+        return click.option(flag, spec.wire, type=OrNone(float if spec.is_duration else int), help=help_text)
+    low, high = spec.low, spec.high
+    if spec.is_duration:
+        kind: click.ParamType = click.FloatRange(min=0, max=(high or 0) / 1000 or None, min_open=bool(low))
+    elif low is not None and low <= INT64_MIN:
+        kind = click.INT
+    else:
+        kind = click.IntRange(min=low, max=high if high is not None and high < INT64_MAX else None)
+    return click.option(flag, spec.wire, type=kind, metavar=unit, help=help_text)
+
+
+def settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The queue settings flags, shared by `queue create` and `queue update`: one per setting."""
+    for spec in reversed(list(QUEUE_SETTINGS.values())):
+        f = setting_option(spec)(f)
     return f
 
 
-def take_settings(kwargs: dict) -> dict:
+def take_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The settings given, in the order given on the command line (click processes them so)."""
     out = {}
-    for key in SETTINGS:
-        value = kwargs.pop(key)
+    for wire in [k for k in kwargs if k in SETTINGS_BY_WIRE]:
+        value = kwargs.pop(wire)
         if value is None:
             continue
-        out[key] = None if value is CLEAR else value
+        out[wire] = None if value is CLEAR else value
     return out
 
 

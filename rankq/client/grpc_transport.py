@@ -28,6 +28,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Iterable
 
 import grpc
 
+from ..engine.config import SETTINGS
 from ..server.proto import rankq_pb2 as pb
 from ..server.proto import rankq_pb2_grpc as pb_grpc
 from .errors import ApiError, InvalidRequestError, TransportError, error_for
@@ -45,7 +46,7 @@ from .types import (
 
 JSON = "application/json"
 OCTETS = "application/octet-stream"
-NULLABLE_SETTINGS = ("group_max_inflight", "dead_letter_retention", "max_length")
+NULLABLE_SETTINGS = tuple(spec.wire for spec in SETTINGS.values() if spec.nullable)  # may be cleared
 SETTING_FIELDS = tuple(f.name for f in pb.QueueSettings.DESCRIPTOR.fields)
 
 # gRPC code -> HTTP status, for errors that carry no `rankq-status` (e.g. from a proxy)
