@@ -449,7 +449,7 @@ def send(state: CliState, queue: str, payload: str, priority, group, delay, dedu
     each line of stdin is one message (empty lines are skipped), sent in batches of 100.
     """
     client = state.client()
-    opts = dict(priority=priority, group=group, delay=delay, headers=parse_headers(headers))
+    opts = {"priority": priority, "group": group, "delay": delay, "headers": parse_headers(headers)}
     if payload != "-":
         res = client.enqueue(queue, parse_json_or_text(payload, raw), dedup_key=dedup_key, **opts)
         if state.json:

@@ -129,7 +129,7 @@ class QueueConfig:
             )
         return self
 
-    def with_changes(self, changes: dict) -> "QueueConfig":
+    def with_changes(self, changes: dict[str, Any]) -> "QueueConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise Invalid(f"unknown queue settings: {', '.join(sorted(unknown))}")
@@ -138,7 +138,7 @@ class QueueConfig:
             new.weights = dict(changes["weights"])
         return new.validate()
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["weights"] = dict(self.weights)
         return out
@@ -183,21 +183,21 @@ def _bounded(name: str, value: Any, low: int | None, high: int | None) -> None:
         _non_negative(name, value, upper=high)
 
 
-def _positive(name: str, value, upper: int | None = None) -> None:
+def _positive(name: str, value: Any, upper: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise Invalid(f"{name} must be a positive integer")
     if upper is not None and value > upper:
         raise Invalid(f"{name} must be at most {upper}")
 
 
-def _non_negative(name: str, value, upper: int | None = None) -> None:
+def _non_negative(name: str, value: Any, upper: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise Invalid(f"{name} must be a non-negative integer")
     if upper is not None and value > upper:
         raise Invalid(f"{name} must be at most {upper}")
 
 
-def check_int64(name: str, value) -> int:
+def check_int64(name: str, value: Any) -> int:
     """An integer a protobuf int64 can carry (priorities, times): larger ones could not be delivered."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise Invalid(f"{name} must be an integer")
@@ -206,7 +206,7 @@ def check_int64(name: str, value) -> int:
     return value
 
 
-def check_time_ms(name: str, value) -> int:
+def check_time_ms(name: str, value: Any) -> int:
     """A timestamp in ms that can be written back as ISO 8601 (years 0001 to 9999)."""
     if not isinstance(value, int) or isinstance(value, bool) or not MIN_TIME_MS <= value <= MAX_TIME_MS:
         raise Invalid(f"{name} must be a time between years 0001 and 9999 (ms {MIN_TIME_MS} to {MAX_TIME_MS})")

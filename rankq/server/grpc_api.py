@@ -536,7 +536,7 @@ class RankQServicer(pb_grpc.RankQServicer):
         route = route_of("DequeueStream")
         logs.request_line(route, "RPC", "DequeueStream", peer_ip(context))
         first = None
-        async for first in request_iterator:
+        async for first in request_iterator:  # noqa: B007 -- only the first request, then the loop below
             break
         if first is None:
             return
