@@ -29,8 +29,8 @@ def json_int(low: int, high: int) -> Any:
 
 
 # Request field types, bounded as the engine and gRPC are.
-Int64 = json_int(limits.INT64_MIN, limits.INT64_MAX)
-Count = json_int(1, limits.INT64_MAX)
+Int64 = Annotated[int, Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]
+Count = Annotated[int, Field(ge=1, le=limits.INT64_MAX)]
 PriorityClass = Annotated[int, StrictMode(False), Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]  # JSON keys are text
 Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION)]
 
@@ -120,7 +120,7 @@ def setting_field(spec: limits.Setting) -> tuple[Any, Any]:
     elif spec.choices:
         kind = Literal[spec.choices]  # type: ignore[valid-type]
     elif spec.kind is dict:
-        kind = dict[PriorityClass, json_int(spec.low or 1, spec.high or limits.INT64_MAX)]
+        kind = dict[PriorityClass, json_int(spec.low or 1, spec.high or limits.INT64_MAX)]  # type: ignore[misc]
         return kind | None, Field(None, description=description,
                                   json_schema_extra={"propertyNames": {"pattern": "^-?[1-9][0-9]{0,17}$|^0$"}})
     elif spec.is_duration:
@@ -145,13 +145,14 @@ class _QueueSettings(Strict):
         return out
 
     @classmethod
-    def from_engine(cls, config: dict) -> "QueueSettings":
-        return cls.model_construct(**{limits.SETTINGS[k].wire if k in limits.SETTINGS else k:
-                                      from_ms(v) if k in SECONDS_FIELDS.values() else v for k, v in config.items()})
+    def from_engine(cls, config: dict[str, Any]) -> "_QueueSettings":
+        values: dict[str, Any] = {limits.SETTINGS[k].wire if k in limits.SETTINGS else k:
+                                  from_ms(v) if k in SECONDS_FIELDS.values() else v for k, v in config.items()}
+        return cls.model_construct(**values)
 
 
 # Queue settings on the wire: one optional field per setting of rankq.engine.config.QueueConfig.
-QueueSettings = create_model(
+QueueSettings: type[_QueueSettings] = create_model(  # type: ignore[call-overload]
     "QueueSettings", __base__=_QueueSettings, __module__=__name__,
     __doc__="Queue settings. Every field is optional: unset fields keep their current (or default) value.",
     **{spec.wire: setting_field(spec) for spec in limits.SETTINGS.values()},
@@ -208,7 +209,7 @@ class EnqueueBatchResult(BaseModel):
 
 
 class DequeueRequest(Strict):
-    max: json_int(1, MAX_BATCH) = Field(1, description="most messages to lease")
+    max: Annotated[int, Field(ge=1, le=MAX_BATCH)] = Field(1, description="most messages to lease")
     wait: float = Field(0, ge=0, le=MAX_WAIT, description="seconds to wait for a message when none is ready (long poll)")
     visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="lease length for these messages; default: the queue's")
 

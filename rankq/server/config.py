@@ -44,7 +44,7 @@ def _existing_file(path: str) -> str:
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 File = Annotated[str, AfterValidator(_existing_file)] | None
-NOT_AN_OPTION = {"cli": False}  # settable by environment only (a secret kept out of `ps`)
+NOT_AN_OPTION: dict[str, Any] = {"cli": False}  # settable by environment only (a secret kept out of `ps`)
 
 
 class ServerSettings(BaseSettings):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from functools import partial
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -139,7 +140,7 @@ def new_message(m: pb.NewMessage) -> c.NewMessage:
 
 
 def settings_to_engine(settings: pb.QueueSettings) -> dict:
-    out = {}
+    out: dict[str, Any] = {}
     for name in SETTING_FIELDS:
         if not settings.HasField(name):
             continue

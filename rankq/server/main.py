@@ -95,7 +95,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         from .grpc_api import start_grpc
 
         grpc_server = await start_grpc(service, config.host, config.grpc_port, tokens,
-                                       tls=(config.tls_cert, config.tls_key) if config.tls else None)
+                                       tls=(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
