@@ -7,19 +7,26 @@ with status 1; a usage mistake exits with status 2.
 
 from __future__ import annotations
 
-import base64
-import json
 import sys
-from dataclasses import dataclass, fields, is_dataclass
-from datetime import datetime, timezone
-from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import click
 
+from .cli_args import SECONDS, parse_headers, parse_json_or_text, settings_options, take_settings
+from .cli_output import (
+    add_row,
+    iso_utc,
+    jsonable,
+    key_values,
+    note,
+    print_json,
+    print_table,
+    short,
+    show,
+    table,
+)
 from .client.errors import RankQError
-from .engine.config import INT64_MAX, INT64_MIN, SETTINGS_BY_WIRE, Setting
-from .engine.config import SETTINGS as QUEUE_SETTINGS
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 STDIN_BATCH = 100
@@ -119,219 +126,6 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
          ca: str | None) -> None:
     """RankQ: replicated priority queues."""
     ctx.obj = CliState(url=url, output=output, timeout=timeout, token=token, token_file=token_file, ca=ca)
-
-
-# ---- output ----------------------------------------------------------------------------------------
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def jsonable(value: Any) -> Any:
-    """Result objects as JSON values: datetimes as ISO 8601 UTC, a bytes payload as payload_base64."""
-    if is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
-        payload = getattr(value, "payload", None)
-        if isinstance(payload, bytes):
-            out["payload"] = None
-            out["payload_base64"] = base64.b64encode(payload).decode()
-        return out
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return _iso(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    return value
-
-
-def print_json(value: Any) -> None:
-    click.echo(json.dumps(jsonable(value), indent=2, ensure_ascii=False))
-
-
-def show(value: Any) -> str:
-    """One value for a table cell."""
-    if value is None:
-        return "-"
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, datetime):
-        return _iso(value)
-    if isinstance(value, str):
-        return value
-    return json.dumps(jsonable(value), ensure_ascii=False)
-
-
-def short(value: Any, width: int = 60) -> str:
-    text = show(value) if not isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def console():
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=False)
-
-
-def table(*columns: str, title: str | None = None, **column_opts: dict):
-    """A table that fits the terminal (80 columns when not one): long cells wrap, none is cut."""
-    from rich import box
-    from rich.table import Table
-
-    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for name in columns:
-        opts = {"min_width": len(name), "overflow": "fold", **column_opts.get(name.replace(" ", "_"), {})}
-        t.add_column(name, **opts)
-    return t
-
-
-def add_row(t, *cells: Any) -> None:
-    from rich.text import Text
-
-    t.add_row(*(Text(c if isinstance(c, str) else show(c)) for c in cells))
-
-
-def print_table(t) -> None:
-    console().print(t)
-
-
-def note(text: str) -> None:
-    """A line for people that is not part of the result: stderr, so stdout stays clean."""
-    click.echo(text, err=True)
-
-
-def key_values(title: str, rows: list[tuple[str, Any]]):
-    t = table("field", "value", title=title)
-    for k, v in rows:
-        add_row(t, k, show(v))
-    return t
-
-
-# ---- argument parsing --------------------------------------------------------------------------
-
-CLEAR = object()  # "none" given for a setting that can be cleared
-
-
-class OrNone(click.ParamType):
-    """A number, or `none` to clear the setting."""
-
-    def __init__(self, kind: type) -> None:
-        self.kind = kind
-        self.name = f"{kind.__name__}|none"
-
-    def get_metavar(self, param, *args, **kwargs) -> str:
-        return "N|none" if self.kind is int else "SECONDS|none"
-
-    def convert(self, value, param, ctx):
-        if value is CLEAR or isinstance(value, self.kind):
-            return value
-        if str(value).strip().lower() in ("none", "null"):
-            return CLEAR
-        try:
-            out = self.kind(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a number or 'none'", param, ctx)
-        if out < 0:
-            self.fail(f"{value!r} is negative", param, ctx)
-        return out
-
-
-class Weights(click.ParamType):
-    name = "weights"
-
-    def get_metavar(self, param, *args, **kwargs) -> str:
-        return "P=W,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, dict):
-            return value
-        out = {}
-        for part in str(value).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            prio, sep, weight = part.partition("=")
-            try:
-                if not sep:
-                    raise ValueError
-                out[int(prio)] = int(weight)
-            except ValueError:
-                self.fail(f"{part!r} is not PRIORITY=WEIGHT (e.g. 1=30,2=25)", param, ctx)
-        if not out:
-            self.fail("give at least one PRIORITY=WEIGHT", param, ctx)
-        return out
-
-
-SECONDS = click.FloatRange(min=0)
-
-
-def setting_option(spec: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The `queue create/update` option of one queue setting, from its definition in the engine."""
-    flag = "--" + spec.wire.replace("_", "-")
-    default = spec.wire_value(spec.default)
-    shown = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) else default
-    if isinstance(shown, dict):
-        shown = ",".join(f"{k}={v}" for k, v in shown.items())
-    elif isinstance(shown, float) and shown.is_integer():
-        shown = int(shown)
-    help_text = spec.doc.replace("null:", "'none':") + ("" if default is None else f" (server default {shown})")
-    unit = "SECONDS" if spec.is_duration else "N"
-    if spec.kind is bool:
-        return click.option(f"{flag}/--no-{flag[2:]}", spec.wire, default=None, help=help_text)
-    if spec.choices:
-        return click.option(flag, spec.wire, type=click.Choice(spec.choices), help=help_text)
-    if spec.kind is dict:
-        return click.option(flag, spec.wire, type=Weights(), help=help_text + ", e.g. 1=30,2=25,3=20")
-    if spec.nullable:
-        return click.option(flag, spec.wire, type=OrNone(float if spec.is_duration else int), help=help_text)
-    low, high = spec.low, spec.high
-    if spec.is_duration:
-        kind: click.ParamType = click.FloatRange(min=0, max=(high or 0) / 1000 or None, min_open=bool(low))
-    elif low is not None and low <= INT64_MIN:
-        kind = click.INT
-    else:
-        kind = click.IntRange(min=low, max=high if high is not None and high < INT64_MAX else None)
-    return click.option(flag, spec.wire, type=kind, metavar=unit, help=help_text)
-
-
-def settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The queue settings flags, shared by `queue create` and `queue update`: one per setting."""
-    for spec in reversed(list(QUEUE_SETTINGS.values())):
-        f = setting_option(spec)(f)
-    return f
-
-
-def take_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The settings given, in the order given on the command line (click processes them so)."""
-    out = {}
-    for wire in [k for k in kwargs if k in SETTINGS_BY_WIRE]:
-        value = kwargs.pop(wire)
-        if value is None:
-            continue
-        out[wire] = None if value is CLEAR else value
-    return out
-
-
-def parse_json_or_text(text: str, raw: bool = False) -> Any:
-    """JSON when `text` is valid JSON, else the text itself as a JSON string."""
-    if raw:
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def parse_headers(pairs: tuple[str, ...]) -> dict[str, str] | None:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="'--header'")
-        out[key] = value
-    return out or None
 
 
 # ---- queues ------------------------------------------------------------------------------------
@@ -572,7 +366,7 @@ def nack(state: CliState, queue: str, id: int, token: str, delay: float | None, 
     elif res.state == "dead":
         click.echo(f"message {id} is dead" + ("" if dead else " (out of deliveries)"))
     elif res.state == "delayed" and res.available_at is not None:
-        click.echo(f"message {id} is delayed until {_iso(res.available_at)}")
+        click.echo(f"message {id} is delayed until {iso_utc(res.available_at)}")
     else:
         click.echo(f"message {id} is {res.state}")
 
