@@ -94,6 +94,10 @@ class QueueSettingsSpec(Model):
     max_length: int | None = from_setting("max_length", "Most messages (ready + delayed + leased); beyond it "
                                                         "enqueues get 429.")
     max_payload_bytes: int = from_setting("max_payload_bytes", "Largest payload in bytes.")
+    dedup_window_seconds: int = from_setting("dedup_window_ms", "Seconds a dedup key is remembered.")
+    retry_base_seconds: int = from_setting("retry_base_ms", "First retry delay after a nack without a delay, "
+                                                            "doubling per delivery.")
+    retry_max_seconds: int = from_setting("retry_max_ms", "Longest retry delay.")
 
 
 class DeadLetterSpec(Model):
@@ -111,11 +115,13 @@ CR_SETTINGS = {
     "fair_groups": ("queue", "fair_groups"), "group_max_inflight": ("queue", "group_max_inflight"),
     "visibility_timeout_ms": ("queue", "visibility_timeout_seconds"), "retention_ms": ("queue", "retention_seconds"),
     "max_length": ("queue", "max_length"), "max_payload_bytes": ("queue", "max_payload_bytes"),
+    "dedup_window_ms": ("queue", "dedup_window_seconds"), "retry_base_ms": ("queue", "retry_base_seconds"),
+    "retry_max_ms": ("queue", "retry_max_seconds"),
     "dead_letter": ("dead_letter", "enabled"), "max_deliveries": ("dead_letter", "max_deliveries"),
     "dead_letter_retention_ms": ("dead_letter", "retention_seconds"),
 }
 # Settings the resource leaves to the server's default (archive follows spec.archive.dsnSecretRef).
-NOT_IN_CR = {"dedup_window_ms", "retry_base_ms", "retry_max_ms", "archive"}
+NOT_IN_CR = {"archive"}
 
 
 class SecretKeyRef(Model):
