@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY rankq ./rankq
-RUN pip install --no-cache-dir . && rm -rf /src
+RUN pip install --no-cache-dir '.[all]' && rm -rf /src
 RUN useradd --uid 10001 --create-home rankq && mkdir -p /data && chown rankq /data
 USER 10001
 WORKDIR /data

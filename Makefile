@@ -9,7 +9,7 @@ GRPC_PORT ?= 9090
 RAFT_PORT ?= 7070
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-quick test-all test-engine test-server chaos bench proto clean
+.PHONY: help venv run test test-quick test-all test-engine test-server lint typecheck chaos bench proto clean
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "RankQ needs Python 3.11 or newer")'
 	@test -x $(PY) || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
 	@echo "installing RankQ and its test tools into $(VENV) (about a minute; pip's output in $(VENV)/install.log)"
-	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[test]'; } > $(VENV)/install.log 2>&1 \
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[all,test]'; } > $(VENV)/install.log 2>&1 \
 		|| { tail -n 30 $(VENV)/install.log; echo "pip install failed; full output in $(VENV)/install.log"; exit 1; }
 	@touch $@
 	@echo "installed: $(VENV)/bin/rankq"
@@ -33,7 +33,7 @@ run: $(STAMP) ## Start a local 3-node group with a demo queue (data and logs in 
 		--grpc-port $(GRPC_PORT) --raft-port $(RAFT_PORT) --demo-queue demo
 
 test: export RANKQ_K8S_REAL_NODE ?= auto
-test: $(STAMP) k8s-prepare ## Install what is needed and run the test suite (CI runs this; builds Kubernetes once, see k8s-prepare)
+test: $(STAMP) lint typecheck k8s-prepare ## Install what is needed and run the test suite (CI runs this; builds Kubernetes once, see k8s-prepare)
 	$(PY) -m pytest -m "not slow" -q
 
 test-quick: $(STAMP) ## The test suite without the Kubernetes tier (no Go build, a few minutes)
@@ -47,6 +47,17 @@ test-engine: $(STAMP) ## Only the engine's unit and property tests (seconds)
 
 test-server: $(STAMP) ## Only the server tests against real processes
 	$(PY) -m pytest tests/server tests/client -q
+
+# `ruff format --check` joins `make lint` once the tree has been formatted (one `ruff format` run);
+# until then it runs only with `make lint LINT_FORMAT=1`.
+LINT_FORMAT ?=
+
+lint: $(STAMP) ## ruff check (and ruff format --check with LINT_FORMAT=1)
+	$(VENV)/bin/ruff check .
+	$(if $(LINT_FORMAT),$(VENV)/bin/ruff format --check .)
+
+typecheck: $(STAMP) ## mypy: strict for rankq.engine and rankq.client (settings in pyproject.toml)
+	$(VENV)/bin/mypy
 
 chaos: $(STAMP) ## The full chaos suite (kills, pauses, partitions in network namespaces; needs root)
 	$(PY) -m pytest tests/chaos -m chaos -q

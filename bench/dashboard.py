@@ -65,7 +65,7 @@ async def _hold_feeds(host: str, port: int, clients: int) -> None:
     print("READY", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    start = [c for c in counts]
+    start = list(counts)
     t0 = time.monotonic()
     await stop.wait()
     seconds = time.monotonic() - t0
@@ -122,7 +122,7 @@ def measure(bench, clients: int = 50, log=print) -> dict:
     measure_one = bench.http_enqueue(1, plan.single_conns, bench.single_body)
     try:
         # The feed's own cost, free of the load generator: server CPU while nothing else happens.
-        for i in range(plan.reps):
+        for _ in range(plan.reps):
             for side in ("without", "with"):
                 if side == "with":
                     with Feeds(server, clients):

@@ -660,9 +660,9 @@ def markdown(results: dict) -> str:
         if "runs" not in x:
             continue
         if key == "failover":
-            details.append(f"- failover, per kill (s): " + ", ".join(
+            details.append("- failover, per kill (s): " + ", ".join(
                 "none" if v["failover_s"] is None else f"{v['failover_s']:.2f}" for v in x["runs"]))
-            details.append(f"- election, per kill (s): " + ", ".join(
+            details.append("- election, per kill (s): " + ", ".join(
                 "–" if v.get("elected_s") is None else f"{v['elected_s']:.2f}" for v in x["runs"]))
         elif isinstance(x["runs"], dict):
             sides = "; ".join(f"{'RankQ' if side == 'rankq' else side} " + ", ".join(f"{v['value']:,.1f}" for v in vals)

@@ -50,7 +50,6 @@ if TYPE_CHECKING:
         Client,
         ConflictError,
         ForbiddenError,
-    ForbiddenError,
         EnqueueResult,
         InvalidRequestError,
         Message,

@@ -7,15 +7,25 @@ with status 1; a usage mistake exits with status 2.
 
 from __future__ import annotations
 
-import base64
-import json
 import sys
-from dataclasses import dataclass, fields, is_dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, fields
 from typing import Any
 
 import click
 
+from .cli_args import SECONDS, parse_headers, parse_json_or_text, settings_options, take_settings
+from .cli_output import (
+    add_row,
+    iso_utc,
+    jsonable,
+    key_values,
+    note,
+    print_json,
+    print_table,
+    short,
+    show,
+    table,
+)
 from .client.errors import RankQError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -23,7 +33,25 @@ STDIN_BATCH = 100
 
 
 class RankQGroup(click.Group):
-    """The top-level group: a client error becomes one line on stderr and exit status 1."""
+    """The top-level group: a client error becomes one line on stderr and exit status 1.
+
+    `rankq server` is loaded when asked for: it needs the server extra, and a client-only install
+    gets a command that says so instead."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "server"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "server" and cmd_name not in self.commands:
+            from .extras import MissingExtra, require
+
+            try:
+                with require("server"):
+                    from .server.command import server
+            except MissingExtra as err:
+                return _missing_extra_command(cmd_name, err)
+            self.add_command(server)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -66,6 +94,18 @@ class CliState:
 pass_state = click.make_pass_decorator(CliState)
 
 
+def _missing_extra_command(name: str, err: Exception) -> click.Command:
+    """Stands in for a command whose extra is not installed: any use prints which one to install."""
+
+    def fail(args: tuple[str, ...]) -> None:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+    return click.Command(name, callback=fail, help=f"(not installed) {err}", add_help_option=False,
+                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+                         context_settings={"ignore_unknown_options": True})
+
+
 @click.group(cls=RankQGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rankq")
 @click.option("--url", envvar="RANKQ_URL", default=DEFAULT_URL, show_default=True,
@@ -86,305 +126,6 @@ def main(ctx: click.Context, url: str, output: str, timeout: float, token: str |
          ca: str | None) -> None:
     """RankQ: replicated priority queues."""
     ctx.obj = CliState(url=url, output=output, timeout=timeout, token=token, token_file=token_file, ca=ca)
-
-
-@main.command()
-@click.option("--data-dir", default="./data", show_default=True, help="Where the Raft journal and snapshots live.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (HTTP and gRPC).")
-@click.option("--http-port", default=8080, show_default=True, type=int)
-@click.option("--grpc-port", default=9090, show_default=True, type=int, help="0 turns gRPC off.")
-@click.option("--node-id", default=None, help="Name of this node in the group (default: its Raft address).")
-@click.option("--raft-host", default=None,
-              help="Name other members and clients reach this node at, e.g. its DNS name (default: --host).")
-@click.option("--raft-port", default=7070, show_default=True, type=int)
-@click.option("--peers", default="",
-              help="Comma-separated Raft addresses of the group's members, host:port or id=host:port "
-                   "(this node's own entry may be included).")
-@click.option("--raft-password-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with the shared secret that authenticates and encrypts Raft traffic "
-                   "(or set RANKQ_RAFT_PASSWORD).")
-@click.option("--api-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File of bearer tokens for the API, one per line: 'TOKEN' (all scopes) or 'TOKEN "
-                   "produce,consume,admin'; health, metrics and docs stay open. Env: RANKQ_API_TOKEN (one "
-                   "all-scope token), RANKQ_PRODUCE_TOKEN, RANKQ_CONSUME_TOKEN, RANKQ_ADMIN_TOKEN.")
-@click.option("--produce-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with a token (one per line) that may enqueue.")
-@click.option("--consume-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with a token (one per line) that may dequeue, ack, nack and extend.")
-@click.option("--admin-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File with a token (one per line) that may change queues, dead letters and membership.")
-@click.option("--insecure-no-auth", is_flag=True, default=False,
-              help="Serve the API on a non-loopback --host without any token (refused otherwise).")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="PEM certificate (chain) for HTTPS and gRPC over TLS; needs --tls-key.")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key of --tls-cert.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="CA this node trusts when it calls another member over HTTPS (default: --tls-cert).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--log-level", default="INFO", show_default=True)
-@click.option("--demo-queue", default=None, help="Create this queue (weighted policy) on start if missing.")
-@click.option("--snapshot-entries", default=20_000, show_default=True, type=click.IntRange(min=10),
-              help="Write a snapshot and compact the log after this many log entries...")
-@click.option("--snapshot-seconds", default=300, show_default=True, type=click.IntRange(min=1),
-              help="...or after this many seconds since the last snapshot...")
-@click.option("--snapshot-mib", default=64, show_default=True, type=click.IntRange(min=1),
-              help="...or once the log since the last snapshot holds this many MiB.")
-@click.option("--archive-dsn", envvar="RANKQ_ARCHIVE_DSN", default=None, show_envvar=True,
-              help="PostgreSQL connection string for the archive of finished messages of queues with "
-                   "archive on (prefer the environment variable: it keeps the password out of ps).")
-@click.option("--archive-group", envvar="RANKQ_ARCHIVE_GROUP", default="default", show_default=True,
-              help="This group's name in the archive tables (several groups may share a database).")
-def server(data_dir, host, http_port, grpc_port, node_id, raft_host, raft_port, peers, raft_password_file,
-           api_token_file, produce_token_file, consume_token_file, admin_token_file, insecure_no_auth,
-           tls_cert, tls_key, tls_ca, log_format, log_level, demo_queue, snapshot_entries, snapshot_seconds,
-           snapshot_mib, archive_dsn, archive_group) -> None:
-    """Run a queue server node."""
-    import os
-
-    from .server.auth import AuthConfigError, Scope, load_tokens
-    from .server.main import ServerConfig, check_access, run
-
-    password = os.environ.get("RANKQ_RAFT_PASSWORD")
-    if raft_password_file:
-        with open(raft_password_file, encoding="utf-8") as fh:
-            password = fh.read().strip()
-    try:
-        tokens = load_tokens(
-            [api_token_file] if api_token_file else [],
-            {scope: [path] for scope, path in ((Scope.PRODUCE, produce_token_file), (Scope.CONSUME, consume_token_file),
-                                               (Scope.ADMIN, admin_token_file)) if path},
-            environ=os.environ,
-        )
-        config = ServerConfig(
-            data_dir=data_dir, host=host, http_port=http_port, grpc_port=grpc_port, node_id=node_id,
-            raft_host=raft_host, raft_port=raft_port,
-            peers=[p.strip() for p in peers.split(",") if p.strip()],
-            raft_password=password or None, api_tokens=tokens, insecure_no_auth=insecure_no_auth,
-            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, log_format=log_format, log_level=log_level,
-            demo_queue=demo_queue, snapshot_entries=snapshot_entries, snapshot_seconds=snapshot_seconds,
-            snapshot_bytes=snapshot_mib * 1024 * 1024, archive_dsn=archive_dsn or None, archive_group=archive_group,
-        )
-        check_access(config)
-    except AuthConfigError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    run(config)
-
-
-# ---- output ----------------------------------------------------------------------------------------
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def jsonable(value: Any) -> Any:
-    """Result objects as JSON values: datetimes as ISO 8601 UTC, a bytes payload as payload_base64."""
-    if is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
-        payload = getattr(value, "payload", None)
-        if isinstance(payload, bytes):
-            out["payload"] = None
-            out["payload_base64"] = base64.b64encode(payload).decode()
-        return out
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return _iso(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    return value
-
-
-def print_json(value: Any) -> None:
-    click.echo(json.dumps(jsonable(value), indent=2, ensure_ascii=False))
-
-
-def show(value: Any) -> str:
-    """One value for a table cell."""
-    if value is None:
-        return "-"
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, datetime):
-        return _iso(value)
-    if isinstance(value, str):
-        return value
-    return json.dumps(jsonable(value), ensure_ascii=False)
-
-
-def short(value: Any, width: int = 60) -> str:
-    text = show(value) if not isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def console():
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=False)
-
-
-def table(*columns: str, title: str | None = None, **column_opts: dict):
-    """A table that fits the terminal (80 columns when not one): long cells wrap, none is cut."""
-    from rich import box
-    from rich.table import Table
-
-    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for name in columns:
-        opts = {"min_width": len(name), "overflow": "fold", **column_opts.get(name.replace(" ", "_"), {})}
-        t.add_column(name, **opts)
-    return t
-
-
-def add_row(t, *cells: Any) -> None:
-    from rich.text import Text
-
-    t.add_row(*(Text(c if isinstance(c, str) else show(c)) for c in cells))
-
-
-def print_table(t) -> None:
-    console().print(t)
-
-
-def note(text: str) -> None:
-    """A line for people that is not part of the result: stderr, so stdout stays clean."""
-    click.echo(text, err=True)
-
-
-def key_values(title: str, rows: list[tuple[str, Any]]):
-    t = table("field", "value", title=title)
-    for k, v in rows:
-        add_row(t, k, show(v))
-    return t
-
-
-# ---- argument parsing --------------------------------------------------------------------------
-
-CLEAR = object()  # "none" given for a setting that can be cleared
-
-
-class OrNone(click.ParamType):
-    """A number, or `none` to clear the setting."""
-
-    def __init__(self, kind: type) -> None:
-        self.kind = kind
-        self.name = f"{kind.__name__}|none"
-
-    def get_metavar(self, param, *args, **kwargs) -> str:
-        return "N|none" if self.kind is int else "SECONDS|none"
-
-    def convert(self, value, param, ctx):
-        if value is CLEAR or isinstance(value, self.kind):
-            return value
-        if str(value).strip().lower() in ("none", "null"):
-            return CLEAR
-        try:
-            out = self.kind(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a number or 'none'", param, ctx)
-        if out < 0:
-            self.fail(f"{value!r} is negative", param, ctx)
-        return out
-
-
-class Weights(click.ParamType):
-    name = "weights"
-
-    def get_metavar(self, param, *args, **kwargs) -> str:
-        return "P=W,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, dict):
-            return value
-        out = {}
-        for part in str(value).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            prio, sep, weight = part.partition("=")
-            try:
-                if not sep:
-                    raise ValueError
-                out[int(prio)] = int(weight)
-            except ValueError:
-                self.fail(f"{part!r} is not PRIORITY=WEIGHT (e.g. 1=30,2=25)", param, ctx)
-        if not out:
-            self.fail("give at least one PRIORITY=WEIGHT", param, ctx)
-        return out
-
-
-SETTINGS = ("policy", "weights", "default_priority", "visibility_timeout", "max_deliveries", "max_length",
-            "max_payload_bytes", "fair_groups", "group_max_inflight", "dead_letter", "dead_letter_retention",
-            "retention", "dedup_window", "retry_base", "retry_max")
-
-SECONDS = click.FloatRange(min=0)
-
-
-def settings_options(f):
-    """The queue settings flags, shared by `queue create` and `queue update`."""
-    opts = [
-        click.option("--policy", type=click.Choice(["strict", "weighted"]),
-                     help="strict: lowest priority number first; weighted: share by class weights."),
-        click.option("--weights", type=Weights(), help="Class weights for --policy weighted, e.g. 1=30,2=25,3=20."),
-        click.option("--default-priority", type=int, help="Priority of a message that names none."),
-        click.option("--visibility-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-                     help="How long a received message stays leased."),
-        click.option("--max-deliveries", type=click.IntRange(min=0), metavar="N",
-                     help="Deliveries before a message is dead-lettered (0: retry forever)."),
-        click.option("--max-length", type=OrNone(int),
-                     help="Most messages held; further sends are refused. 'none': unbounded."),
-        click.option("--max-payload-bytes", type=click.IntRange(min=1), metavar="N", help="Largest payload."),
-        click.option("--fair-groups/--no-fair-groups", default=None,
-                     help="Serve the groups of one priority round robin."),
-        click.option("--group-max-inflight", type=OrNone(int),
-                     help="Cap on leased messages per group (fair groups). 'none': no cap."),
-        click.option("--dead-letter/--no-dead-letter", default=None,
-                     help="Keep messages that ran out of deliveries in the dead-letter queue, or drop them."),
-        click.option("--dead-letter-retention", type=OrNone(float),
-                     help="How long dead letters are kept. 'none': until redriven or deleted."),
-        click.option("--retention", type=SECONDS, metavar="SECONDS",
-                     help="How long an acked message's status and result stay readable."),
-        click.option("--dedup-window", type=SECONDS, metavar="SECONDS", help="How long a dedup key is remembered."),
-        click.option("--retry-base", type=SECONDS, metavar="SECONDS",
-                     help="First redelivery delay after a nack without --delay (doubles each time)."),
-        click.option("--retry-max", type=SECONDS, metavar="SECONDS", help="Longest redelivery delay."),
-        click.option("--archive/--no-archive", default=None,
-                     help="Copy finished messages to the group's PostgreSQL archive (server --archive-dsn)."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def take_settings(kwargs: dict) -> dict:
-    out = {}
-    for key in SETTINGS:
-        value = kwargs.pop(key)
-        if value is None:
-            continue
-        out[key] = None if value is CLEAR else value
-    return out
-
-
-def parse_json_or_text(text: str, raw: bool = False) -> Any:
-    """JSON when `text` is valid JSON, else the text itself as a JSON string."""
-    if raw:
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def parse_headers(pairs: tuple[str, ...]) -> dict[str, str] | None:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="'--header'")
-        out[key] = value
-    return out or None
 
 
 # ---- queues ------------------------------------------------------------------------------------
@@ -502,7 +243,7 @@ def send(state: CliState, queue: str, payload: str, priority, group, delay, dedu
     each line of stdin is one message (empty lines are skipped), sent in batches of 100.
     """
     client = state.client()
-    opts = dict(priority=priority, group=group, delay=delay, headers=parse_headers(headers))
+    opts = {"priority": priority, "group": group, "delay": delay, "headers": parse_headers(headers)}
     if payload != "-":
         res = client.enqueue(queue, parse_json_or_text(payload, raw), dedup_key=dedup_key, **opts)
         if state.json:
@@ -625,7 +366,7 @@ def nack(state: CliState, queue: str, id: int, token: str, delay: float | None, 
     elif res.state == "dead":
         click.echo(f"message {id} is dead" + ("" if dead else " (out of deliveries)"))
     elif res.state == "delayed" and res.available_at is not None:
-        click.echo(f"message {id} is delayed until {_iso(res.available_at)}")
+        click.echo(f"message {id} is delayed until {iso_utc(res.available_at)}")
     else:
         click.echo(f"message {id} is {res.state}")
 
@@ -826,6 +567,14 @@ def dev() -> None:
 def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_port: int, demo_queue: str) -> None:
     """Run a local group on 127.0.0.1 under a supervisor that restarts crashed nodes (Ctrl-C stops all)."""
     from .devcluster import DevCluster
+    from .extras import MissingExtra, require
+
+    try:
+        with require("server"):  # the nodes are `rankq server` processes
+            import rankq.server.main  # noqa: F401
+    except MissingExtra as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
 
     raise SystemExit(DevCluster(int(nodes), data_dir, http_port, grpc_port, raft_port, demo_queue or None).run())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic import Strict as StrictMode
 
 from .engine import config as limits
@@ -29,8 +29,8 @@ def json_int(low: int, high: int) -> Any:
 
 
 # Request field types, bounded as the engine and gRPC are.
-Int64 = json_int(limits.INT64_MIN, limits.INT64_MAX)
-Count = json_int(1, limits.INT64_MAX)
+Int64 = Annotated[int, Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]
+Count = Annotated[int, Field(ge=1, le=limits.INT64_MAX)]
 PriorityClass = Annotated[int, StrictMode(False), Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]  # JSON keys are text
 Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION)]
 
@@ -61,14 +61,7 @@ def timestamp_ms(at: datetime | None) -> int | None:
     return None if at is None else (at - _EPOCH) // timedelta(milliseconds=1)
 
 # Settings whose wire value is seconds and whose engine value is milliseconds.
-SECONDS_FIELDS = {
-    "visibility_timeout": "visibility_timeout_ms",
-    "dead_letter_retention": "dead_letter_retention_ms",
-    "retention": "retention_ms",
-    "dedup_window": "dedup_window_ms",
-    "retry_base": "retry_base_ms",
-    "retry_max": "retry_max_ms",
-}
+SECONDS_FIELDS = {spec.wire: spec.name for spec in limits.SETTINGS.values() if spec.is_duration}
 
 
 def to_ms(seconds: float | None) -> int | None:
@@ -105,47 +98,65 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-class QueueSettings(Strict):
-    """Queue settings. Every field is optional: unset fields keep their current (or default) value."""
+def _default_text(spec: limits.Setting) -> str:
+    if spec.default is None:
+        return ""
+    value = spec.wire_value(spec.default)
+    if isinstance(value, bool):
+        value = str(value).lower()
+    elif isinstance(value, dict):
+        value = "{" + ", ".join(f"{k}:{v}" for k, v in value.items()) + "}"
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f" (default {value})"
 
-    policy: Literal["strict", "weighted"] | None = Field(None, description="strict: lowest priority number first; weighted: smooth weighted round robin over priority classes")
-    weights: dict[PriorityClass, Count] | None = Field(None, description="priority class -> weight (weighted policy); default {1:30, 2:25, 3:20, 4:15, 5:10}",
-                                                      json_schema_extra={"propertyNames": {"pattern": "^-?[1-9][0-9]{0,17}$|^0$"}})
-    default_priority: Int64 | None = Field(None, description="priority of a message that names none (default 3)")
-    fair_groups: bool | None = Field(None, description="serve the groups of one priority round robin")
-    group_max_inflight: Count | None = Field(None, description="cap on leased messages per group (fair groups); null: no cap")
-    visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="seconds a dequeued message stays leased (default 30)")
-    max_deliveries: json_int(0, limits.INT64_MAX) | None = Field(None, description="deliveries before a message is dead-lettered; 0: retry forever (default 5)")
-    dead_letter: bool | None = Field(None, description="keep messages that ran out of deliveries in the dead-letter queue (default true); false drops them")
-    dead_letter_retention: Seconds | None = Field(None, description="seconds dead letters are kept; null: until redriven or deleted (default 14 days)")
-    retention: Seconds | None = Field(None, description="seconds an acked message's status and result stay readable (default 3600)")
-    max_length: Count | None = Field(None, description="most messages (ready + delayed + leased); an enqueue beyond it gets 429; null: unbounded")
-    max_payload_bytes: json_int(1, limits.MAX_PAYLOAD_BYTES) | None = Field(None, description="largest payload plus headers in bytes (default 262144)")
-    dedup_window: Seconds | None = Field(None, description="seconds a dedup key is remembered (default 300)")
-    retry_base: Seconds | None = Field(None, description="first retry delay after a nack without delay, doubling per delivery (default 1)")
-    retry_max: Seconds | None = Field(None, description="longest retry delay (default 300)")
-    archive: bool | None = Field(None, description="copy finished messages (acked with result, dead-lettered, cancelled) to the group's PostgreSQL archive (default false)")
 
+def setting_field(spec: limits.Setting) -> tuple[Any, Any]:
+    """The wire type and Field of one queue setting, from its definition in the engine."""
+    description = spec.doc + _default_text(spec)
+    kind: Any
+    if spec.kind is bool:
+        kind = bool
+    elif spec.choices:
+        kind = Literal[spec.choices]  # type: ignore[valid-type]
+    elif spec.kind is dict:
+        kind = dict[PriorityClass, json_int(spec.low or 1, spec.high or limits.INT64_MAX)]  # type: ignore[misc]
+        return kind | None, Field(None, description=description,
+                                  json_schema_extra={"propertyNames": {"pattern": "^-?[1-9][0-9]{0,17}$|^0$"}})
+    elif spec.is_duration:
+        low = (spec.low or 0) / 1000
+        bounds = {"gt": 0} if low > 0 else {"ge": low}
+        return float | None, Field(None, **bounds, le=(spec.high or limits.MAX_DURATION_MS) / 1000,
+                                   description=description)
+    else:
+        kind = json_int(limits.INT64_MIN if spec.low is None else spec.low, spec.high or limits.INT64_MAX)
+    return kind | None, Field(None, description=description)
+
+
+class _QueueSettings(Strict):
     def to_engine(self) -> dict:
-        """The fields that were given, in engine units."""
+        """The fields that were given, in engine units; `null` kept only where the engine allows None."""
         out = {}
         for key, value in self.model_dump(exclude_unset=True).items():
-            if key in SECONDS_FIELDS:
-                out[SECONDS_FIELDS[key]] = to_ms(value)
-            else:
-                out[key] = value
-        # `null` is meaningful only where the engine allows None.
-        for key in ("policy", "weights", "default_priority", "fair_groups", "visibility_timeout_ms",
-                    "max_deliveries", "dead_letter", "retention_ms", "max_payload_bytes",
-                    "dedup_window_ms", "retry_base_ms", "retry_max_ms", "archive"):
-            if key in out and out[key] is None:
-                del out[key]
+            spec = limits.SETTINGS_BY_WIRE[key]
+            if value is None and not spec.nullable:
+                continue
+            out[spec.name] = to_ms(value) if spec.is_duration else value
         return out
 
     @classmethod
-    def from_engine(cls, config: dict) -> "QueueSettings":
-        back = {v: k for k, v in SECONDS_FIELDS.items()}
-        return cls.model_construct(**{back.get(k, k): from_ms(v) if k in back else v for k, v in config.items()})
+    def from_engine(cls, config: dict[str, Any]) -> "_QueueSettings":
+        values: dict[str, Any] = {limits.SETTINGS[k].wire if k in limits.SETTINGS else k:
+                                  from_ms(v) if k in SECONDS_FIELDS.values() else v for k, v in config.items()}
+        return cls.model_construct(**values)
+
+
+# Queue settings on the wire: one optional field per setting of rankq.engine.config.QueueConfig.
+QueueSettings: type[_QueueSettings] = create_model(  # type: ignore[call-overload]
+    "QueueSettings", __base__=_QueueSettings, __module__=__name__,
+    __doc__="Queue settings. Every field is optional: unset fields keep their current (or default) value.",
+    **{spec.wire: setting_field(spec) for spec in limits.SETTINGS.values()},
+)
 
 
 class CreateQueue(QueueSettings):
@@ -198,7 +209,7 @@ class EnqueueBatchResult(BaseModel):
 
 
 class DequeueRequest(Strict):
-    max: json_int(1, MAX_BATCH) = Field(1, description="most messages to lease")
+    max: Annotated[int, Field(ge=1, le=MAX_BATCH)] = Field(1, description="most messages to lease")
     wait: float = Field(0, ge=0, le=MAX_WAIT, description="seconds to wait for a message when none is ready (long poll)")
     visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="lease length for these messages; default: the queue's")
 

@@ -104,7 +104,7 @@ mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates --sk
     --customize-hook="copy-in '$BUILD_CA' /tmp/wheels" \
     --customize-hook="chroot \"\$1\" env -i PATH=/usr/bin:/bin HOME=/root $VENV/bin/pip install --no-input \
         --disable-pip-version-check --cert /tmp/wheels/${BUILD_CA##*/} --cache-dir /tmp/pip-cache \
-        /tmp/wheels/rankq-$VERSION-py3-none-any.whl" \
+        '/tmp/wheels/rankq-$VERSION-py3-none-any.whl[all]'" \
     --customize-hook="sync-out /tmp/pip-cache '$IMAGE_DIR/pip-cache'" \
     --customize-hook="chroot \"\$1\" sh -ec '$user_steps'" \
     --customize-hook='rm -rf "$1"/tmp/wheels "$1"/tmp/pip-cache "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/apt "$1"/var/log/dpkg.log' \

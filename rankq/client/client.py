@@ -43,8 +43,9 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import fields
+from functools import partial
 from datetime import datetime
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
@@ -102,7 +103,10 @@ def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None
     if scheme in ("grpc", "grpcs"):
         if not parts.hostname or parts.port is None:
             raise ValueError(f"a gRPC URL needs host and port, e.g. grpc://127.0.0.1:9090 (got {url!r})")
-        from .grpc_transport import GrpcTransport, tls_credentials  # imported only when used: grpcio
+        from ..extras import require
+
+        with require("grpc"):  # imported only when used: grpcio is the rankq[grpc] extra
+            from .grpc_transport import GrpcTransport, tls_credentials
 
         return GrpcTransport(parts.netloc, timeout=timeout,
                              credentials=tls_credentials(ca) if scheme == "grpcs" else None,
@@ -121,7 +125,7 @@ def read_token_file(path: str) -> str:
     raise ValueError(f"token file {path} holds no token (it is empty)")
 
 
-def as_new_message(item: NewMessage | dict | Any) -> NewMessage:
+def as_new_message(item: NewMessage | dict[str, Any] | Any) -> NewMessage:
     """Read one item of a batch: a `NewMessage`; a dict of `NewMessage` fields that includes
     ``payload`` (e.g. ``{"payload": {...}, "priority": 1}``); anything else is a payload. Wrap a
     payload that itself looks like such a dict in `NewMessage` to keep it whole."""
@@ -132,7 +136,7 @@ def as_new_message(item: NewMessage | dict | Any) -> NewMessage:
     return NewMessage(payload=item)
 
 
-def _lease_of(target: Message | str, args: tuple, op: str) -> tuple[str, int, str, tuple]:
+def _lease_of(target: Message | str, args: tuple[Any, ...], op: str) -> tuple[str, int, str, tuple[Any, ...]]:
     """(queue, id, lease_token, remaining positional args) from a Message or queue, id, token."""
     if isinstance(target, Message):
         return target.queue, target.id, target.lease_token, args
@@ -143,7 +147,7 @@ def _lease_of(target: Message | str, args: tuple, op: str) -> tuple[str, int, st
     raise TypeError(f"{op}() takes a Message or a queue name, not {type(target).__name__}")
 
 
-def _one_optional(rest: tuple, kw: Any, op: str, name: str) -> Any:
+def _one_optional(rest: tuple[Any, ...], kw: Any, op: str, name: str) -> Any:
     if len(rest) > 1 or (rest and kw is not None):
         raise TypeError(f"{op}(): too many arguments; pass {name}= by keyword")
     return rest[0] if rest else kw
@@ -301,7 +305,7 @@ class AsyncClient:
         [res] = await self._call(lambda: self._transport.enqueue(queue, [msg]), retry=dedup_key is not None)
         return res
 
-    async def enqueue_batch(self, queue: str, messages: Iterable[NewMessage | dict | Any]) -> list[EnqueueResult]:
+    async def enqueue_batch(self, queue: str, messages: Iterable[NewMessage | dict[str, Any] | Any]) -> list[EnqueueResult]:
         """Add up to 1000 messages at once: all are accepted or none. Each item is a `NewMessage`,
         a dict of its fields including ``payload``, or a bare payload. Results are in order.
         Retried only when every message has a dedup key."""
@@ -322,7 +326,7 @@ class AsyncClient:
     @overload
     async def ack(self, message: Message, result: Any = None) -> None: ...
     @overload
-    async def ack(self, queue: str, id: int, lease_token: str, result: Any = None) -> None: ...
+    async def ack(self, queue: str, id: int, lease_token: str, /, result: Any = None) -> None: ...
 
     async def ack(self, message: Message | str, *args: Any, result: Any = None) -> None:
         """Finish a leased message: ``ack(message, result=...)`` or ``ack(queue, id, lease_token)``.
@@ -345,7 +349,7 @@ class AsyncClient:
         out: list[AckOutcome | None] = [None] * len(items)
         for queue, idx in by_queue.items():
             batch = [(items[i][0].id, items[i][0].lease_token, items[i][1]) for i in idx]
-            got = await self._call(lambda q=queue, b=batch: self._transport.ack(q, b), retry=True)
+            got = await self._call(partial(self._transport.ack, queue, batch), retry=True)
             for i, outcome in zip(idx, got):
                 out[i] = outcome
         return [o for o in out if o is not None]
@@ -354,7 +358,7 @@ class AsyncClient:
     async def nack(self, message: Message, *, delay: float | None = None,
                    error: str | None = None, dead: bool = False) -> NackResult: ...
     @overload
-    async def nack(self, queue: str, id: int, lease_token: str, *, delay: float | None = None,
+    async def nack(self, queue: str, id: int, lease_token: str, /, *, delay: float | None = None,
                    error: str | None = None, dead: bool = False) -> NackResult: ...
 
     async def nack(self, message: Message | str, *args: Any, delay: float | None = None,
@@ -371,7 +375,7 @@ class AsyncClient:
     @overload
     async def release(self, message: Message) -> None: ...
     @overload
-    async def release(self, queue: str, id: int, lease_token: str) -> None: ...
+    async def release(self, queue: str, id: int, lease_token: str, /) -> None: ...
 
     async def release(self, message: Message | str, *args: Any) -> None:
         """Give a leased message back, ready at once, without counting the delivery: for a
@@ -384,7 +388,7 @@ class AsyncClient:
     @overload
     async def extend(self, message: Message, visibility_timeout: float | None = None) -> datetime: ...
     @overload
-    async def extend(self, queue: str, id: int, lease_token: str,
+    async def extend(self, queue: str, id: int, lease_token: str, /,
                      visibility_timeout: float | None = None) -> datetime: ...
 
     async def extend(self, message: Message | str, *args: Any,
@@ -418,12 +422,12 @@ class AsyncClient:
         items, _ = await self._call(lambda: self._transport.dead_letters(queue, after, limit), retry=True)
         return items
 
-    async def iter_dead_letters(self, queue: str, *, page_size: int = 100) -> AsyncIterator[MessageStatus]:
+    async def iter_dead_letters(self, queue: str, *, page_size: int = 100) -> AsyncGenerator[MessageStatus, None]:
         """Every dead letter of `queue`, fetched `page_size` at a time."""
         after: int | None = None
         while True:
             items, after = await self._call(
-                lambda a=after: self._transport.dead_letters(queue, a, page_size), retry=True)
+                partial(self._transport.dead_letters, queue, after, page_size), retry=True)
             for item in items:
                 yield item
             if after is None or not items:
@@ -437,7 +441,7 @@ class AsyncClient:
 
     # ---- the group (HTTP only) -----------------------------------------------------------------
 
-    def _admin(self, name: str):
+    def _admin(self, name: str) -> Any:
         fn = getattr(self._transport, name, None)
         if fn is None:
             raise InvalidRequestError("cluster administration is served over HTTP: use an http:// URL")
@@ -493,7 +497,7 @@ class AsyncClient:
             if chunk is None:
                 break
 
-            async def send(i: int = index, records: list = chunk) -> Any:
+            async def send(i: int = index, records: list[Any] = chunk) -> Any:
                 transport = self._transport
                 if not hasattr(transport, "restore_chunk"):
                     raise RankQError("backup and restore need an http:// or https:// URL")
@@ -634,7 +638,7 @@ class Client:
         return self._run(self._async.enqueue(queue, payload, priority=priority, group=group, delay=delay,
                                              deliver_at=deliver_at, headers=headers, dedup_key=dedup_key))
 
-    def enqueue_batch(self, queue: str, messages: Iterable[NewMessage | dict | Any]) -> list[EnqueueResult]:
+    def enqueue_batch(self, queue: str, messages: Iterable[NewMessage | dict[str, Any] | Any]) -> list[EnqueueResult]:
         return self._run(self._async.enqueue_batch(queue, list(messages)))
 
     def dequeue(self, queue: str, max: int = 1, wait: float = 0,
@@ -644,10 +648,10 @@ class Client:
     @overload
     def ack(self, message: Message, result: Any = None) -> None: ...
     @overload
-    def ack(self, queue: str, id: int, lease_token: str, result: Any = None) -> None: ...
+    def ack(self, queue: str, id: int, lease_token: str, /, result: Any = None) -> None: ...
 
     def ack(self, message: Message | str, *args: Any, result: Any = None) -> None:
-        return self._run(self._async.ack(message, *args, result=result))
+        return self._run(self._async.ack(message, *args, result=result))  # type: ignore[call-overload,no-any-return]
 
     def ack_batch(self, messages: Iterable[Message | tuple[Message, Any]]) -> list[AckOutcome]:
         return self._run(self._async.ack_batch(list(messages)))
@@ -656,7 +660,7 @@ class Client:
     def nack(self, message: Message, *, delay: float | None = None, error: str | None = None,
              dead: bool = False) -> NackResult: ...
     @overload
-    def nack(self, queue: str, id: int, lease_token: str, *, delay: float | None = None,
+    def nack(self, queue: str, id: int, lease_token: str, /, *, delay: float | None = None,
              error: str | None = None, dead: bool = False) -> NackResult: ...
 
     def nack(self, message: Message | str, *args: Any, delay: float | None = None,
@@ -666,7 +670,7 @@ class Client:
     @overload
     def release(self, message: Message) -> None: ...
     @overload
-    def release(self, queue: str, id: int, lease_token: str) -> None: ...
+    def release(self, queue: str, id: int, lease_token: str, /) -> None: ...
 
     def release(self, message: Message | str, *args: Any) -> None:
         return self._run(self._async.release(message, *args))
@@ -674,10 +678,10 @@ class Client:
     @overload
     def extend(self, message: Message, visibility_timeout: float | None = None) -> datetime: ...
     @overload
-    def extend(self, queue: str, id: int, lease_token: str, visibility_timeout: float | None = None) -> datetime: ...
+    def extend(self, queue: str, id: int, lease_token: str, /, visibility_timeout: float | None = None) -> datetime: ...
 
     def extend(self, message: Message | str, *args: Any, visibility_timeout: float | None = None) -> datetime:
-        return self._run(self._async.extend(message, *args, visibility_timeout=visibility_timeout))
+        return self._run(self._async.extend(message, *args, visibility_timeout=visibility_timeout))  # type: ignore[call-overload,no-any-return]
 
     def set_priority(self, queue: str, id: int, priority: int) -> MessageStatus:
         return self._run(self._async.set_priority(queue, id, priority))
@@ -706,7 +710,7 @@ class Client:
         try:
             while True:
                 more, item = self._run(step())
-                if not more:
+                if not more or item is None:
                     return
                 yield item
         finally:

@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime, timezone
-from typing import Any, AsyncIterable, AsyncIterator, Iterable
+from typing import Any, AsyncIterable, AsyncIterator, Iterable, overload
 
 import grpc
 
+from ..engine.config import SETTINGS
 from ..server.proto import rankq_pb2 as pb
 from ..server.proto import rankq_pb2_grpc as pb_grpc
 from .errors import ApiError, InvalidRequestError, TransportError, error_for
@@ -45,7 +46,7 @@ from .types import (
 
 JSON = "application/json"
 OCTETS = "application/octet-stream"
-NULLABLE_SETTINGS = ("group_max_inflight", "dead_letter_retention", "max_length")
+NULLABLE_SETTINGS = tuple(spec.wire for spec in SETTINGS.values() if spec.nullable)  # may be cleared
 SETTING_FIELDS = tuple(f.name for f in pb.QueueSettings.DESCRIPTOR.fields)
 
 # gRPC code -> HTTP status, for errors that carry no `rankq-status` (e.g. from a proxy)
@@ -69,6 +70,10 @@ TRANSPORT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 # One encoder for all calls: json.dumps with options builds a new one each time.
 _STRICT_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
+@overload
+def _dt(ms: int) -> datetime: ...
+@overload
+def _dt(ms: int | None) -> datetime | None: ...
 def _dt(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
@@ -190,7 +195,7 @@ def message_of(queue: str, d: pb.Delivery) -> Message:
 
 
 def status_of(m: pb.MessageStatus) -> MessageStatus:
-    def opt(name):
+    def opt(name: str) -> Any:
         return getattr(m, name) if m.HasField(name) else None
 
     return MessageStatus(
@@ -208,7 +213,8 @@ def _result_json(result: Any) -> str | None:
     return None if result is None else _STRICT_COMPACT.encode(result)
 
 
-async def _frames(queue: str, messages, size: int):
+async def _frames(queue: str, messages: Iterable[NewMessage] | AsyncIterable[NewMessage],
+                  size: int) -> AsyncIterator[pb.EnqueueStreamRequest]:
     """EnqueueStreamRequest frames of up to `size` requests; the queue is named in the first only."""
     ref = 0
 
@@ -231,10 +237,10 @@ async def _frames(queue: str, messages, size: int):
 
     # An async source: a pump keeps reading while a frame is on the wire; each frame takes
     # whatever has arrived since the last one.
-    ready: asyncio.Queue = asyncio.Queue(maxsize=4 * size)
+    ready: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * size)
     done = object()
 
-    async def pump():
+    async def pump() -> None:
         try:
             async for m in messages:
                 await ready.put(m)
@@ -291,7 +297,7 @@ class GrpcTransport:
                 self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
             else:
                 self._channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
-            self._stub = pb_grpc.RankQStub(self._channel)
+            self._stub = pb_grpc.RankQStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
     async def close(self) -> None:
@@ -299,7 +305,7 @@ class GrpcTransport:
             channel, self._channel, self._stub = self._channel, None, None
             await channel.close()
 
-    async def _call(self, method: str, request, extra_time: float = 0.0):
+    async def _call(self, method: str, request: Any, extra_time: float = 0.0) -> Any:
         timeout = None if self.timeout is None else self.timeout + extra_time
         try:
             return await getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
@@ -370,7 +376,8 @@ class GrpcTransport:
     async def extend(self, queue: str, id: int, lease_token: str,
                      visibility_timeout: float | None = None) -> datetime:
         req = pb.ExtendRequest(queue=queue, id=id, lease_token=lease_token, visibility_timeout=visibility_timeout)
-        return _dt((await self._call("Extend", req)).lease_expires_at)
+        expires: int = (await self._call("Extend", req)).lease_expires_at
+        return _dt(expires)
 
     async def set_priority(self, queue: str, id: int, priority: int) -> MessageStatus:
         return status_of(await self._call("SetPriority", pb.SetPriorityRequest(queue=queue, id=id, priority=priority)))
@@ -440,11 +447,11 @@ class DequeueStream:
         self._grants: asyncio.Queue[int | None] = asyncio.Queue()
         self._grants.put_nowait(credits)
         self._owed = 0
-        self._buffer: list = []
+        self._buffer: list[Any] = []
         self._first = pb.Grant(queue=queue, visibility_timeout=visibility_timeout)
         self._call = transport.stub.DequeueStream(self._requests(), metadata=transport._metadata)
 
-    async def _requests(self):
+    async def _requests(self) -> AsyncIterator[pb.Grant]:
         first = True
         while True:
             n = await self._grants.get()
@@ -492,5 +499,5 @@ class DequeueStream:
     async def __aenter__(self) -> "DequeueStream":
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()

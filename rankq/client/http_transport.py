@@ -9,8 +9,9 @@ the matching `rankq.client.errors` exception; a connection that cannot be made o
 from __future__ import annotations
 
 import base64
+import ssl
 from datetime import datetime, timezone
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, overload
 from urllib.parse import quote
 
 import httpx
@@ -41,7 +42,7 @@ class HttpTransport:
     """
 
     def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 headers: dict[str, str] | None = None, verify: bool | str = True) -> None:
+                 headers: dict[str, str] | None = None, verify: bool | str | ssl.SSLContext = True) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._http = httpx.AsyncClient(
@@ -57,7 +58,7 @@ class HttpTransport:
 
     # ---- plumbing ------------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
+    async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                     timeout: httpx.Timeout | None = None) -> Any:
         kwargs: dict[str, Any] = {}
         if json is not None:
@@ -140,7 +141,8 @@ class HttpTransport:
                      visibility_timeout: float | None = None) -> datetime:
         body = _drop_none({"lease_token": lease_token, "visibility_timeout": visibility_timeout})
         out = await self._call("POST", f"/queues/{_seg(queue)}/messages/{int(id)}/extend", json=body)
-        return _dt(out["lease_expires_at"])
+        expires: str = out["lease_expires_at"]
+        return _dt(expires)
 
     async def set_priority(self, queue: str, id: int, priority: int) -> MessageStatus:
         out = await self._call("PUT", f"/queues/{_seg(queue)}/messages/{int(id)}/priority", json={"priority": priority})
@@ -170,16 +172,20 @@ class HttpTransport:
     # ---- the group -----------------------------------------------------------------------------
 
     async def cluster_status(self) -> dict[str, Any]:
-        return await self._call("GET", "/cluster")
+        answer: dict[str, Any] = await self._call("GET", "/cluster")
+        return answer
 
     async def add_member(self, address: str) -> dict[str, Any]:
-        return await self._call("POST", "/cluster/members", json={"address": address})
+        answer: dict[str, Any] = await self._call("POST", "/cluster/members", json={"address": address})
+        return answer
 
     async def remove_member(self, member: str) -> dict[str, Any]:
-        return await self._call("DELETE", f"/cluster/members/{_seg(member)}")
+        answer: dict[str, Any] = await self._call("DELETE", f"/cluster/members/{_seg(member)}")
+        return answer
 
     async def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
-        return await self._call("POST", "/cluster/transfer-leader", json={"to": to})
+        answer: dict[str, Any] = await self._call("POST", "/cluster/transfer-leader", json={"to": to})
+        return answer
 
 
 # ---- wire <-> types ------------------------------------------------------------------------------
@@ -202,7 +208,8 @@ class HttpTransport:
 
     async def restore_chunk(self, restore_id: str, index: int, records: list[dict[str, Any]]) -> dict[str, Any]:
         body = {"restore_id": restore_id, "index": index, "records": records}
-        return await self._call("POST", "/restore", json=body, timeout=httpx.Timeout(max(self.timeout, 60.0)))
+        answer: dict[str, Any] = await self._call("POST", "/restore", json=body, timeout=httpx.Timeout(max(self.timeout, 60.0)))
+        return answer
 
 
 def _error_from(resp: httpx.Response) -> Exception:
@@ -222,11 +229,11 @@ def _seg(name: str) -> str:
     return quote(str(name), safe="")
 
 
-def _drop_none(d: dict) -> dict:
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def _enqueue_body(m: NewMessage) -> dict:
+def _enqueue_body(m: NewMessage) -> dict[str, Any]:
     if isinstance(m.payload, (bytes, bytearray, memoryview)):
         raise InvalidRequestError(
             "bytes payloads cannot be sent over HTTP: use a grpc:// URL, or encode them "
@@ -247,20 +254,24 @@ def _enqueue_body(m: NewMessage) -> dict:
     return body
 
 
+@overload
+def _dt(value: str) -> datetime: ...
+@overload
+def _dt(value: str | None) -> datetime | None: ...
 def _dt(value: str | None) -> datetime | None:
     if value is None:
         return None
     return datetime.fromisoformat(value)
 
 
-def _payload(d: dict) -> Any:
+def _payload(d: dict[str, Any]) -> Any:
     b64 = d.get("payload_base64")
     if b64 is not None:
         return base64.b64decode(b64)
     return d.get("payload")
 
 
-def _message(queue: str, d: dict) -> Message:
+def _message(queue: str, d: dict[str, Any]) -> Message:
     return Message(
         queue=queue,
         id=d["id"],
@@ -275,7 +286,7 @@ def _message(queue: str, d: dict) -> Message:
     )
 
 
-def _status(d: dict) -> MessageStatus:
+def _status(d: dict[str, Any]) -> MessageStatus:
     return MessageStatus(
         id=d["id"],
         queue=d["queue"],
@@ -298,7 +309,7 @@ def _status(d: dict) -> MessageStatus:
 _COUNT_FIELDS = ("ready", "delayed", "leased", "dead", "acked_retained", "backlog")
 
 
-def _queue_info(d: dict) -> QueueInfo:
+def _queue_info(d: dict[str, Any]) -> QueueInfo:
     counts = d.get("counts") or {}
     settings = dict(d.get("settings") or {})
     if isinstance(settings.get("weights"), dict):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import heapq
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, overload
 
 from .config import QueueConfig, check_queue_name
 from .errors import Conflict, Invalid
@@ -91,6 +91,10 @@ def export_records(engine: Any) -> Iterator[Record]:
 
 # ---- restore --------------------------------------------------------------------------------------
 
+@overload
+def _int(rec: Record, key: str) -> int: ...
+@overload
+def _int(rec: Record, key: str, *, optional: bool) -> int | None: ...
 def _int(rec: Record, key: str, *, optional: bool = False) -> int | None:
     value = rec.get(key)
     if value is None and optional:

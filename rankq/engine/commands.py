@@ -18,14 +18,14 @@ from .message import Payload
 @dataclass(frozen=True, slots=True)
 class CreateQueue:
     name: str
-    settings: dict  # QueueConfig fields to set; the rest keep their defaults
+    settings: dict[str, Any]  # QueueConfig fields to set; the rest keep their defaults
     secret: bytes  # keys the lease tokens of this queue
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateQueue:
     name: str
-    changes: dict
+    changes: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class NewMessage(NamedTuple):
     group: str | None = None
     delay_ms: int | None = None  # relative to the command's time
     deliver_at_ms: int | None = None  # absolute; the later of the two wins
-    headers: dict | None = None
+    headers: dict[str, str] | None = None
     dedup_key: str | None = None
 
 
@@ -145,7 +145,7 @@ class Restore:
 
     restore_id: str
     index: int
-    records: tuple[dict, ...]
+    records: tuple[dict[str, Any], ...]
 
 
 Command = (
@@ -167,15 +167,15 @@ Command = (
 )
 
 
-def _positional_reduce(cls):
+def _positional_reduce(cls: type) -> type:
     """Pickle as (class, field values): every command is pickled into the log, and the default
     for frozen slot dataclasses (a state dict, set back field by field) costs ~10x more."""
     names = tuple(f.name for f in dataclasses.fields(cls))
 
-    def __reduce__(self):
+    def __reduce__(self: object) -> tuple[type, tuple[Any, ...]]:
         return (cls, tuple([getattr(self, n) for n in names]))
 
-    cls.__reduce__ = __reduce__
+    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
     return cls
 
 
@@ -185,14 +185,14 @@ for _cls in (CreateQueue, UpdateQueue, DeleteQueue, Enqueue, Dequeue, Ack, Nack,
 del _cls
 
 
-def _enqueue_from_wire(queue: str, rows: list) -> Enqueue:
+def _enqueue_from_wire(queue: str, rows: list[tuple[Any, ...]]) -> Enqueue:
     return Enqueue(queue, tuple(map(NewMessage._make, rows)))
 
 
-def _ack_from_wire(queue: str, rows: list) -> Ack:
+def _ack_from_wire(queue: str, rows: list[tuple[Any, ...]]) -> Ack:
     return Ack(queue, tuple(map(AckItem._make, rows)))
 
 
 # The two commands that carry many items pickle them as plain tuples.
-Enqueue.__reduce__ = lambda self: (_enqueue_from_wire, (self.queue, [tuple(m) for m in self.messages]))
-Ack.__reduce__ = lambda self: (_ack_from_wire, (self.queue, [tuple(i) for i in self.items]))
+Enqueue.__reduce__ = lambda self: (_enqueue_from_wire, (self.queue, [tuple(m) for m in self.messages]))  # type: ignore[method-assign,assignment,attr-defined]
+Ack.__reduce__ = lambda self: (_ack_from_wire, (self.queue, [tuple(i) for i in self.items]))  # type: ignore[method-assign,assignment,attr-defined]

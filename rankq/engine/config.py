@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import Invalid
 
@@ -38,65 +39,97 @@ MAX_ERROR = 4096  # nack error text
 MAX_REDRIVE_IDS = 100_000
 
 
+# ---- queue settings: each declared once, as a field of QueueConfig --------------------------------
+#
+# A setting is one `setting(...)` field below: engine name, type, default, bounds and doc. From these
+# come the engine's checks (`QueueConfig.validate`), the HTTP schema (`rankq.schemas.QueueSettings`),
+# gRPC's unit conversion and bounds (`rankq.server.grpc_api`), the CLI's `queue create/update`
+# options (`rankq.cli`) and the checks on the Queue resource's fields (`rankq.operator.models`).
+# Durations end in `_ms` here and are seconds (without the suffix) everywhere else.
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """The definition of one queue setting (`SETTINGS[name]`)."""
+
+    name: str  # engine name; a duration's ends in _ms
+    kind: type  # int, bool, str (with choices) or dict (priority class -> weight)
+    doc: str  # one line, for API docs and --help; says what None means when it is allowed
+    default: Any = None
+    low: int | None = None  # inclusive bounds of an int (milliseconds for a duration)
+    high: int | None = None
+    nullable: bool = False  # None is a value: "no cap", "keep forever"
+    choices: tuple[str, ...] = ()
+
+    @property
+    def is_duration(self) -> bool:
+        return self.name.endswith("_ms")
+
+    @property
+    def wire(self) -> str:
+        """The name in the HTTP and gRPC APIs, the client and the CLI (seconds for a duration)."""
+        return self.name[:-3] if self.is_duration else self.name
+
+    def wire_value(self, value: Any) -> Any:
+        """An engine value in API units (seconds for durations)."""
+        return value / 1000 if self.is_duration and value is not None else value
+
+
+def setting(default: Any, kind: type, doc: str, *, low: int | None = None, high: int | None = None,
+            nullable: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    """A QueueConfig field that is a queue setting; its name is filled in from the field."""
+    spec = Setting("", kind, doc, default, low, high, nullable, choices)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"setting": spec})
+    return field(default=default, metadata={"setting": spec})
+
+
+DAY_MS = 24 * 3600 * 1000
+
+
 @dataclass(slots=True)
 class QueueConfig:
-    policy: str = STRICT
-    # Priority class -> weight; used by the weighted policy only.
-    weights: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    default_priority: int = 3
-    fair_groups: bool = False
-    # Cap on leased messages per group (fair groups only); None means no cap.
-    group_max_inflight: int | None = None
-    visibility_timeout_ms: int = 30_000
-    # Deliveries after which a message is dead-lettered; 0 means retry forever.
-    max_deliveries: int = 5
-    dead_letter: bool = True
-    # How long dead letters are kept; None keeps them until redriven or deleted.
-    dead_letter_retention_ms: int | None = 14 * 24 * 3600 * 1000
-    # How long an acked message's status and result stay readable.
-    retention_ms: int = 3600 * 1000
-    max_length: int | None = None
-    max_payload_bytes: int = 256 * 1024
-    dedup_window_ms: int = 5 * 60 * 1000
-    retry_base_ms: int = 1000
-    retry_max_ms: int = 5 * 60 * 1000
-    # Copy finished messages (acked, dead-lettered, cancelled) to the group's archive store.
-    archive: bool = False
+    policy: str = setting(STRICT, str, "strict: lowest priority number first; weighted: smooth weighted round "
+                          "robin over priority classes", choices=POLICIES)
+    weights: dict[int, int] = setting(DEFAULT_WEIGHTS, dict, "priority class -> weight (weighted policy)",
+                                      low=1, high=INT64_MAX)
+    default_priority: int = setting(3, int, "priority of a message that names none", low=INT64_MIN, high=INT64_MAX)
+    fair_groups: bool = setting(False, bool, "serve the groups of one priority round robin")
+    group_max_inflight: int | None = setting(None, int, "cap on leased messages per group (fair groups); "
+                                             "null: no cap", low=1, high=INT64_MAX, nullable=True)
+    visibility_timeout_ms: int = setting(30_000, int, "seconds a dequeued message stays leased",
+                                         low=1, high=MAX_VISIBILITY_MS)
+    max_deliveries: int = setting(5, int, "deliveries before a message is dead-lettered; 0: retry forever",
+                                  low=0, high=INT64_MAX)
+    dead_letter: bool = setting(True, bool, "keep messages that ran out of deliveries in the dead-letter "
+                                "queue; false drops them")
+    dead_letter_retention_ms: int | None = setting(14 * DAY_MS, int, "seconds dead letters are kept; null: until "
+                                                   "redriven or deleted", low=0, high=MAX_DURATION_MS, nullable=True)
+    retention_ms: int = setting(3600 * 1000, int, "seconds an acked message's status and result stay readable",
+                                low=0, high=MAX_DURATION_MS)
+    max_length: int | None = setting(None, int, "most messages (ready + delayed + leased); an enqueue beyond it "
+                                     "gets 429; null: unbounded", low=1, high=INT64_MAX, nullable=True)
+    max_payload_bytes: int = setting(256 * 1024, int, "largest payload plus headers in bytes",
+                                     low=1, high=MAX_PAYLOAD_BYTES)
+    dedup_window_ms: int = setting(5 * 60 * 1000, int, "seconds a dedup key is remembered",
+                                   low=0, high=MAX_DURATION_MS)
+    retry_base_ms: int = setting(1000, int, "first retry delay after a nack without delay, doubling per delivery",
+                                 low=0, high=MAX_DURATION_MS)
+    retry_max_ms: int = setting(5 * 60 * 1000, int, "longest retry delay", low=0, high=MAX_DURATION_MS)
+    archive: bool = setting(False, bool, "copy finished messages (acked with result, dead-lettered, cancelled) "
+                            "to the group's PostgreSQL archive")
 
     def validate(self) -> "QueueConfig":
-        if self.policy not in POLICIES:
-            raise Invalid(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
-        if not self.weights:
-            raise Invalid("weights must name at least one priority class")
-        for cls, weight in self.weights.items():
-            check_int64("priority class", cls)
-            _positive(f"weight of class {cls}", weight, upper=INT64_MAX)
-        check_int64("default_priority", self.default_priority)
+        for spec in SETTINGS.values():
+            check_setting(spec, getattr(self, spec.name))
         if self.policy == WEIGHTED and self.default_priority not in self.weights:
             raise Invalid(
                 f"default_priority {self.default_priority} is not one of the weighted classes "
                 f"{sorted(self.weights)}"
             )
-        if not isinstance(self.fair_groups, bool) or not isinstance(self.dead_letter, bool):
-            raise Invalid("fair_groups and dead_letter must be true or false")
-        _positive("visibility_timeout_ms", self.visibility_timeout_ms, upper=MAX_VISIBILITY_MS)
-        _non_negative("max_deliveries", self.max_deliveries, upper=INT64_MAX)
-        _non_negative("retention_ms", self.retention_ms, upper=MAX_DURATION_MS)
-        _non_negative("dedup_window_ms", self.dedup_window_ms, upper=MAX_DURATION_MS)
-        _non_negative("retry_base_ms", self.retry_base_ms, upper=MAX_DURATION_MS)
-        _non_negative("retry_max_ms", self.retry_max_ms, upper=MAX_DURATION_MS)
-        if self.dead_letter_retention_ms is not None:
-            _non_negative("dead_letter_retention_ms", self.dead_letter_retention_ms, upper=MAX_DURATION_MS)
-        if self.max_length is not None:
-            _positive("max_length", self.max_length, upper=INT64_MAX)
-        if self.group_max_inflight is not None:
-            _positive("group_max_inflight", self.group_max_inflight, upper=INT64_MAX)
-        _positive("max_payload_bytes", self.max_payload_bytes, upper=MAX_PAYLOAD_BYTES)
-        if not isinstance(self.archive, bool):
-            raise Invalid("archive must be true or false")
         return self
 
-    def with_changes(self, changes: dict) -> "QueueConfig":
+    def with_changes(self, changes: dict[str, Any]) -> "QueueConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise Invalid(f"unknown queue settings: {', '.join(sorted(unknown))}")
@@ -105,27 +138,66 @@ class QueueConfig:
             new.weights = dict(changes["weights"])
         return new.validate()
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["weights"] = dict(self.weights)
         return out
 
 
-def _positive(name: str, value, upper: int | None = None) -> None:
+SETTINGS: dict[str, Setting] = {
+    f.name: dataclasses.replace(f.metadata["setting"], name=f.name,
+                                default=f.default_factory() if callable(f.default_factory) else f.default)
+    for f in dataclasses.fields(QueueConfig)
+    if "setting" in f.metadata
+}
+SETTINGS_BY_WIRE: dict[str, Setting] = {spec.wire: spec for spec in SETTINGS.values()}
+
+
+def check_setting(spec: Setting, value: Any) -> None:
+    """The engine's rule for one setting's value; raises Invalid naming the setting."""
+    name = spec.name
+    if value is None and spec.nullable:
+        return
+    if spec.kind is bool:
+        if not isinstance(value, bool):
+            raise Invalid(f"{name} must be true or false")
+    elif spec.choices:
+        if value not in spec.choices:
+            raise Invalid(f"{name} must be one of {', '.join(spec.choices)}, not {value!r}")
+    elif spec.kind is dict:
+        if not isinstance(value, dict) or not value:
+            raise Invalid(f"{name} must name at least one priority class")
+        for cls, weight in value.items():
+            check_int64("priority class", cls)
+            _bounded(f"weight of class {cls}", weight, spec.low, spec.high)
+    else:
+        _bounded(name, value, spec.low, spec.high)
+
+
+def _bounded(name: str, value: Any, low: int | None, high: int | None) -> None:
+    if low is not None and low <= INT64_MIN:
+        check_int64(name, value)
+    elif low == 1:
+        _positive(name, value, upper=high)
+    else:
+        _non_negative(name, value, upper=high)
+
+
+def _positive(name: str, value: Any, upper: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise Invalid(f"{name} must be a positive integer")
     if upper is not None and value > upper:
         raise Invalid(f"{name} must be at most {upper}")
 
 
-def _non_negative(name: str, value, upper: int | None = None) -> None:
+def _non_negative(name: str, value: Any, upper: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise Invalid(f"{name} must be a non-negative integer")
     if upper is not None and value > upper:
         raise Invalid(f"{name} must be at most {upper}")
 
 
-def check_int64(name: str, value) -> int:
+def check_int64(name: str, value: Any) -> int:
     """An integer a protobuf int64 can carry (priorities, times): larger ones could not be delivered."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise Invalid(f"{name} must be an integer")
@@ -134,7 +206,7 @@ def check_int64(name: str, value) -> int:
     return value
 
 
-def check_time_ms(name: str, value) -> int:
+def check_time_ms(name: str, value: Any) -> int:
     """A timestamp in ms that can be written back as ISO 8601 (years 0001 to 9999)."""
     if not isinstance(value, int) or isinstance(value, bool) or not MIN_TIME_MS <= value <= MAX_TIME_MS:
         raise Invalid(f"{name} must be a time between years 0001 and 9999 (ms {MIN_TIME_MS} to {MAX_TIME_MS})")

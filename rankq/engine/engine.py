@@ -8,14 +8,15 @@ Time never runs backwards inside the engine: a command stamped earlier than the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import commands as c
 from .archive import ArchiveOutbox
 from .backup import apply_records, export_records
 from .config import QueueConfig, check_queue_name
-from .errors import Conflict, Invalid, NotFound
-from .message import MessageInfo
+from .errors import Conflict, EngineError, Invalid, NotFound
+from .message import Delivery, MessageInfo
 from .queue import QueueState
 
 
@@ -49,7 +50,7 @@ class Engine:
 
     # ---- queue lifecycle ---------------------------------------------------------------------
 
-    def _create(self, cmd: c.CreateQueue, now: int) -> dict:
+    def _create(self, cmd: c.CreateQueue, now: int) -> dict[str, Any]:
         check_queue_name(cmd.name)
         if cmd.name in self.queues:
             raise Conflict(f"queue {cmd.name!r} already exists")
@@ -57,7 +58,7 @@ class Engine:
         self.queues[cmd.name] = QueueState(cmd.name, config, cmd.secret, now, self.outbox())
         return config.as_dict()
 
-    def _update(self, cmd: c.UpdateQueue, now: int) -> dict:
+    def _update(self, cmd: c.UpdateQueue, now: int) -> dict[str, Any]:
         q = self._queue(cmd.name, now)
         new = q.config.with_changes(dict(cmd.changes))
         q.update(new)
@@ -77,18 +78,18 @@ class Engine:
 
     # ---- messages ----------------------------------------------------------------------------
 
-    def _enqueue(self, cmd: c.Enqueue, now: int):
+    def _enqueue(self, cmd: c.Enqueue, now: int) -> list[tuple[int, bool]]:
         if not cmd.messages:
             raise Invalid("no messages to enqueue")
         return self._queue(cmd.queue, now).enqueue(cmd, now, self._next_id, self.woke)
 
-    def _dequeue(self, cmd: c.Dequeue, now: int):
+    def _dequeue(self, cmd: c.Dequeue, now: int) -> list[Delivery]:
         return self._queue(cmd.queue, now).dequeue(cmd, now, self.seq)
 
-    def _ack(self, cmd: c.Ack, now: int) -> list:
+    def _ack(self, cmd: c.Ack, now: int) -> list[EngineError | None]:
         """Per item: None when acked, or the EngineError that refused it."""
         q = self._queue(cmd.queue, now)
-        out = []
+        out: list[EngineError | None] = []
         for item in cmd.items:
             try:
                 q.ack(item, now)
@@ -97,7 +98,7 @@ class Engine:
                 out.append(err)
         return out
 
-    def _nack(self, cmd: c.Nack, now: int):
+    def _nack(self, cmd: c.Nack, now: int) -> dict[str, Any]:
         return self._queue(cmd.queue, now).nack(cmd, now, self.woke)
 
     def _extend(self, cmd: c.Extend, now: int) -> int:
@@ -112,7 +113,7 @@ class Engine:
     def _cancel(self, cmd: c.Cancel, now: int) -> str:
         return self._queue(cmd.queue, now).cancel(cmd, now)
 
-    def _redrive(self, cmd: c.Redrive, now: int) -> dict:
+    def _redrive(self, cmd: c.Redrive, now: int) -> dict[str, Any]:
         return self._queue(cmd.queue, now).redrive(cmd, self.woke)
 
     def _tick(self, cmd: c.Tick, now: int) -> None:
@@ -129,7 +130,7 @@ class Engine:
     def _archive_done(self, cmd: c.ArchiveDone, now: int) -> int:
         return self.outbox().confirm(cmd.upto)
 
-    def _restore(self, cmd: c.Restore, now: int) -> dict:
+    def _restore(self, cmd: c.Restore, now: int) -> dict[str, Any]:
         restores = self.__dict__.setdefault("restores", {})  # engines from older snapshots lack it
         done = restores.get(cmd.restore_id, 0)
         if cmd.index < done:
@@ -145,7 +146,7 @@ class Engine:
 
     # ---- reads (local, never through the log) ------------------------------------------------
 
-    def export(self):
+    def export(self) -> Iterator[dict[str, Any]]:
         """The whole state as backup records (see rankq.engine.backup); hold the state still."""
         return export_records(self)
 
@@ -160,7 +161,7 @@ class Engine:
         return self._queue(queue).info(mid)
 
 
-_HANDLERS = {
+_HANDLERS: dict[type, Callable[[Engine, Any, int], Any]] = {
     c.CreateQueue: Engine._create,
     c.UpdateQueue: Engine._update,
     c.DeleteQueue: Engine._delete,

@@ -35,7 +35,9 @@ class Message:
         "extra",  # None or a dict with any of: headers, dedup_key, last_error
     )
 
-    def __init__(self, id, payload, priority, group, state, deliveries, due, token, enqueued_at, extra):
+    # due and token are set whenever the state needs them (a lease has both, a delay has due).
+    def __init__(self, id: int, payload: str | bytes, priority: int, group: str, state: int, deliveries: int,
+                 due: Any, token: Any, enqueued_at: int, extra: dict[str, Any] | None) -> None:
         self.id = id
         self.payload = payload
         self.priority = priority
@@ -47,7 +49,7 @@ class Message:
         self.enqueued_at = enqueued_at
         self.extra = extra
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Message], tuple[Any, ...]]:
         # A positional tuple pickles several times smaller and faster than the slot-state dict.
         return (
             Message,
@@ -92,7 +94,7 @@ class Delivery(NamedTuple):
     lease_token: str
     lease_expires_at: int
     enqueued_at: int
-    headers: dict | None
+    headers: dict[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ class MessageInfo:
     lease_expires_at: int | None
     last_error: str | None
     result: Any
-    headers: dict | None
+    headers: dict[str, str] | None
     dedup_key: str | None
     payload: Payload | None
     acked_at: int | None = None

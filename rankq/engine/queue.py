@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import commands as c
@@ -52,7 +53,7 @@ def message_size(m: c.NewMessage) -> int:
     payload = m.payload
     try:
         # isascii() reads a flag CPython keeps on every str: ASCII text is counted without encoding.
-        size = len(payload) if type(payload) is bytes or payload.isascii() else len(payload.encode())
+        size = len(payload) if isinstance(payload, bytes) or payload.isascii() else len(payload.encode())
         if m.headers:
             for key, value in m.headers.items():
                 size += (len(key) if key.isascii() else len(key.encode())) + (len(value) if value.isascii() else len(value.encode()))
@@ -63,7 +64,7 @@ def message_size(m: c.NewMessage) -> int:
     return size
 
 
-def check_messages(name: str, config: QueueConfig | None, messages) -> None:
+def check_messages(name: str, config: QueueConfig | None, messages: Sequence[c.NewMessage]) -> None:
     """Refuse messages no API could deliver or list, and payloads over the queue's limit.
 
     The engine runs this on apply; the service runs it before proposing, against its own copy of
@@ -188,8 +189,8 @@ class QueueState:
                 heapq.heappush(self.acked_purge, (rec[0] + self.config.retention_ms, mid))
         while self.dedup_purge and self.dedup_purge[0][0] <= now:
             at, key = heapq.heappop(self.dedup_purge)
-            rec = self.dedup.get(key)
-            if rec is not None and rec[1] == at:
+            dedup = self.dedup.get(key)
+            if dedup is not None and dedup[1] == at:
                 del self.dedup[key]
 
     # ---- transitions --------------------------------------------------------------------------
@@ -274,7 +275,7 @@ class QueueState:
 
     # ---- commands -----------------------------------------------------------------------------
 
-    def enqueue(self, cmd: c.Enqueue, now: int, next_id, woke: set[str]) -> list[tuple[int, bool]]:
+    def enqueue(self, cmd: c.Enqueue, now: int, next_id: Callable[[], int], woke: set[str]) -> list[tuple[int, bool]]:
         cfg = self.config
         checked = []
         fresh = 0
@@ -312,7 +313,7 @@ class QueueState:
                 out.append((out[-1 - dup][0] if dup < 0 else dup, True))
                 continue
             mid = next_id()
-            extra = None
+            extra: dict[str, Any] | None = None
             if m.headers or m.dedup_key is not None:
                 extra = {}
                 if m.headers:
@@ -386,7 +387,7 @@ class QueueState:
             self.acked[msg.id] = (now, msg.deliveries, item.result)
             heapq.heappush(self.acked_purge, (now + self.config.retention_ms, msg.id))
 
-    def nack(self, cmd: c.Nack, now: int, woke: set[str]) -> dict:
+    def nack(self, cmd: c.Nack, now: int, woke: set[str]) -> dict[str, Any]:
         if cmd.delay_ms is not None and not 0 <= cmd.delay_ms <= MAX_DURATION_MS:
             raise Invalid(f"delay must be between 0 and {MAX_DURATION_MS // 1000} seconds")
         msg = self._leased(cmd.id, cmd.token)
@@ -412,12 +413,12 @@ class QueueState:
 
     def extend(self, cmd: c.Extend, now: int) -> int:
         msg = self._leased(cmd.id, cmd.token)
-        vt = self.config.visibility_timeout_ms if cmd.visibility_timeout_ms is None else cmd.visibility_timeout_ms
+        vt: int = self.config.visibility_timeout_ms if cmd.visibility_timeout_ms is None else cmd.visibility_timeout_ms
         if not 1 <= vt <= MAX_VISIBILITY_MS:
             raise Invalid("visibility_timeout must be more than 0 and at most 12 hours")
-        msg.due = now + vt
-        heapq.heappush(self.leases, (msg.due, msg.id))
-        return msg.due
+        due = msg.due = now + vt
+        heapq.heappush(self.leases, (due, msg.id))
+        return due
 
     def release(self, cmd: c.Release, woke: set[str]) -> None:
         """Leased -> ready, and the delivery it had is not counted."""
@@ -464,7 +465,7 @@ class QueueState:
             raise Conflict(f"message {mid} is leased by a consumer; wait for its ack, nack or expiry")
         return msg
 
-    def redrive(self, cmd: c.Redrive, woke: set[str]) -> dict:
+    def redrive(self, cmd: c.Redrive, woke: set[str]) -> dict[str, Any]:
         ids = list(self.dead) if cmd.ids is None else list(dict.fromkeys(cmd.ids))
         moved, missing = [], []
         for mid in ids:

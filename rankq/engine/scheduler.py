@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import deque
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 from .message import READY, Message
 
@@ -129,7 +129,7 @@ class ReadySet:
     def __len__(self) -> int:
         return sum(self.levels[p].ready for p in self.active)
 
-    def _take(self, level: Level, messages, eligible) -> Message | None:
+    def _take(self, level: Level, messages: dict[int, Message], eligible: Callable[[str], bool] | None) -> Message | None:
         msg = level.pop(messages, self.slot_of, eligible)
         if msg is not None:
             level.ready -= 1
@@ -137,14 +137,15 @@ class ReadySet:
                 self._deactivate(level)
         return msg
 
-    def take_strict(self, messages, eligible) -> Message | None:
+    def take_strict(self, messages: dict[int, Message], eligible: Callable[[str], bool] | None) -> Message | None:
         for priority in list(self.active):
             msg = self._take(self.levels[priority], messages, eligible)
             if msg is not None:
                 return msg
         return None
 
-    def take_weighted(self, messages, weights: dict[int, int], eligible) -> Message | None:
+    def take_weighted(self, messages: dict[int, Message], weights: dict[int, int],
+                      eligible: Callable[[str], bool] | None) -> Message | None:
         """Smooth weighted round robin over the non-empty classes.
 
         A priority without a configured weight (left over from a policy change) gets weight 1.
@@ -199,7 +200,7 @@ class ReadySet:
                     best = head[0]
         return best
 
-    def rebuilt(self, fair: bool, ready_messages) -> "ReadySet":
+    def rebuilt(self, fair: bool, ready_messages: Iterable[Message]) -> "ReadySet":
         new = ReadySet(fair)
         for msg in ready_messages:
             new.add(msg)

@@ -31,7 +31,13 @@ def operator_command(namespaces: tuple[str, ...], lease_namespace: str, endpoint
                      metrics_api_cert: str | None, metrics_api_key: str | None, requestheader_ca: str | None,
                      log_level: str) -> None:
     """Run the RankQ operator (Queue custom resources -> replicated queue groups)."""
-    from .handlers import Settings, run
+    from ..extras import MissingExtra, require
+
+    try:
+        with require("operator"):
+            from .handlers import Settings, run
+    except MissingExtra as err:
+        raise click.ClickException(str(err)) from None
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(log_level.upper())))

@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from ..engine.config import INT64_MAX, INT64_MIN, SETTINGS
+
 GROUP = "rankq.io"
 VERSION = "v1alpha1"
 KIND = "Queue"
@@ -53,31 +55,73 @@ class StorageSpec(Model):
                                                  "(development and tests; a group that loses a majority of pods loses its data).")
 
 
+def from_setting(name: str, description: str, **overrides: Any) -> Any:
+    """A field with the default and bounds of the queue setting `name` (rankq.engine.config.SETTINGS),
+    in whole seconds for a duration, so the resource accepts what the server accepts."""
+    spec = SETTINGS[name]
+    scale = 1000 if spec.is_duration else 1
+    kw: dict[str, Any] = {}
+    if spec.kind is int:  # the int64 extremes go without saying: Kubernetes integers are int64
+        if spec.low is not None and spec.low > INT64_MIN:
+            kw["ge"] = -(-spec.low // scale)  # at least one whole second when the low is 1 ms
+        if spec.high is not None and spec.high < INT64_MAX:
+            kw["le"] = spec.high // scale
+    default = spec.default // scale if isinstance(spec.default, int) and not isinstance(spec.default, bool) \
+        else spec.default
+    return Field(overrides.pop("default", default), description=description, **{**kw, **overrides})
+
+
 class QueueSettingsSpec(Model):
     """Settings of the queue inside the group; applied live through the leader, no restarts."""
 
     name: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                              description="Name of the queue inside the group; default: the Queue's metadata.name.")
-    policy: Literal["strict", "weighted"] = Field(
-        "weighted", description="strict: lowest priority number first; weighted: weighted round robin over priority classes.")
+    policy: Literal[SETTINGS["policy"].choices] | None = from_setting(  # type: ignore[valid-type]
+        "policy", "strict: lowest priority number first; weighted: weighted round robin over priority classes; "
+                  "default: the server's (strict).", default=None)
     weights: dict[str, int] | None = Field(
         None, description="Priority class -> weight for the weighted policy, e.g. {\"1\": 30, \"2\": 25}.",
         **k8s(**{"x-kubernetes-validations": [
-            {"rule": "self.all(k, k.matches('^[0-9]+$') && self[k] >= 1)",
+            {"rule": "self.all(k, k.matches('^-?[0-9]+$') && self[k] >= 1)",
              "message": "weights maps a priority class (a whole number) to a weight of at least 1"}]}))
-    default_priority: int | None = Field(None, ge=0, description="Priority of a message that names none (server default 3).")
-    fair_groups: bool = Field(False, description="Serve the message groups of one priority round robin.")
-    group_max_inflight: int | None = Field(None, ge=1, description="Most leased messages per group (fair groups).")
-    visibility_timeout_seconds: int = Field(30, ge=1, le=12 * 3600, description="Seconds a received message stays leased.")
-    retention_seconds: int = Field(3600, ge=0, description="Seconds an acknowledged message's status stays readable.")
-    max_length: int | None = Field(None, ge=1, description="Most messages (ready + delayed + leased); beyond it enqueues get 429.")
-    max_payload_bytes: int = Field(262144, ge=1, le=64 * 1024 * 1024, description="Largest payload in bytes.")
+    default_priority: int | None = from_setting(
+        "default_priority", "Priority of a message that names none (server default 3).", default=None)
+    fair_groups: bool = from_setting("fair_groups", "Serve the message groups of one priority round robin.")
+    group_max_inflight: int | None = from_setting("group_max_inflight",
+                                                  "Most leased messages per group (fair groups).")
+    visibility_timeout_seconds: int = from_setting("visibility_timeout_ms", "Seconds a received message stays leased.")
+    retention_seconds: int = from_setting("retention_ms", "Seconds an acknowledged message's status stays readable.")
+    max_length: int | None = from_setting("max_length", "Most messages (ready + delayed + leased); beyond it "
+                                                        "enqueues get 429.")
+    max_payload_bytes: int = from_setting("max_payload_bytes", "Largest payload in bytes.")
+    dedup_window_seconds: int = from_setting("dedup_window_ms", "Seconds a dedup key is remembered.")
+    retry_base_seconds: int = from_setting("retry_base_ms", "First retry delay after a nack without a delay, "
+                                                            "doubling per delivery.")
+    retry_max_seconds: int = from_setting("retry_max_ms", "Longest retry delay.")
 
 
 class DeadLetterSpec(Model):
-    enabled: bool = Field(True, description="Keep messages that ran out of deliveries; false drops them.")
-    max_deliveries: int = Field(5, ge=0, description="Deliveries before a message is dead-lettered; 0 retries forever.")
-    retention_seconds: int | None = Field(1209600, ge=0, description="Seconds dead letters are kept (default 14 days).")
+    enabled: bool = from_setting("dead_letter", "Keep messages that ran out of deliveries; false drops them.")
+    max_deliveries: int = from_setting("max_deliveries",
+                                       "Deliveries before a message is dead-lettered; 0 retries forever.")
+    retention_seconds: int | None = from_setting("dead_letter_retention_ms",
+                                                 "Seconds dead letters are kept (default 14 days).")
+
+
+# Where each queue setting lives in the resource (specs.queue_settings sends them to the server);
+# a test walks rankq.engine.config.SETTINGS and fails for a setting in neither table.
+CR_SETTINGS = {
+    "policy": ("queue", "policy"), "weights": ("queue", "weights"), "default_priority": ("queue", "default_priority"),
+    "fair_groups": ("queue", "fair_groups"), "group_max_inflight": ("queue", "group_max_inflight"),
+    "visibility_timeout_ms": ("queue", "visibility_timeout_seconds"), "retention_ms": ("queue", "retention_seconds"),
+    "max_length": ("queue", "max_length"), "max_payload_bytes": ("queue", "max_payload_bytes"),
+    "dedup_window_ms": ("queue", "dedup_window_seconds"), "retry_base_ms": ("queue", "retry_base_seconds"),
+    "retry_max_ms": ("queue", "retry_max_seconds"),
+    "dead_letter": ("dead_letter", "enabled"), "max_deliveries": ("dead_letter", "max_deliveries"),
+    "dead_letter_retention_ms": ("dead_letter", "retention_seconds"),
+}
+# Settings the resource leaves to the server's default (archive follows spec.archive.dsnSecretRef).
+NOT_IN_CR = {"archive"}
 
 
 class SecretKeyRef(Model):

@@ -151,11 +151,13 @@ def queue_settings(q: QueueResource) -> dict[str, Any]:
     """The queue's settings in the server's wire format (PATCH /api/v1/queues/{name})."""
     s, dl = q.spec.queue, q.spec.dead_letter
     out: dict[str, Any] = {
-        "policy": s.policy,
         "fair_groups": s.fair_groups,
         "visibility_timeout": float(s.visibility_timeout_seconds),
         "retention": float(s.retention_seconds),
         "max_payload_bytes": s.max_payload_bytes,
+        "dedup_window": float(s.dedup_window_seconds),
+        "retry_base": float(s.retry_base_seconds),
+        "retry_max": float(s.retry_max_seconds),
         "max_deliveries": dl.max_deliveries,
         "dead_letter": dl.enabled,
         "dead_letter_retention": None if dl.retention_seconds is None else float(dl.retention_seconds),
@@ -164,6 +166,8 @@ def queue_settings(q: QueueResource) -> dict[str, Any]:
     }
     if s.weights:
         out["weights"] = {int(k): v for k, v in sorted(s.weights.items(), key=lambda kv: int(kv[0]))}
+    if s.policy is not None:  # else the server's default, as for a new queue
+        out["policy"] = s.policy
     if s.default_priority is not None:
         out["default_priority"] = s.default_priority
     # The group ships finished messages to PostgreSQL only where it has a DSN.

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pysyncobj import SyncObjConf
+from pysyncobj import SyncObjConf, SyncObjException
 from pysyncobj.config import FAIL_REASON
 
 from .secret import resolve_secret
@@ -34,6 +34,11 @@ FAIL_FAST_SECONDS = 10
 CUT_OFF_SECONDS = 5.0
 
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
+
+# When to write a snapshot and compact the log (the server's --snapshot-* defaults come from here).
+COMPACTION_MIN_ENTRIES = 20_000
+COMPACTION_MIN_SECONDS = 300
+COMPACTION_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -56,11 +61,11 @@ class RaftSettings:
     connection_timeout: float = 2.0
     connection_retry: float = 0.5
     dns_cache_seconds: float = 2.0  # pod IPs change on restart: do not cache names for long
-    compaction_min_entries: int = 20_000
-    compaction_min_seconds: int = 300
+    compaction_min_entries: int = COMPACTION_MIN_ENTRIES
+    compaction_min_seconds: int = COMPACTION_MIN_SECONDS
     # ...or once the log holds this many bytes: PySyncObj keeps every log entry in memory too, so
     # a log of a few large batches must be compacted by size, not only by count.
-    compaction_max_bytes: int = 64 * 1024 * 1024
+    compaction_max_bytes: int = COMPACTION_MAX_BYTES
 
     @property
     def journal_file(self) -> str:
@@ -117,6 +122,10 @@ class ReplicationError(Exception):
         super().__init__(f"write not committed: {self.reason}")
 
 
+class BindError(Exception):
+    """The Raft port could not be bound (taken, or an address this host does not have)."""
+
+
 class RaftNode:
     def __init__(self, settings: RaftSettings, on_woken: Callable[[set[str]], None] | None = None) -> None:
         os.makedirs(settings.data_dir, exist_ok=True)
@@ -151,7 +160,11 @@ class RaftNode:
             bindRetryTime=0.5,
             maxBindRetries=10,
         )
-        self.syncobj = GuardedSyncObj(settings.self_address, list(settings.peers), conf, consumers=[self.state_machine])
+        try:
+            self.syncobj = GuardedSyncObj(settings.self_address, list(settings.peers), conf,
+                                          consumers=[self.state_machine])
+        except SyncObjException as err:
+            raise BindError(str(err)) from err
         self._waiting = 0  # proposals not yet answered
         self._last_contact = time.monotonic()  # when this node last knew a leader it hears from
         self._waiting_lock = threading.Lock()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from functools import partial
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -50,8 +51,7 @@ CODES: list[tuple[type[Exception], grpc.StatusCode, int]] = [
     (Full, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, 503),
 ]
-NULLABLE = {"group_max_inflight": "group_max_inflight", "dead_letter_retention": "dead_letter_retention_ms",
-            "max_length": "max_length"}
+NULLABLE = {spec.wire: spec.name for spec in limits.SETTINGS.values() if spec.nullable}  # may be in `clear`
 SETTING_FIELDS = [f.name for f in pb.QueueSettings.DESCRIPTOR.fields]
 
 
@@ -140,17 +140,17 @@ def new_message(m: pb.NewMessage) -> c.NewMessage:
 
 
 def settings_to_engine(settings: pb.QueueSettings) -> dict:
-    out = {}
+    out: dict[str, Any] = {}
     for name in SETTING_FIELDS:
         if not settings.HasField(name):
             continue
         value = getattr(settings, name)
+        spec = limits.SETTINGS_BY_WIRE[name]  # units and bounds from the setting's one definition
         if name == "weights":
             out["weights"] = dict(value.classes)
-        elif name == "visibility_timeout":
-            out["visibility_timeout_ms"] = seconds_ms(name, value, MAX_VISIBILITY, open_low=True)
-        elif name in s.SECONDS_FIELDS:
-            out[s.SECONDS_FIELDS[name]] = seconds_ms(name, value, s.MAX_DURATION)
+        elif spec.is_duration:
+            out[spec.name] = seconds_ms(name, value, (spec.high or limits.MAX_DURATION_MS) / 1000,
+                                        open_low=bool(spec.low))
         else:
             out[name] = value
     return out
@@ -537,7 +537,7 @@ class RankQServicer(pb_grpc.RankQServicer):
         route = route_of("DequeueStream")
         logs.request_line(route, "RPC", "DequeueStream", peer_ip(context))
         first = None
-        async for first in request_iterator:
+        async for first in request_iterator:  # noqa: B007 -- only the first request, then the loop below
             break
         if first is None:
             return

@@ -235,7 +235,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
             for template, ops in app.openapi()["paths"].items():
                 ints = {p["name"] for op in ops.values() for p in op.get("parameters", [])
                         if p["in"] == "path" and p.get("schema", {}).get("type") == "integer"}
-                regex = re.sub(r"\{(\w+)\}", lambda m: "[0-9]+" if m.group(1) in ints else "[^/]+", template)
+                regex = re.sub(r"\{(\w+)\}", lambda m, ints=ints: "[0-9]+" if m.group(1) in ints else "[^/]+", template)
                 methods_by_path.append((re.compile(regex + "$"), {m.upper() for m in ops}))
         return sorted({m for regex, ms in methods_by_path if regex.match(path) for m in ms})
 

@@ -8,14 +8,11 @@ import gc
 import logging
 import os
 import signal
-import socket
 
-from pydantic import BaseModel, Field
-from pysyncobj import SyncObjException
-
-from ..replication import RaftNode, RaftSettings, SecretError
+from ..replication import BindError, RaftNode, RaftSettings, SecretError
 from . import logs
-from .auth import AuthConfigError, Scope, Tokens, check_protected_mode
+from .auth import AuthConfigError, Tokens, check_protected_mode
+from .config import ServerConfig
 from .service import PROPOSAL_TIMEOUT, QueueService
 
 log = logging.getLogger("rankq.server")
@@ -31,66 +28,6 @@ GRPC_GRACE_SECONDS = 2
 # balancers and client pools (60 s), so the server is not the side that closes a connection just as
 # a client sends a request on it (the client would see the connection drop without an answer).
 HTTP_KEEP_ALIVE_SECONDS = 75
-
-
-class ServerConfig(BaseModel):
-    data_dir: str = "./data"
-    host: str = "127.0.0.1"
-    http_port: int = Field(8080, ge=0, le=65535)
-    grpc_port: int = Field(9090, ge=0, le=65535)  # 0 disables gRPC
-    node_id: str | None = None
-    raft_host: str | None = None  # address peers use for this node; default: host
-    raft_port: int = Field(7070, ge=1, le=65535)
-    peers: list[str] = []  # other members as host:port
-    raft_password: str | None = None
-    api_tokens: dict[str, frozenset[Scope]] = Field({}, repr=False)  # token -> scopes; empty: no API authentication
-    insecure_no_auth: bool = False  # allow serving a non-loopback address without tokens
-    tls_cert: str | None = None  # PEM certificate chain for HTTPS and gRPC over TLS
-    tls_key: str | None = None
-    tls_ca: str | None = None  # trusted by this node when it calls another member (default: tls_cert)
-    log_format: str = "text"
-    log_level: str = "INFO"
-    demo_queue: str | None = None  # created on start when missing
-    snapshot_entries: int = Field(20_000, ge=10)  # log entries between snapshots
-    snapshot_seconds: int = Field(300, ge=1)  # or this long since the last one
-    snapshot_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)  # or once the log is this large
-    archive_dsn: str | None = None  # PostgreSQL for finished messages of queues with archive on
-    archive_group: str = Field("default", min_length=1, max_length=128)  # this group's name in the archive
-
-    @property
-    def advertised_host(self) -> str:
-        """The name other members and clients reach this node at."""
-        if self.raft_host:
-            return self.raft_host
-        if self.host in ("0.0.0.0", "::", ""):
-            return socket.gethostname()
-        return self.host
-
-    @property
-    def raft_address(self) -> str:
-        return f"{self.advertised_host}:{self.raft_port}"
-
-    @property
-    def peer_addresses(self) -> list[str]:
-        """`--peers` entries may be `host:port` or `id=host:port`; Raft needs the addresses."""
-        out = []
-        for peer in self.peers:
-            addr = peer.split("=", 1)[1] if "=" in peer else peer
-            if addr != self.raft_address:
-                out.append(addr)
-        return out
-
-    @property
-    def tls(self) -> bool:
-        return bool(self.tls_cert)
-
-    def member_info(self) -> dict:
-        host = self.advertised_host
-        return {
-            "node_id": self.node_id or self.raft_address,
-            "http_url": f"{'https' if self.tls else 'http'}://{host}:{self.http_port}",
-            "grpc_target": f"{host}:{self.grpc_port}" if self.grpc_port else None,
-        }
 
 
 def check_access(config: ServerConfig) -> Tokens:
@@ -123,7 +60,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     tokens = check_access(config)
     try:
         node = make_node(config)
-    except SyncObjException as err:
+    except BindError as err:
         log.error("cannot listen for Raft on %s:%d (%s): is the port taken?", config.host, config.raft_port, err)
         raise SystemExit(1) from None
     except (SecretError, ValueError) as err:
@@ -158,7 +95,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         from .grpc_api import start_grpc
 
         grpc_server = await start_grpc(service, config.host, config.grpc_port, tokens,
-                                       tls=(config.tls_cert, config.tls_key) if config.tls else None)
+                                       tls=(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -212,7 +149,7 @@ def make_node(config: ServerConfig) -> RaftNode:
             peers=config.peer_addresses,
             bind_address=f"{config.host}:{config.raft_port}",
             data_dir=config.data_dir,
-            password=config.raft_password,
+            password=config.password,
             compaction_min_entries=config.snapshot_entries,
             compaction_min_seconds=config.snapshot_seconds,
             compaction_max_bytes=config.snapshot_bytes,

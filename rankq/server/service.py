@@ -301,9 +301,12 @@ class QueueService(ClusterOps):
             self._deadline_changed.clear()
             wait = 3600.0 if deadline is None else max(MIN_TICK_INTERVAL, (deadline - now_ms()) / 1000)
             try:
-                await asyncio.wait_for(self._deadline_changed.wait(), timeout=wait)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+                # arrives as the event is set, and stop() then waited here for the next deadline.
+                async with asyncio.timeout(wait):
+                    await self._deadline_changed.wait()
                 continue  # something changed: look at the deadline again
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if not self.node.is_leader():
                 await asyncio.sleep(MIN_TICK_INTERVAL)

@@ -178,7 +178,7 @@ class EngineMachine(RuleBasedStateMachine):
     def time_passes(self, ms):
         self.now += ms
         self.apply(c.Tick())
-        for mid, m in self.q.messages.items():
+        for m in self.q.messages.values():
             assert not (m.state in (DELAYED, LEASED) and m.due <= self.engine.now), "a due deadline was not applied"
 
     @rule(data=st.data())

@@ -350,7 +350,7 @@ class WorkerStandIns(_KubeletLoop):
                 container = pod.spec.containers[0]
                 args = list(container.args)
                 urls = ",".join(self.servers.url(m) for m in sorted(self.servers.ports))
-                for i, arg in enumerate(args):
+                for i, _arg in enumerate(args):
                     if args[i - 1] == "--url" and i > 0:
                         args[i] = urls
                     elif args[i - 1] == "--metrics-port" and i > 0:

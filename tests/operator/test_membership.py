@@ -89,7 +89,7 @@ def test_rollout_followers_first_leader_last_one_at_a_time() -> None:
     assert (a.kind, a.pod, a.to) == ("transfer_leader", "q-0", "q-1")
     a = plan_rollout({"q-0": "r1", "q-1": "r2", "q-2": "r2"}, "r2", "q-1", all3, all3, set(), 3)
     assert (a.kind, a.pod) == ("delete_pod", "q-0")
-    assert plan_rollout({p: "r2" for p in all3}, "r2", "q-1", all3, all3, set(), 3).kind == "done"
+    assert plan_rollout(dict.fromkeys(all3, "r2"), "r2", "q-1", all3, all3, set(), 3).kind == "done"
 
 
 def test_rollout_waits_without_a_leader() -> None:

@@ -42,7 +42,7 @@ class WorkerProcess:
     def metric(self, name: str) -> float:
         text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
         for line in text.splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
+            if line.startswith((name + "{", name + " ")):
                 return float(line.rsplit(" ", 1)[1])
         raise KeyError(name)
 
