@@ -413,7 +413,7 @@ def markdown(res: dict) -> str:
             f"current / {a}: medians, paired runs (min–max)" for a in refs) + " | CPU µs/msg: " + " → ".join(arms) + " |",
         "| --- | " + " | ".join("---:" for _ in arms) + " | " + " | ".join("---:" for _ in refs) + " | ---: |",
     ]
-    for path, x in res["results"].items():
+    for x in res["results"].values():
         cells = [_range(x["arms"][a]) for a in arms]
         for ref in refs:
             v = x["current_vs"][ref]
