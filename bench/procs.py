@@ -329,10 +329,10 @@ def start_null_grpc(procs: Procs, name: str) -> Server:
 # ---- load generators ------------------------------------------------------------------------------
 
 
-def run_tool(args: list[str], timeout: float, marker: str | None = None) -> dict:
+def run_tool(args: list[str], timeout: float, marker: str | None = None, env: dict | None = None) -> dict:
     """Run a load generator to completion and parse its JSON line (after `marker` if given)."""
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
     except subprocess.TimeoutExpired as err:
         raise Failure(f"{Path(args[0]).name} ran past {timeout:g}s") from err
     if done.returncode != 0:

@@ -47,7 +47,7 @@ from pathlib import Path
 import httpx
 
 from . import procs as P
-from .procs import Failure, Procs, Server
+from .procs import Failure, Procs, Server, run_tool
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -242,18 +242,7 @@ class Bench:
         self.batch_body.write_text('{"messages":[' + ",".join([body] * plan.batch) + "]}")
 
     def tool(self, args: list[str], env: dict, timeout: float, marker: str | None = None) -> dict:
-        try:
-            done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
-        except subprocess.TimeoutExpired as err:
-            raise Failure(f"{Path(args[0]).name} ran past {timeout:g}s") from err
-        if done.returncode != 0:
-            raise Failure(f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
-        for line in done.stdout.splitlines():
-            if marker is None and line.startswith("{"):
-                return json.loads(line)
-            if marker is not None and line.startswith(marker):
-                return json.loads(line[len(marker):])
-        raise Failure(f"no result from {Path(args[0]).name}: {done.stdout[-500:]} {done.stderr[-500:]}")
+        return run_tool(args, timeout, marker, env=env)
 
     def wrk(self, g: Group, path: str, body: Path, conns: int, seconds: float) -> dict:
         args = [self.tools["WRK"], "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
