@@ -84,7 +84,13 @@ def test_every_finished_message_is_archived_once_through_outage_and_failover(tmp
         old_leader.kill9()
         wait_for(lambda: len(acked) > TOTAL * 0.8, 90, "acks under the new leader")
         old_leader.start_async()
-        wait_for(lambda: len(acked) == TOTAL, 120, "every message acked")
+
+        def all_finished() -> bool:
+            # The group's count, not the consumers' own: an ack committed just before the leader
+            # died may have answered the consumer with an error (its retry then finds it done).
+            with Client(_urls(group), timeout=5) as c:
+                return c.get_queue("jobs").counts.acked_retained == TOTAL
+        wait_for(all_finished, 120, "every message acked")
         stop.set()
         for t in threads:
             t.join(15)
@@ -94,7 +100,7 @@ def test_every_finished_message_is_archived_once_through_outage_and_failover(tmp
                               "FROM rankq_messages WHERE group_name = 'orders'")
         ids = [r[1] for r in rows]
         assert len(ids) == len(set(ids)) == TOTAL, "each finished message exactly once"
-        assert set(ids) == acked
+        assert acked <= set(ids), "every ack a consumer saw succeed is archived"
         assert {(r[0], r[2], str(r[3])) for r in rows} == {("jobs", "acked", "{'done': True}")}
         assert all(r[5] for r in rows) and {r[4]["n"] for r in rows} == set(range(TOTAL))
         status = _archive_status(group)
