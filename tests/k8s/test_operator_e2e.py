@@ -113,6 +113,7 @@ class Workload:
         self.acked_enqueues: set[int] = set()  # payload numbers the server acknowledged
         self.received: set[int] = set()
         self.stop = threading.Event()
+        self.produced = threading.Event()  # the producer has stopped: acked_enqueues is final
         self.errors = 0
         self.tag = uuid.uuid4().hex[:8]  # dedup keys unique to this workload
         self.threads = [threading.Thread(target=self.produce, daemon=True),
@@ -144,7 +145,7 @@ class Workload:
             time.sleep(0.01)
 
     def consume(self) -> None:
-        while not self.stop.is_set() or len(self.received) < len(self.acked_enqueues):
+        while not self.produced.is_set() or len(self.received) < len(self.acked_enqueues):
             r = self._post(f"/api/v1/queues/{QUEUE}/dequeue", {"max": 50, "wait": 0.5})
             if r is None or r.status_code != 200:
                 continue
@@ -176,8 +177,11 @@ class Workload:
             self.wait_flowing(len(self.acked_enqueues) + self.FLOWING)
         self.drain_deadline = time.monotonic() + 60
         self.stop.set()
-        for t in self.threads:
-            t.join(75)
+        # The producer first: an enqueue in flight when `stop` is set may still be acknowledged,
+        # and the consumer must go on until it has that one too.
+        self.threads[0].join(15)
+        self.produced.set()
+        self.threads[1].join(75)
 
     def dead_lettered(self) -> set[int]:
         """Payload numbers of this workload in the dead-letter queue (delivered, but out of tries)."""
