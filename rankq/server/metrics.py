@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import time
 from bisect import bisect_left
+from collections.abc import Iterator
 
 import grpc
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.gc_collector import GCCollector
@@ -57,7 +58,7 @@ class LatencyStats:
         row[bisect_left(self.buckets, seconds)] += 1
         row[-1] += seconds
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         hist_labels = self.labels[:-1] if self.counter else self.labels
         merged: dict[tuple, list] = {}
         counts = CounterMetricFamily(self.counter, self.counter_doc, labels=list(self.labels)) if self.counter else None
@@ -79,7 +80,7 @@ class LatencyStats:
             yield counts
         yield hist
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []
 
 
