@@ -50,7 +50,8 @@ def choose_leader(answers: dict[str, dict[str, Any]]) -> str | None:
 
 def role_changes(pods: list[dict[str, Any]], leader: str | None) -> list[tuple[str, str]]:
     """(pod, role) patches that make the labels match `leader`; demotions first."""
-    demote, promote = [], []
+    demote: list[tuple[str, str]] = []
+    promote: list[tuple[str, str]] = []
     for pod in pods:
         name = pod["metadata"]["name"]
         terminating = pod["metadata"].get("deletionTimestamp") is not None

@@ -10,11 +10,13 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 
-def load_handler(target: str):
+def load_handler(target: str) -> Callable[..., Any]:
     """`package.module:function` → the function (the current directory is importable, as with
     other worker runners)."""
     module_name, sep, attr = target.partition(":")
@@ -26,7 +28,7 @@ def load_handler(target: str):
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise click.BadParameter(f"cannot import {module_name!r}: {err}", param_hint="'TARGET'") from err
-    obj = module
+    obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
         if obj is None:

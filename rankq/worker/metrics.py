@@ -38,7 +38,7 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
-async def serve_endpoint(host: str, port: int, metrics: WorkerMetrics, ready: Callable[[], bool]) -> asyncio.AbstractServer:
+async def serve_endpoint(host: str, port: int, metrics: WorkerMetrics, ready: Callable[[], bool]) -> asyncio.Server:
     """GET /healthz (200 while the loop runs), /readyz (200 while fetching work), /metrics."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -153,7 +153,7 @@ class Worker:
         self._pool = None if self._is_async else ThreadPoolExecutor(self.concurrency, thread_name_prefix="rankq-handler")
         self._client = AsyncClient(self.url, timeout=self.request_timeout, token=self.token)
         endpoint = None
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         try:
             if self.metrics_port is not None:
                 endpoint = await serve_endpoint(self.metrics_host, self.metrics_port, self.metrics, lambda: self._ready)
@@ -255,6 +255,8 @@ class Worker:
 
     async def _run(self, job: Job) -> None:
         msg = job.msg
+        handler, loop = self._handler, self._loop
+        assert handler is not None and loop is not None  # serve() sets both before the first job
         timeout = self._handler_timeout if self._handler_timeout is not None else self.timeout
         try:
             async with self._slots:  # prefetched messages wait here, leased and kept alive
@@ -263,9 +265,9 @@ class Worker:
                 job.started = True
                 started = time.perf_counter()
                 if self._is_async:
-                    result = await asyncio.wait_for(self._handler(msg), timeout)
+                    result = await asyncio.wait_for(handler(msg), timeout)
                 else:
-                    job.future = self._loop.run_in_executor(self._pool, self._handler, msg)
+                    job.future = loop.run_in_executor(self._pool, handler, msg)
                     result = await asyncio.wait_for(asyncio.shield(job.future), timeout)
         except asyncio.CancelledError:
             if job.abandoned:  # released by the drain
@@ -380,6 +382,7 @@ class Worker:
             self._ack_wake.clear()
             while self._to_ack:
                 batch, self._to_ack = self._to_ack[:ACK_BATCH], self._to_ack[ACK_BATCH:]
+                failed: RankQError | None = None
                 try:
                     outcomes = await self._client.ack_batch([(j.msg, r) for j, r in batch])
                 except ApiError as err:
@@ -390,11 +393,8 @@ class Worker:
                     failed = err
                 except RankQError as err:
                     failed = err
-                else:
-                    failed = None
                 if failed is not None:
-                    err = failed
-                    log.warning("ack of %d messages failed (tried again in %.1fs): %s", len(batch), backoff, err)
+                    log.warning("ack of %d messages failed (tried again in %.1fs): %s", len(batch), backoff, failed)
                     self._to_ack[:0] = batch
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
