@@ -91,12 +91,12 @@ def plan_scale(name: str, target: int, sts_replicas: int, members: set[str] | No
     return Action("done")
 
 
-def plan_rollout(pods: dict[str, str], update_revision: str | None, leader: str | None,
+def plan_rollout(pods: dict[str, str | None], update_revision: str | None, leader: str | None,
                  healthy: set[str], ready: set[str], terminating: set[str], replicas: int) -> Action:
     """One step of a rolling update.
 
-    pods: pod name -> controller revision; healthy: members the leader reports connected;
-    ready: pods whose readiness is True.
+    pods: pod name -> controller revision (None: not labelled yet); healthy: members the leader
+    reports connected; ready: pods whose readiness is True.
     """
     if not update_revision:
         return Action("done")

@@ -206,7 +206,7 @@ class QueueController:
         await self.group.set_token(token.strip() or None)
         tls_pem = None
         tls_name = specs.tls_secret_name(q)
-        if q.spec.tls.generate:
+        if tls_name and q.spec.tls.generate:  # generate always names its Secret
             existing = await self.kube.get("Secret", q.namespace, tls_name)
             data = (existing or {}).get("data") or {}
             if all(data.get(k) for k in ("tls.crt", "tls.key", "ca.crt")):
@@ -286,7 +286,8 @@ class QueueController:
         self.seen = seen
         if obs.leader != self.last_leader:
             if obs.leader:
-                await self.event(body, "LeaderElected", f"{obs.leader} leads (term {obs.leader_status['term']}); "
+                term = (obs.leader_status or {}).get("term")
+                await self.event(body, "LeaderElected", f"{obs.leader} leads (term {term}); "
                                                         f"Service {q.name} now selects it")
             elif self.last_leader:
                 await self.event(body, "LeaderLost", f"no member confirms leadership; Service {q.name} has no "
@@ -382,6 +383,7 @@ class QueueController:
 
     async def carry_out(self, body: dict, q: QueueResource, action: Action, obs: leader_mod.Observation) -> None:
         leader = self.group.at(self.endpoints.http_url(q, obs.leader)) if obs.leader else None
+        pod = action.pod
         self.acted = True
         try:
             if action.kind == "set_replicas":
@@ -391,21 +393,25 @@ class QueueController:
                     child["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = spec_hash(child)
                     await self.kube.apply(child)
                 await self.event(body, "Scaling", f"StatefulSet {q.name} to {members} pods ({action.reason})")
+            elif pod is None:
+                log.warning("%s/%s: %s names no pod; not carried out", q.namespace, q.name, action.kind)
+            elif action.kind == "delete_pod":
+                await self.kube.delete("Pod", q.namespace, pod)
+                await self.event(body, "RollingUpdate", f"deleted {pod} to restart it on the new revision")
+            elif leader is None:  # membership changes go through the leader (planned only when one is known)
+                log.info("%s/%s: %s waits for a leader", q.namespace, q.name, action.kind)
             elif action.kind == "add_member":
-                address = self.endpoints.raft_address(q, action.pod)
+                address = self.endpoints.raft_address(q, pod)
                 # A conflict (already a member, or another change still committing) is decided by
                 # the next observation, which plans again from the group's configuration.
                 await leader.add_member(address)
-                await self.event(body, "MemberAdded", f"added {action.pod} ({address}) to the Raft group")
+                await self.event(body, "MemberAdded", f"added {pod} ({address}) to the Raft group")
             elif action.kind == "remove_member":
-                await leader.remove_member(action.pod)
-                await self.event(body, "MemberRemoved", f"removed {action.pod} from the Raft group")
+                await leader.remove_member(pod)
+                await self.event(body, "MemberRemoved", f"removed {pod} from the Raft group")
             elif action.kind == "transfer_leader":
                 await leader.transfer_leader(action.to)
-                await self.event(body, "LeaderTransferred", f"moved leadership off {action.pod} ({action.reason})")
-            elif action.kind == "delete_pod":
-                await self.kube.delete("Pod", q.namespace, action.pod)
-                await self.event(body, "RollingUpdate", f"deleted {action.pod} to restart it on the new revision")
+                await self.event(body, "LeaderTransferred", f"moved leadership off {pod} ({action.reason})")
         except ConflictError as err:
             log.info("%s/%s: %s not carried out, the group says: %s", q.namespace, q.name, action.kind, err)
         except RankQError as err:
