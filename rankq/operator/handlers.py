@@ -46,8 +46,9 @@ CHECK_SETTLED = 2.0
 CHECK_SILENT = 30.0  # no member answers: only a watch event (a pod changing) can change that
 CHECK_DEGRADED = 10.0
 
-APP = {"app.kubernetes.io/name": "rankq", specs.QUEUE_LABEL: kopf.PRESENT}
-WORKERS = {"app.kubernetes.io/name": worker_specs.WORKER_NAME, specs.QUEUE_LABEL: kopf.PRESENT}
+# Label filters: a value or kopf.PRESENT (whose type kopf does not export).
+APP: dict[str, Any] = {"app.kubernetes.io/name": "rankq", specs.QUEUE_LABEL: kopf.PRESENT}
+WORKERS: dict[str, Any] = {"app.kubernetes.io/name": worker_specs.WORKER_NAME, specs.QUEUE_LABEL: kopf.PRESENT}
 CHILDREN = [("", "v1", "services"), ("", "v1", "configmaps"), ("", "v1", "serviceaccounts"),
             ("policy", "v1", "poddisruptionbudgets"), ("rbac.authorization.k8s.io", "v1", "roles"),
             ("rbac.authorization.k8s.io", "v1", "rolebindings")]
@@ -130,15 +131,15 @@ class Operator:
         self.kube = Kube()
         self.lease_task = asyncio.create_task(self.hold_lease(), name="lease")
         if self.settings.metrics_port:
-            await self.start_metrics()
+            await self.start_metrics(self.settings.metrics_port)
 
-    async def start_metrics(self) -> None:
+    async def start_metrics(self, port: int) -> None:
         s = self.settings
         if not (s.metrics_cert and s.metrics_key):
             raise kopf.PermanentError("--metrics-api-port needs --metrics-api-cert and --metrics-api-key")
         ca = s.requestheader_ca or await self._requestheader_ca()
         tls = external_metrics.ServingTLS(s.metrics_cert, s.metrics_key, ca)
-        self.metrics = external_metrics.ExternalMetricsServer(self.backlog, tls, s.metrics_host, s.metrics_port)
+        self.metrics = external_metrics.ExternalMetricsServer(self.backlog, tls, s.metrics_host, port)
         await self.metrics.start()
 
     async def _requestheader_ca(self) -> str:
@@ -176,8 +177,8 @@ class Operator:
         if self.kube:
             await self.kube.close()
 
-    def wake(self, namespace: str, queue: str | None, full: bool) -> None:
-        wake = self.wakes.get((namespace, queue)) if queue else None
+    def wake(self, namespace: str | None, queue: str | None, full: bool) -> None:
+        wake = self.wakes.get((namespace, queue)) if namespace and queue else None
         if wake is not None:
             wake.set(full)
 
@@ -271,7 +272,7 @@ class Operator:
                 self._track_secret(key, plain)
                 sts = next(iter(statefulsets.get(key, [])), None)
                 try:
-                    workers = copy.deepcopy(list((deployments or {}).get(key, [])))
+                    workers = copy.deepcopy(list(deployments.get(key, []))) if deployments is not None else []
                     settled = await controller.tick(plain, copy.deepcopy(sts), copy.deepcopy(list(pods.get(key, []))),
                                                     full, workers)
                 except Exception:  # noqa: BLE001 - a bug must not end the daemon; it is logged and retried
@@ -346,45 +347,47 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    def queue_changed(namespace: str, name: str, **_: Any) -> None:
+    def queue_changed(namespace: str | None, name: str, **_: Any) -> None:
         state.wake(namespace, name, full=True)
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_backoff=5, cancellation_timeout=10)
-    async def queue_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, rankq_pods: kopf.Index,
-                           rankq_statefulsets: kopf.Index, rankq_worker_deployments: kopf.Index, **_: Any) -> None:
-        await state.run_queue(body, rankq_pods, rankq_statefulsets, stopped, rankq_worker_deployments)
+    async def queue_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, **indexes: Any) -> None:
+        # kopf passes its indexes as keyword arguments named by index id; its callback types
+        # cannot name them, so they are taken from the keywords.
+        await state.run_queue(body, indexes["rankq_pods"], indexes["rankq_statefulsets"], stopped,
+                              indexes["rankq_worker_deployments"])
 
     # -- what the Queue owns --
 
     @kopf.index("", "v1", "pods", labels=APP, registry=registry, id="rankq_pods")
-    def rankq_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def rankq_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, _queue_of(labels)): _plain(body)}
 
     @kopf.index("apps", "v1", "statefulsets", labels=APP, registry=registry, id="rankq_statefulsets")
-    def rankq_statefulsets(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def rankq_statefulsets(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): _plain(body)}
 
     @kopf.index("apps", "v1", "deployments", labels=WORKERS, registry=registry, id="rankq_worker_deployments")
-    def rankq_worker_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def rankq_worker_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, _queue_of(labels)): _plain(body)}
 
     @kopf.on.event("apps", "v1", "deployments", labels=WORKERS, registry=registry)
-    def worker_deployment_event(event: dict[str, Any], namespace: str, labels: kopf.Labels, body: kopf.Body,
+    def worker_deployment_event(event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
                                 **_: Any) -> None:
         moved = event.get("type") == "DELETED" or \
             body.get("metadata", {}).get("generation") != (body.get("status") or {}).get("observedGeneration")
         state.wake(namespace, _queue_of(labels), full=moved)
 
     @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=WORKERS, registry=registry)
-    def worker_hpa_event(event: dict[str, Any], namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    def worker_hpa_event(event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
         state.wake(namespace, _queue_of(labels), full=event.get("type") == "DELETED")
 
     @kopf.on.event("", "v1", "pods", labels=APP, registry=registry)
-    def pod_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    def pod_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
         state.wake(namespace, _queue_of(labels), full=False)
 
     @kopf.on.event("apps", "v1", "statefulsets", labels=APP, registry=registry)
-    def statefulset_event(event: dict[str, Any], namespace: str, labels: kopf.Labels, body: kopf.Body,
+    def statefulset_event(event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
                           **_: Any) -> None:
         # Only our own spec (or its removal) needs the children compared; status moves need a check.
         moved = event.get("type") == "DELETED" or \
@@ -393,14 +396,16 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
 
     for group, version, plural in CHILDREN + [("", "v1", "secrets")]:
         @kopf.on.event(group, version, plural, labels=APP, registry=registry, id=f"child-{plural}")
-        def child_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        def child_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
             state.wake(namespace, _queue_of(labels), full=True)
 
-    def referenced(namespace: str, name: str, **_: Any) -> bool:
-        return (namespace, name) in state.secret_refs
+    def referenced(namespace: str | None, name: str, **_: Any) -> bool:
+        return namespace is not None and (namespace, name) in state.secret_refs
 
     @kopf.on.event("", "v1", "secrets", when=referenced, registry=registry, id="referenced-secret")
-    def referenced_secret(namespace: str, name: str, **_: Any) -> None:
+    def referenced_secret(namespace: str | None, name: str, **_: Any) -> None:
+        if namespace is None:
+            return
         for ns, queue in list(state.secret_refs.get((namespace, name), ())):
             state.wake(ns, queue, full=True)
 
