@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from .. import schemas as s
 from ..engine.queue import MAX_DEQUEUE
 from . import metrics
+from .http_common import message_status
 
 log = logging.getLogger("rankq.server")
 
@@ -125,8 +126,6 @@ def _offer(q: asyncio.Queue, item) -> None:
 
 
 def add_dashboard(app: FastAPI, service, log_request) -> Feed:
-    from .http_api import message_status  # http_api includes this module
-
     metrics.install(service)
     feed = Feed(service)
     app.state.feed = feed
