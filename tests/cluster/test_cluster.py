@@ -227,6 +227,9 @@ def test_client_moves_to_another_member_and_cli_shows_the_group(cluster):
 
     g = cluster(3)
     urls = [n.url for n in g.nodes]
+    # A member publishes its id in the replicated directory shortly after it is ready: n0 must have
+    # done so before it dies, or the group can only name it by its address.
+    wait_for(lambda: {m["id"] for m in g.status()["members"]} == {"n0", "n1", "n2"}, 20, "every member's id")
     with Client(urls, timeout=5, retries=5) as client:
         client.create_queue("f")
         first = client.enqueue("f", {"n": 1}, dedup_key="order-1")

@@ -3,7 +3,8 @@
 A member running PySyncObj's own connection code (the format it reads: 4-byte length, Fernet token,
 zlib, pickle) must read what this transport sends — a group the operator ran with a password before
 this transport keeps talking through a rolling update —, and a frame is unreadable without the
-group's secret. A cheaper cipher or framing would have to keep this test passing, or negotiate.
+group's secret. A connection only switches to the cheaper sealed frames when the handshake has
+negotiated them (test_sealed_frames.py); until then, and for good with such a member, it sends these.
 """
 
 from __future__ import annotations
