@@ -68,6 +68,27 @@ class Weights(click.ParamType):
 SECONDS = click.FloatRange(min=0)
 
 
+class DependencyParam(click.ParamType):
+    """`ID` (a message of the same queue) or `QUEUE/ID` (a message of another queue of the group)."""
+
+    name = "dependency"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        queue, sep, mid = value.rpartition("/")
+        try:
+            number = int(mid)
+        except ValueError:
+            self.fail(f"{value!r} is not ID or QUEUE/ID", param, ctx)
+        if sep and not queue:
+            self.fail(f"{value!r} names no queue before '/'", param, ctx)
+        return (queue, number) if sep else number
+
+
+DEPENDENCY = DependencyParam()
+
+
 def setting_option(spec: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The `queue create/update` option of one queue setting, from its definition in the engine."""
     flag = "--" + spec.wire.replace("_", "-")

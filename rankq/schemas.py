@@ -168,6 +168,7 @@ class QueueCounts(BaseModel):
     delayed: int
     leased: int
     dead: int
+    waiting: int = Field(0, description="messages waiting for their dependencies to be acked")
     acked_retained: int = 0
     backlog: int = Field(0, description="ready + leased + delayed messages already due: the work consumers have (for autoscalers)")
 
@@ -184,6 +185,22 @@ class QueueList(BaseModel):
     queues: list[QueueInfo]
 
 
+class DependsOnMessage(Strict):
+    """A dependency on a message already enqueued: in this queue, or in another queue of the group."""
+
+    id: Int64
+    queue: str | None = Field(None, min_length=1, max_length=128, description="default: the queue enqueued to")
+
+
+class DependsOnBatchItem(Strict):
+    """A dependency on an earlier message of the same batch (batch enqueue only)."""
+
+    batch_index: Annotated[int, Field(ge=0, lt=MAX_BATCH)] = Field(..., description="0-based index of an earlier message of this batch")
+
+
+Dependency = DependsOnMessage | DependsOnBatchItem
+
+
 class EnqueueRequest(Strict):
     payload: Any = Field(..., description="any JSON value (no NaN or Infinity, nested at most 64 deep)")
     priority: Int64 | None = Field(None, description="lower is served sooner; default: the queue's default_priority")
@@ -192,6 +209,14 @@ class EnqueueRequest(Strict):
     deliver_at: Timestamp | None = Field(None, description="time at which the message becomes ready, with its zone (`Z` or an offset)")
     headers: dict[str, str] | None = Field(None, description="text headers; their bytes count toward max_payload_bytes")
     dedup_key: str | None = Field(None, min_length=1, max_length=limits.MAX_TEXT, description="an enqueue with a key seen within the dedup window returns the first id")
+    ttl: Annotated[float, Field(gt=0, le=MAX_DURATION)] | None = Field(
+        None, description="seconds the message may wait to be acked; then it is dead-lettered with reason `expired` "
+                          "(default: the queue's message_ttl)")
+    expires_at: Timestamp | None = Field(None, description="time at which the message expires, with its zone; "
+                                                           "the earlier of ttl and expires_at wins")
+    depends_on: list[Dependency] | None = Field(
+        None, max_length=limits.MAX_DEPENDENCIES,
+        description="messages that must be acked first; the message waits (state `waiting`) until they are")
 
 
 class EnqueueResult(BaseModel):
@@ -297,11 +322,16 @@ class PriorityRequest(Strict):
     priority: Int64
 
 
+class MessageRef(BaseModel):
+    queue: str
+    id: int
+
+
 class MessageStatus(BaseModel):
     id: int
     seq: int
     queue: str
-    state: Literal["ready", "delayed", "leased", "dead", "acked"]
+    state: Literal["ready", "delayed", "waiting", "leased", "dead", "acked"]
     priority: int | None = None
     group: str | None = None
     deliveries: int = 0
@@ -315,6 +345,10 @@ class MessageStatus(BaseModel):
     dedup_key: str | None = None
     payload: Any = None
     payload_base64: str | None = None
+    depends_on: list[MessageRef] | None = Field(None, description="its dependencies, as enqueued (batch items resolved to ids)")
+    expires_at: datetime | None = None
+    dead_reason: Literal["max_deliveries", "rejected", "expired", "dependency_failed"] | None = Field(
+        None, description="why a dead letter is dead (last_error gives the detail)")
 
 
 class DeadLetterPage(BaseModel):
@@ -324,11 +358,24 @@ class DeadLetterPage(BaseModel):
 
 class RedriveRequest(Strict):
     ids: list[Int64] | None = Field(None, max_length=limits.MAX_REDRIVE_IDS, description="ids to move back; null or absent: all dead letters")
+    rate: Count | None = Field(None, description="messages per second: a paced redrive that runs in the group "
+                                                 "(watch it with GET, stop it with DELETE /queues/{name}/redrive); "
+                                                 "absent: all at once")
+
+
+class RedriveJob(BaseModel):
+    rate: int = Field(..., description="messages per second")
+    total: int
+    moved: int
+    remaining: int
+    started_at: datetime
+    state: Literal["running", "done", "stopped"]
 
 
 class RedriveResult(BaseModel):
-    redriven: list[int]
-    not_found: list[int]
+    redriven: list[int] = Field([], description="moved now (a redrive without rate)")
+    not_found: list[int] = Field([], description="ids that were not dead letters")
+    job: RedriveJob | None = Field(None, description="the paced redrive started (a redrive with rate)")
 
 
 class CancelResult(BaseModel):

@@ -34,6 +34,7 @@ from ..server.proto import rankq_pb2_grpc as pb_grpc
 from .errors import ApiError, InvalidRequestError, TransportError, error_for
 from .types import (
     AckOutcome,
+    Dependency,
     EnqueueResult,
     Message,
     MessageStatus,
@@ -41,7 +42,9 @@ from .types import (
     NewMessage,
     QueueCounts,
     QueueInfo,
+    RedriveJob,
     RedriveResult,
+    dependency_of,
 )
 
 JSON = "application/json"
@@ -134,6 +137,19 @@ def fill_message(out: pb.NewMessage, m: NewMessage) -> pb.NewMessage:
         out.headers.update(m.headers)
     if m.dedup_key is not None:
         out.dedup_key = m.dedup_key
+    if m.ttl is not None:
+        out.ttl = m.ttl
+    if m.expires_at is not None:
+        out.expires_at = _ms(m.expires_at)
+    if m.depends_on:
+        for item in map(dependency_of, m.depends_on):
+            dep = out.depends_on.add()
+            if isinstance(item, Dependency):
+                dep.id = item.id
+                if item.queue is not None:
+                    dep.queue = item.queue
+            else:
+                dep.batch_index = item.index
     return out
 
 
@@ -179,7 +195,7 @@ def queue_info(q: pb.QueueInfo) -> QueueInfo:
         name=q.name,
         settings=settings_dict(q.settings),
         counts=QueueCounts(counts.ready, counts.delayed, counts.leased, counts.dead, counts.acked_retained,
-                           counts.backlog),
+                           counts.backlog, counts.waiting),
         totals=dict(q.totals),
         created_at=_dt(q.created_at) if q.created_at else None,
     )
@@ -206,7 +222,14 @@ def status_of(m: pb.MessageStatus) -> MessageStatus:
         result=json.loads(m.result_json) if m.HasField("result_json") else None,
         headers=dict(m.headers) or None, dedup_key=opt("dedup_key"),
         payload=decode_payload(m.payload, m.content_type) if m.HasField("payload") else None,
+        depends_on=[Dependency(d.id, d.queue) for d in m.depends_on] or None,
+        expires_at=_dt(opt("expires_at")), dead_reason=opt("dead_reason"),
     )
+
+
+def redrive_job(j: pb.RedriveJob) -> RedriveJob:
+    return RedriveJob(rate=j.rate, total=j.total, moved=j.moved, remaining=j.remaining,
+                      started_at=_dt(j.started_at), state=j.state)
 
 
 def _result_json(result: Any) -> str | None:
@@ -393,10 +416,17 @@ class GrpcTransport:
         res = await self._call("ListDeadLetters", pb.ListDeadLettersRequest(queue=queue, after=after, limit=limit))
         return [status_of(m) for m in res.messages], res.next_after if res.HasField("next_after") else None
 
-    async def redrive(self, queue: str, ids: list[int] | None = None) -> RedriveResult:
-        req = pb.RedriveRequest(queue=queue, all=ids is None, ids=ids or [])
+    async def redrive(self, queue: str, ids: list[int] | None = None, rate: int | None = None) -> RedriveResult:
+        req = pb.RedriveRequest(queue=queue, all=ids is None, ids=ids or [], rate=rate)
         res = await self._call("Redrive", req)
-        return RedriveResult(list(res.redriven), list(res.not_found))
+        return RedriveResult(list(res.redriven), list(res.not_found),
+                             redrive_job(res.job) if res.HasField("job") else None)
+
+    async def redrive_status(self, queue: str) -> RedriveJob:
+        return redrive_job(await self._call("GetRedrive", pb.RedriveJobRequest(queue=queue)))
+
+    async def stop_redrive(self, queue: str) -> RedriveJob:
+        return redrive_job(await self._call("StopRedrive", pb.RedriveJobRequest(queue=queue)))
 
     # ---- streams --------------------------------------------------------------------------------
 

@@ -21,18 +21,20 @@ from .. import schemas as s
 from ..engine import Conflict, EngineError, Full, Invalid, MessageInfo, NotFound, TooLarge
 from ..engine import commands as c
 from ..engine.config import INT64_MAX, INT64_MIN, MAX_JSON_DEPTH
-from ..validation import check_settings, json_text
+from ..validation import check_depends_on, check_settings, json_text
 from . import logs, metrics
 from .asgi import LeaderHeaders
 from .closing import AnswerOnShutdown
 from .auth import ApiAuth, Tokens
-from .errors import ClusterConflict, Unavailable
+from .errors import RETRY_AFTER_SECONDS, ClusterConflict, Unavailable
 from .http_archive import build_archive_router
 from .http_backup import build_backup_router
 from .http_cluster import build_cluster_router
 from .http_dashboard import add_dashboard
+from .http_redrive import build_redrive_router, redrive_result
 from .service import QueueService, QueueView
 
+RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Full: 429, ClusterConflict: 409}
 
 
@@ -87,12 +89,21 @@ def message_status(info: MessageInfo) -> dict:
         "dedup_key": info.dedup_key,
         "payload": None,
         "payload_base64": None,
+        "depends_on": None if info.depends_on is None else [{"queue": q, "id": i} for q, i in info.depends_on],
+        "expires_at": s.iso(info.expires_at),
+        "dead_reason": info.dead_reason,
     }
     out.update(payload_fields(info.payload))
     return out
 
 
-def new_message(m: s.EnqueueRequest, where: str = "payload") -> c.NewMessage:
+def new_message(m: s.EnqueueRequest, queue: str, index: int | None = None) -> c.NewMessage:
+    """The engine's message for one enqueued item (`index`: its place in a batch, None alone)."""
+    where = "payload" if index is None else f"messages.{index}.payload"
+    depends_on = None
+    if m.depends_on:
+        deps = [d.batch_index if isinstance(d, s.DependsOnBatchItem) else (d.queue or queue, d.id) for d in m.depends_on]
+        depends_on = check_depends_on("depends_on" if index is None else f"messages.{index}.depends_on", index, deps)
     return c.NewMessage(
         payload=json_text(where, m.payload),
         priority=m.priority,
@@ -101,6 +112,9 @@ def new_message(m: s.EnqueueRequest, where: str = "payload") -> c.NewMessage:
         deliver_at_ms=s.timestamp_ms(m.deliver_at),
         headers=m.headers,
         dedup_key=m.dedup_key,
+        ttl_ms=s.to_ms(m.ttl),
+        expires_at_ms=s.timestamp_ms(m.expires_at),
+        depends_on=depends_on,
     )
 
 
@@ -189,7 +203,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError):
         status = status_of(exc)
-        return _error(request, status, exc.detail, {"Retry-After": "1"} if status == 429 else None)
+        return _error(request, status, exc.detail, RETRY_AFTER if status == 429 else None)
 
     @app.exception_handler(ClusterConflict)
     async def cluster_conflict(request: Request, exc: ClusterConflict):
@@ -197,7 +211,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable):
-        return _error(request, 503, exc.detail, {"Retry-After": "1"})
+        return _error(request, 503, exc.detail, RETRY_AFTER)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -276,14 +290,14 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
               responses={**common, 413: err, 429: err}, tags=["messages"])
     async def enqueue(name: str, body: s.EnqueueRequest):
         """Enqueue one message; 201 with its id (the original id when the dedup key was seen)."""
-        [(mid, dup)] = await service.enqueue(name, [new_message(body)])
+        [(mid, dup)] = await service.enqueue(name, [new_message(body, name)])
         return raw('{"id":%d,"seq":%d,"duplicate":%s}' % (mid, mid, "true" if dup else "false"), 201)
 
     @api.post("/queues/{name}/messages/batch", status_code=201, response_model=s.EnqueueBatchResult,
               responses={**common, 413: err, 429: err}, tags=["messages"])
     async def enqueue_batch(name: str, body: s.EnqueueBatchRequest):
         """Enqueue up to 1000 messages at once; all are accepted or none."""
-        out = await service.enqueue(name, [new_message(m, f"messages.{i}.payload") for i, m in enumerate(body.messages)])
+        out = await service.enqueue(name, [new_message(m, name, i) for i, m in enumerate(body.messages)])
         items = ",".join('{"id":%d,"seq":%d,"duplicate":%s}' % (i, i, "true" if d else "false") for i, d in out)
         return raw('{"results":[' + items + "]}", 201)
 
@@ -361,14 +375,16 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
 
     @api.post("/queues/{name}/dlq/redrive", response_model=s.RedriveResult, responses=common, tags=["dead letters"])
     async def redrive(name: str, body: s.RedriveRequest | None = None):
-        """Move dead letters back to the queue (all, or the given ids) with a fresh delivery count."""
-        ids = None if body is None else body.ids
-        return JSONResponse(await service.redrive(name, ids))
+        """Move dead letters back to the queue (all, or the given ids) with a fresh delivery count;
+        with `rate`, start a paced redrive of that many messages per second (409 while one runs)."""
+        body = body or s.RedriveRequest()
+        return JSONResponse(redrive_result(await service.redrive(name, body.ids, body.rate)))
 
     app.include_router(api)
     app.include_router(build_cluster_router(service, log_request, peer_ca))
     app.include_router(build_backup_router(service, log_request))
     app.include_router(build_archive_router(service, log_request))
+    app.include_router(build_redrive_router(service, log_request))
     add_dashboard(app, service, log_request)
     app.openapi = _exact_int64_bounds(app.openapi)
 
