@@ -33,6 +33,8 @@ Int64 = Annotated[int, Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]
 Count = Annotated[int, Field(ge=1, le=limits.INT64_MAX)]
 PriorityClass = Annotated[int, StrictMode(False), Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]  # JSON keys are text
 Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION)]
+GroupName = Annotated[str, Field(min_length=1, max_length=limits.MAX_TEXT)]
+QueueName = Annotated[str, Field(pattern=limits.QUEUE_NAME.pattern)]
 
 
 def _json_value(value: Any) -> Any:
@@ -119,6 +121,11 @@ def setting_field(spec: limits.Setting) -> tuple[Any, Any]:
         kind = bool
     elif spec.choices:
         kind = Literal[spec.choices]  # type: ignore[valid-type]
+    elif spec.kind is dict and spec.keys is str:
+        kind = dict[GroupName, json_int(spec.low or 1, spec.high or limits.INT64_MAX)]  # type: ignore[misc]
+        return kind | None, Field(None, description=description)
+    elif spec.kind is str:
+        return QueueName | None, Field(None, description=description)
     elif spec.kind is dict:
         kind = dict[PriorityClass, json_int(spec.low or 1, spec.high or limits.INT64_MAX)]  # type: ignore[misc]
         return kind | None, Field(None, description=description,

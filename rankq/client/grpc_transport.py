@@ -172,6 +172,9 @@ def settings_pb(settings: dict[str, Any], clear: list[str] | None = None) -> pb.
         try:
             if key == "weights":
                 out.weights.classes.update({int(k): int(v) for k, v in value.items()})
+            elif key == "group_weights":
+                out.group_weights.SetInParent()  # set with no entries: every group weighs 1
+                out.group_weights.groups.update({str(k): int(v) for k, v in value.items()})
             else:
                 setattr(out, key, value)
         except (TypeError, ValueError, AttributeError) as err:
@@ -184,6 +187,8 @@ def settings_dict(settings: pb.QueueSettings) -> dict[str, Any]:
     for key in SETTING_FIELDS:
         if key == "weights":
             out[key] = dict(settings.weights.classes)
+        elif key == "group_weights":
+            out[key] = dict(settings.group_weights.groups)
         else:
             out[key] = getattr(settings, key) if settings.HasField(key) else None
     return out

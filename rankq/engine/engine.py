@@ -116,6 +116,9 @@ class Engine:
     def _redrive(self, cmd: c.Redrive, now: int) -> dict[str, Any]:
         return self._queue(cmd.queue, now).redrive(cmd, self.woke)
 
+    def _stop_redrive(self, cmd: c.StopRedrive, now: int) -> dict[str, Any]:
+        return self._queue(cmd.queue, now).stop_redrive()
+
     def _tick(self, cmd: c.Tick, now: int) -> None:
         for q in self.queues.values():
             q.advance(now, self.woke)
@@ -174,6 +177,7 @@ _HANDLERS: dict[type, Callable[[Engine, Any, int], Any]] = {
     c.SetPriority: Engine._set_priority,
     c.Cancel: Engine._cancel,
     c.Redrive: Engine._redrive,
+    c.StopRedrive: Engine._stop_redrive,
     c.Tick: Engine._tick,
     c.Restore: Engine._restore,
     c.ArchiveDone: Engine._archive_done,

@@ -124,6 +124,7 @@ class QueueState:
             "leased": self.n_leased,
             "dead": len(self.dead),
             "acked_retained": len(self.acked),
+            "waiting": 0,
         }
 
     def backlog(self, now: int) -> int:
@@ -481,6 +482,13 @@ class QueueState:
         if moved:
             woke.add(self.name)
         return {"redriven": moved, "not_found": missing}
+
+    def stop_redrive(self) -> dict[str, Any]:
+        raise NotFound(f"queue {self.name!r} has no redrive job")
+
+    def redrive_status(self) -> dict[str, Any] | None:
+        """The paced redrive job's progress, or None when there has been none."""
+        return None
 
     def update(self, new: QueueConfig) -> None:
         old = self.config

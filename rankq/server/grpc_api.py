@@ -55,6 +55,7 @@ CODES: list[tuple[type[Exception], grpc.StatusCode, int]] = [
 ]
 NULLABLE = {spec.wire: spec.name for spec in limits.SETTINGS.values() if spec.nullable}  # may be in `clear`
 SETTING_FIELDS = [f.name for f in pb.QueueSettings.DESCRIPTOR.fields]
+COUNT_FIELDS = frozenset(f.name for f in pb.QueueCounts.DESCRIPTOR.fields)  # the engine may count more states
 
 
 def error_status(err: Exception) -> tuple[grpc.StatusCode, int, str]:
@@ -168,6 +169,8 @@ def settings_to_engine(settings: pb.QueueSettings) -> dict:
         spec = limits.SETTINGS_BY_WIRE[name]  # units and bounds from the setting's one definition
         if name == "weights":
             out["weights"] = dict(value.classes)
+        elif name == "group_weights":
+            out["group_weights"] = dict(value.groups)
         elif spec.is_duration:
             out[spec.name] = seconds_ms(name, value, (spec.high or limits.MAX_DURATION_MS) / 1000,
                                         open_low=bool(spec.low))
@@ -196,6 +199,9 @@ def queue_info(view: QueueView) -> pb.QueueInfo:
             continue
         if key == "weights":
             settings.weights.classes.update(value)
+        elif key == "group_weights":
+            settings.group_weights.SetInParent()
+            settings.group_weights.groups.update(value)
         elif key.endswith("_ms"):
             setattr(settings, key[:-3], value / 1000)
         else:
@@ -203,7 +209,7 @@ def queue_info(view: QueueView) -> pb.QueueInfo:
     return pb.QueueInfo(
         name=view.name,
         settings=settings,
-        counts=pb.QueueCounts(**view.counts),
+        counts=pb.QueueCounts(**{k: v for k, v in view.counts.items() if k in COUNT_FIELDS}),
         totals=view.totals,
         created_at=view.created_at,
     )

@@ -20,7 +20,7 @@ class Weights(_message.Message):
     def __init__(self, classes: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class QueueSettings(_message.Message):
-    __slots__ = ("policy", "weights", "default_priority", "fair_groups", "group_max_inflight", "visibility_timeout", "max_deliveries", "dead_letter", "dead_letter_retention", "retention", "max_length", "max_payload_bytes", "dedup_window", "retry_base", "retry_max", "archive")
+    __slots__ = ("policy", "weights", "default_priority", "fair_groups", "group_max_inflight", "visibility_timeout", "max_deliveries", "dead_letter", "dead_letter_retention", "retention", "max_length", "max_payload_bytes", "dedup_window", "retry_base", "retry_max", "archive", "rate_limit", "rate_burst", "group_rate_limit", "max_inflight", "group_weights", "message_ttl", "dependency_failure", "dead_letter_queue")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,14 @@ class QueueSettings(_message.Message):
     RETRY_BASE_FIELD_NUMBER: _ClassVar[int]
     RETRY_MAX_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_BURST_FIELD_NUMBER: _ClassVar[int]
+    GROUP_RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TTL_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_QUEUE_FIELD_NUMBER: _ClassVar[int]
     policy: str
     weights: Weights
     default_priority: int
@@ -53,7 +61,28 @@ class QueueSettings(_message.Message):
     retry_base: float
     retry_max: float
     archive: bool
-    def __init__(self, policy: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., default_priority: _Optional[int] = ..., fair_groups: _Optional[bool] = ..., group_max_inflight: _Optional[int] = ..., visibility_timeout: _Optional[float] = ..., max_deliveries: _Optional[int] = ..., dead_letter: _Optional[bool] = ..., dead_letter_retention: _Optional[float] = ..., retention: _Optional[float] = ..., max_length: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., dedup_window: _Optional[float] = ..., retry_base: _Optional[float] = ..., retry_max: _Optional[float] = ..., archive: _Optional[bool] = ...) -> None: ...
+    rate_limit: int
+    rate_burst: int
+    group_rate_limit: int
+    max_inflight: int
+    group_weights: GroupWeights
+    message_ttl: float
+    dependency_failure: str
+    dead_letter_queue: str
+    def __init__(self, policy: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., default_priority: _Optional[int] = ..., fair_groups: _Optional[bool] = ..., group_max_inflight: _Optional[int] = ..., visibility_timeout: _Optional[float] = ..., max_deliveries: _Optional[int] = ..., dead_letter: _Optional[bool] = ..., dead_letter_retention: _Optional[float] = ..., retention: _Optional[float] = ..., max_length: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., dedup_window: _Optional[float] = ..., retry_base: _Optional[float] = ..., retry_max: _Optional[float] = ..., archive: _Optional[bool] = ..., rate_limit: _Optional[int] = ..., rate_burst: _Optional[int] = ..., group_rate_limit: _Optional[int] = ..., max_inflight: _Optional[int] = ..., group_weights: _Optional[_Union[GroupWeights, _Mapping]] = ..., message_ttl: _Optional[float] = ..., dependency_failure: _Optional[str] = ..., dead_letter_queue: _Optional[str] = ...) -> None: ...
+
+class GroupWeights(_message.Message):
+    __slots__ = ("groups",)
+    class GroupsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.ScalarMap[str, int]
+    def __init__(self, groups: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class QueueCounts(_message.Message):
     __slots__ = ("ready", "delayed", "leased", "dead", "acked_retained", "backlog", "waiting")
