@@ -26,13 +26,13 @@ def redrive_result(result: dict[str, Any]) -> dict[str, Any]:
     """A redrive's answer: the ids moved now, or the paced job it started."""
     if result.get("job") is not None:
         return {"redriven": [], "not_found": [], "job": redrive_job(result["job"])}
-    return {"redriven": result["redriven"], "not_found": result["not_found"], "job": None}
+    return {"redriven": result["redriven"], "not_found": result["not_found"]}
 
 
 def build_redrive_router(service, log_request) -> APIRouter:
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(log_request)], tags=["dead letters"])
-    err = {"model": s.ErrorBody}
-    common = {404: err, 503: err}
+    err: dict[str, Any] = {"model": s.ErrorBody}
+    common: dict[int | str, dict[str, Any]] = {404: err, 422: err, 503: err}
 
     @router.get("/queues/{name}/redrive", response_model=s.RedriveJob, responses=common)
     async def redrive_status(name: str):
