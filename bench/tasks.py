@@ -13,7 +13,8 @@ One `rankq server` on loopback, two measures in the same run:
   to a plain queue and to one where every message depends on the one before it (items on the
   previous item of their batch with `batch_index`, a batch's first item on the last id of the
   batch before), so every message but the first waits; arms interleaved, medians of --reps, and
-  the ratio with/without.
+  the ratio with/without. A warm-up pair is not counted, the order alternates between repetitions
+  and each arm's queue is deleted after it, so each starts from the same state.
 
     python -m bench.tasks                                   # writes bench/results/tasks.{json,md}
     python -m bench.tasks --window 2 --windows 2 --messages 2000 --reps 1 --out /tmp/tasks.json
@@ -102,6 +103,7 @@ def enqueue_rate(base: str, queue: str, n: int, deps: bool) -> float:
             last = r.json()["results"][-1]["id"]
         elapsed = time.monotonic() - t0
         counts = http.get(f"/queues/{queue}").json()["counts"]
+        http.delete(f"/queues/{queue}").raise_for_status()  # every arm starts from the same state
     expected_waiting = n - 1 if deps else 0
     if counts["waiting"] != expected_waiting:
         raise P.Failure(f"{queue}: {counts['waiting']} waiting, expected {expected_waiting}")
@@ -159,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 rates.append(rate_accuracy(server.base, rate, args.window, args.windows))
                 log(f"rate {rate}/s: delivered {rates[-1]['median']:.1f}/s (median of {args.windows} windows)")
             runs: dict[str, list[float]] = {"plain": [], "deps": []}
+            for arm in ("plain", "deps"):  # warm-up, not counted
+                enqueue_rate(server.base, f"warm-{arm}", n, arm == "deps")
             for rep in range(args.reps):
-                for arm in ("plain", "deps"):
+                for arm in ("plain", "deps") if rep % 2 == 0 else ("deps", "plain"):  # alternated: drift hits both
                     runs[arm].append(enqueue_rate(server.base, f"{arm}{rep}", n, arm == "deps"))
                 log(f"enqueue rep {rep + 1}: plain {runs['plain'][-1]:.0f} msg/s, deps {runs['deps'][-1]:.0f} msg/s")
         finally:

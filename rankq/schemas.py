@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+)
 from pydantic import Strict as StrictMode
 
 from .engine import config as limits
@@ -205,7 +215,17 @@ class DependsOnBatchItem(Strict):
     batch_index: Annotated[int, Field(ge=0, lt=MAX_BATCH)] = Field(..., description="0-based index of an earlier message of this batch")
 
 
-Dependency = DependsOnMessage | DependsOnBatchItem
+def _dependency_kind(value: Any) -> str:
+    """Which of the two forms a depends_on item means, so that a mistake is reported against it alone."""
+    if isinstance(value, dict):
+        return "batch_index" if "batch_index" in value else "message"
+    return "batch_index" if isinstance(value, DependsOnBatchItem) else "message"
+
+
+Dependency = Annotated[
+    Annotated[DependsOnMessage, Tag("message")] | Annotated[DependsOnBatchItem, Tag("batch_index")],
+    Discriminator(_dependency_kind),
+]
 
 
 class EnqueueRequest(Strict):

@@ -119,7 +119,8 @@ def error_from_rpc(err: grpc.aio.AioRpcError) -> Exception:
         if code in TRANSPORT_CODES:
             return TransportError(f"gRPC {code.name}: {detail}")
         status = STATUS_OF_CODE.get(code, 500)
-    return error_for(status, detail, leader=meta.get("rankq-leader-target") or meta.get("rankq-leader"))
+    return error_for(status, detail, leader=meta.get("rankq-leader-target") or meta.get("rankq-leader"),
+                     retry_after=meta.get("retry-after"))
 
 
 def fill_message(out: pb.NewMessage, m: NewMessage) -> pb.NewMessage:

@@ -235,7 +235,7 @@ def _error_from(resp: httpx.Response) -> Exception:
         pass
     if not isinstance(detail, str) or not detail:
         detail = resp.text.strip()[:500] or resp.reason_phrase or "error"
-    return error_for(resp.status_code, detail, resp.headers.get(LEADER_HEADER))
+    return error_for(resp.status_code, detail, resp.headers.get(LEADER_HEADER), resp.headers.get("retry-after"))
 
 
 def _seg(name: str) -> str:

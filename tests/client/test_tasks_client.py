@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from rankq import AsyncClient, BatchRef, Client, Dependency, NewMessage
-from rankq.client.errors import ConflictError, InvalidRequestError, NotFoundError
+from rankq.client.errors import ConflictError, InvalidRequestError, NotFoundError, QueueFullError
 from serverproc import ServerProcess, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -115,3 +115,11 @@ def test_async_client(grpc_server):
             assert done is not None and done.state == "done" and done.moved == 2
 
     asyncio.run(main())
+
+
+def test_queue_full_error_carries_retry_after(rq):
+    q = queue(rq, "c-full", max_length=1)
+    rq.enqueue(q, 1)
+    with pytest.raises(QueueFullError) as info:
+        rq.enqueue(q, 2)
+    assert info.value.status == 429 and info.value.retry_after == 1.0
