@@ -54,6 +54,7 @@ MAX_DEQUEUE = MAX_BATCH
 _MILLI = 1000  # a token bucket counts thousandths of a token: a rate of r per second adds r per ms
 _GROUP_BUCKETS_KEPT = 1024  # past this many group buckets, full ones are dropped (absent means full)
 _FAILED_STATUS = {"dead": "dead-lettered", "cancelled": "cancelled"}
+_NO_TASK_FIELDS = (None, None, None)  # NewMessage's ttl_ms, expires_at_ms, depends_on left out
 GROUP_MAX_LEN = 256
 DEDUP_KEY_MAX_LEN = 256
 
@@ -101,14 +102,15 @@ def message_size(m: c.NewMessage) -> int:
     return size
 
 
-def check_messages(name: str, config: QueueConfig | None, messages: Sequence[c.NewMessage]) -> None:
+def check_messages(name: str, config: QueueConfig | None, messages: Sequence[c.NewMessage]) -> bool:
     """Refuse messages no API could deliver or list, and payloads over the queue's limit.
 
     The engine runs this on apply; the service runs it before proposing, against its own copy of
     the queue's settings (`config` None: the queue is not known here yet), so that a refused
-    message is not written to the log.
+    message is not written to the log. True when a message has a ttl, an expiry or dependencies.
     """
     limit = MAX_PAYLOAD_BYTES if config is None else config.max_payload_bytes
+    task_fields = False
     for i, m in enumerate(messages):
         size = message_size(m)
         if size > limit:
@@ -120,12 +122,15 @@ def check_messages(name: str, config: QueueConfig | None, messages: Sequence[c.N
             raise Invalid(f"delay must be between 0 and {MAX_DURATION_MS // 1000} seconds")
         if m.deliver_at_ms is not None and not MIN_TIME_MS <= m.deliver_at_ms <= MAX_TIME_MS:
             raise Invalid("deliver_at must be a time between years 0001 and 9999")
-        if m.ttl_ms is not None and not 1 <= m.ttl_ms <= MAX_DURATION_MS:
-            raise Invalid(f"ttl must be more than 0 and at most {MAX_DURATION_MS // 1000} seconds")
-        if m.expires_at_ms is not None and not MIN_TIME_MS <= m.expires_at_ms <= MAX_TIME_MS:
-            raise Invalid("expires_at must be a time between years 0001 and 9999")
-        if m.depends_on is not None:
-            check_dependencies(i, m.depends_on)
+        if m[7:] != _NO_TASK_FIELDS:  # one look for the three fields most messages leave out
+            task_fields = True
+            if m.ttl_ms is not None and not 1 <= m.ttl_ms <= MAX_DURATION_MS:
+                raise Invalid(f"ttl must be more than 0 and at most {MAX_DURATION_MS // 1000} seconds")
+            if m.expires_at_ms is not None and not MIN_TIME_MS <= m.expires_at_ms <= MAX_TIME_MS:
+                raise Invalid("expires_at must be a time between years 0001 and 9999")
+            if m.depends_on is not None:
+                check_dependencies(i, m.depends_on)
+    return task_fields
 
 
 def check_dependencies(index: int, deps: Any) -> None:
@@ -350,9 +355,10 @@ class QueueState:
         else:
             del self.inflight_by_group[msg.group]
         msg.token = None
-        cfg = self.config
-        if woke is not None and self.n_ready and (cfg.max_inflight is not None or cfg.group_max_inflight is not None):
-            woke.add(self.name)
+        if woke is not None:
+            cfg = self.config
+            if (cfg.max_inflight is not None or cfg.group_max_inflight is not None) and self.n_ready:
+                woke.add(self.name)
 
     def _delay(self, msg: Message, at: int) -> None:
         msg.state = DELAYED
@@ -433,7 +439,7 @@ class QueueState:
         checked: list[tuple[Any, ...]] = []
         fresh = 0
         batch_keys: dict[str, int] = {}
-        check_messages(self.name, cfg, cmd.messages)
+        plain = not check_messages(self.name, cfg, cmd.messages) and cfg.message_ttl_ms is None
         for i, m in enumerate(cmd.messages):
             priority = cfg.default_priority if m.priority is None else m.priority
             if cfg.policy == WEIGHTED and priority not in cfg.weights:
@@ -455,10 +461,10 @@ class QueueState:
             expires = deps = None
             if dup is None:
                 fresh += 1
-                if m.ttl_ms is not None or m.expires_at_ms is not None or cfg.message_ttl_ms is not None:
+                if not plain:
                     expires = self._expiry(i, m, now)
-                if m.depends_on:
-                    deps = self._check_dependencies(i, m.depends_on, checked)
+                    if m.depends_on:
+                        deps = self._check_dependencies(i, m.depends_on, checked)
             checked.append((m, priority, sys.intern(group), dup, expires, deps))
         if cfg.max_length is not None and self.depth() + fresh > cfg.max_length:
             raise Full(
