@@ -113,7 +113,7 @@ class QueueConfig:
                                                    "redriven or deleted", low=0, high=MAX_DURATION_MS, nullable=True)
     retention_ms: int = setting(3600 * 1000, int, "seconds an acked message's status and result stay readable",
                                 low=0, high=MAX_DURATION_MS)
-    max_length: int | None = setting(None, int, "most messages (ready + delayed + leased); an enqueue beyond it "
+    max_length: int | None = setting(None, int, "most messages (ready, delayed, leased, waiting); an enqueue beyond it "
                                      "gets 429; null: unbounded", low=1, high=INT64_MAX, nullable=True)
     max_payload_bytes: int = setting(256 * 1024, int, "largest payload plus headers in bytes",
                                      low=1, high=MAX_PAYLOAD_BYTES)
