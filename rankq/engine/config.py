@@ -139,8 +139,9 @@ class QueueConfig:
                                          high=MAX_DURATION_MS, nullable=True)
     dependency_failure: str = setting(DEAD_LETTER, str, "what befalls the dependents of a message that was "
                                       "dead-lettered or cancelled", choices=DEPENDENCY_FAILURES)
-    dead_letter_queue: str | None = setting(None, str, "queue of the group that receives this queue's dead letters "
-                                            "as new messages; null: keep them here", nullable=True)
+    dead_letter_queue: str | None = setting(None, str, "another queue of the group that receives this queue's dead "
+                                            "letters as new messages (while it exists); null: keep them here",
+                                            nullable=True)
 
     def validate(self) -> "QueueConfig":
         for spec in SETTINGS.values():

@@ -369,7 +369,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.known.update(ids)
         # What each new message must have become: failed at once, waiting, or queued as usual.
         became: list[str] = []
-        for i, m in enumerate(msgs):
+        for m in msgs:
             outcomes = [became[d] if isinstance(d, int) else status[d] for d in (m.depends_on or ())]
             if any(o in ("dead", "cancelled", "failed") for o in outcomes):
                 became.append("failed")
@@ -451,6 +451,7 @@ class EngineMachine(RuleBasedStateMachine):
         restored = pickle.loads(pickle.dumps(self.engine))
         assert snapshot(restored) == snapshot(self.engine)
         assert all(q.links is restored.links for q in restored.queues.values()), "a snapshot split the index"
+        assert restored.links.queues is restored.queues
         # The copy goes on exactly as the original: nothing the future depends on was left out.
         start = self.engine.now
         future = [(cmd, start + 700 * (i + 1)) for i, cmd in enumerate(
