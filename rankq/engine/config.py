@@ -113,7 +113,7 @@ class QueueConfig:
                                                    "redriven or deleted", low=0, high=MAX_DURATION_MS, nullable=True)
     retention_ms: int = setting(3600 * 1000, int, "seconds an acked message's status and result stay readable",
                                 low=0, high=MAX_DURATION_MS)
-    max_length: int | None = setting(None, int, "most messages (ready + delayed + leased); an enqueue beyond it "
+    max_length: int | None = setting(None, int, "most messages (ready, delayed, leased, waiting); an enqueue beyond it "
                                      "gets 429; null: unbounded", low=1, high=INT64_MAX, nullable=True)
     max_payload_bytes: int = setting(256 * 1024, int, "largest payload plus headers in bytes",
                                      low=1, high=MAX_PAYLOAD_BYTES)
@@ -139,8 +139,9 @@ class QueueConfig:
                                          high=MAX_DURATION_MS, nullable=True)
     dependency_failure: str = setting(DEAD_LETTER, str, "what befalls the dependents of a message that was "
                                       "dead-lettered or cancelled", choices=DEPENDENCY_FAILURES)
-    dead_letter_queue: str | None = setting(None, str, "queue of the group that receives this queue's dead letters "
-                                            "as new messages; null: keep them here", nullable=True)
+    dead_letter_queue: str | None = setting(None, str, "another queue of the group that receives this queue's dead "
+                                            "letters as new messages (while it exists); null: keep them here",
+                                            nullable=True)
 
     def validate(self) -> "QueueConfig":
         for spec in SETTINGS.values():

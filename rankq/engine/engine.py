@@ -8,6 +8,7 @@ Time never runs backwards inside the engine: a command stamped earlier than the 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -79,9 +80,12 @@ class Engine:
     def _route(self, source: str, target: str, dead: Message, reason: str, now: int) -> None:
         """A dead letter of `source` becomes a new ready message of its dead_letter_queue (kept in
         `source` when that queue is gone). Limits of the target (length, payload) do not refuse it:
-        a dead letter must go somewhere."""
+        a dead letter must go somewhere. The target's message_ttl applies."""
         q = self.queues.get(target)
         if q is None:
+            back = self.queues.get(source)
+            if back is not None:
+                back.keep_dead(dead, now)
             return
         cfg = q.config
         headers = dict(dead.get_extra("headers") or {})
@@ -94,7 +98,11 @@ class Engine:
         priority = dead.priority
         if cfg.policy == "weighted" and priority not in cfg.weights:
             priority = cfg.default_priority
+        if cfg.message_ttl_ms is not None:
+            extra["expires_at"] = now + cfg.message_ttl_ms
         msg = Message(self._next_id(), dead.payload, priority, dead.group, READY, 0, None, None, now, extra)
+        if cfg.message_ttl_ms is not None:
+            heapq.heappush(q.expiries, (extra["expires_at"], msg.id))
         q.messages[msg.id] = msg
         q.totals["enqueued"] += 1
         q.ready.add(msg)
@@ -123,15 +131,13 @@ class Engine:
         q.update(new)
         return new.as_dict()
 
-    def _check_dead_letter_queue(self, name: str, config: QueueConfig) -> None:
-        target = config.dead_letter_queue
-        if target is None:
-            return
-        if target == name:
+    @staticmethod
+    def _check_dead_letter_queue(name: str, config: QueueConfig) -> None:
+        """The target need not exist yet (queues of a group are created one by one, and a restore
+        brings them in any order): while it does not, dead letters stay in their own queue."""
+        if config.dead_letter_queue == name:
             raise Invalid("dead_letter_queue must name another queue (a queue's own dead letters stay in it "
                           "anyway)")
-        if target not in self.queues:
-            raise Invalid(f"dead_letter_queue {target!r} is not a queue of this group; create it first")
 
     def _delete(self, cmd: c.DeleteQueue, now: int) -> None:
         q = self.queues.pop(cmd.name, None)

@@ -20,7 +20,7 @@ from typing import Any
 ACKED = "acked"
 OUTCOME_TEXT = {
     "dead-lettered": "was dead-lettered",
-    "dropped": "was dropped (it ran out of deliveries and its queue keeps no dead letters)",
+    "dropped": "was dropped (its queue keeps no dead letters)",
     "expired": "expired",
     "cancelled": "was cancelled",
     "deleted": "was deleted with its queue",

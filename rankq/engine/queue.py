@@ -398,6 +398,10 @@ class QueueState:
             return
         self._finished(msg.id, EXPIRED if reason == EXPIRED else "dead-lettered")
         self.totals["dead_lettered"] += 1
+        self.keep_dead(msg, now)
+
+    def keep_dead(self, msg: Message, now: int) -> None:
+        """Into this queue's dead-letter list, purged after dead_letter_retention."""
         msg.state = DEAD
         retention = self.config.dead_letter_retention_ms
         msg.due = None if retention is None else now + retention

@@ -517,7 +517,7 @@ class RankQServicer(pb_grpc.RankQServicer):
                     try:
                         if not queue:
                             raise Invalid("queue is required in the first message of the stream")
-                        msg = new_message(req.message)
+                        msg = new_message(req.message, queue)
                     except Invalid as err:
                         acks.append(self._refused(route, req.ref, err))
                         wake.set()

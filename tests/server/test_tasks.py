@@ -460,3 +460,17 @@ def test_full_queue_answers_429_with_retry_after(rq, make_queue):
     rq.enqueue(q, 1)
     err = refused(rq.enqueue, q, 2)
     assert err.status == 429 and err.retry_after == "1"
+
+
+def test_enqueue_stream_takes_dependencies(api, channel):
+    """EnqueueStream's messages stand alone: they may name messages of the stream's queue, not batch items."""
+    assert api.post("/queues", json={"name": "stream-deps"}).status_code == 201
+    parent = api.post("/queues/stream-deps/messages", json={"payload": 1}).json()["id"]
+    msg = Grpc._msg("child", depends_on=[{"id": parent}])
+    bad = Grpc._msg("bad", depends_on=[{"batch_index": 0}])
+    frame = pb.EnqueueStreamRequest(requests=[pb.EnqueueRequest(queue="stream-deps", message=msg, ref=1),
+                                              pb.EnqueueRequest(message=bad, ref=2)])
+    acks = {a.ref: a for res in pb_grpc.RankQStub(channel).EnqueueStream(iter([frame]), timeout=30) for a in res.acks}
+    assert acks[1].status == 0 and acks[2].status == 422 and "batch" in acks[2].detail
+    child = api.get(f"/queues/stream-deps/messages/{acks[1].id}").json()
+    assert child["state"] == "waiting" and child["depends_on"] == [{"queue": "stream-deps", "id": parent}]
