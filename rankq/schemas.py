@@ -206,7 +206,7 @@ class DependsOnMessage(Strict):
     """A dependency on a message already enqueued: in this queue, or in another queue of the group."""
 
     id: Int64
-    queue: str | None = Field(None, min_length=1, max_length=128, description="default: the queue enqueued to")
+    queue: QueueName | None = Field(None, description="default: the queue enqueued to")
 
 
 class DependsOnBatchItem(Strict):

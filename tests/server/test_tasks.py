@@ -474,3 +474,18 @@ def test_enqueue_stream_takes_dependencies(api, channel):
     assert acks[1].status == 0 and acks[2].status == 422 and "batch" in acks[2].detail
     child = api.get(f"/queues/stream-deps/messages/{acks[1].id}").json()
     assert child["state"] == "waiting" and child["depends_on"] == [{"queue": "stream-deps", "id": parent}]
+
+
+def test_http_names_the_bad_depends_on_item(api):
+    assert api.post("/queues", json={"name": "deps-http-bad"}).status_code == 201
+    cases = [
+        ({"payload": 1, "depends_on": [{"id": 1, "batch_index": 0}]}, "depends_on.0.batch_index.id"),
+        ({"payload": 1, "depends_on": [{"queue": "x"}]}, "depends_on.0.message.id"),
+        ({"payload": 1, "depends_on": [{"id": 1, "queue": "no spaces"}]}, "depends_on.0.message.queue"),
+        ({"payload": 1, "ttl": 0}, "ttl"),
+    ]
+    for body, where in cases:
+        r = api.post("/queues/deps-http-bad/messages", json=body)
+        assert r.status_code == 422 and where in r.json()["detail"], (body, r.text)
+    r = api.post("/queues/deps-http-bad/dlq/redrive", json={"rate": 0})
+    assert r.status_code == 422 and "rate" in r.json()["detail"]
