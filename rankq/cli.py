@@ -143,8 +143,8 @@ def print_queue(state: CliState, info) -> None:
     rows = [(k, v) for k, v in info.settings.items()]
     print_table(key_values(f"queue {info.name}", rows))
     c = info.counts
-    t = table("ready", "delayed", "leased", "dead", "acked (retained)")
-    add_row(t, str(c.ready), str(c.delayed), str(c.leased), str(c.dead), str(c.acked_retained))
+    t = table("ready", "delayed", "waiting", "leased", "dead", "acked (retained)")
+    add_row(t, str(c.ready), str(c.delayed), str(c.waiting), str(c.leased), str(c.dead), str(c.acked_retained))
     print_table(t)
     if info.totals:
         t = table(*info.totals.keys(), title="since created")
@@ -176,12 +176,13 @@ def queue_list(state: CliState) -> None:
     if not queues:
         note("no queues")
         return
-    t = table("name", "policy", "ready", "delayed", "leased", "dead",
-              ready={"justify": "right"}, delayed={"justify": "right"},
+    t = table("name", "policy", "ready", "delayed", "waiting", "leased", "dead",
+              ready={"justify": "right"}, delayed={"justify": "right"}, waiting={"justify": "right"},
               leased={"justify": "right"}, dead={"justify": "right"})
     for q in queues:
         c = q.counts
-        add_row(t, q.name, str(q.settings.get("policy")), str(c.ready), str(c.delayed), str(c.leased), str(c.dead))
+        add_row(t, q.name, str(q.settings.get("policy")), str(c.ready), str(c.delayed), str(c.waiting),
+                str(c.leased), str(c.dead))
     print_table(t)
 
 

@@ -199,6 +199,8 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(log_request)])
     err = {"model": s.ErrorBody}
     common = {404: err, 409: err, 422: err, 503: err}
+    full = {"model": s.ErrorBody, "description": "the queue is at its max_length",
+            "headers": {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}}
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError):
@@ -287,14 +289,14 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     # ---- messages --------------------------------------------------------------------------------
 
     @api.post("/queues/{name}/messages", status_code=201, response_model=s.EnqueueResult,
-              responses={**common, 413: err, 429: err}, tags=["messages"])
+              responses={**common, 413: err, 429: full}, tags=["messages"])
     async def enqueue(name: str, body: s.EnqueueRequest):
         """Enqueue one message; 201 with its id (the original id when the dedup key was seen)."""
         [(mid, dup)] = await service.enqueue(name, [new_message(body, name)])
         return raw('{"id":%d,"seq":%d,"duplicate":%s}' % (mid, mid, "true" if dup else "false"), 201)
 
     @api.post("/queues/{name}/messages/batch", status_code=201, response_model=s.EnqueueBatchResult,
-              responses={**common, 413: err, 429: err}, tags=["messages"])
+              responses={**common, 413: err, 429: full}, tags=["messages"])
     async def enqueue_batch(name: str, body: s.EnqueueBatchRequest):
         """Enqueue up to 1000 messages at once; all are accepted or none."""
         out = await service.enqueue(name, [new_message(m, name, i) for i, m in enumerate(body.messages)])

@@ -57,9 +57,9 @@ def test_queue_create_list_show_update_delete(rankq, qname):
     ok(rankq("send", qname, "1"))
     listing = ok(rankq("queue", "list"))
     header = next(line for line in listing.splitlines() if "name" in line)
-    assert header.split() == ["name", "policy", "ready", "delayed", "leased", "dead"]
+    assert header.split() == ["name", "policy", "ready", "delayed", "waiting", "leased", "dead"]
     row = next(line for line in listing.splitlines() if qname in line)
-    assert row.split() == [qname, "weighted", "1", "0", "0", "0"]
+    assert row.split() == [qname, "weighted", "1", "0", "0", "0", "0"]
 
     shown = ok(rankq("queue", "show", qname))
     assert "max_deliveries" in shown and "visibility_timeout" in shown and "45.0" in shown
