@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .cli_args import SECONDS, parse_headers, parse_json_or_text, settings_options, take_settings
+from .cli_args import DEPENDENCY, SECONDS, parse_headers, parse_json_or_text, settings_options, take_settings
 from .cli_output import (
     add_row,
     iso_utc,
@@ -27,6 +27,7 @@ from .cli_output import (
     table,
 )
 from .client.errors import RankQError
+from .engine.config import INT64_MAX, INT64_MIN
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 STDIN_BATCH = 100
@@ -142,8 +143,8 @@ def print_queue(state: CliState, info) -> None:
     rows = [(k, v) for k, v in info.settings.items()]
     print_table(key_values(f"queue {info.name}", rows))
     c = info.counts
-    t = table("ready", "delayed", "leased", "dead", "acked (retained)")
-    add_row(t, str(c.ready), str(c.delayed), str(c.leased), str(c.dead), str(c.acked_retained))
+    t = table("ready", "delayed", "waiting", "leased", "dead", "acked (retained)")
+    add_row(t, str(c.ready), str(c.delayed), str(c.waiting), str(c.leased), str(c.dead), str(c.acked_retained))
     print_table(t)
     if info.totals:
         t = table(*info.totals.keys(), title="since created")
@@ -175,12 +176,13 @@ def queue_list(state: CliState) -> None:
     if not queues:
         note("no queues")
         return
-    t = table("name", "policy", "ready", "delayed", "leased", "dead",
-              ready={"justify": "right"}, delayed={"justify": "right"},
+    t = table("name", "policy", "ready", "delayed", "waiting", "leased", "dead",
+              ready={"justify": "right"}, delayed={"justify": "right"}, waiting={"justify": "right"},
               leased={"justify": "right"}, dead={"justify": "right"})
     for q in queues:
         c = q.counts
-        add_row(t, q.name, str(q.settings.get("policy")), str(c.ready), str(c.delayed), str(c.leased), str(c.dead))
+        add_row(t, q.name, str(q.settings.get("policy")), str(c.ready), str(c.delayed), str(c.waiting),
+                str(c.leased), str(c.dead))
     print_table(t)
 
 
@@ -234,16 +236,22 @@ def queue_delete(state: CliState, name: str, yes: bool) -> None:
 @click.option("--delay", type=SECONDS, metavar="SECONDS", help="Hold the message back this long.")
 @click.option("--dedup-key", help="A repeat with this key inside the queue's dedup window returns the first id.")
 @click.option("--header", "headers", multiple=True, metavar="KEY=VALUE", help="A message header; repeatable.")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Dead-letter the message as expired if it is not acked within this long.")
+@click.option("--depends-on", "depends_on", multiple=True, type=DEPENDENCY, metavar="ID|QUEUE/ID",
+              help="Deliver only after this message is acked; repeatable.")
 @click.option("--raw", is_flag=True, help="Send PAYLOAD as a string even if it is valid JSON.")
 @pass_state
-def send(state: CliState, queue: str, payload: str, priority, group, delay, dedup_key, headers, raw) -> None:
+def send(state: CliState, queue: str, payload: str, priority, group, delay, dedup_key, headers, ttl, depends_on,
+         raw) -> None:
     """Enqueue PAYLOAD to QUEUE.
 
     PAYLOAD is sent as JSON when it parses as JSON, otherwise as a JSON string. With PAYLOAD `-`,
     each line of stdin is one message (empty lines are skipped), sent in batches of 100.
     """
     client = state.client()
-    opts = {"priority": priority, "group": group, "delay": delay, "headers": parse_headers(headers)}
+    opts = {"priority": priority, "group": group, "delay": delay, "headers": parse_headers(headers), "ttl": ttl,
+            "depends_on": list(depends_on) or None}
     if payload != "-":
         res = client.enqueue(queue, parse_json_or_text(payload, raw), dedup_key=dedup_key, **opts)
         if state.json:
@@ -388,6 +396,49 @@ def release(state: CliState, queue: str, id: int, token: str) -> None:
 @main.command()
 @click.argument("queue")
 @click.argument("id", type=int)
+@click.argument("token")
+@click.option("--visibility-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="New lease length from now (default: the queue's).")
+@pass_state
+def extend(state: CliState, queue: str, id: int, token: str, visibility_timeout: float | None) -> None:
+    """Keep the lease of message ID of QUEUE (leased with TOKEN) longer."""
+    expires = state.client().extend(queue, id, token, visibility_timeout=visibility_timeout)
+    if state.json:
+        print_json({"id": id, "lease_expires_at": expires})
+    else:
+        click.echo(f"message {id} is leased until {iso_utc(expires)}")
+
+
+@main.command("set-priority")
+@click.argument("queue")
+@click.argument("id", type=int)
+@click.argument("priority", type=click.IntRange(INT64_MIN, INT64_MAX))
+@pass_state
+def set_priority(state: CliState, queue: str, id: int, priority: int) -> None:
+    """Change the PRIORITY of message ID of QUEUE while it is ready, delayed or waiting."""
+    status = state.client().set_priority(queue, id, priority)
+    if state.json:
+        print_json(status)
+    else:
+        click.echo(f"message {id} has priority {status.priority}")
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("id", type=int)
+@pass_state
+def cancel(state: CliState, queue: str, id: int) -> None:
+    """Cancel message ID of QUEUE before it is delivered, or delete it from the dead letters."""
+    state.client().cancel(queue, id)
+    if state.json:
+        print_json({"id": id, "state": "cancelled"})
+    else:
+        click.echo(f"cancelled message {id}")
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("id", type=int)
 @pass_state
 def message(state: CliState, queue: str, id: int) -> None:
     """Show the state of message ID of QUEUE (ready, delayed, leased, dead or acked)."""
@@ -433,19 +484,48 @@ def dlq_list(state: CliState, queue: str, limit: int, after: int | None) -> None
 @click.argument("queue")
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "all_", is_flag=True, help="Redrive every dead letter of QUEUE.")
+@click.option("--rate", type=click.IntRange(min=1), metavar="N",
+              help="Move N messages per second, paced by the group (watch with redrive-status, stop with redrive-stop).")
 @pass_state
-def dlq_redrive(state: CliState, queue: str, ids: tuple[int, ...], all_: bool) -> None:
+def dlq_redrive(state: CliState, queue: str, ids: tuple[int, ...], all_: bool, rate: int | None) -> None:
     """Move dead letters of QUEUE (the given IDS, or --all) back with a fresh delivery count."""
     if bool(ids) == all_:
         raise click.UsageError("give the ids to redrive, or --all (not both)")
-    res = state.client().redrive(queue, None if all_ else list(ids))
+    res = state.client().redrive(queue, None if all_ else list(ids), rate=rate)
     if state.json:
         print_json(res)
+        return
+    if res.job is not None:
+        print_redrive_job(state, queue, res.job)
         return
     click.echo(f"redriven {len(res.redriven)} message(s)" + (f": {', '.join(map(str, res.redriven))}" if res.redriven else ""))
     if res.not_found:
         note(f"not dead letters (skipped): {', '.join(map(str, res.not_found))}")
 
+
+
+def print_redrive_job(state: CliState, queue: str, job) -> None:
+    if state.json:
+        print_json(job)
+        return
+    click.echo(f"redrive of {queue}: {job.state}, {job.moved} of {job.total} moved at {job.rate}/s "
+               f"({job.remaining} remaining), started {iso_utc(job.started_at)}")
+
+
+@dlq.command("redrive-status")
+@click.argument("queue")
+@pass_state
+def dlq_redrive_status(state: CliState, queue: str) -> None:
+    """Show the paced redrive of QUEUE: running, done or stopped, and how far it got."""
+    print_redrive_job(state, queue, state.client().redrive_status(queue))
+
+
+@dlq.command("redrive-stop")
+@click.argument("queue")
+@pass_state
+def dlq_redrive_stop(state: CliState, queue: str) -> None:
+    """Stop the paced redrive of QUEUE; the messages it moved stay moved."""
+    print_redrive_job(state, queue, state.client().stop_redrive(queue))
 
 
 # ---- the group ------------------------------------------------------------------------------------

@@ -23,13 +23,15 @@ class OrNone(click.ParamType):
         self.name = f"{kind.__name__}|none"
 
     def get_metavar(self, param, *args, **kwargs) -> str:
-        return "N|none" if self.kind is int else "SECONDS|none"
+        return {int: "N|none", str: "QUEUE|none"}.get(self.kind, "SECONDS|none")
 
     def convert(self, value, param, ctx):
-        if value is CLEAR or isinstance(value, self.kind):
+        if value is CLEAR or isinstance(value, self.kind) and self.kind is not str:
             return value
         if str(value).strip().lower() in ("none", "null"):
             return CLEAR
+        if self.kind is str:
+            return str(value)
         try:
             out = self.kind(value)
         except ValueError:
@@ -65,7 +67,56 @@ class Weights(click.ParamType):
         return out
 
 
+class GroupWeights(click.ParamType):
+    """GROUP=WEIGHT pairs; `none` for no weights (every group weighs 1)."""
+
+    name = "group_weights"
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return "G=W,...|none"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        if str(value).strip().lower() in ("none", "null"):
+            return {}
+        out = {}
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            group, sep, weight = part.rpartition("=")
+            try:
+                if not sep or not group:
+                    raise ValueError
+                out[group] = int(weight)
+            except ValueError:
+                self.fail(f"{part!r} is not GROUP=WEIGHT (e.g. tenant-a=3,tenant-b=1)", param, ctx)
+        return out
+
+
 SECONDS = click.FloatRange(min=0)
+
+
+class DependencyParam(click.ParamType):
+    """`ID` (a message of the same queue) or `QUEUE/ID` (a message of another queue of the group)."""
+
+    name = "dependency"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        queue, sep, mid = value.rpartition("/")
+        try:
+            number = int(mid)
+        except ValueError:
+            self.fail(f"{value!r} is not ID or QUEUE/ID", param, ctx)
+        if sep and not queue:
+            self.fail(f"{value!r} names no queue before '/'", param, ctx)
+        return (queue, number) if sep else number
+
+
+DEPENDENCY = DependencyParam()
 
 
 def setting_option(spec: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -77,16 +128,19 @@ def setting_option(spec: Setting) -> Callable[[Callable[..., Any]], Callable[...
         shown = ",".join(f"{k}={v}" for k, v in shown.items())
     elif isinstance(shown, float) and shown.is_integer():
         shown = int(shown)
-    help_text = spec.doc.replace("null:", "'none':") + ("" if default is None else f" (server default {shown})")
+    help_text = spec.doc.replace("null:", "'none':") + ("" if default in (None, {}) else f" (server default {shown})")
     unit = "SECONDS" if spec.is_duration else "N"
     if spec.kind is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", spec.wire, default=None, help=help_text)
     if spec.choices:
         return click.option(flag, spec.wire, type=click.Choice(spec.choices), help=help_text)
+    if spec.kind is dict and spec.keys is str:
+        return click.option(flag, spec.wire, type=GroupWeights(), help=help_text + ", e.g. tenant-a=3,tenant-b=1")
     if spec.kind is dict:
         return click.option(flag, spec.wire, type=Weights(), help=help_text + ", e.g. 1=30,2=25,3=20")
     if spec.nullable:
-        return click.option(flag, spec.wire, type=OrNone(float if spec.is_duration else int), help=help_text)
+        value_kind = str if spec.kind is str else float if spec.is_duration else int
+        return click.option(flag, spec.wire, type=OrNone(value_kind), help=help_text)
     low, high = spec.low, spec.high
     if spec.is_duration:
         kind: click.ParamType = click.FloatRange(min=0, max=(high or 0) / 1000 or None, min_open=bool(low))

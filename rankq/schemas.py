@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+)
 from pydantic import Strict as StrictMode
 
 from .engine import config as limits
@@ -33,6 +43,8 @@ Int64 = Annotated[int, Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]
 Count = Annotated[int, Field(ge=1, le=limits.INT64_MAX)]
 PriorityClass = Annotated[int, StrictMode(False), Field(ge=limits.INT64_MIN, le=limits.INT64_MAX)]  # JSON keys are text
 Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION)]
+GroupName = Annotated[str, Field(min_length=1, max_length=limits.MAX_TEXT)]
+QueueName = Annotated[str, Field(pattern=limits.QUEUE_NAME.pattern)]
 
 
 def _json_value(value: Any) -> Any:
@@ -119,6 +131,11 @@ def setting_field(spec: limits.Setting) -> tuple[Any, Any]:
         kind = bool
     elif spec.choices:
         kind = Literal[spec.choices]  # type: ignore[valid-type]
+    elif spec.kind is dict and spec.keys is str:
+        kind = dict[GroupName, json_int(spec.low or 1, spec.high or limits.INT64_MAX)]  # type: ignore[misc]
+        return kind | None, Field(None, description=description)
+    elif spec.kind is str:
+        return QueueName | None, Field(None, description=description)
     elif spec.kind is dict:
         kind = dict[PriorityClass, json_int(spec.low or 1, spec.high or limits.INT64_MAX)]  # type: ignore[misc]
         return kind | None, Field(None, description=description,
@@ -168,6 +185,7 @@ class QueueCounts(BaseModel):
     delayed: int
     leased: int
     dead: int
+    waiting: int = Field(0, description="messages waiting for their dependencies to be acked")
     acked_retained: int = 0
     backlog: int = Field(0, description="ready + leased + delayed messages already due: the work consumers have (for autoscalers)")
 
@@ -184,6 +202,32 @@ class QueueList(BaseModel):
     queues: list[QueueInfo]
 
 
+class DependsOnMessage(Strict):
+    """A dependency on a message already enqueued: in this queue, or in another queue of the group."""
+
+    id: Int64
+    queue: QueueName | None = Field(None, description="default: the queue enqueued to")
+
+
+class DependsOnBatchItem(Strict):
+    """A dependency on an earlier message of the same batch (batch enqueue only)."""
+
+    batch_index: Annotated[int, Field(ge=0, lt=MAX_BATCH)] = Field(..., description="0-based index of an earlier message of this batch")
+
+
+def _dependency_kind(value: Any) -> str:
+    """Which of the two forms a depends_on item means, so that a mistake is reported against it alone."""
+    if isinstance(value, dict):
+        return "batch_index" if "batch_index" in value else "message"
+    return "batch_index" if isinstance(value, DependsOnBatchItem) else "message"
+
+
+Dependency = Annotated[
+    Annotated[DependsOnMessage, Tag("message")] | Annotated[DependsOnBatchItem, Tag("batch_index")],
+    Discriminator(_dependency_kind),
+]
+
+
 class EnqueueRequest(Strict):
     payload: Any = Field(..., description="any JSON value (no NaN or Infinity, nested at most 64 deep)")
     priority: Int64 | None = Field(None, description="lower is served sooner; default: the queue's default_priority")
@@ -192,6 +236,14 @@ class EnqueueRequest(Strict):
     deliver_at: Timestamp | None = Field(None, description="time at which the message becomes ready, with its zone (`Z` or an offset)")
     headers: dict[str, str] | None = Field(None, description="text headers; their bytes count toward max_payload_bytes")
     dedup_key: str | None = Field(None, min_length=1, max_length=limits.MAX_TEXT, description="an enqueue with a key seen within the dedup window returns the first id")
+    ttl: Annotated[float, Field(gt=0, le=MAX_DURATION)] | None = Field(
+        None, description="seconds the message may wait to be acked; then it is dead-lettered with reason `expired` "
+                          "(default: the queue's message_ttl)")
+    expires_at: Timestamp | None = Field(None, description="time at which the message expires, with its zone; "
+                                                           "the earlier of ttl and expires_at wins")
+    depends_on: list[Dependency] | None = Field(
+        None, max_length=limits.MAX_DEPENDENCIES,
+        description="messages that must be acked first; the message waits (state `waiting`) until they are")
 
 
 class EnqueueResult(BaseModel):
@@ -297,11 +349,16 @@ class PriorityRequest(Strict):
     priority: Int64
 
 
+class MessageRef(BaseModel):
+    queue: str
+    id: int
+
+
 class MessageStatus(BaseModel):
     id: int
     seq: int
     queue: str
-    state: Literal["ready", "delayed", "leased", "dead", "acked"]
+    state: Literal["ready", "delayed", "waiting", "leased", "dead", "acked"]
     priority: int | None = None
     group: str | None = None
     deliveries: int = 0
@@ -315,6 +372,10 @@ class MessageStatus(BaseModel):
     dedup_key: str | None = None
     payload: Any = None
     payload_base64: str | None = None
+    depends_on: list[MessageRef] | None = Field(None, description="its dependencies, as enqueued (batch items resolved to ids)")
+    expires_at: datetime | None = None
+    dead_reason: Literal["max_deliveries", "rejected", "expired", "dependency_failed"] | None = Field(
+        None, description="why a dead letter is dead (last_error gives the detail)")
 
 
 class DeadLetterPage(BaseModel):
@@ -324,11 +385,24 @@ class DeadLetterPage(BaseModel):
 
 class RedriveRequest(Strict):
     ids: list[Int64] | None = Field(None, max_length=limits.MAX_REDRIVE_IDS, description="ids to move back; null or absent: all dead letters")
+    rate: Count | None = Field(None, description="messages per second: a paced redrive that runs in the group "
+                                                 "(watch it with GET, stop it with DELETE /queues/{name}/redrive); "
+                                                 "absent: all at once")
+
+
+class RedriveJob(BaseModel):
+    rate: int = Field(..., description="messages per second")
+    total: int
+    moved: int
+    remaining: int
+    started_at: datetime
+    state: Literal["running", "done", "stopped"]
 
 
 class RedriveResult(BaseModel):
-    redriven: list[int]
-    not_found: list[int]
+    redriven: list[int] = Field([], description="moved now (a redrive without rate)")
+    not_found: list[int] = Field([], description="ids that were not dead letters")
+    job: RedriveJob | None = Field(None, description="the paced redrive started (a redrive with rate)")
 
 
 class CancelResult(BaseModel):

@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from .engine.config import MAX_JSON_DEPTH, QueueConfig, check_queue_name
+from .engine.config import MAX_DEPENDENCIES, MAX_JSON_DEPTH, QueueConfig, check_queue_name
 from .engine.errors import Invalid
 
 
@@ -106,3 +106,24 @@ def check_settings(name: str, current: dict | None, changes: dict) -> None:
     if current is None:
         check_queue_name(name)
     (QueueConfig() if current is None else QueueConfig(**current)).with_changes(changes)
+
+
+def check_depends_on(where: str, index: int | None, deps: list[tuple[str, int] | int]) -> tuple[tuple[str, int] | int, ...] | None:
+    """A message's dependencies as the engine takes them: `(queue, id)` pairs and indexes of earlier
+    items of the same batch. `index` is the message's place in its batch (None: a single enqueue,
+    where batch indexes mean nothing). A batch item may only depend on an earlier one, which is
+    what makes a cycle impossible."""
+    if not deps:
+        return None
+    if len(deps) > MAX_DEPENDENCIES:
+        raise Invalid(f"{where}: at most {MAX_DEPENDENCIES} dependencies per message, not {len(deps)}")
+    for dep in deps:
+        if isinstance(dep, int):
+            if index is None:
+                raise Invalid(f"{where}: batch_index refers to an item of the same batch; use it in a batch enqueue")
+            if not 0 <= dep < index:
+                raise Invalid(f"{where}: batch_index {dep} is not an earlier item of the batch (this is item {index}); "
+                              "a message can only depend on the items before it")
+        else:
+            check_queue_name(dep[0])
+    return tuple(deps)

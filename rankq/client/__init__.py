@@ -18,6 +18,8 @@ from .errors import (
 )
 from .types import (
     AckOutcome,
+    BatchRef,
+    Dependency,
     EnqueueResult,
     Message,
     MessageStatus,
@@ -25,6 +27,7 @@ from .types import (
     NewMessage,
     QueueCounts,
     QueueInfo,
+    RedriveJob,
     RedriveResult,
 )
 
@@ -32,8 +35,10 @@ __all__ = [
     "AckOutcome",
     "ApiError",
     "AsyncClient",
+    "BatchRef",
     "Client",
     "ConflictError",
+    "Dependency",
     "ForbiddenError",
     "EnqueueResult",
     "InvalidRequestError",
@@ -48,6 +53,7 @@ __all__ = [
     "QueueFullError",
     "QueueInfo",
     "RankQError",
+    "RedriveJob",
     "RedriveResult",
     "ServerError",
     "TransportError",

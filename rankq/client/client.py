@@ -17,8 +17,11 @@ that is set, but only when repeating it cannot apply it twice:
 retried                                    why a repeat is harmless
 ========================================== =====================================================
 list_queues, get_queue, get_message,       reads
-dead_letters, iter_dead_letters
-update_queue, set_priority, redrive        setting the same value again changes nothing
+dead_letters, iter_dead_letters,
+redrive_status
+update_queue, set_priority, redrive        setting the same value again changes nothing (a
+(without a rate), stop_redrive             paced redrive is not retried: a repeat would find
+                                           it running and get 409)
 enqueue / enqueue_batch with a dedup_key   the server answers a repeat with the first id
 (every message of the batch has one)       (``duplicate=True``) within the queue's dedup window
 ack, ack_batch, nack, extend,              a repeat after the first one took effect finds the
@@ -55,12 +58,14 @@ from .errors import ConflictError, InvalidRequestError, RankQError, TransportErr
 from .transport import AsyncTransport
 from .types import (
     AckOutcome,
+    DependsOn,
     EnqueueResult,
     Message,
     MessageStatus,
     NackResult,
     NewMessage,
     QueueInfo,
+    RedriveJob,
     RedriveResult,
 )
 
@@ -294,20 +299,29 @@ class AsyncClient:
     async def enqueue(self, queue: str, payload: Any, *, priority: int | None = None,
                       group: str | None = None, delay: float | None = None,
                       deliver_at: datetime | None = None, headers: dict[str, str] | None = None,
-                      dedup_key: str | None = None) -> EnqueueResult:
+                      dedup_key: str | None = None, ttl: float | None = None,
+                      expires_at: datetime | None = None,
+                      depends_on: Iterable[DependsOn] | None = None) -> EnqueueResult:
         """Add one message. `payload` is any JSON value (``bytes`` only over gRPC). A lower
         `priority` number is served sooner; `group` is the fairness key; `delay` (seconds) or
         `deliver_at` hold the message back. With `dedup_key`, a repeat within the queue's dedup
         window returns the first id with ``duplicate=True`` — and only then is the call retried.
-        Raises QueueFullError (429) at max_length, PayloadTooLargeError (413)."""
+        `ttl` (seconds) or `expires_at` bound how long it may wait to be acked (then it is
+        dead-lettered as ``expired``). `depends_on` names messages that must be acked first: ids
+        of this queue, ``(queue, id)`` pairs for other queues of the group, or `Dependency`; the
+        message waits (state ``waiting``) until then.
+        Raises QueueFullError (429) at max_length, PayloadTooLargeError (413), NotFoundError for
+        an unknown dependency."""
         msg = NewMessage(payload=payload, priority=priority, group=group, delay=delay,
-                         deliver_at=deliver_at, headers=headers, dedup_key=dedup_key)
+                         deliver_at=deliver_at, headers=headers, dedup_key=dedup_key, ttl=ttl,
+                         expires_at=expires_at, depends_on=None if depends_on is None else list(depends_on))
         [res] = await self._call(lambda: self._transport.enqueue(queue, [msg]), retry=dedup_key is not None)
         return res
 
     async def enqueue_batch(self, queue: str, messages: Iterable[NewMessage | dict[str, Any] | Any]) -> list[EnqueueResult]:
         """Add up to 1000 messages at once: all are accepted or none. Each item is a `NewMessage`,
         a dict of its fields including ``payload``, or a bare payload. Results are in order.
+        A message may depend on an earlier one of the same batch with ``BatchRef(index)``.
         Retried only when every message has a dedup key."""
         batch = [as_new_message(m) for m in messages]
         if not batch:
@@ -433,11 +447,21 @@ class AsyncClient:
             if after is None or not items:
                 return
 
-    async def redrive(self, queue: str, ids: Iterable[int] | None = None) -> RedriveResult:
+    async def redrive(self, queue: str, ids: Iterable[int] | None = None, *, rate: int | None = None) -> RedriveResult:
         """Move dead letters back to the queue with a fresh delivery count: the given ids, or all
-        of them when `ids` is None. Ids that are not dead letters are listed in ``not_found``."""
+        of them when `ids` is None. Ids that are not dead letters are listed in ``not_found``.
+        With `rate` (messages per second) nothing moves at once: a paced redrive starts in the
+        group and ``job`` describes it (ConflictError while another runs; not retried then)."""
         wanted = None if ids is None else [int(i) for i in ids]
-        return await self._call(lambda: self._transport.redrive(queue, wanted), retry=True)
+        return await self._call(lambda: self._transport.redrive(queue, wanted, rate), retry=rate is None)
+
+    async def redrive_status(self, queue: str) -> RedriveJob:
+        """The queue's paced redrive (running, done or stopped); NotFoundError when it had none."""
+        return await self._call(lambda: self._transport.redrive_status(queue), retry=True)
+
+    async def stop_redrive(self, queue: str) -> RedriveJob:
+        """Stop the queue's paced redrive; what it moved stays moved. Returns its last status."""
+        return await self._call(lambda: self._transport.stop_redrive(queue), retry=True)
 
     # ---- the group (HTTP only) -----------------------------------------------------------------
 
@@ -634,9 +658,13 @@ class Client:
     def enqueue(self, queue: str, payload: Any, *, priority: int | None = None,
                 group: str | None = None, delay: float | None = None,
                 deliver_at: datetime | None = None, headers: dict[str, str] | None = None,
-                dedup_key: str | None = None) -> EnqueueResult:
+                dedup_key: str | None = None, ttl: float | None = None,
+                expires_at: datetime | None = None,
+                depends_on: Iterable[DependsOn] | None = None) -> EnqueueResult:
         return self._run(self._async.enqueue(queue, payload, priority=priority, group=group, delay=delay,
-                                             deliver_at=deliver_at, headers=headers, dedup_key=dedup_key))
+                                             deliver_at=deliver_at, headers=headers, dedup_key=dedup_key,
+                                             ttl=ttl, expires_at=expires_at,
+                                             depends_on=None if depends_on is None else list(depends_on)))
 
     def enqueue_batch(self, queue: str, messages: Iterable[NewMessage | dict[str, Any] | Any]) -> list[EnqueueResult]:
         return self._run(self._async.enqueue_batch(queue, list(messages)))
@@ -717,8 +745,14 @@ class Client:
             if self._stop.alive:
                 self._run(close())
 
-    def redrive(self, queue: str, ids: Iterable[int] | None = None) -> RedriveResult:
-        return self._run(self._async.redrive(queue, None if ids is None else list(ids)))
+    def redrive(self, queue: str, ids: Iterable[int] | None = None, *, rate: int | None = None) -> RedriveResult:
+        return self._run(self._async.redrive(queue, None if ids is None else list(ids), rate=rate))
+
+    def redrive_status(self, queue: str) -> RedriveJob:
+        return self._run(self._async.redrive_status(queue))
+
+    def stop_redrive(self, queue: str) -> RedriveJob:
+        return self._run(self._async.stop_redrive(queue))
 
     def cluster_status(self) -> dict[str, Any]:
         return self._run(self._async.cluster_status())
@@ -741,7 +775,8 @@ class Client:
 
 for _name in ("create_queue", "list_queues", "get_queue", "update_queue", "delete_queue", "enqueue",
               "enqueue_batch", "dequeue", "ack", "ack_batch", "nack", "extend", "set_priority",
-              "get_message", "cancel", "dead_letters", "iter_dead_letters", "redrive", "cluster_status",
+              "get_message", "cancel", "dead_letters", "iter_dead_letters", "redrive", "redrive_status",
+              "stop_redrive", "cluster_status",
               "add_member", "remove_member", "transfer_leader", "backup", "restore"):
     getattr(Client, _name).__doc__ = getattr(AsyncClient, _name).__doc__
 del _name

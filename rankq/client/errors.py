@@ -20,12 +20,14 @@ class ApiError(RankQError):
 
     status = 0
 
-    def __init__(self, detail: str, status: int | None = None, leader: str | None = None) -> None:
+    def __init__(self, detail: str, status: int | None = None, leader: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         if status is not None:
             self.status = status
         self.leader = leader
+        self.retry_after = retry_after  # seconds the server asked to wait (429, 503), when it said
 
     def __str__(self) -> str:
         return f"{self.status}: {self.detail}"
@@ -88,8 +90,13 @@ BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
-def error_for(status: int, detail: str, leader: str | None = None) -> ApiError:
+def error_for(status: int, detail: str, leader: str | None = None, retry_after: str | None = None) -> ApiError:
+    """The exception for an error answer; `retry_after` is the server's Retry-After value, if any."""
     cls = BY_STATUS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else ApiError
-    return cls(detail, status=status, leader=leader)
+    try:
+        wait = None if retry_after is None else float(retry_after)
+    except ValueError:  # an HTTP date: not sent by RankQ; a proxy's is ignored
+        wait = None
+    return cls(detail, status=status, leader=leader, retry_after=wait)

@@ -34,6 +34,7 @@ from ..server.proto import rankq_pb2_grpc as pb_grpc
 from .errors import ApiError, InvalidRequestError, TransportError, error_for
 from .types import (
     AckOutcome,
+    Dependency,
     EnqueueResult,
     Message,
     MessageStatus,
@@ -41,7 +42,9 @@ from .types import (
     NewMessage,
     QueueCounts,
     QueueInfo,
+    RedriveJob,
     RedriveResult,
+    dependency_of,
 )
 
 JSON = "application/json"
@@ -116,7 +119,8 @@ def error_from_rpc(err: grpc.aio.AioRpcError) -> Exception:
         if code in TRANSPORT_CODES:
             return TransportError(f"gRPC {code.name}: {detail}")
         status = STATUS_OF_CODE.get(code, 500)
-    return error_for(status, detail, leader=meta.get("rankq-leader-target") or meta.get("rankq-leader"))
+    return error_for(status, detail, leader=meta.get("rankq-leader-target") or meta.get("rankq-leader"),
+                     retry_after=meta.get("retry-after"))
 
 
 def fill_message(out: pb.NewMessage, m: NewMessage) -> pb.NewMessage:
@@ -134,6 +138,19 @@ def fill_message(out: pb.NewMessage, m: NewMessage) -> pb.NewMessage:
         out.headers.update(m.headers)
     if m.dedup_key is not None:
         out.dedup_key = m.dedup_key
+    if m.ttl is not None:
+        out.ttl = m.ttl
+    if m.expires_at is not None:
+        out.expires_at = _ms(m.expires_at)
+    if m.depends_on:
+        for item in map(dependency_of, m.depends_on):
+            dep = out.depends_on.add()
+            if isinstance(item, Dependency):
+                dep.id = item.id
+                if item.queue is not None:
+                    dep.queue = item.queue
+            else:
+                dep.batch_index = item.index
     return out
 
 
@@ -156,6 +173,9 @@ def settings_pb(settings: dict[str, Any], clear: list[str] | None = None) -> pb.
         try:
             if key == "weights":
                 out.weights.classes.update({int(k): int(v) for k, v in value.items()})
+            elif key == "group_weights":
+                out.group_weights.SetInParent()  # set with no entries: every group weighs 1
+                out.group_weights.groups.update({str(k): int(v) for k, v in value.items()})
             else:
                 setattr(out, key, value)
         except (TypeError, ValueError, AttributeError) as err:
@@ -168,6 +188,8 @@ def settings_dict(settings: pb.QueueSettings) -> dict[str, Any]:
     for key in SETTING_FIELDS:
         if key == "weights":
             out[key] = dict(settings.weights.classes)
+        elif key == "group_weights":
+            out[key] = dict(settings.group_weights.groups)
         else:
             out[key] = getattr(settings, key) if settings.HasField(key) else None
     return out
@@ -179,7 +201,7 @@ def queue_info(q: pb.QueueInfo) -> QueueInfo:
         name=q.name,
         settings=settings_dict(q.settings),
         counts=QueueCounts(counts.ready, counts.delayed, counts.leased, counts.dead, counts.acked_retained,
-                           counts.backlog),
+                           counts.backlog, counts.waiting),
         totals=dict(q.totals),
         created_at=_dt(q.created_at) if q.created_at else None,
     )
@@ -206,7 +228,14 @@ def status_of(m: pb.MessageStatus) -> MessageStatus:
         result=json.loads(m.result_json) if m.HasField("result_json") else None,
         headers=dict(m.headers) or None, dedup_key=opt("dedup_key"),
         payload=decode_payload(m.payload, m.content_type) if m.HasField("payload") else None,
+        depends_on=[Dependency(d.id, d.queue) for d in m.depends_on] or None,
+        expires_at=_dt(opt("expires_at")), dead_reason=opt("dead_reason"),
     )
+
+
+def redrive_job(j: pb.RedriveJob) -> RedriveJob:
+    return RedriveJob(rate=j.rate, total=j.total, moved=j.moved, remaining=j.remaining,
+                      started_at=_dt(j.started_at), state=j.state)
 
 
 def _result_json(result: Any) -> str | None:
@@ -393,10 +422,17 @@ class GrpcTransport:
         res = await self._call("ListDeadLetters", pb.ListDeadLettersRequest(queue=queue, after=after, limit=limit))
         return [status_of(m) for m in res.messages], res.next_after if res.HasField("next_after") else None
 
-    async def redrive(self, queue: str, ids: list[int] | None = None) -> RedriveResult:
-        req = pb.RedriveRequest(queue=queue, all=ids is None, ids=ids or [])
+    async def redrive(self, queue: str, ids: list[int] | None = None, rate: int | None = None) -> RedriveResult:
+        req = pb.RedriveRequest(queue=queue, all=ids is None, ids=ids or [], rate=rate)
         res = await self._call("Redrive", req)
-        return RedriveResult(list(res.redriven), list(res.not_found))
+        return RedriveResult(list(res.redriven), list(res.not_found),
+                             redrive_job(res.job) if res.HasField("job") else None)
+
+    async def redrive_status(self, queue: str) -> RedriveJob:
+        return redrive_job(await self._call("GetRedrive", pb.RedriveJobRequest(queue=queue)))
+
+    async def stop_redrive(self, queue: str) -> RedriveJob:
+        return redrive_job(await self._call("StopRedrive", pb.RedriveJobRequest(queue=queue)))
 
     # ---- streams --------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import httpx
 from .errors import InvalidRequestError, TransportError, error_for
 from .types import (
     AckOutcome,
+    Dependency,
     EnqueueResult,
     Message,
     MessageStatus,
@@ -26,7 +27,9 @@ from .types import (
     NewMessage,
     QueueCounts,
     QueueInfo,
+    RedriveJob,
     RedriveResult,
+    dependency_of,
 )
 
 LEADER_HEADER = "X-RankQ-Leader"
@@ -164,10 +167,20 @@ class HttpTransport:
         out = await self._call("GET", f"/queues/{_seg(queue)}/dlq", params=params)
         return [_status(m) for m in out["messages"]], out.get("next_after")
 
-    async def redrive(self, queue: str, ids: list[int] | None = None) -> RedriveResult:
-        body = {} if ids is None else {"ids": [int(i) for i in ids]}
+    async def redrive(self, queue: str, ids: list[int] | None = None, rate: int | None = None) -> RedriveResult:
+        body: dict[str, Any] = {} if ids is None else {"ids": [int(i) for i in ids]}
+        if rate is not None:
+            body["rate"] = rate
         out = await self._call("POST", f"/queues/{_seg(queue)}/dlq/redrive", json=body)
-        return RedriveResult(redriven=list(out.get("redriven", [])), not_found=list(out.get("not_found", [])))
+        job = out.get("job")
+        return RedriveResult(redriven=list(out.get("redriven") or []), not_found=list(out.get("not_found") or []),
+                             job=None if job is None else _job(job))
+
+    async def redrive_status(self, queue: str) -> RedriveJob:
+        return _job(await self._call("GET", f"/queues/{_seg(queue)}/redrive"))
+
+    async def stop_redrive(self, queue: str) -> RedriveJob:
+        return _job(await self._call("DELETE", f"/queues/{_seg(queue)}/redrive"))
 
     # ---- the group -----------------------------------------------------------------------------
 
@@ -222,7 +235,7 @@ def _error_from(resp: httpx.Response) -> Exception:
         pass
     if not isinstance(detail, str) or not detail:
         detail = resp.text.strip()[:500] or resp.reason_phrase or "error"
-    return error_for(resp.status_code, detail, resp.headers.get(LEADER_HEADER))
+    return error_for(resp.status_code, detail, resp.headers.get(LEADER_HEADER), resp.headers.get("retry-after"))
 
 
 def _seg(name: str) -> str:
@@ -248,10 +261,30 @@ def _enqueue_body(m: NewMessage) -> dict[str, Any]:
     })
     body["payload"] = m.payload
     if m.deliver_at is not None:
-        at = m.deliver_at
-        # A naive time is taken as local time, as datetime itself does; the wire wants UTC.
-        body["deliver_at"] = at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        body["deliver_at"] = _iso(m.deliver_at)
+    if m.ttl is not None:
+        body["ttl"] = m.ttl
+    if m.expires_at is not None:
+        body["expires_at"] = _iso(m.expires_at)
+    if m.depends_on:
+        deps = []
+        for item in map(dependency_of, m.depends_on):
+            if isinstance(item, Dependency):
+                deps.append({"id": item.id} if item.queue is None else {"id": item.id, "queue": item.queue})
+            else:
+                deps.append({"batch_index": item.index})
+        body["depends_on"] = deps
     return body
+
+
+def _iso(at: datetime) -> str:
+    # A naive time is taken as local time, as datetime itself does; the wire wants UTC.
+    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _job(d: dict[str, Any]) -> RedriveJob:
+    return RedriveJob(rate=d["rate"], total=d["total"], moved=d["moved"], remaining=d["remaining"],
+                      started_at=_dt(d["started_at"]), state=d["state"])
 
 
 @overload
@@ -303,10 +336,13 @@ def _status(d: dict[str, Any]) -> MessageStatus:
         headers=d.get("headers"),
         dedup_key=d.get("dedup_key"),
         payload=_payload(d),
+        depends_on=None if d.get("depends_on") is None else [Dependency(x["id"], x["queue"]) for x in d["depends_on"]],
+        expires_at=_dt(d.get("expires_at")),
+        dead_reason=d.get("dead_reason"),
     )
 
 
-_COUNT_FIELDS = ("ready", "delayed", "leased", "dead", "acked_retained", "backlog")
+_COUNT_FIELDS = ("ready", "delayed", "leased", "dead", "acked_retained", "backlog", "waiting")
 
 
 def _queue_info(d: dict[str, Any]) -> QueueInfo:

@@ -18,7 +18,7 @@ class EnqueueResult:
 
     @property
     def seq(self) -> int:
-        """The message's position in the replicated log (equal to its id)."""
+        """The same as `id` (kept for clients of the first API, which called it seq)."""
         return self.id
 
 
@@ -43,6 +43,26 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Dependency:
+    """A message another one waits for: `id` in `queue` (None: the queue the new message goes to)."""
+
+    id: int
+    queue: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """In `enqueue_batch`: the `index`-th (0-based) message of the same batch, which must come
+    before the message that names it."""
+
+    index: int
+
+
+# What `depends_on` takes: a message id of the same queue, (queue, id), a Dependency, or a BatchRef.
+DependsOn = int | tuple[str, int] | Dependency | BatchRef
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """One message of a batch enqueue; same fields as `enqueue`'s keyword arguments."""
 
@@ -53,6 +73,9 @@ class NewMessage:
     deliver_at: datetime | None = None
     headers: dict[str, str] | None = None
     dedup_key: str | None = None
+    ttl: float | None = None
+    expires_at: datetime | None = None
+    depends_on: list[DependsOn] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,9 @@ class MessageStatus:
     headers: dict[str, str] | None = None
     dedup_key: str | None = None
     payload: Any = None
+    depends_on: list[Dependency] | None = None  # queue always set
+    expires_at: datetime | None = None
+    dead_reason: str | None = None  # max_deliveries, rejected, expired or dependency_failed
 
 
 @dataclass(frozen=True)
@@ -97,10 +123,11 @@ class QueueCounts:
     dead: int = 0
     acked_retained: int = 0
     backlog: int = 0  # ready + leased + delayed already due: what an autoscaler should count
+    waiting: int = 0  # waiting for their dependencies to be acked
 
     @property
     def depth(self) -> int:
-        return self.ready + self.delayed + self.leased
+        return self.ready + self.delayed + self.leased + self.waiting
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,32 @@ class QueueInfo:
 
 
 @dataclass(frozen=True)
+class RedriveJob:
+    """A paced redrive: `rate` messages per second, running in the group until done or stopped."""
+
+    rate: int
+    total: int
+    moved: int
+    remaining: int
+    started_at: datetime
+    state: str  # running, done or stopped
+
+
+@dataclass(frozen=True)
 class RedriveResult:
     redriven: list[int]
     not_found: list[int]
+    job: RedriveJob | None = None  # set by a redrive with a rate (nothing is moved at once then)
+
+
+def dependency_of(item: DependsOn) -> Dependency | BatchRef:
+    """One `depends_on` item in its explicit form (both transports send these)."""
+    if isinstance(item, (Dependency, BatchRef)):
+        return item
+    if isinstance(item, bool):
+        raise TypeError("depends_on items are message ids, (queue, id) pairs, Dependency or BatchRef, not bool")
+    if isinstance(item, int):
+        return Dependency(item)
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        return Dependency(int(item[1]), item[0])
+    raise TypeError(f"depends_on items are message ids, (queue, id) pairs, Dependency or BatchRef, not {item!r}")

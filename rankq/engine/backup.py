@@ -19,12 +19,14 @@ from typing import Any, overload
 
 from .config import QueueConfig, check_queue_name
 from .errors import Conflict, Invalid
-from .message import DEAD, DELAYED, LEASED, READY, Message
+from .message import DEAD, DELAYED, LEASED, READY, WAITING, Message
 
 FORMAT = "rankq-backup"
 VERSION = 1
 
 Record = dict[str, Any]
+JOB_FIELDS = ("rate", "total", "moved", "done", "started_at")  # integers of a paced redrive job
+JOB_STATES = ("running", "done", "stopped")
 
 
 # ---- export ---------------------------------------------------------------------------------------
@@ -43,7 +45,7 @@ def _result_fields(result: Any) -> Record:
     return {"result": result}
 
 
-def _message_record(queue: str, msg: Message) -> Record:
+def _message_record(queue: str, msg: Message, links: Any = None) -> Record:
     state = msg.state
     rec: Record = {
         "kind": "message",
@@ -54,15 +56,21 @@ def _message_record(queue: str, msg: Message) -> Record:
         "deliveries": msg.deliveries,
         "enqueued_at": msg.enqueued_at,
         # Leases do not survive a restore: a leased message comes back ready.
-        "state": {READY: "ready", LEASED: "ready", DELAYED: "delayed", DEAD: "dead"}[state],
+        "state": {READY: "ready", LEASED: "ready", DELAYED: "delayed", DEAD: "dead", WAITING: "waiting"}[state],
         **_payload_fields(msg.payload),
     }
-    if state in (DELAYED, DEAD) and msg.due is not None:
-        rec["due"] = msg.due
-    for key in ("headers", "dedup_key", "last_error"):
+    if state in (DELAYED, DEAD, WAITING) and msg.due is not None:
+        rec["due"] = msg.due  # a waiting message's: its deliver-at
+    for key in ("headers", "dedup_key", "last_error", "expires_at", "dead_reason"):
         value = msg.get_extra(key)
         if value is not None:
             rec[key] = value
+    deps = msg.get_extra("depends_on")
+    if deps is not None:
+        rec["depends_on"] = [list(k) for k in deps]
+        if state == WAITING and links is not None:
+            # the dependencies not finished yet: exactly those it still waits for
+            rec["waits_on"] = [list(k) for k in deps if links.status(k[0], k[1]) == "live"]
     return rec
 
 
@@ -77,8 +85,9 @@ def export_records(engine: Any) -> Iterator[Record]:
         yield {"kind": "queue", "name": name, "settings": q.config.as_dict(),
                "secret": base64.b64encode(q.secret).decode(), "created_at": q.created_at,
                "totals": dict(q.totals)}
+        links = getattr(engine, "links", None)
         for msg in q.messages.values():
-            yield _message_record(name, msg)
+            yield _message_record(name, msg, links)
         for msg in q.dead.values():
             yield _message_record(name, msg)
         for mid, (acked_at, deliveries, result) in q.acked.items():
@@ -86,6 +95,12 @@ def export_records(engine: Any) -> Iterator[Record]:
                    **_result_fields(result)}
         for key, (mid, expires_at) in q.dedup.items():
             yield {"kind": "dedup", "queue": name, "key": key, "id": mid, "expires_at": expires_at}
+        for mid, at in q.cancelled.items():
+            yield {"kind": "cancelled", "queue": name, "id": mid, "at": at}
+        job = q.redrive_job
+        if job is not None:
+            yield {"kind": "redrive", "queue": name, "id": 0, **{k: job[k] for k in JOB_FIELDS},
+                   "state": job["state"], "ids": list(job["ids"])}
     yield {"kind": "end"}
 
 
@@ -156,12 +171,13 @@ def apply_records(engine: Any, records: list[Record], woke: set[str]) -> int:
             if isinstance(settings.get("weights"), dict):
                 settings["weights"] = {int(k): v for k, v in settings["weights"].items()}
             config = QueueConfig().with_changes(settings)
-            q = QueueState(name, config, _b64(rec, "secret"), _int(rec, "created_at") or 0, engine.outbox())
+            q = QueueState(name, config, _b64(rec, "secret"), _int(rec, "created_at") or 0, engine.outbox(),
+                           engine.links)
             totals = rec.get("totals")
             if isinstance(totals, dict):
                 q.totals.update({k: v for k, v in totals.items() if k in q.totals and isinstance(v, int)})
             engine.queues[name] = q
-        elif kind in ("message", "acked", "dedup"):
+        elif kind in ("message", "acked", "dedup", "cancelled", "redrive"):
             name = _str(rec, "queue") or ""
             q = engine.queues.get(name)
             if q is None:
@@ -191,6 +207,14 @@ def _apply_to_queue(q: Any, kind: str, rec: Record, woke: set[str]) -> None:
         q.dedup[key] = (mid, expires_at)
         heapq.heappush(q.dedup_purge, (expires_at, key))
         return
+    if kind == "cancelled":
+        at = _int(rec, "at")
+        q.cancelled[mid] = at
+        heapq.heappush(q.cancelled_purge, (at + q.config.retention_ms, mid))
+        return
+    if kind == "redrive":
+        _apply_job(q, rec)
+        return
     if mid in q.messages or mid in q.dead:
         raise Conflict(f"message {mid} appears twice in the backup of queue {q.name!r}")
     extra: dict[str, Any] = {}
@@ -199,21 +223,45 @@ def _apply_to_queue(q: Any, kind: str, rec: Record, woke: set[str]) -> None:
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise Invalid("backup record 'message': headers must map strings to strings")
         extra["headers"] = headers
-    for key in ("dedup_key", "last_error"):
-        value = _str(rec, key, optional=True)
-        if value is not None:
-            extra[key] = value
+    for key in ("dedup_key", "last_error", "dead_reason"):
+        text = _str(rec, key, optional=True)
+        if text is not None:
+            extra[key] = text
+    expiry = _int(rec, "expires_at", optional=True)
+    if expiry is not None:
+        extra["expires_at"] = expiry
+    deps = _keys(rec, "depends_on")
+    if deps:
+        extra["depends_on"] = tuple(deps)
     state = rec.get("state")
     due = _int(rec, "due", optional=True)
     group = _str(rec, "group") or "default"
     msg = Message(mid, _payload(rec), _int(rec, "priority"), group, READY, _int(rec, "deliveries"), None, None,
                   _int(rec, "enqueued_at"), extra or None)
+    if state != "dead" and expiry is not None:
+        heapq.heappush(q.expiries, (expiry, mid))
+    waits_on = _keys(rec, "waits_on") if state == "waiting" else []
     if state == "dead":
         msg.state = DEAD
         msg.due = due
         q.dead[mid] = msg
         if due is not None:
             heapq.heappush(q.dead_purge, (due, mid))
+    elif waits_on:
+        q.messages[mid] = msg
+        msg.state = WAITING
+        msg.due = due
+        msg.set_extra("waiting_for", len(waits_on))
+        q.n_waiting += 1
+        for dep in waits_on:
+            q.links.wait(dep, (q.name, mid))
+    elif state == "waiting":  # nothing left to wait for
+        q.messages[mid] = msg
+        if due is not None:
+            q._delay(msg, due)
+        else:
+            q.ready.add(msg)
+            woke.add(q.name)
     elif state == "delayed" and due is not None:
         q.messages[mid] = msg
         q._delay(msg, due)
@@ -223,3 +271,30 @@ def _apply_to_queue(q: Any, kind: str, rec: Record, woke: set[str]) -> None:
         woke.add(q.name)
     else:
         raise Invalid(f"backup record 'message': unknown state {state!r}")
+
+
+def _keys(rec: Record, field: str) -> list[tuple[str, int]]:
+    """A list of [queue, id] pairs (depends_on, waits_on)."""
+    value = rec.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+            isinstance(k, list) and len(k) == 2 and isinstance(k[0], str) and isinstance(k[1], int)
+            and not isinstance(k[1], bool) for k in value):
+        raise Invalid(f"backup record 'message': {field} must be a list of [queue, id] pairs")
+    return [(k[0], k[1]) for k in value]
+
+
+def _apply_job(q: Any, rec: Record) -> None:
+    job: dict[str, Any] = {k: _int(rec, k) for k in JOB_FIELDS}
+    state = rec.get("state")
+    if state not in JOB_STATES:
+        raise Invalid(f"backup record 'redrive': state must be one of {', '.join(JOB_STATES)}")
+    ids = rec.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise Invalid("backup record 'redrive': ids must be a list of integers")
+    if job["rate"] < 1 or not 0 <= job["done"] <= job["total"] or (state == "running" and len(ids) != job["total"]):
+        raise Invalid("backup record 'redrive': rate, done, total and ids do not fit together")
+    job["state"] = state
+    job["ids"] = ids
+    q.redrive_job = job

@@ -43,6 +43,10 @@ class NewMessage(NamedTuple):
     deliver_at_ms: int | None = None  # absolute; the later of the two wins
     headers: dict[str, str] | None = None
     dedup_key: str | None = None
+    ttl_ms: int | None = None  # relative to the command's time; the earlier of the two expiries wins
+    expires_at_ms: int | None = None  # absolute; neither given: the queue's message_ttl_ms
+    # (queue, id) of a message of this group, or the index of an earlier item of the same batch
+    depends_on: tuple[tuple[str, int] | int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +122,20 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Redrive:
-    """Move dead letters back to the queue: the given ids, or all of them when ids is None."""
+    """Move dead letters back to the queue: the given ids, or all of them when ids is None.
+
+    With a rate (messages per second) this starts a paced job that moves them as time passes."""
 
     queue: str
     ids: tuple[int, ...] | None = None
+    rate: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StopRedrive:
+    """Stop the queue's paced redrive job; what it moved stays moved."""
+
+    queue: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +175,7 @@ Command = (
     | SetPriority
     | Cancel
     | Redrive
+    | StopRedrive
     | Tick
     | Restore
     | ArchiveDone
@@ -180,7 +195,7 @@ def _positional_reduce(cls: type) -> type:
 
 
 for _cls in (CreateQueue, UpdateQueue, DeleteQueue, Enqueue, Dequeue, Ack, Nack,
-             Extend, Release, SetPriority, Cancel, Redrive, Tick, Restore, ArchiveDone):
+             Extend, Release, SetPriority, Cancel, Redrive, StopRedrive, Tick, Restore, ArchiveDone):
     _positional_reduce(_cls)
 del _cls
 

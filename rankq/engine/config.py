@@ -37,6 +37,11 @@ MAX_TEXT = 256  # group, dedup key, node reference
 MAX_TOKEN = 128  # lease token
 MAX_ERROR = 4096  # nack error text
 MAX_REDRIVE_IDS = 100_000
+MAX_DEPENDENCIES = 100  # depends_on entries of one message
+
+DEAD_LETTER = "dead_letter"
+CANCEL = "cancel"
+DEPENDENCY_FAILURES = (DEAD_LETTER, CANCEL)
 
 
 # ---- queue settings: each declared once, as a field of QueueConfig --------------------------------
@@ -53,13 +58,14 @@ class Setting:
     """The definition of one queue setting (`SETTINGS[name]`)."""
 
     name: str  # engine name; a duration's ends in _ms
-    kind: type  # int, bool, str (with choices) or dict (priority class -> weight)
+    kind: type  # int, bool, str (with choices, or a queue name) or dict (see keys)
     doc: str  # one line, for API docs and --help; says what None means when it is allowed
     default: Any = None
     low: int | None = None  # inclusive bounds of an int (milliseconds for a duration)
     high: int | None = None
     nullable: bool = False  # None is a value: "no cap", "keep forever"
     choices: tuple[str, ...] = ()
+    keys: type = int  # a dict's keys: int (priority classes, at least one) or str (group names, may be empty)
 
     @property
     def is_duration(self) -> bool:
@@ -76,9 +82,9 @@ class Setting:
 
 
 def setting(default: Any, kind: type, doc: str, *, low: int | None = None, high: int | None = None,
-            nullable: bool = False, choices: tuple[str, ...] = ()) -> Any:
+            nullable: bool = False, choices: tuple[str, ...] = (), keys: type = int) -> Any:
     """A QueueConfig field that is a queue setting; its name is filled in from the field."""
-    spec = Setting("", kind, doc, default, low, high, nullable, choices)
+    spec = Setting("", kind, doc, default, low, high, nullable, choices, keys)
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata={"setting": spec})
     return field(default=default, metadata={"setting": spec})
@@ -107,7 +113,7 @@ class QueueConfig:
                                                    "redriven or deleted", low=0, high=MAX_DURATION_MS, nullable=True)
     retention_ms: int = setting(3600 * 1000, int, "seconds an acked message's status and result stay readable",
                                 low=0, high=MAX_DURATION_MS)
-    max_length: int | None = setting(None, int, "most messages (ready + delayed + leased); an enqueue beyond it "
+    max_length: int | None = setting(None, int, "most messages (ready, delayed, leased, waiting); an enqueue beyond it "
                                      "gets 429; null: unbounded", low=1, high=INT64_MAX, nullable=True)
     max_payload_bytes: int = setting(256 * 1024, int, "largest payload plus headers in bytes",
                                      low=1, high=MAX_PAYLOAD_BYTES)
@@ -118,6 +124,24 @@ class QueueConfig:
     retry_max_ms: int = setting(5 * 60 * 1000, int, "longest retry delay", low=0, high=MAX_DURATION_MS)
     archive: bool = setting(False, bool, "copy finished messages (acked with result, dead-lettered, cancelled) "
                             "to the group's PostgreSQL archive")
+    rate_limit: int | None = setting(None, int, "deliveries per second (token bucket); a dequeue gets fewer messages "
+                                     "when it runs dry; null: no limit", low=1, high=INT64_MAX, nullable=True)
+    rate_burst: int | None = setting(None, int, "deliveries the rate limit lets through at once (bucket size); "
+                                     "null: rate_limit", low=1, high=INT64_MAX, nullable=True)
+    group_rate_limit: int | None = setting(None, int, "deliveries per second per group (fair groups; bucket size the "
+                                           "same); null: no limit", low=1, high=INT64_MAX, nullable=True)
+    max_inflight: int | None = setting(None, int, "cap on leased messages of the queue; null: no cap",
+                                       low=1, high=INT64_MAX, nullable=True)
+    group_weights: dict[str, int] = setting({}, dict, "group -> weight for fair groups (groups not named weigh 1)",
+                                            low=1, high=INT64_MAX, keys=str)
+    message_ttl_ms: int | None = setting(None, int, "seconds a message may wait before it expires (to the dead "
+                                         "letters with reason expired); null: no limit", low=1,
+                                         high=MAX_DURATION_MS, nullable=True)
+    dependency_failure: str = setting(DEAD_LETTER, str, "what befalls the dependents of a message that was "
+                                      "dead-lettered or cancelled", choices=DEPENDENCY_FAILURES)
+    dead_letter_queue: str | None = setting(None, str, "another queue of the group that receives this queue's dead "
+                                            "letters as new messages (while it exists); null: keep them here",
+                                            nullable=True)
 
     def validate(self) -> "QueueConfig":
         for spec in SETTINGS.values():
@@ -134,13 +158,15 @@ class QueueConfig:
         if unknown:
             raise Invalid(f"unknown queue settings: {', '.join(sorted(unknown))}")
         new = dataclasses.replace(self, **changes)
-        if "weights" in changes:
-            new.weights = dict(changes["weights"])
+        for name in DICT_SETTINGS:
+            if name in changes and isinstance(changes[name], dict):
+                setattr(new, name, dict(changes[name]))
         return new.validate()
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["weights"] = dict(self.weights)
+        for name in DICT_SETTINGS:
+            out[name] = dict(out[name])
         return out
 
 
@@ -151,6 +177,7 @@ SETTINGS: dict[str, Setting] = {
     if "setting" in f.metadata
 }
 SETTINGS_BY_WIRE: dict[str, Setting] = {spec.wire: spec for spec in SETTINGS.values()}
+DICT_SETTINGS = tuple(spec.name for spec in SETTINGS.values() if spec.kind is dict)
 
 
 def check_setting(spec: Setting, value: Any) -> None:
@@ -164,12 +191,24 @@ def check_setting(spec: Setting, value: Any) -> None:
     elif spec.choices:
         if value not in spec.choices:
             raise Invalid(f"{name} must be one of {', '.join(spec.choices)}, not {value!r}")
+    elif spec.kind is dict and spec.keys is str:
+        if not isinstance(value, dict):
+            raise Invalid(f"{name} must map group names to weights")
+        for group, weight in value.items():
+            if not isinstance(group, str) or not 1 <= len(group) <= MAX_TEXT:
+                raise Invalid(f"{name}: a group name is 1 to {MAX_TEXT} characters")
+            _bounded(f"weight of group {group!r}", weight, spec.low, spec.high)
     elif spec.kind is dict:
         if not isinstance(value, dict) or not value:
             raise Invalid(f"{name} must name at least one priority class")
         for cls, weight in value.items():
             check_int64("priority class", cls)
             _bounded(f"weight of class {cls}", weight, spec.low, spec.high)
+    elif spec.kind is str:
+        try:
+            check_queue_name(value)
+        except Invalid:
+            raise Invalid(f"{name} must be a queue name (1-128 letters, digits, '.', '_' or '-')") from None
     else:
         _bounded(name, value, spec.low, spec.high)
 

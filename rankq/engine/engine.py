@@ -8,6 +8,7 @@ Time never runs backwards inside the engine: a command stamped earlier than the 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,8 +17,12 @@ from .archive import ArchiveOutbox
 from .backup import apply_records, export_records
 from .config import QueueConfig, check_queue_name
 from .errors import Conflict, EngineError, Invalid, NotFound
-from .message import Delivery, MessageInfo
+from .links import Links
+from .message import READY, Delivery, Message, MessageInfo
 from .queue import QueueState
+
+DEAD_FROM = "x-rankq-dead-from"  # headers of a dead letter routed to a dead_letter_queue
+DEAD_REASON = "x-rankq-dead-reason"
 
 
 class Engine:
@@ -28,6 +33,14 @@ class Engine:
         self.woke: set[str] = set()  # queues that gained ready messages; drained by the caller
         self.restores: dict[str, int] = {}  # restore id -> chunks applied
         self.archive = ArchiveOutbox()  # finished messages of archived queues, until stored
+        self.links = Links(self.queues)  # dependencies between messages, dead letters to route
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "links" not in state:  # a snapshot of an earlier build
+            self.links = Links(self.queues)
+            for q in self.queues.values():
+                q.links = self.links
 
     def _next_id(self) -> int:
         self.seq += 1
@@ -42,7 +55,58 @@ class Engine:
         handler = _HANDLERS.get(type(cmd))
         if handler is None:
             raise Invalid(f"unknown command {type(cmd).__name__}")
-        return handler(self, cmd, now)
+        try:
+            return handler(self, cmd, now)
+        finally:
+            if self.links.events:  # also after a refused command: time may have moved its queue
+                self._settle(now)
+
+    def _settle(self, now: int) -> None:
+        """Pass on what happened to messages others wait for, and move routed dead letters; each
+        may lead to more (a chain of dependents failing), handled in order until none is left."""
+        links = self.links
+        events = links.events
+        while events:
+            event = events.popleft()
+            if event[0] == "route":
+                self._route(event[1], event[2], event[3], event[4], now)
+                continue
+            _, queue, mid, outcome = event
+            for dq, did in links.waiters.pop((queue, mid), ()):
+                q = self.queues.get(dq)
+                if q is not None:
+                    q.dependency_done(did, (queue, mid), outcome, now, self.woke)
+
+    def _route(self, source: str, target: str, dead: Message, reason: str, now: int) -> None:
+        """A dead letter of `source` becomes a new ready message of its dead_letter_queue (kept in
+        `source` when that queue is gone). Limits of the target (length, payload) do not refuse it:
+        a dead letter must go somewhere. The target's message_ttl applies."""
+        q = self.queues.get(target)
+        if q is None:
+            back = self.queues.get(source)
+            if back is not None:
+                back.keep_dead(dead, now)
+            return
+        cfg = q.config
+        headers = dict(dead.get_extra("headers") or {})
+        headers[DEAD_FROM] = f"{source}/{dead.id}"
+        headers[DEAD_REASON] = reason
+        extra: dict[str, Any] = {"headers": headers}
+        error = dead.get_extra("last_error")
+        if error is not None:
+            extra["last_error"] = error
+        priority = dead.priority
+        if cfg.policy == "weighted" and priority not in cfg.weights:
+            priority = cfg.default_priority
+        if cfg.message_ttl_ms is not None:
+            extra["expires_at"] = now + cfg.message_ttl_ms
+        msg = Message(self._next_id(), dead.payload, priority, dead.group, READY, 0, None, None, now, extra)
+        if cfg.message_ttl_ms is not None:
+            heapq.heappush(q.expiries, (extra["expires_at"], msg.id))
+        q.messages[msg.id] = msg
+        q.totals["enqueued"] += 1
+        q.ready.add(msg)
+        self.woke.add(target)
 
     def drain_woken(self) -> set[str]:
         woke, self.woke = self.woke, set()
@@ -55,18 +119,33 @@ class Engine:
         if cmd.name in self.queues:
             raise Conflict(f"queue {cmd.name!r} already exists")
         config = QueueConfig().with_changes(dict(cmd.settings))
-        self.queues[cmd.name] = QueueState(cmd.name, config, cmd.secret, now, self.outbox())
+        self._check_dead_letter_queue(cmd.name, config)
+        self.queues[cmd.name] = QueueState(cmd.name, config, cmd.secret, now, self.outbox(), self.links)
         return config.as_dict()
 
     def _update(self, cmd: c.UpdateQueue, now: int) -> dict[str, Any]:
         q = self._queue(cmd.name, now)
         new = q.config.with_changes(dict(cmd.changes))
+        if new.dead_letter_queue != q.config.dead_letter_queue:
+            self._check_dead_letter_queue(cmd.name, new)
         q.update(new)
         return new.as_dict()
 
+    @staticmethod
+    def _check_dead_letter_queue(name: str, config: QueueConfig) -> None:
+        """The target need not exist yet (queues of a group are created one by one, and a restore
+        brings them in any order): while it does not, dead letters stay in their own queue."""
+        if config.dead_letter_queue == name:
+            raise Invalid("dead_letter_queue must name another queue (a queue's own dead letters stay in it "
+                          "anyway)")
+
     def _delete(self, cmd: c.DeleteQueue, now: int) -> None:
-        if self.queues.pop(cmd.name, None) is None:
+        q = self.queues.pop(cmd.name, None)
+        if q is None:
             raise NotFound(f"queue {cmd.name!r} not found")
+        links = self.links
+        for key in [k for k in links.waiters if k[0] == cmd.name]:  # its messages others wait for
+            links.events.append(("done", key[0], key[1], "deleted"))
 
     def _queue(self, name: str, now: int | None = None) -> QueueState:
         q = self.queues.get(name)
@@ -92,7 +171,7 @@ class Engine:
         out: list[EngineError | None] = []
         for item in cmd.items:
             try:
-                q.ack(item, now)
+                q.ack(item, now, self.woke)
                 out.append(None)
             except (Conflict, NotFound, Invalid) as err:
                 out.append(err)
@@ -105,7 +184,7 @@ class Engine:
         return self._queue(cmd.queue, now).extend(cmd, now)
 
     def _release_cmd(self, cmd: c.Release, now: int) -> None:
-        self._queue(cmd.queue, now).release(cmd, self.woke)
+        self._queue(cmd.queue, now).release(cmd, self.woke, now)
 
     def _set_priority(self, cmd: c.SetPriority, now: int) -> None:
         self._queue(cmd.queue, now).set_priority(cmd, self.woke)
@@ -114,7 +193,10 @@ class Engine:
         return self._queue(cmd.queue, now).cancel(cmd, now)
 
     def _redrive(self, cmd: c.Redrive, now: int) -> dict[str, Any]:
-        return self._queue(cmd.queue, now).redrive(cmd, self.woke)
+        return self._queue(cmd.queue, now).redrive(cmd, now, self.woke)
+
+    def _stop_redrive(self, cmd: c.StopRedrive, now: int) -> dict[str, Any]:
+        return self._queue(cmd.queue, now).stop_redrive()
 
     def _tick(self, cmd: c.Tick, now: int) -> None:
         for q in self.queues.values():
@@ -174,6 +256,7 @@ _HANDLERS: dict[type, Callable[[Engine, Any, int], Any]] = {
     c.SetPriority: Engine._set_priority,
     c.Cancel: Engine._cancel,
     c.Redrive: Engine._redrive,
+    c.StopRedrive: Engine._stop_redrive,
     c.Tick: Engine._tick,
     c.Restore: Engine._restore,
     c.ArchiveDone: Engine._archive_done,

@@ -13,8 +13,15 @@ READY = 0
 DELAYED = 1
 LEASED = 2
 DEAD = 3
+WAITING = 4  # for its dependencies; `due` holds its deliver-at (or None)
 
-STATE_NAMES = {READY: "ready", DELAYED: "delayed", LEASED: "leased", DEAD: "dead"}
+STATE_NAMES = {READY: "ready", DELAYED: "delayed", LEASED: "leased", DEAD: "dead", WAITING: "waiting"}
+
+# Why a message was dead-lettered (MessageInfo.dead_reason).
+MAX_DELIVERIES = "max_deliveries"
+REJECTED = "rejected"
+EXPIRED = "expired"
+DEPENDENCY_FAILED = "dependency_failed"
 
 # Payloads are opaque to the engine: `str` holds JSON text (enqueued over HTTP), `bytes` holds raw
 # bytes (enqueued over gRPC). The type is the content marker, so no extra field is needed.
@@ -32,7 +39,8 @@ class Message:
         "due",  # deliver-at while delayed, lease expiry while leased, purge time while dead
         "token",  # lease token while leased
         "enqueued_at",
-        "extra",  # None or a dict with any of: headers, dedup_key, last_error
+        "extra",  # None or a dict with any of: headers, dedup_key, last_error, expires_at, depends_on,
+        # waiting_for (dependencies not acked yet), dead_reason
     )
 
     # due and token are set whenever the state needs them (a lease has both, a delay has due).
@@ -103,7 +111,7 @@ class MessageInfo:
 
     id: int
     queue: str
-    state: str  # ready, delayed, leased, dead, acked
+    state: str  # ready, delayed, leased, waiting, dead, acked
     priority: int | None
     group: str | None
     deliveries: int
@@ -116,6 +124,9 @@ class MessageInfo:
     dedup_key: str | None
     payload: Payload | None
     acked_at: int | None = None
+    depends_on: tuple[tuple[str, int], ...] | None = None
+    expires_at: int | None = None
+    dead_reason: str | None = None  # max_deliveries, rejected, expired or dependency_failed
 
 
 def info_of(queue: str, msg: Message) -> MessageInfo:
@@ -134,4 +145,7 @@ def info_of(queue: str, msg: Message) -> MessageInfo:
         headers=msg.get_extra("headers"),
         dedup_key=msg.get_extra("dedup_key"),
         payload=msg.payload,
+        depends_on=msg.get_extra("depends_on"),
+        expires_at=msg.get_extra("expires_at"),
+        dead_reason=msg.get_extra("dead_reason"),
     )

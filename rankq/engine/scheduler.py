@@ -20,13 +20,14 @@ ALL = ""  # the single group slot used when fair groups are off
 
 
 class Level:
-    __slots__ = ("priority", "heaps", "rotation", "ready")
+    __slots__ = ("priority", "heaps", "rotation", "ready", "group_cw")
 
     def __init__(self, priority: int) -> None:
         self.priority = priority
         self.heaps: dict[str, list[int]] = {}
         self.rotation: deque[str] = deque()  # group slots with (possibly stale) entries
         self.ready = 0
+        self.group_cw: dict[str, int] = {}  # smooth weighted round robin state over groups (group_weights)
 
     def push(self, slot: str, msg_id: int) -> None:
         heap = self.heaps.get(slot)
@@ -35,13 +36,66 @@ class Level:
             self.rotation.append(slot)
         heapq.heappush(heap, msg_id)
 
+    def _clean(self, slot: str, messages: dict[int, Message], slot_of: Callable[[Message], str]) -> list[int]:
+        """The slot's heap with stale entries dropped from its top."""
+        heap = self.heaps[slot]
+        while heap:
+            msg = messages.get(heap[0])
+            if msg is not None and msg.state == READY and msg.priority == self.priority and slot_of(msg) == slot:
+                break
+            heapq.heappop(heap)
+        return heap
+
+    def pop_weighted(
+        self,
+        messages: dict[int, Message],
+        slot_of: Callable[[Message], str],
+        eligible: Callable[[str], bool] | None,
+        weights: dict[str, int],
+    ) -> Message | None:
+        """Take the oldest ready message of the group that smooth weighted round robin picks among
+        the eligible groups (a group not in `weights` weighs 1), or None."""
+        cw = getattr(self, "group_cw", None)
+        if cw is None:  # a level from a snapshot of an earlier build
+            cw = self.group_cw = {}
+        candidates = []
+        for slot in self.rotation:
+            if self._clean(slot, messages, slot_of):
+                candidates.append(slot)
+            else:
+                del self.heaps[slot]
+                cw.pop(slot, None)
+        if len(candidates) != len(self.rotation):
+            self.rotation = deque(candidates)
+        while candidates:
+            total = 0
+            for slot in candidates:
+                w = weights.get(slot, 1)
+                total += w
+                cw[slot] = cw.get(slot, 0) + w
+            best = candidates[0]
+            for slot in candidates[1:]:
+                if cw[slot] > cw[best]:
+                    best = slot
+            cw[best] -= total
+            if eligible is None or eligible(best):
+                return messages[heapq.heappop(self.heaps[best])]
+            for slot in candidates:  # not eligible (caps, rate): undo this round and go without it
+                cw[slot] -= weights.get(slot, 1)
+            cw[best] += total
+            candidates.remove(best)
+        return None
+
     def pop(
         self,
         messages: dict[int, Message],
         slot_of: Callable[[Message], str],
         eligible: Callable[[str], bool] | None,
+        group_weights: dict[str, int] | None = None,
     ) -> Message | None:
         """Take the oldest ready message of the next eligible group slot, or None."""
+        if group_weights:
+            return self.pop_weighted(messages, slot_of, eligible, group_weights)
         rotation = self.rotation
         attempts = len(rotation)
         while attempts > 0 and rotation:
@@ -129,23 +183,26 @@ class ReadySet:
     def __len__(self) -> int:
         return sum(self.levels[p].ready for p in self.active)
 
-    def _take(self, level: Level, messages: dict[int, Message], eligible: Callable[[str], bool] | None) -> Message | None:
-        msg = level.pop(messages, self.slot_of, eligible)
+    def _take(self, level: Level, messages: dict[int, Message], eligible: Callable[[str], bool] | None,
+              group_weights: dict[str, int] | None = None) -> Message | None:
+        msg = level.pop(messages, self.slot_of, eligible, group_weights)
         if msg is not None:
             level.ready -= 1
             if level.ready == 0:
                 self._deactivate(level)
         return msg
 
-    def take_strict(self, messages: dict[int, Message], eligible: Callable[[str], bool] | None) -> Message | None:
+    def take_strict(self, messages: dict[int, Message], eligible: Callable[[str], bool] | None,
+                    group_weights: dict[str, int] | None = None) -> Message | None:
         for priority in list(self.active):
-            msg = self._take(self.levels[priority], messages, eligible)
+            msg = self._take(self.levels[priority], messages, eligible, group_weights)
             if msg is not None:
                 return msg
         return None
 
     def take_weighted(self, messages: dict[int, Message], weights: dict[int, int],
-                      eligible: Callable[[str], bool] | None) -> Message | None:
+                      eligible: Callable[[str], bool] | None,
+                      group_weights: dict[str, int] | None = None) -> Message | None:
         """Smooth weighted round robin over the non-empty classes.
 
         A priority without a configured weight (left over from a policy change) gets weight 1.
@@ -163,7 +220,7 @@ class ReadySet:
                 if cw[p] > cw[best]:
                     best = p
             cw[best] -= total
-            msg = self._take(self.levels[best], messages, eligible)
+            msg = self._take(self.levels[best], messages, eligible, group_weights)
             if msg is not None:
                 return msg
             # Nothing eligible there (group caps): undo this round and try without it.
@@ -185,6 +242,7 @@ class ReadySet:
             level = self.levels[p]
             copy = new.levels[p] = Level(p)
             copy.rotation = deque(level.rotation)
+            copy.group_cw = dict(getattr(level, "group_cw", None) or {})
             copy.heaps = {slot: level.head_ids(slot, messages, self.slot_of, limit) for slot in level.rotation}
             copy.ready = level.ready
         return new

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from ..engine.config import INT64_MAX, INT64_MIN, SETTINGS
+from ..engine.config import INT64_MAX, INT64_MIN, MAX_TEXT, QUEUE_NAME, SETTINGS
 
 GROUP = "rankq.io"
 VERSION = "v1alpha1"
@@ -98,6 +98,24 @@ class QueueSettingsSpec(Model):
     retry_base_seconds: int = from_setting("retry_base_ms", "First retry delay after a nack without a delay, "
                                                             "doubling per delivery.")
     retry_max_seconds: int = from_setting("retry_max_ms", "Longest retry delay.")
+    rate_limit: int | None = from_setting("rate_limit", "Deliveries per second (token bucket); receives get fewer "
+                                                        "messages when it runs dry. Unset: no limit.")
+    rate_burst: int | None = from_setting("rate_burst", "Deliveries the rate limit lets through at once; "
+                                                        "unset: rateLimit.")
+    group_rate_limit: int | None = from_setting("group_rate_limit", "Deliveries per second per message group "
+                                                                    "(fair groups). Unset: no limit.")
+    max_inflight: int | None = from_setting("max_inflight", "Most leased messages of the queue. Unset: no cap.")
+    group_weights: dict[str, int] | None = Field(
+        None, description="Message group -> weight for fair groups, e.g. {\"tenant-a\": 3}; groups not named weigh 1.",
+        **k8s(**{"x-kubernetes-validations": [
+            {"rule": f"self.all(k, size(k) >= 1 && size(k) <= {MAX_TEXT} && self[k] >= 1)",
+             "message": f"groupWeights maps a group name (1-{MAX_TEXT} characters) to a weight of at least 1"}]}))
+    message_ttl_seconds: int | None = from_setting("message_ttl_ms", "Seconds a message may wait before it expires "
+                                                                     "(dead-lettered with reason expired). Unset: "
+                                                                     "no limit.")
+    dependency_failure: Literal[SETTINGS["dependency_failure"].choices] = from_setting(  # type: ignore[valid-type]
+        "dependency_failure", "What befalls the dependents of a message that was dead-lettered or cancelled: "
+                              "dead_letter or cancel.")
 
 
 class DeadLetterSpec(Model):
@@ -106,6 +124,9 @@ class DeadLetterSpec(Model):
                                        "Deliveries before a message is dead-lettered; 0 retries forever.")
     retention_seconds: int | None = from_setting("dead_letter_retention_ms",
                                                  "Seconds dead letters are kept (default 14 days).")
+    queue: str | None = from_setting("dead_letter_queue", "Another queue of the group that receives these dead "
+                                                          "letters as new messages; unset: they stay here.",
+                                     pattern=QUEUE_NAME.pattern)
 
 
 # Where each queue setting lives in the resource (specs.queue_settings sends them to the server);
@@ -116,7 +137,11 @@ CR_SETTINGS = {
     "visibility_timeout_ms": ("queue", "visibility_timeout_seconds"), "retention_ms": ("queue", "retention_seconds"),
     "max_length": ("queue", "max_length"), "max_payload_bytes": ("queue", "max_payload_bytes"),
     "dedup_window_ms": ("queue", "dedup_window_seconds"), "retry_base_ms": ("queue", "retry_base_seconds"),
-    "retry_max_ms": ("queue", "retry_max_seconds"),
+    "retry_max_ms": ("queue", "retry_max_seconds"), "rate_limit": ("queue", "rate_limit"),
+    "rate_burst": ("queue", "rate_burst"), "group_rate_limit": ("queue", "group_rate_limit"),
+    "max_inflight": ("queue", "max_inflight"), "group_weights": ("queue", "group_weights"),
+    "message_ttl_ms": ("queue", "message_ttl_seconds"), "dependency_failure": ("queue", "dependency_failure"),
+    "dead_letter_queue": ("dead_letter", "queue"),
     "dead_letter": ("dead_letter", "enabled"), "max_deliveries": ("dead_letter", "max_deliveries"),
     "dead_letter_retention_ms": ("dead_letter", "retention_seconds"),
 }

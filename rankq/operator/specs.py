@@ -163,6 +163,14 @@ def queue_settings(q: QueueResource) -> dict[str, Any]:
         "dead_letter_retention": None if dl.retention_seconds is None else float(dl.retention_seconds),
         "max_length": s.max_length,
         "group_max_inflight": s.group_max_inflight,
+        "rate_limit": s.rate_limit,
+        "rate_burst": s.rate_burst,
+        "group_rate_limit": s.group_rate_limit,
+        "max_inflight": s.max_inflight,
+        "group_weights": dict(s.group_weights or {}),
+        "message_ttl": None if s.message_ttl_seconds is None else float(s.message_ttl_seconds),
+        "dependency_failure": s.dependency_failure,
+        "dead_letter_queue": dl.queue,
     }
     if s.weights:
         out["weights"] = {int(k): v for k, v in sorted(s.weights.items(), key=lambda kv: int(kv[0]))}

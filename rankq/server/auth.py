@@ -54,6 +54,8 @@ HTTP_SCOPES: dict[tuple[str, str], Scope | None] = {
     ("DELETE", "/api/v1/queues/{name}/messages/{id}"): Scope.ADMIN,
     ("GET", "/api/v1/queues/{name}/dlq"): READ,
     ("POST", "/api/v1/queues/{name}/dlq/redrive"): Scope.ADMIN,
+    ("GET", "/api/v1/queues/{name}/redrive"): READ,
+    ("DELETE", "/api/v1/queues/{name}/redrive"): Scope.ADMIN,
     ("GET", "/api/v1/cluster"): READ,
     ("POST", "/api/v1/cluster/members"): Scope.ADMIN,
     ("DELETE", "/api/v1/cluster/members/{member}"): Scope.ADMIN,
@@ -88,6 +90,8 @@ GRPC_SCOPES: dict[str, Scope | None] = {
     "CancelMessage": Scope.ADMIN,
     "ListDeadLetters": READ,
     "Redrive": Scope.ADMIN,
+    "GetRedrive": READ,
+    "StopRedrive": Scope.ADMIN,
 }
 
 # Anything under /api/ that the table does not name (a typo, an unknown route) needs a valid token

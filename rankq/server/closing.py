@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from .errors import RETRY_AFTER_SECONDS
+
 STOPPED_DETAIL = ("this node stopped before the request finished; the outcome is unknown: retry it "
                   "(with the same dedup_key for writes)")
 
@@ -44,5 +46,5 @@ class AnswerOnShutdown:
             body = json.dumps({"detail": STOPPED_DETAIL}).encode()
             await send({"type": "http.response.start", "status": 503, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"), (b"connection", b"close")]})
+                (b"retry-after", str(RETRY_AFTER_SECONDS).encode()), (b"connection", b"close")]})
             await send({"type": "http.response.body", "body": body})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# Seconds a client is told to wait (HTTP `Retry-After`, gRPC trailing `retry-after`) when a queue is
+# full (429) or no leader can commit (503): both usually clear within about a second.
+RETRY_AFTER_SECONDS = 1
+
 
 class Unavailable(Exception):
     """The group cannot commit writes right now (no leader yet, leadership lost, or timed out).

@@ -27,11 +27,13 @@ from ..engine import config as limits
 from ..engine import Conflict, EngineError, Full, Invalid, NotFound, TooLarge
 from ..engine import commands as c
 from ..engine.message import Delivery, MessageInfo
-from ..validation import check_settings, parse_json, seconds_ms
+from ..engine.config import check_time_ms
+from ..validation import check_depends_on, check_settings, parse_json, seconds_ms
 from . import logs
 from .auth import GrpcAuth, Tokens
 from .proto import rankq_pb2 as pb
 from .proto import rankq_pb2_grpc as pb_grpc
+from .errors import RETRY_AFTER_SECONDS
 from .service import MAX_WAIT_SECONDS, QueueService, QueueView, Unavailable
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankQ"].full_name
@@ -53,6 +55,7 @@ CODES: list[tuple[type[Exception], grpc.StatusCode, int]] = [
 ]
 NULLABLE = {spec.wire: spec.name for spec in limits.SETTINGS.values() if spec.nullable}  # may be in `clear`
 SETTING_FIELDS = [f.name for f in pb.QueueSettings.DESCRIPTOR.fields]
+COUNT_FIELDS = frozenset(f.name for f in pb.QueueCounts.DESCRIPTOR.fields)  # the engine may count more states
 
 
 def error_status(err: Exception) -> tuple[grpc.StatusCode, int, str]:
@@ -119,7 +122,22 @@ def stored_payload(payload: bytes, content_type: str):
     return payload
 
 
-def new_message(m: pb.NewMessage) -> c.NewMessage:
+def depends_on(m: pb.NewMessage, queue: str, index: int | None) -> tuple | None:
+    if not len(m.depends_on):
+        return None
+    deps: list = []
+    for d in m.depends_on:
+        if d.HasField("batch_index"):
+            if d.queue or d.id:
+                raise Invalid("depends_on: give either batch_index or queue and id, not both")
+            deps.append(d.batch_index)
+        else:
+            deps.append((d.queue or queue, d.id))
+    return check_depends_on("depends_on", index, deps)
+
+
+def new_message(m: pb.NewMessage, queue: str = "", index: int | None = None) -> c.NewMessage:
+    """The engine's message for one enqueued item (`index`: its place in a batch, None alone)."""
     has = m.HasField
     group = m.group if has("group") else None
     if group is not None and not 1 <= len(group) <= 256:
@@ -136,6 +154,9 @@ def new_message(m: pb.NewMessage) -> c.NewMessage:
         m.deliver_at if has("deliver_at") else None,
         dict(m.headers) if len(m.headers) else None,
         dedup_key,
+        seconds_ms("ttl", m.ttl, MAX_DELAY, open_low=True) if has("ttl") else None,
+        check_time_ms("expires_at", m.expires_at) if has("expires_at") else None,
+        depends_on(m, queue, index),
     )
 
 
@@ -148,6 +169,8 @@ def settings_to_engine(settings: pb.QueueSettings) -> dict:
         spec = limits.SETTINGS_BY_WIRE[name]  # units and bounds from the setting's one definition
         if name == "weights":
             out["weights"] = dict(value.classes)
+        elif name == "group_weights":
+            out["group_weights"] = dict(value.groups)
         elif spec.is_duration:
             out[spec.name] = seconds_ms(name, value, (spec.high or limits.MAX_DURATION_MS) / 1000,
                                         open_low=bool(spec.low))
@@ -176,6 +199,9 @@ def queue_info(view: QueueView) -> pb.QueueInfo:
             continue
         if key == "weights":
             settings.weights.classes.update(value)
+        elif key == "group_weights":
+            settings.group_weights.SetInParent()
+            settings.group_weights.groups.update(value)
         elif key.endswith("_ms"):
             setattr(settings, key[:-3], value / 1000)
         else:
@@ -183,7 +209,7 @@ def queue_info(view: QueueView) -> pb.QueueInfo:
     return pb.QueueInfo(
         name=view.name,
         settings=settings,
-        counts=pb.QueueCounts(**view.counts),
+        counts=pb.QueueCounts(**{k: v for k, v in view.counts.items() if k in COUNT_FIELDS}),
         totals=view.totals,
         created_at=view.created_at,
     )
@@ -204,11 +230,17 @@ def message_status(info: MessageInfo) -> pb.MessageStatus:
         deliveries=info.deliveries, enqueued_at=info.enqueued_at, available_at=info.available_at,
         lease_expires_at=info.lease_expires_at, acked_at=info.acked_at, last_error=info.last_error,
         result_json=None if info.result is None else dump_json(info.result), headers=info.headers,
-        dedup_key=info.dedup_key,
+        dedup_key=info.dedup_key, expires_at=info.expires_at, dead_reason=info.dead_reason,
+        depends_on=[pb.Dependency(queue=q, id=i) for q, i in info.depends_on or ()],
     )
     if info.payload is not None:
         out.payload, out.content_type = payload_out(info.payload)
     return out
+
+
+def redrive_job(job: dict) -> pb.RedriveJob:
+    return pb.RedriveJob(rate=job["rate"], total=job["total"], moved=job["moved"], remaining=job["remaining"],
+                         started_at=job["started_at"], state=job["state"])
 
 
 def ack_frame(acks: list) -> pb.EnqueueStreamResponse:
@@ -276,7 +308,10 @@ class RankQServicer(pb_grpc.RankQServicer):
             logs.error_line(route, detail, status)
         if already_exists and isinstance(err, Conflict):
             code = grpc.StatusCode.ALREADY_EXISTS
-        await context.abort(code, detail, trailing_metadata=(("rankq-status", str(status)), *self._leader()))
+        meta: tuple = (("rankq-status", str(status)),)
+        if status in (429, 503):  # as HTTP's Retry-After
+            meta += (("retry-after", str(RETRY_AFTER_SECONDS)),)
+        await context.abort(code, detail, trailing_metadata=(*meta, *self._leader()))
 
     def _leader(self) -> tuple:
         """`rankq-leader` (its id) and `rankq-leader-target` (its gRPC address) for clients to follow."""
@@ -327,7 +362,7 @@ class RankQServicer(pb_grpc.RankQServicer):
 
     @unary
     async def Enqueue(self, request, context):
-        [(mid, dup)] = await self.service.enqueue(request.queue, [new_message(request.message)])
+        [(mid, dup)] = await self.service.enqueue(request.queue, [new_message(request.message, request.queue)])
         return pb.EnqueueResponse(id=mid, duplicate=dup)
 
     @unary
@@ -337,7 +372,7 @@ class RankQServicer(pb_grpc.RankQServicer):
         messages = []
         for i, m in enumerate(request.messages):
             try:
-                messages.append(new_message(m))
+                messages.append(new_message(m, request.queue, i))
             except Invalid as err:
                 raise Invalid(f"message {i}: {err.detail}") from None
         out = await self.service.enqueue(request.queue, messages)
@@ -432,8 +467,24 @@ class RankQServicer(pb_grpc.RankQServicer):
             raise Invalid("give either ids or all, not both")
         if len(request.ids) > 100_000:
             raise Invalid("at most 100000 ids at once")
-        res = await self.service.redrive(request.queue, None if request.all else list(request.ids))
+        rate = request.rate if request.HasField("rate") else None
+        if rate is not None and rate < 1:
+            raise Invalid("rate must be at least 1 message per second")
+        res = await self.service.redrive(request.queue, None if request.all else list(request.ids), rate)
+        if res.get("job") is not None:
+            return pb.RedriveResponse(job=redrive_job(res["job"]))
         return pb.RedriveResponse(redriven=res["redriven"], not_found=res["not_found"])
+
+    @unary
+    async def GetRedrive(self, request, context):
+        job = self.service.redrive_status(request.queue)
+        if job is None:
+            raise NotFound(f"queue {request.queue!r} has no paced redrive")
+        return redrive_job(job)
+
+    @unary
+    async def StopRedrive(self, request, context):
+        return redrive_job(await self.service.stop_redrive(request.queue))
 
     # ---- streams --------------------------------------------------------------------------------
 
@@ -466,7 +517,7 @@ class RankQServicer(pb_grpc.RankQServicer):
                     try:
                         if not queue:
                             raise Invalid("queue is required in the first message of the stream")
-                        msg = new_message(req.message)
+                        msg = new_message(req.message, queue)
                     except Invalid as err:
                         acks.append(self._refused(route, req.ref, err))
                         wake.set()

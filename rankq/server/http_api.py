@@ -28,6 +28,7 @@ from .http_errors import add_error_handlers
 from .http_health import add_health_routes
 from .http_messages import build_messages_router
 from .http_queues import build_queues_router
+from .http_redrive import build_redrive_router
 from .service import QueueService
 
 
@@ -70,6 +71,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     app.include_router(build_cluster_router(service, log_request, peer_ca))
     app.include_router(build_backup_router(service, log_request))
     app.include_router(build_archive_router(service, log_request))
+    app.include_router(build_redrive_router(service, log_request))
     add_dashboard(app, service, log_request)
     add_health_routes(app, service)
     return app

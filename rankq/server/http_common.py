@@ -72,6 +72,9 @@ def message_status(info: MessageInfo) -> dict[str, Any]:
         "dedup_key": info.dedup_key,
         "payload": None,
         "payload_base64": None,
+        "depends_on": None if info.depends_on is None else [{"queue": q, "id": i} for q, i in info.depends_on],
+        "expires_at": s.iso(info.expires_at),
+        "dead_reason": info.dead_reason,
     }
     out.update(payload_fields(info.payload))
     return out

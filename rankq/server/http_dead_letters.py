@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from .. import schemas as s
 from .http_common import RequestHook, message_status
 from .http_errors import COMMON_ERRORS
+from .http_redrive import redrive_result
 from .service import QueueService
 
 
@@ -23,8 +24,9 @@ def build_dead_letters_router(service: QueueService, log_request: RequestHook) -
 
     @router.post("/queues/{name}/dlq/redrive", response_model=s.RedriveResult, responses=COMMON_ERRORS)
     async def redrive(name: str, body: s.RedriveRequest | None = None):
-        """Move dead letters back to the queue (all, or the given ids) with a fresh delivery count."""
-        ids = None if body is None else body.ids
-        return JSONResponse(await service.redrive(name, ids))
+        """Move dead letters back to the queue (all, or the given ids) with a fresh delivery count;
+        with `rate`, start a paced redrive of that many messages per second (409 while one runs)."""
+        body = body or s.RedriveRequest()
+        return JSONResponse(redrive_result(await service.redrive(name, body.ids, body.rate)))
 
     return router

@@ -19,8 +19,9 @@ from .. import schemas as s
 from ..engine import Conflict, EngineError, Full, Invalid, NotFound, TooLarge
 from ..engine.config import MAX_JSON_DEPTH
 from . import logs
-from .errors import ClusterConflict, Unavailable
+from .errors import RETRY_AFTER_SECONDS, ClusterConflict, Unavailable
 
+RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 STATUS: dict[type[Exception], int] = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Full: 429,
                                       ClusterConflict: 409}
 
@@ -34,6 +35,11 @@ def error_responses(*statuses: int) -> Responses:
 
 
 COMMON_ERRORS = error_responses(404, 409, 422, 503)  # what any call naming a queue can get
+# A 429 (the queue is at its max_length) names when to retry.
+QUEUE_FULL: dict[str, Any] = {
+    "model": s.ErrorBody, "description": "the queue is at its max_length",
+    "headers": {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}},
+}
 
 
 def status_of(err: Exception) -> int:
@@ -56,7 +62,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
 async def engine_error(request: Request, exc: EngineError) -> JSONResponse:
     status = status_of(exc)
-    return _error(request, status, exc.detail, {"Retry-After": "1"} if status == 429 else None)
+    return _error(request, status, exc.detail, RETRY_AFTER if status == 429 else None)
 
 
 async def cluster_conflict(request: Request, exc: ClusterConflict) -> JSONResponse:
@@ -64,7 +70,7 @@ async def cluster_conflict(request: Request, exc: ClusterConflict) -> JSONRespon
 
 
 async def unavailable(request: Request, exc: Unavailable) -> JSONResponse:
-    return _error(request, 503, exc.detail, {"Retry-After": "1"})
+    return _error(request, 503, exc.detail, RETRY_AFTER)
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

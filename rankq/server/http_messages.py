@@ -15,14 +15,14 @@ from fastapi.responses import JSONResponse
 from .. import schemas as s
 from ..engine import Delivery
 from ..engine import commands as c
-from ..validation import json_text
+from ..validation import check_depends_on, json_text
 from .http_common import RequestHook, message_status, raw
-from .http_errors import COMMON_ERRORS, error_responses, status_of
+from .http_errors import COMMON_ERRORS, QUEUE_FULL, error_responses, status_of
 from .service import QueueService
 
 # Module-level encoder: json.dumps with options builds a new encoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-ENQUEUE_ERRORS = error_responses(404, 409, 422, 503, 413, 429)
+ENQUEUE_ERRORS = {**error_responses(404, 409, 422, 503, 413), 429: QUEUE_FULL}
 
 
 def build_messages_router(service: QueueService, log_request: RequestHook) -> APIRouter:
@@ -32,14 +32,14 @@ def build_messages_router(service: QueueService, log_request: RequestHook) -> AP
                  responses=ENQUEUE_ERRORS, tags=["messages"])
     async def enqueue(name: str, body: s.EnqueueRequest):
         """Enqueue one message; 201 with its id (the original id when the dedup key was seen)."""
-        [(mid, dup)] = await service.enqueue(name, [new_message(body)])
+        [(mid, dup)] = await service.enqueue(name, [new_message(body, name)])
         return raw('{"id":%d,"seq":%d,"duplicate":%s}' % (mid, mid, "true" if dup else "false"), 201)
 
     @router.post("/queues/{name}/messages/batch", status_code=201, response_model=s.EnqueueBatchResult,
                  responses=ENQUEUE_ERRORS, tags=["messages"])
     async def enqueue_batch(name: str, body: s.EnqueueBatchRequest):
         """Enqueue up to 1000 messages at once; all are accepted or none."""
-        out = await service.enqueue(name, [new_message(m, f"messages.{i}.payload") for i, m in enumerate(body.messages)])
+        out = await service.enqueue(name, [new_message(m, name, i) for i, m in enumerate(body.messages)])
         items = ",".join('{"id":%d,"seq":%d,"duplicate":%s}' % (i, i, "true" if d else "false") for i, d in out)
         return raw('{"results":[' + items + "]}", 201)
 
@@ -116,7 +116,13 @@ def build_messages_router(service: QueueService, log_request: RequestHook) -> AP
     return router
 
 
-def new_message(m: s.EnqueueRequest, where: str = "payload") -> c.NewMessage:
+def new_message(m: s.EnqueueRequest, queue: str, index: int | None = None) -> c.NewMessage:
+    """The engine's message for one enqueued item (`index`: its place in a batch, None alone)."""
+    where = "payload" if index is None else f"messages.{index}.payload"
+    depends_on = None
+    if m.depends_on:
+        deps = [d.batch_index if isinstance(d, s.DependsOnBatchItem) else (d.queue or queue, d.id) for d in m.depends_on]
+        depends_on = check_depends_on("depends_on" if index is None else f"messages.{index}.depends_on", index, deps)
     return c.NewMessage(
         payload=json_text(where, m.payload),
         priority=m.priority,
@@ -125,6 +131,9 @@ def new_message(m: s.EnqueueRequest, where: str = "payload") -> c.NewMessage:
         deliver_at_ms=s.timestamp_ms(m.deliver_at),
         headers=m.headers,
         dedup_key=m.dedup_key,
+        ttl_ms=s.to_ms(m.ttl),
+        expires_at_ms=s.timestamp_ms(m.expires_at),
+        depends_on=depends_on,
     )
 
 

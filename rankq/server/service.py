@@ -423,8 +423,17 @@ class QueueService(ClusterOps):
     async def cancel(self, queue: str, mid: int) -> str:
         return await self.submit(c.Cancel(queue, mid))
 
-    async def redrive(self, queue: str, ids: list[int] | None) -> dict:
-        return await self.submit(c.Redrive(queue, None if ids is None else tuple(ids)))
+    async def redrive(self, queue: str, ids: list[int] | None, rate: int | None = None) -> dict:
+        """All at once (`rate` None): {"redriven", "not_found"}; paced: {"job": status}."""
+        return await self.submit(c.Redrive(queue, None if ids is None else tuple(ids), rate))
+
+    def redrive_status(self, queue: str) -> dict | None:
+        """The queue's paced redrive job as this node has applied it, or None when it had none."""
+        with self.node.lock:
+            return self.node.engine.queue(queue).redrive_status()
+
+    async def stop_redrive(self, queue: str) -> dict:
+        return await self.submit(c.StopRedrive(queue))
 
     def get_message(self, queue: str, mid: int) -> MessageInfo:
         with self.node.lock:

@@ -57,9 +57,9 @@ def test_queue_create_list_show_update_delete(rankq, qname):
     ok(rankq("send", qname, "1"))
     listing = ok(rankq("queue", "list"))
     header = next(line for line in listing.splitlines() if "name" in line)
-    assert header.split() == ["name", "policy", "ready", "delayed", "leased", "dead"]
+    assert header.split() == ["name", "policy", "ready", "delayed", "waiting", "leased", "dead"]
     row = next(line for line in listing.splitlines() if qname in line)
-    assert row.split() == [qname, "weighted", "1", "0", "0", "0"]
+    assert row.split() == [qname, "weighted", "1", "0", "0", "0", "0"]
 
     shown = ok(rankq("queue", "show", qname))
     assert "max_deliveries" in shown and "visibility_timeout" in shown and "45.0" in shown
@@ -278,3 +278,53 @@ def test_tables_fit_80_columns_and_keep_every_column(rankq80, qname, server):
     assert address in out and server.url in out, out  # whole, not cut
     header = next(line for line in out.splitlines() if "role" in line)
     assert header.split() == ["address", "role", "health", "match", "lag", "http"]
+
+
+# ---- task commands ------------------------------------------------------------------------------------
+
+def test_extend_set_priority_and_cancel(rankq, qname):
+    ok(rankq("queue", "create", qname))
+    first = as_json(rankq("-o", "json", "send", qname, "a"))["id"]
+    second = as_json(rankq("-o", "json", "send", qname, "b", "--delay", "60"))["id"]
+    out = ok(rankq("set-priority", qname, str(second), "0"))
+    assert out.strip() == f"message {second} has priority 0"
+    assert as_json(rankq("-o", "json", "message", qname, str(second)))["priority"] == 0
+    assert ok(rankq("cancel", qname, str(second))).strip() == f"cancelled message {second}"
+    assert rankq("message", qname, str(second)).exit_code == 1  # gone
+    [msg] = as_json(rankq("-o", "json", "receive", qname, "--visibility-timeout", "5"))
+    extended = as_json(rankq("-o", "json", "extend", qname, str(first), msg["lease_token"],
+                             "--visibility-timeout", "600"))
+    assert extended["lease_expires_at"] > msg["lease_expires_at"]
+    assert ok(rankq("extend", qname, str(first), msg["lease_token"])).startswith(f"message {first} is leased until ")
+    stale = rankq("extend", qname, str(first), "0" * 24)
+    assert stale.exit_code == 1 and "409" in stale.stderr
+
+
+def test_send_with_dependencies_and_ttl(rankq, qname):
+    ok(rankq("queue", "create", qname))
+    parent = as_json(rankq("-o", "json", "send", qname, "parent"))["id"]
+    child = as_json(rankq("-o", "json", "send", qname, "child", "--depends-on", str(parent),
+                          "--depends-on", f"{qname}/{parent}", "--ttl", "600"))["id"]
+    status = as_json(rankq("-o", "json", "message", qname, str(child)))
+    assert status["state"] == "waiting" and status["expires_at"]
+    assert status["depends_on"] == [{"id": parent, "queue": qname}]  # the same message named twice counts once
+    bad = rankq("send", qname, "x", "--depends-on", "a/b")
+    assert bad.exit_code == 2 and "ID or QUEUE/ID" in bad.stderr
+
+
+def test_paced_redrive_status_and_stop(rankq, qname):
+    ok(rankq("queue", "create", qname))
+    for i in range(20):
+        ok(rankq("send", qname, str(i)))
+    for msg in as_json(rankq("-o", "json", "receive", qname, "--max", "20")):
+        ok(rankq("nack", qname, str(msg["id"]), msg["lease_token"], "--dead"))
+    out = ok(rankq("dlq", "redrive", qname, "--all", "--rate", "5"))
+    assert out.startswith(f"redrive of {qname}: running, ") and "at 5/s" in out
+    again = rankq("dlq", "redrive", qname, "--all", "--rate", "5")
+    assert again.exit_code == 1 and "409" in again.stderr
+    status = as_json(rankq("-o", "json", "dlq", "redrive-status", qname))
+    assert status["total"] == 20 and status["rate"] == 5
+    stopped = as_json(rankq("-o", "json", "dlq", "redrive-stop", qname))
+    assert stopped["state"] == "stopped"
+    assert ok(rankq("dlq", "redrive-status", qname)).startswith(f"redrive of {qname}: stopped, ")
+    assert rankq("dlq", "redrive", qname, "--all", "--rate", "0").exit_code == 2

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 
 from rankq.engine import Conflict, Engine, Invalid
 from rankq.engine import commands as c
-from rankq.engine.message import LEASED, READY
+from rankq.engine.message import LEASED, READY, WAITING
 from test_engine_properties import EngineMachine
 
 
@@ -25,7 +25,17 @@ def restore_view(engine: Engine) -> dict:
             sorted((m.id, m.payload, m.deliveries, m.due, m.extra) for m in q.dead.values()),
             sorted(q.acked.items()),
             sorted(q.dedup.items()),
+            sorted(q.cancelled.items()),
+            q.redrive_status(),
+            # messages whose expiry nothing would notice (none: a leased one is looked at when its lease ends)
+            sorted(m.id for m in q.messages.values() if m.get_extra("expires_at") is not None and m.state != LEASED
+                   and (m.get_extra("expires_at"), m.id) not in q.expiries),
         )
+    # who waits for whom, counting only dependents still waiting (the index drops the others lazily)
+    out["waiters"] = sorted(
+        (dep, who) for dep, whos in engine.links.waiters.items() for who in whos
+        if who[0] in engine.queues and (m := engine.queues[who[0]].messages.get(who[1])) is not None
+        and m.state == WAITING)
     return out
 
 

@@ -20,6 +20,8 @@ SETTINGS = [
     {"fair_groups": True},
     {"fair_groups": True, "group_max_inflight": 2},
     {"policy": "weighted", "fair_groups": True, "group_max_inflight": 1},
+    {"fair_groups": True, "group_weights": {"a": 3, "b": 2}},
+    {"policy": "weighted", "fair_groups": True, "group_weights": {"c": 4}, "group_max_inflight": 2},
 ]
 
 

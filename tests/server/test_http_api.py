@@ -42,7 +42,8 @@ def test_queue_lifecycle_and_live_settings(api):
     info = make_queue(api, "life", policy="weighted", visibility_timeout=5)
     assert info["settings"]["policy"] == "weighted"
     assert info["settings"]["visibility_timeout"] == 5
-    assert info["counts"] == {"ready": 0, "delayed": 0, "leased": 0, "dead": 0, "acked_retained": 0, "backlog": 0}
+    assert info["counts"] == {"ready": 0, "delayed": 0, "leased": 0, "dead": 0, "acked_retained": 0, "backlog": 0,
+                              "waiting": 0}
     assert api.post("/queues", json={"name": "life"}).status_code == 409
     assert "life" in [q["name"] for q in api.get("/queues").json()["queues"]]
     r = api.patch("/queues/life", json={"max_length": 10, "fair_groups": True})

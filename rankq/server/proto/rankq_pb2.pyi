@@ -20,7 +20,7 @@ class Weights(_message.Message):
     def __init__(self, classes: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class QueueSettings(_message.Message):
-    __slots__ = ("policy", "weights", "default_priority", "fair_groups", "group_max_inflight", "visibility_timeout", "max_deliveries", "dead_letter", "dead_letter_retention", "retention", "max_length", "max_payload_bytes", "dedup_window", "retry_base", "retry_max", "archive")
+    __slots__ = ("policy", "weights", "default_priority", "fair_groups", "group_max_inflight", "visibility_timeout", "max_deliveries", "dead_letter", "dead_letter_retention", "retention", "max_length", "max_payload_bytes", "dedup_window", "retry_base", "retry_max", "archive", "rate_limit", "rate_burst", "group_rate_limit", "max_inflight", "group_weights", "message_ttl", "dependency_failure", "dead_letter_queue")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,14 @@ class QueueSettings(_message.Message):
     RETRY_BASE_FIELD_NUMBER: _ClassVar[int]
     RETRY_MAX_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_BURST_FIELD_NUMBER: _ClassVar[int]
+    GROUP_RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TTL_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_QUEUE_FIELD_NUMBER: _ClassVar[int]
     policy: str
     weights: Weights
     default_priority: int
@@ -53,23 +61,46 @@ class QueueSettings(_message.Message):
     retry_base: float
     retry_max: float
     archive: bool
-    def __init__(self, policy: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., default_priority: _Optional[int] = ..., fair_groups: _Optional[bool] = ..., group_max_inflight: _Optional[int] = ..., visibility_timeout: _Optional[float] = ..., max_deliveries: _Optional[int] = ..., dead_letter: _Optional[bool] = ..., dead_letter_retention: _Optional[float] = ..., retention: _Optional[float] = ..., max_length: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., dedup_window: _Optional[float] = ..., retry_base: _Optional[float] = ..., retry_max: _Optional[float] = ..., archive: _Optional[bool] = ...) -> None: ...
+    rate_limit: int
+    rate_burst: int
+    group_rate_limit: int
+    max_inflight: int
+    group_weights: GroupWeights
+    message_ttl: float
+    dependency_failure: str
+    dead_letter_queue: str
+    def __init__(self, policy: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., default_priority: _Optional[int] = ..., fair_groups: _Optional[bool] = ..., group_max_inflight: _Optional[int] = ..., visibility_timeout: _Optional[float] = ..., max_deliveries: _Optional[int] = ..., dead_letter: _Optional[bool] = ..., dead_letter_retention: _Optional[float] = ..., retention: _Optional[float] = ..., max_length: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., dedup_window: _Optional[float] = ..., retry_base: _Optional[float] = ..., retry_max: _Optional[float] = ..., archive: _Optional[bool] = ..., rate_limit: _Optional[int] = ..., rate_burst: _Optional[int] = ..., group_rate_limit: _Optional[int] = ..., max_inflight: _Optional[int] = ..., group_weights: _Optional[_Union[GroupWeights, _Mapping]] = ..., message_ttl: _Optional[float] = ..., dependency_failure: _Optional[str] = ..., dead_letter_queue: _Optional[str] = ...) -> None: ...
+
+class GroupWeights(_message.Message):
+    __slots__ = ("groups",)
+    class GroupsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.ScalarMap[str, int]
+    def __init__(self, groups: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class QueueCounts(_message.Message):
-    __slots__ = ("ready", "delayed", "leased", "dead", "acked_retained", "backlog")
+    __slots__ = ("ready", "delayed", "leased", "dead", "acked_retained", "backlog", "waiting")
     READY_FIELD_NUMBER: _ClassVar[int]
     DELAYED_FIELD_NUMBER: _ClassVar[int]
     LEASED_FIELD_NUMBER: _ClassVar[int]
     DEAD_FIELD_NUMBER: _ClassVar[int]
     ACKED_RETAINED_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     ready: int
     delayed: int
     leased: int
     dead: int
     acked_retained: int
     backlog: int
-    def __init__(self, ready: _Optional[int] = ..., delayed: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., acked_retained: _Optional[int] = ..., backlog: _Optional[int] = ...) -> None: ...
+    waiting: int
+    def __init__(self, ready: _Optional[int] = ..., delayed: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., acked_retained: _Optional[int] = ..., backlog: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
 
 class QueueInfo(_message.Message):
     __slots__ = ("name", "settings", "counts", "totals", "created_at")
@@ -137,7 +168,7 @@ class DeleteQueueResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class NewMessage(_message.Message):
-    __slots__ = ("payload", "content_type", "priority", "group", "delay", "deliver_at", "headers", "dedup_key")
+    __slots__ = ("payload", "content_type", "priority", "group", "delay", "deliver_at", "headers", "dedup_key", "ttl", "expires_at", "depends_on")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +184,9 @@ class NewMessage(_message.Message):
     DELIVER_AT_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     content_type: str
     priority: int
@@ -161,7 +195,20 @@ class NewMessage(_message.Message):
     deliver_at: int
     headers: _containers.ScalarMap[str, str]
     dedup_key: str
-    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., delay: _Optional[float] = ..., deliver_at: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., dedup_key: _Optional[str] = ...) -> None: ...
+    ttl: float
+    expires_at: int
+    depends_on: _containers.RepeatedCompositeFieldContainer[Dependency]
+    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., delay: _Optional[float] = ..., deliver_at: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., dedup_key: _Optional[str] = ..., ttl: _Optional[float] = ..., expires_at: _Optional[int] = ..., depends_on: _Optional[_Iterable[_Union[Dependency, _Mapping]]] = ...) -> None: ...
+
+class Dependency(_message.Message):
+    __slots__ = ("queue", "id", "batch_index")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: int
+    batch_index: int
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., batch_index: _Optional[int] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
     __slots__ = ("queue", "message", "ref")
@@ -301,7 +348,7 @@ class GetMessageRequest(_message.Message):
     def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
 
 class MessageStatus(_message.Message):
-    __slots__ = ("id", "queue", "state", "priority", "group", "deliveries", "enqueued_at", "available_at", "lease_expires_at", "acked_at", "last_error", "result_json", "headers", "dedup_key", "payload", "content_type")
+    __slots__ = ("id", "queue", "state", "priority", "group", "deliveries", "enqueued_at", "available_at", "lease_expires_at", "acked_at", "last_error", "result_json", "headers", "dedup_key", "payload", "content_type", "depends_on", "expires_at", "dead_reason")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -325,6 +372,9 @@ class MessageStatus(_message.Message):
     DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DEAD_REASON_FIELD_NUMBER: _ClassVar[int]
     id: int
     queue: str
     state: str
@@ -341,7 +391,10 @@ class MessageStatus(_message.Message):
     dedup_key: str
     payload: bytes
     content_type: str
-    def __init__(self, id: _Optional[int] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., deliveries: _Optional[int] = ..., enqueued_at: _Optional[int] = ..., available_at: _Optional[int] = ..., lease_expires_at: _Optional[int] = ..., acked_at: _Optional[int] = ..., last_error: _Optional[str] = ..., result_json: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., dedup_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+    depends_on: _containers.RepeatedCompositeFieldContainer[Dependency]
+    expires_at: int
+    dead_reason: str
+    def __init__(self, id: _Optional[int] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., deliveries: _Optional[int] = ..., enqueued_at: _Optional[int] = ..., available_at: _Optional[int] = ..., lease_expires_at: _Optional[int] = ..., acked_at: _Optional[int] = ..., last_error: _Optional[str] = ..., result_json: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., dedup_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., depends_on: _Optional[_Iterable[_Union[Dependency, _Mapping]]] = ..., expires_at: _Optional[int] = ..., dead_reason: _Optional[str] = ...) -> None: ...
 
 class CancelMessageRequest(_message.Message):
     __slots__ = ("queue", "id")
@@ -500,19 +553,45 @@ class ListDeadLettersResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[MessageStatus, _Mapping]]] = ..., next_after: _Optional[int] = ...) -> None: ...
 
 class RedriveRequest(_message.Message):
-    __slots__ = ("queue", "ids", "all")
+    __slots__ = ("queue", "ids", "all", "rate")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
     queue: str
     ids: _containers.RepeatedScalarFieldContainer[int]
     all: bool
-    def __init__(self, queue: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ..., all: _Optional[bool] = ...) -> None: ...
+    rate: int
+    def __init__(self, queue: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ..., all: _Optional[bool] = ..., rate: _Optional[int] = ...) -> None: ...
 
 class RedriveResponse(_message.Message):
-    __slots__ = ("redriven", "not_found")
+    __slots__ = ("redriven", "not_found", "job")
     REDRIVEN_FIELD_NUMBER: _ClassVar[int]
     NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
     redriven: _containers.RepeatedScalarFieldContainer[int]
     not_found: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, redriven: _Optional[_Iterable[int]] = ..., not_found: _Optional[_Iterable[int]] = ...) -> None: ...
+    job: RedriveJob
+    def __init__(self, redriven: _Optional[_Iterable[int]] = ..., not_found: _Optional[_Iterable[int]] = ..., job: _Optional[_Union[RedriveJob, _Mapping]] = ...) -> None: ...
+
+class RedriveJobRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class RedriveJob(_message.Message):
+    __slots__ = ("rate", "total", "moved", "remaining", "started_at", "state")
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    rate: int
+    total: int
+    moved: int
+    remaining: int
+    started_at: int
+    state: str
+    def __init__(self, rate: _Optional[int] = ..., total: _Optional[int] = ..., moved: _Optional[int] = ..., remaining: _Optional[int] = ..., started_at: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...

@@ -124,6 +124,16 @@ class RankQStub:
                 request_serializer=rankq__pb2.RedriveRequest.SerializeToString,
                 response_deserializer=rankq__pb2.RedriveResponse.FromString,
                 _registered_method=True)
+        self.GetRedrive = channel.unary_unary(
+                '/rankq.v1.RankQ/GetRedrive',
+                request_serializer=rankq__pb2.RedriveJobRequest.SerializeToString,
+                response_deserializer=rankq__pb2.RedriveJob.FromString,
+                _registered_method=True)
+        self.StopRedrive = channel.unary_unary(
+                '/rankq.v1.RankQ/StopRedrive',
+                request_serializer=rankq__pb2.RedriveJobRequest.SerializeToString,
+                response_deserializer=rankq__pb2.RedriveJob.FromString,
+                _registered_method=True)
         self.EnqueueStream = channel.stream_stream(
                 '/rankq.v1.RankQ/EnqueueStream',
                 request_serializer=rankq__pb2.EnqueueStreamRequest.SerializeToString,
@@ -252,7 +262,23 @@ class RankQServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Redrive(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """With `rate`, starts a paced redrive (FAILED_PRECONDITION while one runs) and answers its job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRedrive(self, request, context):
+        """The queue's paced redrive (NOT_FOUND when it never had one); a finished or stopped job stays
+        readable until the next redrive starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopRedrive(self, request, context):
+        """Stop the queue's paced redrive; what it moved stays moved.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -372,6 +398,16 @@ def add_RankQServicer_to_server(servicer, server):
                     servicer.Redrive,
                     request_deserializer=rankq__pb2.RedriveRequest.FromString,
                     response_serializer=rankq__pb2.RedriveResponse.SerializeToString,
+            ),
+            'GetRedrive': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRedrive,
+                    request_deserializer=rankq__pb2.RedriveJobRequest.FromString,
+                    response_serializer=rankq__pb2.RedriveJob.SerializeToString,
+            ),
+            'StopRedrive': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopRedrive,
+                    request_deserializer=rankq__pb2.RedriveJobRequest.FromString,
+                    response_serializer=rankq__pb2.RedriveJob.SerializeToString,
             ),
             'EnqueueStream': grpc.stream_stream_rpc_method_handler(
                     servicer.EnqueueStream,
@@ -870,6 +906,60 @@ class RankQ:
             '/rankq.v1.RankQ/Redrive',
             rankq__pb2.RedriveRequest.SerializeToString,
             rankq__pb2.RedriveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRedrive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rankq.v1.RankQ/GetRedrive',
+            rankq__pb2.RedriveJobRequest.SerializeToString,
+            rankq__pb2.RedriveJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopRedrive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rankq.v1.RankQ/StopRedrive',
+            rankq__pb2.RedriveJobRequest.SerializeToString,
+            rankq__pb2.RedriveJob.FromString,
             options,
             channel_credentials,
             insecure,
