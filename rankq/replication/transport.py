@@ -28,6 +28,7 @@ commands (`add`, `remove`) and read-only peers that stream every entry. Here:
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import logging
 import os
@@ -146,14 +147,20 @@ class PeerConnection:
         self._reset_buffers()
         self._last_read = time.monotonic()
         self._sock = sock
+        self._fileno: int | None = None
         if sock is not None:
             self._fileno = sock.fileno()
             self._state = CONNECTION_STATE.CONNECTED
             self._set_keepalive()
             self._subscribe(POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR)
         else:
-            self._fileno = None
             self._state = CONNECTION_STATE.DISCONNECTED
+
+    def proven_keys(self) -> tuple[bytes, bytes]:
+        """(the key the other side chose, the key we chose): both are set once the handshake ran."""
+        if self.sendRandKey is None or self.recvRandKey is None:
+            raise ProtocolError("handshake keys missing")
+        return self.sendRandKey, self.recvRandKey
 
     def _reset_buffers(self) -> None:
         self._rbuf = bytearray()
@@ -215,7 +222,7 @@ class PeerConnection:
         try:
             sock.connect((host, port))
         except OSError as err:
-            if err.errno not in (socket.errno.EINPROGRESS, socket.errno.EWOULDBLOCK):
+            if err.errno not in (errno.EINPROGRESS, errno.EWOULDBLOCK):
                 sock.close()
                 self._sock = None
                 return False
@@ -243,12 +250,15 @@ class PeerConnection:
             body = bytes((_ZLIB,)) + zlib.compress(data, 3)
         else:
             body = bytes((_RAW,)) + data
+        seal = self._seal
+        if seal is None:
+            raise ProtocolError("no sealed-frame key on this connection")
         nonce = self._send_count.to_bytes(12, "little")
         self._send_count += 1
-        return self._seal.encrypt(nonce, body, None)
+        return seal.encrypt(nonce, body, None)
 
     def disconnect(self) -> None:
-        notify = self._on_disconnected is not None and self._state != CONNECTION_STATE.DISCONNECTED
+        on_disconnected = self._on_disconnected if self._state != CONNECTION_STATE.DISCONNECTED else None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -257,8 +267,8 @@ class PeerConnection:
             self._fileno = None
         self._reset_buffers()
         self._state = CONNECTION_STATE.DISCONNECTED
-        if notify:
-            self._on_disconnected()
+        if on_disconnected is not None:
+            on_disconnected()
 
     # ---- events -------------------------------------------------------------------------------
 
@@ -277,7 +287,7 @@ class PeerConnection:
             self.disconnect()
             return
         if self._state == CONNECTION_STATE.CONNECTING:
-            if self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            if self._sock is None or self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                 self.disconnect()
                 return
             if self._on_connected is not None:
@@ -309,12 +319,13 @@ class PeerConnection:
         if self._timed_out():
             self.disconnect()
             return
-        while self._wpos < len(self._wbuf):
+        sock = self._sock
+        while sock is not None and self._wpos < len(self._wbuf):
             view = memoryview(self._wbuf)
             try:
                 rest = view[self._wpos:]
                 try:
-                    sent = self._sock.send(rest)
+                    sent = sock.send(rest)
                 finally:
                     rest.release()
             except (BlockingIOError, InterruptedError):
@@ -344,6 +355,8 @@ class PeerConnection:
                 want = HEADER.size + HANDSHAKE_FRAME_BYTES - (len(self._rbuf) - self._rpos)
                 if want <= 0:
                     raise ProtocolError("handshake frame too large")
+            if self._sock is None:
+                return
             try:
                 chunk = self._sock.recv(min(want, budget))
             except (BlockingIOError, InterruptedError):
@@ -412,6 +425,8 @@ class PeerConnection:
 
     def _open_frame(self, frame: bytes) -> Any:
         nonce = self._recv_count.to_bytes(12, "little")
+        if self._open is None:
+            raise ProtocolError("no sealed-frame key on this connection")
         try:
             body = self._open.decrypt(nonce, frame, None)  # the tag is checked before anything else
         except InvalidTag:
@@ -471,6 +486,8 @@ class PeerServer:
     def _on_accept(self, descr: int, event: int) -> None:
         if event & POLL_EVENT_TYPE.READ:
             for _ in range(16):  # a burst of connections does not hold up the tick
+                if self._sock is None:
+                    return
                 try:
                     sock, _addr = self._sock.accept()
                 except (BlockingIOError, InterruptedError):
@@ -575,7 +592,8 @@ class PeerTransport(TCPTransport):
         self._unknownConnections.discard(conn)
         self._connections[node] = conn
         if sealed:
-            to_acceptor, to_initiator = sealed_frame_keys(self._master_key, conn.sendRandKey, conn.recvRandKey)
+            theirs, ours = conn.proven_keys()
+            to_acceptor, to_initiator = sealed_frame_keys(self._master_key, theirs, ours)
             conn.use_sealed_frames(send_key=to_initiator, recv_key=to_acceptor)
         conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
         self._onNodeConnected(node)
@@ -592,7 +610,8 @@ class PeerTransport(TCPTransport):
         if self.offers_sealed_frames and message.endswith(SEALED_OFFER) \
                 and len(message) == RAND_KEY_BYTES + len(SEALED_OFFER):
             conn.send((SEALED_ACCEPT, self._selfNode.address))  # the last Fernet frame this way
-            to_acceptor, to_initiator = sealed_frame_keys(self._master_key, conn.recvRandKey, message)
+            theirs, ours = conn.proven_keys()
+            to_acceptor, to_initiator = sealed_frame_keys(self._master_key, ours, theirs)
             conn.use_sealed_frames(send_key=to_acceptor, recv_key=to_initiator)
         else:
             conn.send(self._selfNode.address)
