@@ -58,11 +58,11 @@ SETTING_FIELDS = [f.name for f in pb.QueueSettings.DESCRIPTOR.fields]
 COUNT_FIELDS = frozenset(f.name for f in pb.QueueCounts.DESCRIPTOR.fields)  # the engine may count more states
 
 
-def error_status(err: Exception) -> tuple[grpc.StatusCode, int, str]:
+def error_status(err: BaseException) -> tuple[grpc.StatusCode, int, str]:
     """The gRPC code, HTTP status and detail for an exception a handler ended in."""
     for cls, code, status in CODES:
         if isinstance(err, cls):
-            return code, status, err.detail
+            return code, status, str(getattr(err, "detail", err))  # every class in CODES has a detail
     return grpc.StatusCode.INTERNAL, 500, "internal server error"
 
 

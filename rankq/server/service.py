@@ -9,6 +9,7 @@ under the engine lock.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -59,19 +60,18 @@ class QueueService(ClusterOps):
         self.max_inflight = max_inflight
         self.member_info = member_info or {}
         self.proposal_timeout = proposal_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._inflight = 0
         self._batches: dict[int, tuple[float, list]] = {}  # proposals awaiting commit
         self._batch_ids = 0
         self._tasks: list[asyncio.Task] = []
         self._ready_events: dict[str, asyncio.Event] = {}
-        self._deadline_changed: asyncio.Event | None = None
+        self._deadline_changed = asyncio.Event()  # made again in start(), on the serving loop
         self._ticker: asyncio.Task | None = None
         self.archiver: Any = None  # set when the group archives to PostgreSQL (server/archive.py)
         self._closing = False  # shutting down: no new writes
         self._last_leader: dict | None = None  # for error details while no leader is known
-        self._answered: asyncio.Event | None = None  # set whenever a proposal is answered
+        self._answered = asyncio.Event()  # set whenever a proposal is answered
         node.state_machine.on_woken = self._woken_from_raft
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -381,7 +381,7 @@ class QueueService(ClusterOps):
             try:
                 got = await asyncio.shield(proposal)
             except asyncio.CancelledError:  # the client went away: what it leased goes back
-                proposal.add_done_callback(lambda p, q=queue: self._release_orphans(q, p))
+                proposal.add_done_callback(functools.partial(self._release_orphans, queue))
                 raise
             left = deadline - time.monotonic()
             if got or left <= 0:
