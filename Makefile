@@ -48,13 +48,9 @@ test-engine: $(STAMP) ## Only the engine's unit and property tests (seconds)
 test-server: $(STAMP) ## Only the server tests against real processes
 	$(PY) -m pytest tests/server tests/client -q
 
-# `ruff format --check` joins `make lint` once the tree has been formatted (one `ruff format` run);
-# until then it runs only with `make lint LINT_FORMAT=1`.
-LINT_FORMAT ?=
-
-lint: $(STAMP) ## ruff check (and ruff format --check with LINT_FORMAT=1)
+lint: $(STAMP) ## ruff check and ruff format --check (`ruff format .` fixes the second)
 	$(VENV)/bin/ruff check .
-	$(if $(LINT_FORMAT),$(VENV)/bin/ruff format --check .)
+	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP) ## mypy: strict for rankq.engine and rankq.client (settings in pyproject.toml)
 	$(VENV)/bin/mypy

@@ -60,35 +60,56 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rankq-bench-archive-") as tmp:
         procs = P.Procs(Path(tmp))
         try:
-            server = P.start_rankq(procs, "archive", Path(tmp) / "data", grpc=False,
-                                   extra=["--archive-dsn", pg.dsn, "--archive-group", "bench"])
+            server = P.start_rankq(
+                procs,
+                "archive",
+                Path(tmp) / "data",
+                grpc=False,
+                extra=["--archive-dsn", pg.dsn, "--archive-group", "bench"],
+            )
             P.wait_rankq_ready(server)
             for rep in range(args.reps):
                 for mode in ("off", "on"):
                     queue = f"{mode}{rep}"
-                    httpx.post(server.base + "/api/v1/queues", json={"name": queue, "archive": mode == "on"},
-                               timeout=10).raise_for_status()
+                    httpx.post(
+                        server.base + "/api/v1/queues", json={"name": queue, "archive": mode == "on"}, timeout=10
+                    ).raise_for_status()
                     runs[mode].append(workload(server.base, queue, n))
                     if mode == "on":
                         t0 = time.monotonic()
-                        P.wait_until(lambda: httpx.get(server.base + "/api/v1/archive", timeout=5).json()["pending"] == 0,
-                                     120, server.proc, "the archive to catch up")
+                        P.wait_until(
+                            lambda: httpx.get(server.base + "/api/v1/archive", timeout=5).json()["pending"] == 0,
+                            120,
+                            server.proc,
+                            "the archive to catch up",
+                        )
                         catch_up.append(time.monotonic() - t0)
             rows = pg.query("SELECT count(*) FROM rankq_messages WHERE group_name = 'bench'")[0][0]
         finally:
             procs.close()
             pg.destroy()
-    med = {mode: {"enqueue": statistics.median(r[0] for r in rs), "drain": statistics.median(r[1] for r in rs)}
-           for mode, rs in runs.items()}
-    result = {"messages": n, "reps": args.reps, "median": med,
-              "ratio_on_off": {k: med["on"][k] / med["off"][k] for k in ("enqueue", "drain")},
-              "catch_up_s": statistics.median(catch_up), "rows": rows, "runs": runs, "load": P.machine_load()}
+    med = {
+        mode: {"enqueue": statistics.median(r[0] for r in rs), "drain": statistics.median(r[1] for r in rs)}
+        for mode, rs in runs.items()
+    }
+    result = {
+        "messages": n,
+        "reps": args.reps,
+        "median": med,
+        "ratio_on_off": {k: med["on"][k] / med["off"][k] for k in ("enqueue", "drain")},
+        "catch_up_s": statistics.median(catch_up),
+        "rows": rows,
+        "runs": runs,
+        "load": P.machine_load(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{n} messages, median of {args.reps}: enqueue {med['off']['enqueue']:.0f} -> {med['on']['enqueue']:.0f} "
-          f"msg/s, drain (dequeue+ack) {med['off']['drain']:.0f} -> {med['on']['drain']:.0f} msg/s with archive on "
-          f"(ratio {result['ratio_on_off']['drain']:.2f}); archive caught up {result['catch_up_s']:.1f} s after "
-          f"the drain; {rows} rows")
+    print(
+        f"{n} messages, median of {args.reps}: enqueue {med['off']['enqueue']:.0f} -> {med['on']['enqueue']:.0f} "
+        f"msg/s, drain (dequeue+ack) {med['off']['drain']:.0f} -> {med['on']['drain']:.0f} msg/s with archive on "
+        f"(ratio {result['ratio_on_off']['drain']:.2f}); archive caught up {result['catch_up_s']:.1f} s after "
+        f"the drain; {rows} rows"
+    )
     return 0
 
 

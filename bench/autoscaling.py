@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -51,8 +51,13 @@ METRICS = ("first_worker", "full_scale", "to_zero")
 @contextlib.contextmanager
 def shared_control_plane() -> Iterator[Cluster]:
     hack = REPO / "hack" / "k8s"
-    running = subprocess.run(["bash", str(hack / "status.sh")], capture_output=True, text=True, timeout=60,
-                             cwd=REPO).returncode == 0 and (state_dir() / "run" / "components").exists()
+    running = (
+        subprocess.run(
+            ["bash", str(hack / "status.sh")], capture_output=True, text=True, timeout=60, cwd=REPO
+        ).returncode
+        == 0
+        and (state_dir() / "run" / "components").exists()
+    )
     if not running:
         up = subprocess.run(["bash", str(hack / "up.sh")], capture_output=True, text=True, timeout=900, cwd=REPO)
         if up.returncode != 0:
@@ -76,18 +81,28 @@ def run_mode(mode: str, runs: int, workdir: Path) -> dict:
             tmp.mkdir()
             o = scenario.run(cluster, tmp)
             print(f"{mode} run {i + 1}/{runs}: {o.summary()}", flush=True)
-            out.append({**{m: round(getattr(o, m), 2) for m in METRICS}, "replicas_seen": o.replicas_seen,
-                        "hpa_min_replicas": o.hpa_min_replicas})
+            out.append(
+                {
+                    **{m: round(getattr(o, m), 2) for m in METRICS},
+                    "replicas_seen": o.replicas_seen,
+                    "hpa_min_replicas": o.hpa_min_replicas,
+                }
+            )
     return {"runs": out, "median": {m: round(statistics.median(r[m] for r in out), 2) for m in METRICS}}
 
 
 def markdown(results: dict) -> str:
     s = results["scenario"]
-    lines = [f"# Worker autoscaling ({results['date']}, {results['cores']} cores)", "",
-             f"Idle pool at 0, {s['messages']} messages enqueued at once, target {s['target']} per replica, "
-             f"max {s['max_replicas']}, HPA sync {s['hpa_sync_seconds']} s, operator cooldown "
-             f"{s['cooldown_seconds']} s. Medians of {results['runs']} runs, seconds.", "",
-             "| mode | first worker | full scale (10) | drained -> zero |", "|---|---|---|---|"]
+    lines = [
+        f"# Worker autoscaling ({results['date']}, {results['cores']} cores)",
+        "",
+        f"Idle pool at 0, {s['messages']} messages enqueued at once, target {s['target']} per replica, "
+        f"max {s['max_replicas']}, HPA sync {s['hpa_sync_seconds']} s, operator cooldown "
+        f"{s['cooldown_seconds']} s. Medians of {results['runs']} runs, seconds.",
+        "",
+        "| mode | first worker | full scale (10) | drained -> zero |",
+        "|---|---|---|---|",
+    ]
     names = {"operator": "operator moves 0 <-> 1, HPA 1..N", "hpa-zero": "HPAScaleToZero: HPA 0..N"}
     for mode, r in results["modes"].items():
         m = r["median"]
@@ -99,18 +114,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "autoscaling.json",
-                        help="results JSON; the markdown goes beside it (.md)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "results" / "autoscaling.json",
+        help="results JSON; the markdown goes beside it (.md)",
+    )
     args = parser.parse_args(argv)
     if not k8s_support._module.can_run():
         print("bench.autoscaling skipped: no Go toolchain to build the local control plane (hack/k8s/README.md)")
         return 0
-    results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cores": os.cpu_count(), "runs": args.runs,
-               "scenario": {"messages": scenario.TOTAL, "target": scenario.TARGET, "max_replicas": scenario.MAX,
-                            "hpa_sync_seconds": scenario.HPA_SYNC_SECONDS, "cooldown_seconds": scenario.COOLDOWN,
-                            "work_seconds_per_message": autoscale_jobs.WORK_SECONDS,
-                            "worker_concurrency": scenario.CONCURRENCY},
-               "modes": {}}
+    results = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "cores": os.cpu_count(),
+        "runs": args.runs,
+        "scenario": {
+            "messages": scenario.TOTAL,
+            "target": scenario.TARGET,
+            "max_replicas": scenario.MAX,
+            "hpa_sync_seconds": scenario.HPA_SYNC_SECONDS,
+            "cooldown_seconds": scenario.COOLDOWN,
+            "work_seconds_per_message": autoscale_jobs.WORK_SECONDS,
+            "worker_concurrency": scenario.CONCURRENCY,
+        },
+        "modes": {},
+    }
     with tempfile.TemporaryDirectory(prefix="rankq-bench-as-") as tmp:
         for mode in args.modes:
             results["modes"][mode] = run_mode(mode, args.runs, Path(tmp))

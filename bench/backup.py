@@ -91,14 +91,24 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(one_run(Path(tmp), n, args.nodes, rep))
             print(json.dumps(runs[-1]), flush=True)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    result = {"messages": n, "nodes": args.nodes, "reps": args.reps, "median": med, "runs": runs,
-              "backup_msgs_per_s": n / med["backup_s"], "restore_msgs_per_s": n / med["restore_s"],
-              "fill_msgs_per_s": n / med["fill_s"], "load": P.machine_load()}
+    result = {
+        "messages": n,
+        "nodes": args.nodes,
+        "reps": args.reps,
+        "median": med,
+        "runs": runs,
+        "backup_msgs_per_s": n / med["backup_s"],
+        "restore_msgs_per_s": n / med["restore_s"],
+        "fill_msgs_per_s": n / med["fill_s"],
+        "load": P.machine_load(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{n} messages, {args.nodes}-node groups, median of {args.reps}: backup {med['backup_s']:.1f} s "
-          f"({result['backup_msgs_per_s']:.0f} msg/s, file {med['file_bytes'] / 2**20:.1f} MiB), restore "
-          f"{med['restore_s']:.1f} s ({result['restore_msgs_per_s']:.0f} msg/s); filling took {med['fill_s']:.1f} s")
+    print(
+        f"{n} messages, {args.nodes}-node groups, median of {args.reps}: backup {med['backup_s']:.1f} s "
+        f"({result['backup_msgs_per_s']:.0f} msg/s, file {med['file_bytes'] / 2**20:.1f} MiB), restore "
+        f"{med['restore_s']:.1f} s ({result['restore_msgs_per_s']:.0f} msg/s); filling took {med['fill_s']:.1f} s"
+    )
     return 0
 
 

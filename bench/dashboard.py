@@ -71,9 +71,18 @@ async def _hold_feeds(host: str, port: int, clients: int) -> None:
     seconds = time.monotonic() - t0
     events = [c - s for c, s in zip(counts, start)]
     alive = sum(1 for t in tasks if not t.done())
-    print(json.dumps({"clients": clients, "alive": alive, "seconds": seconds,
-                      "min_events_per_s": min(events) / seconds, "median_events_per_s": sorted(events)[clients // 2] / seconds}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "clients": clients,
+                "alive": alive,
+                "seconds": seconds,
+                "min_events_per_s": min(events) / seconds,
+                "median_events_per_s": sorted(events)[clients // 2] / seconds,
+            }
+        ),
+        flush=True,
+    )
 
 
 class Feeds:
@@ -84,10 +93,21 @@ class Feeds:
         self.clients = clients
         self.result: dict = {}
 
-    def __enter__(self) -> "Feeds":
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.dashboard", "--hold-feeds", str(self.server.http_port),
-                                      "--clients", str(self.clients)], stdout=subprocess.PIPE, text=True,
-                                     cwd=str(Path(__file__).resolve().parent.parent))
+    def __enter__(self) -> Feeds:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.dashboard",
+                "--hold-feeds",
+                str(self.server.http_port),
+                "--clients",
+                str(self.clients),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
         line = self.proc.stdout.readline()
         if line.strip() != "READY":
             self.proc.kill()
@@ -129,8 +149,10 @@ def measure(bench, clients: int = 50, log=print) -> dict:
                         idle[side].append(_idle_cpu(server, IDLE_SECONDS))
                 else:
                     idle[side].append(_idle_cpu(server, IDLE_SECONDS))
-        log(f"dashboard idle server CPU: {_median(idle['without']):.2f}% of a core without feeds, "
-            f"{_median(idle['with']):.2f}% with {clients} feeds")
+        log(
+            f"dashboard idle server CPU: {_median(idle['without']):.2f}% of a core without feeds, "
+            f"{_median(idle['with']):.2f}% with {clients} feeds"
+        )
         for i in range(plan.reps):
             order = ("without", "with") if i % 2 == 0 else ("with", "without")
             for side in order:
@@ -144,8 +166,10 @@ def measure(bench, clients: int = 50, log=print) -> dict:
                 else:
                     r = measure_one(server)
                 runs[side].append({**r, **P.machine_load()})
-            log(f"dashboard rep {i + 1}/{plan.reps}: without feeds {runs['without'][-1]['value']:,.0f} msg/s, "
-                f"with {clients} feeds {runs['with'][-1]['value']:,.0f} msg/s")
+            log(
+                f"dashboard rep {i + 1}/{plan.reps}: without feeds {runs['without'][-1]['value']:,.0f} msg/s, "
+                f"with {clients} feeds {runs['with'][-1]['value']:,.0f} msg/s"
+            )
     finally:
         bench.drop(server)
     without = _median([r["value"] for r in runs["without"]])
@@ -155,16 +179,24 @@ def measure(bench, clients: int = 50, log=print) -> dict:
     # ratios cancels the drift of a shared machine that the ratio of medians keeps.
     cost = 1 - _median([w["value"] / o["value"] for w, o in zip(runs["with"], runs["without"])])
     feed_cpu = _median(idle["with"]) - _median(idle["without"])
-    return {"unit": "msg/s", "clients": clients, "without": without, "with": with_, "cost": cost,
-            "cost_of_medians": cost_of_medians,
-            "idle_cpu_percent_without": _median(idle["without"]), "idle_cpu_percent_with": _median(idle["with"]),
-            "feed_cpu_percent_of_core": feed_cpu,
-            "target": f"<= {TARGET:.0%} of enqueue throughput", "met": cost <= TARGET,
-            "server_cpu_percent_without": _median([r.get("server_cpu_percent") for r in runs["without"]]),
-            "server_cpu_percent_with": _median([r.get("server_cpu_percent") for r in runs["with"]]),
-            "server_cpu_us_per_msg_without": _median([r.get("server_cpu_us_per_msg") for r in runs["without"]]),
-            "server_cpu_us_per_msg_with": _median([r.get("server_cpu_us_per_msg") for r in runs["with"]]),
-            "runs": runs}
+    return {
+        "unit": "msg/s",
+        "clients": clients,
+        "without": without,
+        "with": with_,
+        "cost": cost,
+        "cost_of_medians": cost_of_medians,
+        "idle_cpu_percent_without": _median(idle["without"]),
+        "idle_cpu_percent_with": _median(idle["with"]),
+        "feed_cpu_percent_of_core": feed_cpu,
+        "target": f"<= {TARGET:.0%} of enqueue throughput",
+        "met": cost <= TARGET,
+        "server_cpu_percent_without": _median([r.get("server_cpu_percent") for r in runs["without"]]),
+        "server_cpu_percent_with": _median([r.get("server_cpu_percent") for r in runs["with"]]),
+        "server_cpu_us_per_msg_without": _median([r.get("server_cpu_us_per_msg") for r in runs["without"]]),
+        "server_cpu_us_per_msg_with": _median([r.get("server_cpu_us_per_msg") for r in runs["with"]]),
+        "runs": runs,
+    }
 
 
 def _idle_cpu(server: P.Server, seconds: float) -> float:
@@ -185,7 +217,9 @@ def _wrk() -> str:
     path = shutil.which("wrk")
     if path:
         return path
-    done = subprocess.run(["bash", str(Path(__file__).resolve().parent / "setup.sh")], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        ["bash", str(Path(__file__).resolve().parent / "setup.sh")], capture_output=True, text=True, timeout=900
+    )
     path = shutil.which("wrk")
     if not path:
         raise P.Failure("wrk is missing: apt-get install wrk (or run bench/setup.sh)\n" + done.stderr[-1000:])
@@ -218,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         bench.procs.close()
     summary = {k: v for k, v in result.items() if k != "runs"}
     print(json.dumps(summary, indent=2))
-    print(f"median enqueue throughput: {result['without']:,.0f} msg/s without feeds, {result['with']:,.0f} msg/s "
-          f"with {args.clients} open feeds (ratio of medians: cost {result['cost_of_medians']:.1%}); cost, median of the paired runs: "
-          f"{result['cost']:.1%} (target <= {TARGET:.0%}: "
-          f"{'met' if result['met'] else 'NOT met'}); the feed alone used {result['feed_cpu_percent_of_core']:.2f}% of a "
-          f"core ({result['idle_cpu_percent_with']:.2f}% with, {result['idle_cpu_percent_without']:.2f}% without feeds, "
-          f"no other load)")
+    print(
+        f"median enqueue throughput: {result['without']:,.0f} msg/s without feeds, {result['with']:,.0f} msg/s "
+        f"with {args.clients} open feeds (ratio of medians: cost {result['cost_of_medians']:.1%}); cost, median of the paired runs: "
+        f"{result['cost']:.1%} (target <= {TARGET:.0%}: "
+        f"{'met' if result['met'] else 'NOT met'}); the feed alone used {result['feed_cpu_percent_of_core']:.2f}% of a "
+        f"core ({result['idle_cpu_percent_with']:.2f}% with, {result['idle_cpu_percent_without']:.2f}% without feeds, "
+        f"no other load)"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     shutil.rmtree(workdir, ignore_errors=True)

@@ -58,16 +58,22 @@ def quantile(values: list[float], q: float) -> float | None:
 
 
 def distribution(values: list[float]) -> dict:
-    return {"n": len(values), "p50": quantile(values, 0.5), "p90": quantile(values, 0.9),
-            "p99": quantile(values, 0.99), "max": max(values) if values else None,
-            "min": min(values) if values else None}
+    return {
+        "n": len(values),
+        "p50": quantile(values, 0.5),
+        "p90": quantile(values, 0.9),
+        "p99": quantile(values, 0.99),
+        "max": max(values) if values else None,
+        "min": min(values) if values else None,
+    }
 
 
 class Writer:
     """Concurrent senders of small enqueues, each to the next member in turn, paced per sender."""
 
-    def __init__(self, client: httpx.AsyncClient, members: list[Server], senders: int, interval: float,
-                 timeout: float) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, members: list[Server], senders: int, interval: float, timeout: float
+    ) -> None:
         self.client = client
         self.targets = [(m.node_id, f"{m.base}/api/v1/queues/{QUEUE}/messages") for m in members]
         self.senders = senders
@@ -159,8 +165,9 @@ async def counts(client: httpx.AsyncClient, m: Server) -> dict | None:
         return None
 
 
-async def watch_election(client: httpx.AsyncClient, survivors: list[Server], old: str, t_kill: float,
-                         until: float, poll: float) -> dict:
+async def watch_election(
+    client: httpx.AsyncClient, survivors: list[Server], old: str, t_kill: float, until: float, poll: float
+) -> dict:
     """Poll the survivors' cluster status: when did one stop naming `old`, when did one name a new leader."""
     out: dict = {}
     while time.monotonic() < until and "elected_s" not in out:
@@ -179,8 +186,9 @@ async def watch_election(client: httpx.AsyncClient, survivors: list[Server], old
     return out
 
 
-async def run_failover(bench, kills: int, budget: float, senders: int = 3, interval: float = 0.025,
-                       timeout: float = 0.5, log=print) -> dict:
+async def run_failover(
+    bench, kills: int, budget: float, senders: int = 3, interval: float = 0.025, timeout: float = 0.5, log=print
+) -> dict:
     """Start a group, then kill its leader `kills` times (fewer if `budget` seconds run out)."""
     root = bench.workdir / bench._name("failover")
     members = P.start_group(bench.procs, root.name, root, 3, grpc=False, extra=bench.plan.server_args)
@@ -199,16 +207,23 @@ async def run_failover(bench, kills: int, budget: float, senders: int = 3, inter
                         break
                     runs.append(await one_kill(bench, client, writer, members))
                     r = runs[-1]
-                    log(f"failover kill {i + 1}/{kills}: {r['killed']} -> {r.get('new_leader')}: "
+                    log(
+                        f"failover kill {i + 1}/{kills}: {r['killed']} -> {r.get('new_leader')}: "
                         f"first write {_s(r['failover_s'])}, election {_s(r.get('elected_s'))}, "
-                        f"caught up {r['catch_up_s']:.1f}s")
+                        f"caught up {r['catch_up_s']:.1f}s"
+                    )
             finally:
                 await writer.close()
             final = await counts(client, await agreed_leader(client, members, time.monotonic() + 30))
     finally:
         P.stop_group(members)
-    return {"runs": runs, "acked": writer.acked, "final_counts": final, "seconds": time.monotonic() - started,
-            "client": {"senders": senders, "interval_s": interval, "timeout_s": timeout, "targets": "all members in turn"}}
+    return {
+        "runs": runs,
+        "acked": writer.acked,
+        "final_counts": final,
+        "seconds": time.monotonic() - started,
+        "client": {"senders": senders, "interval_s": interval, "timeout_s": timeout, "targets": "all members in turn"},
+    }
 
 
 def _s(v: float | None) -> str:
@@ -227,8 +242,9 @@ async def one_kill(bench, client: httpx.AsyncClient, writer: Writer, members: li
     start = len(writer.attempts)
     t_kill = time.monotonic()
     leader.proc.sigkill()
-    watch = asyncio.create_task(watch_election(client, survivors, leader.node_id, t_kill,
-                                               t_kill + FAILOVER_DEADLINE, poll=0.02))
+    watch = asyncio.create_task(
+        watch_election(client, survivors, leader.node_id, t_kill, t_kill + FAILOVER_DEADLINE, poll=0.02)
+    )
     first = None
     while time.monotonic() < t_kill + FAILOVER_DEADLINE:
         first = writer.first_accepted(t_kill, leader.node_id, start)
@@ -242,15 +258,19 @@ async def one_kill(bench, client: httpx.AsyncClient, writer: Writer, members: li
     await writer.pause()
     window = [a for a in writer.attempts[start:] if t_kill <= a.sent and (first is None or a.sent <= first.done)]
     run = {
-        "killed": leader.node_id, "new_leader": election.get("new_leader") or (first.leader if first else None),
+        "killed": leader.node_id,
+        "new_leader": election.get("new_leader") or (first.leader if first else None),
         "failover_s": None if first is None else first.done - t_kill,
         "first_write_via": None if first is None else first.target,
         "first_write_named": None if first is None else first.leader,
-        "leader_lost_s": election.get("leader_lost_s"), "elected_s": election.get("elected_s"),
-        "term_before": before.get("term") if before else None, "term": election.get("term"),
+        "leader_lost_s": election.get("leader_lost_s"),
+        "elected_s": election.get("elected_s"),
+        "term_before": before.get("term") if before else None,
+        "term": election.get("term"),
         "rounds": election["term"] - before["term"] if before and election.get("term") else None,
         "healthy_writes_before": healthy,
-        "during": _tally(window), **load,
+        "during": _tally(window),
+        **load,
     }
     # Back to three: the killed node starts again on its data dir and catches up.
     t0 = time.monotonic()
@@ -263,8 +283,10 @@ async def one_kill(bench, client: httpx.AsyncClient, writer: Writer, members: li
         if want is not None and want == got:
             break
         if time.monotonic() > deadline:
-            raise Failure(f"failover: {again.node_id} did not catch up within {CATCH_UP_DEADLINE:g}s "
-                          f"({got} vs {want}):\n{again.proc.log_tail()}")
+            raise Failure(
+                f"failover: {again.node_id} did not catch up within {CATCH_UP_DEADLINE:g}s "
+                f"({got} vs {want}):\n{again.proc.log_tail()}"
+            )
         await asyncio.sleep(0.05)
     run["catch_up_s"] = time.monotonic() - t0
     return run
@@ -285,17 +307,32 @@ def summary(raw: dict, settings: dict, target: float) -> dict:
     # a kill with no accepted write within the deadline counts as the deadline (it is above any target)
     dist = distribution(times + [FAILOVER_DEADLINE] * failed)
     out = {
-        "unit": "s", "kills": len(runs), "failed": failed, "failover": dist,
+        "unit": "s",
+        "kills": len(runs),
+        "failed": failed,
+        "failover": dist,
         "election": distribution([r["elected_s"] for r in runs if r.get("elected_s") is not None]),
         "leader_lost": distribution([r["leader_lost_s"] for r in runs if r.get("leader_lost_s") is not None]),
-        "after_election": distribution([r["failover_s"] - r["elected_s"] for r in runs
-                                        if r["failover_s"] is not None and r.get("elected_s") is not None]),
+        "after_election": distribution(
+            [
+                r["failover_s"] - r["elected_s"]
+                for r in runs
+                if r["failover_s"] is not None and r.get("elected_s") is not None
+            ]
+        ),
         "catch_up": distribution([r["catch_up_s"] for r in runs]),
-        "election_rounds": {str(k): sum(1 for r in runs if r.get("rounds") == k)
-                            for k in sorted({r["rounds"] for r in runs if r.get("rounds") is not None})},
-        "settings": settings, "client": raw["client"], "acked": raw["acked"], "final_counts": raw["final_counts"],
-        "target": f"p99 <= {target:g} s", "met": dist["p99"] is not None and dist["p99"] <= target and len(runs) >= 20,
-        "seconds": raw["seconds"], "runs": runs,
+        "election_rounds": {
+            str(k): sum(1 for r in runs if r.get("rounds") == k)
+            for k in sorted({r["rounds"] for r in runs if r.get("rounds") is not None})
+        },
+        "settings": settings,
+        "client": raw["client"],
+        "acked": raw["acked"],
+        "final_counts": raw["final_counts"],
+        "target": f"p99 <= {target:g} s",
+        "met": dist["p99"] is not None and dist["p99"] <= target and len(runs) >= 20,
+        "seconds": raw["seconds"],
+        "runs": runs,
     }
     final = raw["final_counts"] or {}
     out["acked_all_kept"] = sum(final.values()) >= raw["acked"] if final else None

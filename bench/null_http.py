@@ -45,8 +45,7 @@ def build_app() -> FastAPI:
 
     @api.post("/queues/{name}/messages/batch", status_code=201)
     async def enqueue_batch(name: str, body: s.EnqueueBatchRequest):
-        items = ",".join('{"id":%d,"seq":%d,"duplicate":false}' % (i, i) for i in
-                         (next(ids) for _ in body.messages))
+        items = ",".join('{"id":%d,"seq":%d,"duplicate":false}' % (i, i) for i in (next(ids) for _ in body.messages))
         return raw('{"results":[' + items + "]}", 201)
 
     @api.post("/queues/{name}/dequeue")

@@ -44,8 +44,13 @@ class K8s:
         self.helm_path = self.bin / "helm"
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-                              capture_output=True, text=True, input=input, timeout=120)
+        proc = subprocess.run(
+            [str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
         return proc
@@ -70,8 +75,9 @@ def cpu_seconds(pid: int) -> float:
 def reconciled(k8s: K8s, ns: str, names: list[str], need_ready: bool) -> bool:
     queues = {q["metadata"]["name"]: q for q in k8s.get_json("queues", "-n", ns)["items"]}
     pods = k8s.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/name=rankq")["items"]
-    labelled = {p["metadata"]["labels"].get("rankq.io/queue") for p in pods
-                if p["metadata"]["labels"].get("rankq.io/role")}
+    labelled = {
+        p["metadata"]["labels"].get("rankq.io/queue") for p in pods if p["metadata"]["labels"].get("rankq.io/role")
+    }
     cms = {c["metadata"]["name"] for c in k8s.get_json("configmaps", "-n", ns)["items"]}
     for name in names:
         st = (queues.get(name) or {}).get("status") or {}
@@ -122,12 +128,28 @@ def main() -> None:
         for namespace, group in ((ns, names), (srv_ns, served)):
             if not group:
                 continue
-            manifests = [{"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": n},
-                          "spec": {"replicas": 1, "storage": {"ephemeral": True}}} for n in group]
-            k8s.kubectl("apply", "-n", namespace, "-f", "-",
-                        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
-        took = wait(lambda: reconciled(k8s, ns, names, False) and
-                    (not served or reconciled(k8s, srv_ns, served, True)), 600, "every Queue reconciled")
+            manifests = [
+                {
+                    "apiVersion": "rankq.io/v1alpha1",
+                    "kind": "Queue",
+                    "metadata": {"name": n},
+                    "spec": {"replicas": 1, "storage": {"ephemeral": True}},
+                }
+                for n in group
+            ]
+            k8s.kubectl(
+                "apply",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}),
+            )
+        took = wait(
+            lambda: reconciled(k8s, ns, names, False) and (not served or reconciled(k8s, srv_ns, served, True)),
+            600,
+            "every Queue reconciled",
+        )
         cpu_reconcile = cpu_seconds(op.proc.pid) - cpu0
         time.sleep(args.settle)
 
@@ -142,16 +164,22 @@ def main() -> None:
         per_min = 60.0 / args.window
         with_op, without_op = (r2 - r1) * per_min, (r4 - r3) * per_min
         total = len(names) + len(served)
-        print(json.dumps({
-            "queues": len(names), "queues_with_servers": len(served),
-            "reconciled_s": round(took, 1),
-            "operator_cpu_s_reconciling": round(cpu_reconcile, 2),
-            "operator_cpu_s_per_min_settled": round(cpu_settled * per_min, 2),
-            "apiserver_requests_per_min_with_operator": round(with_op),
-            "apiserver_requests_per_min_without_operator": round(without_op),
-            "operator_requests_per_min": round(with_op - without_op),
-            "operator_requests_per_queue_per_min": round((with_op - without_op) / max(total, 1), 1),
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "queues": len(names),
+                    "queues_with_servers": len(served),
+                    "reconciled_s": round(took, 1),
+                    "operator_cpu_s_reconciling": round(cpu_reconcile, 2),
+                    "operator_cpu_s_per_min_settled": round(cpu_settled * per_min, 2),
+                    "apiserver_requests_per_min_with_operator": round(with_op),
+                    "apiserver_requests_per_min_without_operator": round(without_op),
+                    "operator_requests_per_min": round(with_op - without_op),
+                    "operator_requests_per_queue_per_min": round((with_op - without_op) / max(total, 1), 1),
+                },
+                indent=1,
+            )
+        )
     finally:
         if stand is not None:
             stand.stop()
@@ -159,8 +187,9 @@ def main() -> None:
         for namespace in (ns, srv_ns):
             drop_finalizers(k8s, namespace)
             k8s.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-        k8s.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
-                    check=False)
+        k8s.kubectl(
+            "delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}", check=False
+        )
         k8s.kubectl("delete", "namespace", sys_ns, "--wait=false", check=False)
 
 

@@ -25,10 +25,12 @@ from rankq.replication.transport import PeerConnection
 
 
 def pysyncobj_pair(poller, encryptor, conf, a, b):
-    sender = TcpConnection(poller, socket=a, timeout=60, sendBufferSize=conf.sendBufferSize,
-                           recvBufferSize=conf.recvBufferSize)
-    receiver = TcpConnection(poller, socket=b, timeout=60, sendBufferSize=conf.sendBufferSize,
-                             recvBufferSize=conf.recvBufferSize)
+    sender = TcpConnection(
+        poller, socket=a, timeout=60, sendBufferSize=conf.sendBufferSize, recvBufferSize=conf.recvBufferSize
+    )
+    receiver = TcpConnection(
+        poller, socket=b, timeout=60, sendBufferSize=conf.sendBufferSize, recvBufferSize=conf.recvBufferSize
+    )
     sender.encryptor = receiver.encryptor = encryptor
     return sender, receiver
 
@@ -52,8 +54,16 @@ def run_once(make_pair, encryptor, messages: int, entry_bytes: int) -> float:
     entry = os.urandom(entry_bytes // 2).hex().encode()[:entry_bytes]  # compresses about 2:1, like JSON
     start = time.process_time()
     for i in range(messages):
-        sender.send({"type": "append_entries", "term": 3, "commit_index": i, "prevLogIdx": i, "prevLogTerm": 3,
-                     "entries": [(entry, i + 1, 3)]})
+        sender.send(
+            {
+                "type": "append_entries",
+                "term": 3,
+                "commit_index": i,
+                "prevLogIdx": i,
+                "prevLogTerm": 3,
+                "entries": [(entry, i + 1, 3)],
+            }
+        )
         poller.poll(0)
     while len(got) < messages:
         poller.poll(0.1)
@@ -76,8 +86,10 @@ def main() -> None:
         results["pysyncobj"].append(run_once(pysyncobj_pair, encryptor, args.messages, args.entry_bytes))
         results["rankq"].append(run_once(rankq_pair, encryptor, args.messages, args.entry_bytes))
     for name, values in results.items():
-        print(f"{name:10s} {statistics.median(values):8.1f} µs CPU per message "
-              f"(runs: {', '.join(f'{v:.1f}' for v in values)})")
+        print(
+            f"{name:10s} {statistics.median(values):8.1f} µs CPU per message "
+            f"(runs: {', '.join(f'{v:.1f}' for v in values)})"
+        )
     ratio = statistics.median(results["rankq"]) / statistics.median(results["pysyncobj"])
     print(f"rankq / pysyncobj: {ratio:.3f}")
 

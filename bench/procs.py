@@ -80,12 +80,18 @@ class Proc:
         self.env = env
         self.popen: subprocess.Popen | None = None
 
-    def start(self) -> "Proc":
+    def start(self) -> Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
         try:
-            self.popen = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=self.env, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
         finally:
             out.close()
         return self
@@ -179,7 +185,7 @@ class Server:
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.node_id: str | None = None  # a group member's --node-id
-        self.group: list["Server"] = [self]  # every member of its replicated group (itself alone if single)
+        self.group: list[Server] = [self]  # every member of its replicated group (itself alone if single)
 
     @property
     def base(self) -> str:
@@ -212,12 +218,27 @@ def http_ready(base: str) -> bool:
     return httpx.get(base + "/readyz", timeout=1.0).status_code == 200
 
 
-def start_rankq(procs: Procs, name: str, data_dir: Path, grpc: bool, ports: dict | None = None,
-                extra: list[str] | None = None) -> Server:
+def start_rankq(
+    procs: Procs, name: str, data_dir: Path, grpc: bool, ports: dict | None = None, extra: list[str] | None = None
+) -> Server:
     """`rankq server` on fresh free ports (or the given ones, for a restart on the same data dir)."""
     ports = ports or {"http": free_port(), "grpc": free_port() if grpc else 0, "raft": free_port()}
-    args = [sys.executable, "-m", "rankq.cli", "server", "--data-dir", str(data_dir), "--host", HOST,
-            "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]), "--raft-port", str(ports["raft"])]
+    args = [
+        sys.executable,
+        "-m",
+        "rankq.cli",
+        "server",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        HOST,
+        "--http-port",
+        str(ports["http"]),
+        "--grpc-port",
+        str(ports["grpc"]),
+        "--raft-port",
+        str(ports["raft"]),
+    ]
     proc = procs.spawn(name, args + list(extra or []))
     server = Server("rankq", proc, ports["http"], ports["grpc"] or None)
     server.ports = ports
@@ -245,7 +266,9 @@ def queue_counts(server: Server, name: str = "bench") -> dict:
 # ---- replicated groups ----------------------------------------------------------------------------
 
 
-def start_group(procs: Procs, name: str, root: Path, size: int, grpc: bool, extra: list[str] | None = None) -> list[Server]:
+def start_group(
+    procs: Procs, name: str, root: Path, size: int, grpc: bool, extra: list[str] | None = None
+) -> list[Server]:
     """`size` members of one Raft group (node ids n0, n1, ...), started together, not yet waited for."""
     root.mkdir(parents=True, exist_ok=True)
     secret = root / "raft-secret"
@@ -269,8 +292,14 @@ def start_group(procs: Procs, name: str, root: Path, size: int, grpc: bool, extr
 
 def restart_member(procs: Procs, server: Server, name: str) -> Server:
     """Start a stopped group member again on its ports and data dir; it takes its place in the group."""
-    again = start_rankq(procs, name, server.group_root / server.node_id, server.grpc_port is not None, ports=server.ports,
-                        extra=server.node_args)
+    again = start_rankq(
+        procs,
+        name,
+        server.group_root / server.node_id,
+        server.grpc_port is not None,
+        ports=server.ports,
+        extra=server.node_args,
+    )
     again.node_id, again.node_args, again.group = server.node_id, server.node_args, server.group
     again.group_root = server.group_root
     server.group[server.group.index(server)] = again
@@ -341,7 +370,7 @@ def run_tool(args: list[str], timeout: float, marker: str | None = None, env: di
         if marker is None and line.startswith("{"):
             return json.loads(line)
         if marker is not None and line.startswith(marker):
-            return json.loads(line[len(marker):])
+            return json.loads(line[len(marker) :])
     raise Failure(f"no result from {Path(args[0]).name}: {done.stdout[-500:]} {done.stderr[-500:]}")
 
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import failover as F
@@ -48,8 +48,17 @@ PROTO = ROOT / "rankq" / "server" / "proto" / "rankq.proto"
 PAYLOAD_BYTES = 100
 MiB = 1024 * 1024
 
-SCENARIOS = ["http_single", "http_batch", "grpc_stream", "pairs", "latency", "memory_restart", "replicated", "failover",
-             "dashboard"]
+SCENARIOS = [
+    "http_single",
+    "http_batch",
+    "grpc_stream",
+    "pairs",
+    "latency",
+    "memory_restart",
+    "replicated",
+    "failover",
+    "dashboard",
+]
 
 
 @dataclass
@@ -80,9 +89,16 @@ class Plan:
     server_args: list[str] = field(default_factory=list)
 
     @classmethod
-    def quick(cls) -> "Plan":
-        return cls(reps=1, duration=3.0, warmup=1.0, latency_duration=5.0, fill_count=100_000, failover_kills=3,
-                   failover_budget=60.0)
+    def quick(cls) -> Plan:
+        return cls(
+            reps=1,
+            duration=3.0,
+            warmup=1.0,
+            latency_duration=5.0,
+            fill_count=100_000,
+            failover_kills=3,
+            failover_budget=60.0,
+        )
 
 
 TARGETS = {
@@ -184,8 +200,9 @@ class Bench:
     def rankq_group(self) -> Server:
         """A fresh replicated group on this machine; returns its leader (the others are `leader.group`)."""
         name = self._name("group")
-        members = P.start_group(self.procs, name, self.workdir / name, self.plan.group_size, self.grpc,
-                                extra=self.plan.server_args)
+        members = P.start_group(
+            self.procs, name, self.workdir / name, self.plan.group_size, self.grpc, extra=self.plan.server_args
+        )
         leader = P.wait_group_ready(members)
         P.create_queue(leader)
         return leader
@@ -206,8 +223,13 @@ class Bench:
                         out[key][side].append({**measure(server), **P.machine_load()})
                 finally:
                     stop(server)
-            log(f"replicated rep {i + 1}/{self.plan.reps}: " + "; ".join(
-                f"{key} group {v['group'][-1]['value']:,.0f} single {v['single'][-1]['value']:,.0f}" for key, v in out.items()))
+            log(
+                f"replicated rep {i + 1}/{self.plan.reps}: "
+                + "; ".join(
+                    f"{key} group {v['group'][-1]['value']:,.0f} single {v['single'][-1]['value']:,.0f}"
+                    for key, v in out.items()
+                )
+            )
         return out
 
     def compare(self, label: str, measure, start_null) -> dict:
@@ -222,8 +244,10 @@ class Bench:
                 finally:
                     self.drop(server)
                 out["null"].append({**measure(null), **P.machine_load()})
-                log(f"{label} rep {i + 1}/{self.plan.reps}: rankq {out['rankq'][-1]['value']:,.0f}  "
-                    f"null {out['null'][-1]['value']:,.0f}")
+                log(
+                    f"{label} rep {i + 1}/{self.plan.reps}: rankq {out['rankq'][-1]['value']:,.0f}  "
+                    f"null {out['null'][-1]['value']:,.0f}"
+                )
         finally:
             self.drop(null)
         return out
@@ -231,8 +255,19 @@ class Bench:
     # ---- load generators -----------------------------------------------------------------------
 
     def wrk(self, server: Server, path: str, body: Path, conns: int, seconds: float) -> dict:
-        args = [self.tools["WRK"], "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-                "-s", str(HERE / "post.lua"), server.base + path, "--", str(body)]
+        args = [
+            self.tools["WRK"],
+            "-t1",
+            f"-c{conns}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "post.lua"),
+            server.base + path,
+            "--",
+            str(body),
+        ]
         return P.run_tool(args, timeout=seconds + 60, marker="WRKJSON ")
 
     def load(self, sub: str, args: list[str], timeout: float) -> dict:
@@ -252,50 +287,116 @@ class Bench:
             if errors:
                 raise Failure(f"wrk saw {errors} errors against {server.kind}: {r}")
             msgs = r["requests"] * per_request
-            return {"value": msgs / secs, "requests_per_s": r["requests"] / secs,
-                    "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000, **cpu_fields(cpu, msgs)}
+            return {
+                "value": msgs / secs,
+                "requests_per_s": r["requests"] / secs,
+                "p50_ms": r["p50_us"] / 1000,
+                "p99_ms": r["p99_us"] / 1000,
+                **cpu_fields(cpu, msgs),
+            }
 
         return measure
 
     def grpc_measure(self, server: Server) -> dict:
         p = self.plan
-        args = ["-addr", server.grpc_addr, "-proto", str(PROTO), "-queue", "bench", "-streams", str(p.grpc_streams),
-                "-conns", str(p.grpc_conns), "-window", str(p.grpc_window), "-payload-bytes", str(PAYLOAD_BYTES),
-                "-duration", f"{p.duration}s", "-warmup", f"{p.warmup}s"]
+        args = [
+            "-addr",
+            server.grpc_addr,
+            "-proto",
+            str(PROTO),
+            "-queue",
+            "bench",
+            "-streams",
+            str(p.grpc_streams),
+            "-conns",
+            str(p.grpc_conns),
+            "-window",
+            str(p.grpc_window),
+            "-payload-bytes",
+            str(PAYLOAD_BYTES),
+            "-duration",
+            f"{p.duration}s",
+            "-warmup",
+            f"{p.warmup}s",
+        ]
         with P.group_cpu_meter(server) as cpu:
             r = self.load("grpc-stream", args, timeout=p.duration + p.warmup + 60)
         if r["errors"] or r["refused"]:
             raise Failure(f"gRPC stream against {server.kind}: {r}")
-        return {"value": r["rate"], "acked": r["acked"], "mean_frame": r.get("mean_frame"),
-                **cpu_fields(cpu, r["acked"], p)}
+        return {
+            "value": r["rate"],
+            "acked": r["acked"],
+            "mean_frame": r.get("mean_frame"),
+            **cpu_fields(cpu, r["acked"], p),
+        }
 
     def pairs_measure(self, server: Server) -> dict:
         p = self.plan
-        args = ["-base", server.base, "-queue", "bench", "-producers", str(p.pair_producers),
-                "-consumers", str(p.pair_consumers), "-batch", str(p.pair_max), "-max", str(p.pair_max),
-                "-backlog", str(p.pair_backlog), "-payload-bytes", str(PAYLOAD_BYTES),
-                "-duration", f"{p.duration}s", "-warmup", f"{p.warmup}s"]
+        args = [
+            "-base",
+            server.base,
+            "-queue",
+            "bench",
+            "-producers",
+            str(p.pair_producers),
+            "-consumers",
+            str(p.pair_consumers),
+            "-batch",
+            str(p.pair_max),
+            "-max",
+            str(p.pair_max),
+            "-backlog",
+            str(p.pair_backlog),
+            "-payload-bytes",
+            str(PAYLOAD_BYTES),
+            "-duration",
+            f"{p.duration}s",
+            "-warmup",
+            f"{p.warmup}s",
+        ]
         with P.cpu_meter(server.proc) as cpu:
             r = self.load("pairs", args, timeout=p.duration + p.warmup + 60)
         if r["errors"] or r["ack_failures"]:
             raise Failure(f"pairs against {server.kind}: {r}")
-        return {"value": r["pairs_rate"], "enqueue_rate": r["enqueue_rate"], "server_cpu_percent": cpu.get("cpu_percent"),
-                "server_cpu_us_per_msg": cpu_us(cpu, r["acked"], p)}
+        return {
+            "value": r["pairs_rate"],
+            "enqueue_rate": r["enqueue_rate"],
+            "server_cpu_percent": cpu.get("cpu_percent"),
+            "server_cpu_us_per_msg": cpu_us(cpu, r["acked"], p),
+        }
 
     def paced_http(self, rate: float):
         p = self.plan
 
         def measure(server: Server) -> dict:
-            args = ["-url", server.base + "/api/v1/queues/bench/messages", "-body", self.single_body.read_text(),
-                    "-rate", f"{rate:.0f}", "-duration", f"{p.latency_duration}s", "-warmup", f"{p.warmup}s",
-                    "-conns", str(p.latency_conns)]
+            args = [
+                "-url",
+                server.base + "/api/v1/queues/bench/messages",
+                "-body",
+                self.single_body.read_text(),
+                "-rate",
+                f"{rate:.0f}",
+                "-duration",
+                f"{p.latency_duration}s",
+                "-warmup",
+                f"{p.warmup}s",
+                "-conns",
+                str(p.latency_conns),
+            ]
             with P.cpu_meter(server.proc) as cpu:
                 r = self.load("http-paced", args, timeout=p.latency_duration + 60)
             if r["errors"]:
                 raise Failure(f"paced HTTP against {server.kind}: {r}")
             lat = r["latency"]
-            return {"value": lat["p99_ms"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "p999_ms": lat["p999_ms"],
-                    "max_ms": lat["max_ms"], "achieved_rate": r["achieved_rate"], "server_cpu_percent": cpu.get("cpu_percent")}
+            return {
+                "value": lat["p99_ms"],
+                "p50_ms": lat["p50_ms"],
+                "p99_ms": lat["p99_ms"],
+                "p999_ms": lat["p999_ms"],
+                "max_ms": lat["max_ms"],
+                "achieved_rate": r["achieved_rate"],
+                "server_cpu_percent": cpu.get("cpu_percent"),
+            }
 
         return measure
 
@@ -303,17 +404,43 @@ class Bench:
         p = self.plan
 
         def measure(server: Server) -> dict:
-            args = ["-addr", server.grpc_addr, "-proto", str(PROTO), "-queue", "bench", "-streams", str(p.grpc_paced_streams),
-                    "-conns", str(min(p.grpc_conns, p.grpc_paced_streams)), "-linger", p.grpc_linger, "-rate", f"{rate:.0f}", "-payload-bytes", str(PAYLOAD_BYTES),
-                    "-duration", f"{p.latency_duration}s", "-warmup", f"{p.warmup}s"]
+            args = [
+                "-addr",
+                server.grpc_addr,
+                "-proto",
+                str(PROTO),
+                "-queue",
+                "bench",
+                "-streams",
+                str(p.grpc_paced_streams),
+                "-conns",
+                str(min(p.grpc_conns, p.grpc_paced_streams)),
+                "-linger",
+                p.grpc_linger,
+                "-rate",
+                f"{rate:.0f}",
+                "-payload-bytes",
+                str(PAYLOAD_BYTES),
+                "-duration",
+                f"{p.latency_duration}s",
+                "-warmup",
+                f"{p.warmup}s",
+            ]
             with P.cpu_meter(server.proc) as cpu:
                 r = self.load("grpc-stream", args, timeout=p.latency_duration + 60)
             if r["errors"] or r["refused"]:
                 raise Failure(f"paced gRPC against {server.kind}: {r}")
             lat = r["latency"]
-            return {"value": lat["p99_ms"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "p999_ms": lat["p999_ms"],
-                    "max_ms": lat["max_ms"], "achieved_rate": r["achieved_rate"], "mean_frame": r.get("mean_frame"),
-                    "server_cpu_percent": cpu.get("cpu_percent")}
+            return {
+                "value": lat["p99_ms"],
+                "p50_ms": lat["p50_ms"],
+                "p99_ms": lat["p99_ms"],
+                "p999_ms": lat["p999_ms"],
+                "max_ms": lat["max_ms"],
+                "achieved_rate": r["achieved_rate"],
+                "mean_frame": r.get("mean_frame"),
+                "server_cpu_percent": cpu.get("cpu_percent"),
+            }
 
         return measure
 
@@ -332,21 +459,44 @@ class Bench:
                 P.create_queue(server)
                 time.sleep(0.5)
                 mem0 = server.proc.memory()
-                fill = self.load("fill", ["-base", server.base, "-queue", "bench", "-count", str(p.fill_count),
-                                          "-batch", str(p.fill_batch), "-conns", str(p.fill_conns),
-                                          "-payload-bytes", str(PAYLOAD_BYTES), "-deadline", "300s"], timeout=360)
+                fill = self.load(
+                    "fill",
+                    [
+                        "-base",
+                        server.base,
+                        "-queue",
+                        "bench",
+                        "-count",
+                        str(p.fill_count),
+                        "-batch",
+                        str(p.fill_batch),
+                        "-conns",
+                        str(p.fill_conns),
+                        "-payload-bytes",
+                        str(PAYLOAD_BYTES),
+                        "-deadline",
+                        "300s",
+                    ],
+                    timeout=360,
+                )
                 P.wait_until(lambda: P.queue_counts(server)["ready"] == p.fill_count, 30, server.proc, "the fill")
                 time.sleep(1.0)
                 mem1 = server.proc.memory()
                 journal = sum(f.stat().st_size for f in data.iterdir() if f.is_file())
                 server.proc.kill9()
-                restarted = P.start_rankq(self.procs, self._name("rankq-restart"), data, self.grpc, ports=server.ports,
-                                          extra=p.server_args)
+                restarted = P.start_rankq(
+                    self.procs, self._name("rankq-restart"), data, self.grpc, ports=server.ports, extra=p.server_args
+                )
                 t0 = time.monotonic()
                 P.wait_until(lambda: P.http_ready(restarted.base), 600, restarted.proc, "/readyz after restart")
                 t_ready = time.monotonic() - t0
-                P.wait_until(lambda: P.queue_counts(restarted)["ready"] == p.fill_count, 600, restarted.proc,
-                             "all messages back after restart", poll=0.05)
+                P.wait_until(
+                    lambda: P.queue_counts(restarted)["ready"] == p.fill_count,
+                    600,
+                    restarted.proc,
+                    "all messages back after restart",
+                    poll=0.05,
+                )
                 t_all = time.monotonic() - t0
                 mem_restarted = restarted.proc.memory()
                 restarted.proc.stop()
@@ -355,13 +505,21 @@ class Bench:
                 shutil.rmtree(data, ignore_errors=True)
             scale = 1_000_000 / p.fill_count / MiB
             per_million = (mem1["VmRSS"] - mem0["VmRSS"]) * scale
-            runs.append({
-                "rss_before_mib": mem0["VmRSS"] / MiB, "rss_after_mib": mem1["VmRSS"] / MiB, "rss_per_million_mib": per_million,
-                "anon_per_million_mib": (mem1.get("RssAnon", 0) - mem0.get("RssAnon", 0)) * scale,
-                "file_per_million_mib": (mem1.get("RssFile", 0) - mem0.get("RssFile", 0)) * scale,
-                "rss_after_restart_mib": mem_restarted["VmRSS"] / MiB, "fill_rate": fill["rate"], "fill_seconds": fill["seconds"],
-                "data_dir_mib": journal / MiB, "restart_ready_s": t_ready, "restart_all_s": t_all,
-            })
+            runs.append(
+                {
+                    "rss_before_mib": mem0["VmRSS"] / MiB,
+                    "rss_after_mib": mem1["VmRSS"] / MiB,
+                    "rss_per_million_mib": per_million,
+                    "anon_per_million_mib": (mem1.get("RssAnon", 0) - mem0.get("RssAnon", 0)) * scale,
+                    "file_per_million_mib": (mem1.get("RssFile", 0) - mem0.get("RssFile", 0)) * scale,
+                    "rss_after_restart_mib": mem_restarted["VmRSS"] / MiB,
+                    "fill_rate": fill["rate"],
+                    "fill_seconds": fill["seconds"],
+                    "data_dir_mib": journal / MiB,
+                    "restart_ready_s": t_ready,
+                    "restart_all_s": t_all,
+                }
+            )
             # The floor: the same server starting on an empty data dir.
             name = self._name("rankq-empty")
             empty = P.start_rankq(self.procs, name, self.workdir / name, self.grpc, extra=p.server_args)
@@ -371,8 +529,10 @@ class Bench:
                 floors.append(time.monotonic() - t0)
             finally:
                 self.drop(empty)
-            log(f"memory/restart rep {i + 1}/{p.reps}: {per_million:,.0f} MiB per 1M, restart {t_all:.1f}s "
-                f"(empty start {floors[-1]:.1f}s), fill {fill['rate']:,.0f} msg/s")
+            log(
+                f"memory/restart rep {i + 1}/{p.reps}: {per_million:,.0f} MiB per 1M, restart {t_all:.1f}s "
+                f"(empty start {floors[-1]:.1f}s), fill {fill['rate']:,.0f} msg/s"
+            )
         return {"runs": runs, "empty_start_s": floors}
 
 
@@ -383,12 +543,17 @@ def summarise(name: str, raw: dict, unit: str, higher_is_better: bool = True, ta
     rq = median(r["value"] for r in raw["rankq"])
     nl = median(r["value"] for r in raw["null"])
     target = TARGETS.get(target_key or name)
-    out = {"unit": unit, "rankq": rq, "null": nl, "ratio": (rq / nl) if rq and nl else None,
-           "rankq_server_cpu_percent": median(r.get("server_cpu_percent") for r in raw["rankq"]),
-           "null_server_cpu_percent": median(r.get("server_cpu_percent") for r in raw["null"]),
-           "rankq_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in raw["rankq"]),
-           "null_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in raw["null"]),
-           "runs": raw}
+    out = {
+        "unit": unit,
+        "rankq": rq,
+        "null": nl,
+        "ratio": (rq / nl) if rq and nl else None,
+        "rankq_server_cpu_percent": median(r.get("server_cpu_percent") for r in raw["rankq"]),
+        "null_server_cpu_percent": median(r.get("server_cpu_percent") for r in raw["null"]),
+        "rankq_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in raw["rankq"]),
+        "null_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in raw["null"]),
+        "runs": raw,
+    }
     if target:
         op, value = target
         out["target"] = f"{op} {value:,g} {unit}"
@@ -400,15 +565,20 @@ def summarise_replicated(name: str, raw: dict, unit: str) -> dict:
     """Group (to its leader) vs single node; CPU of the leader, of each other member and of the group."""
     grp, one = raw["group"], raw["single"]
     g, s = median(r["value"] for r in grp), median(r["value"] for r in one)
-    out = {"unit": unit, "rankq": g, "single": s, "ratio": (g / s) if g and s else None,
-           "leader_cpu_percent": median(r.get("server_cpu_percent") for r in grp),
-           "other_cpu_percent": median(statistics.mean(r["other_cpu_percent"]) for r in grp if r.get("other_cpu_percent")),
-           "group_cpu_percent": median(r.get("group_cpu_percent") for r in grp),
-           "group_cpu_us_per_msg": median(r.get("group_cpu_us_per_msg") for r in grp),
-           "leader_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in grp),
-           "single_cpu_percent": median(r.get("server_cpu_percent") for r in one),
-           "single_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in one),
-           "runs": raw}
+    out = {
+        "unit": unit,
+        "rankq": g,
+        "single": s,
+        "ratio": (g / s) if g and s else None,
+        "leader_cpu_percent": median(r.get("server_cpu_percent") for r in grp),
+        "other_cpu_percent": median(statistics.mean(r["other_cpu_percent"]) for r in grp if r.get("other_cpu_percent")),
+        "group_cpu_percent": median(r.get("group_cpu_percent") for r in grp),
+        "group_cpu_us_per_msg": median(r.get("group_cpu_us_per_msg") for r in grp),
+        "leader_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in grp),
+        "single_cpu_percent": median(r.get("server_cpu_percent") for r in one),
+        "single_cpu_us_per_msg": median(r.get("server_cpu_us_per_msg") for r in one),
+        "runs": raw,
+    }
     op, value = TARGETS[name]
     out["target"] = f"{op} {value:,g} {unit}"
     out["met"] = g is not None and ((g >= value) if op == ">=" else (g <= value))
@@ -451,16 +621,28 @@ def meta(plan: Plan, tools: dict) -> dict:
     import grpc
     import uvicorn
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": cmd(["git", "rev-parse", "--short", "HEAD"]),
         "worktree_dirty": bool(cmd(["git", "status", "--porcelain", "--untracked-files=no"])),
         "python": platform.python_version(),
-        "cpu": cpu, "cores": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
-        "uvicorn": uvicorn.__version__, "uvloop": have("uvloop"), "httptools": have("httptools"),
-        "grpcio": grpc.__version__, "wrk": wrk_version(tools["WRK"]), "payload_bytes": PAYLOAD_BYTES,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "loadavg_start": os.getloadavg()[0],
+        "uvicorn": uvicorn.__version__,
+        "uvloop": have("uvloop"),
+        "httptools": have("httptools"),
+        "grpcio": grpc.__version__,
+        "wrk": wrk_version(tools["WRK"]),
+        "payload_bytes": PAYLOAD_BYTES,
         "plan": asdict(plan),
     }
 
@@ -492,13 +674,19 @@ def run(plan: Plan, only: list[str], workdir: Path, quiet: float = 0) -> dict:
     try:
         if "http_single" in only or "latency" in only:
             log("HTTP enqueue, one message per request")
-            raw = b.compare("http_single", b.http_enqueue(1, plan.single_conns, b.single_body),
-                            lambda: P.start_null_http(b.procs, b._name("null-http")))
+            raw = b.compare(
+                "http_single",
+                b.http_enqueue(1, plan.single_conns, b.single_body),
+                lambda: P.start_null_http(b.procs, b._name("null-http")),
+            )
             res["http_single"] = summarise("http_single", raw, "msg/s")
         if "http_batch" in only:
             log(f"HTTP enqueue, {plan.batch} messages per request")
-            raw = b.compare("http_batch", b.http_enqueue(plan.batch, plan.batch_conns, b.batch_body),
-                            lambda: P.start_null_http(b.procs, b._name("null-http")))
+            raw = b.compare(
+                "http_batch",
+                b.http_enqueue(plan.batch, plan.batch_conns, b.batch_body),
+                lambda: P.start_null_http(b.procs, b._name("null-http")),
+            )
             res["http_batch"] = summarise("http_batch", raw, "msg/s")
         if "grpc_stream" in only or ("latency" in only and b.grpc):
             if b.grpc:
@@ -514,24 +702,34 @@ def run(plan: Plan, only: list[str], workdir: Path, quiet: float = 0) -> dict:
         if "latency" in only:
             rate = res["http_single"]["rankq"] / 2
             log(f"HTTP enqueue latency, paced at {rate:,.0f}/s (half the measured peak)")
-            raw = b.compare("latency_http", b.paced_http(rate), lambda: P.start_null_http(b.procs, b._name("null-http")))
+            raw = b.compare(
+                "latency_http", b.paced_http(rate), lambda: P.start_null_http(b.procs, b._name("null-http"))
+            )
             res["latency_http"] = summarise("latency_http", raw, "ms", higher_is_better=False, target_key="latency_p99")
             res["latency_http"]["rate"] = rate
             if "grpc_stream" in res and "rankq" in res["grpc_stream"]:
                 rate = res["grpc_stream"]["rankq"] / 2
                 log(f"gRPC EnqueueStream latency, paced at {rate:,.0f}/s (half the measured peak)")
-                raw = b.compare("latency_grpc", b.paced_grpc(rate), lambda: P.start_null_grpc(b.procs, b._name("null-grpc")))
-                res["latency_grpc"] = summarise("latency_grpc", raw, "ms", higher_is_better=False, target_key="latency_p99")
+                raw = b.compare(
+                    "latency_grpc", b.paced_grpc(rate), lambda: P.start_null_grpc(b.procs, b._name("null-grpc"))
+                )
+                res["latency_grpc"] = summarise(
+                    "latency_grpc", raw, "ms", higher_is_better=False, target_key="latency_p99"
+                )
                 res["latency_grpc"]["rate"] = rate
         if "memory_restart" in only:
             log(f"memory per {plan.fill_count:,} queued {PAYLOAD_BYTES}-byte messages, and restart after kill -9")
             raw = b.memory_restart()
             rss = median(r["rss_per_million_mib"] for r in raw["runs"])
             res["memory"] = {
-                "unit": "MiB per 1M messages", "rankq": rss,
+                "unit": "MiB per 1M messages",
+                "rankq": rss,
                 # the ceiling: the payload bytes alone
-                "null": PAYLOAD_BYTES * 1_000_000 / MiB, "ratio": rss / (PAYLOAD_BYTES * 1_000_000 / MiB),
-                "target": "<= 300 MiB per 1M messages", "met": rss <= 300, "fill_count": plan.fill_count,
+                "null": PAYLOAD_BYTES * 1_000_000 / MiB,
+                "ratio": rss / (PAYLOAD_BYTES * 1_000_000 / MiB),
+                "target": "<= 300 MiB per 1M messages",
+                "met": rss <= 300,
+                "fill_count": plan.fill_count,
                 "fill_rate": median(r["fill_rate"] for r in raw["runs"]),
                 "data_dir_mib": median(r["data_dir_mib"] for r in raw["runs"]),
                 "anon_per_million_mib": median(r["anon_per_million_mib"] for r in raw["runs"]),
@@ -540,10 +738,14 @@ def run(plan: Plan, only: list[str], workdir: Path, quiet: float = 0) -> dict:
                 "runs": raw["runs"],
             }
             res["restart"] = {
-                "unit": "s", "rankq": median(r["restart_all_s"] for r in raw["runs"]),
+                "unit": "s",
+                "rankq": median(r["restart_all_s"] for r in raw["runs"]),
                 "ready_s": median(r["restart_ready_s"] for r in raw["runs"]),
-                "null": median(raw["empty_start_s"]), "fill_count": plan.fill_count,
-                "runs": [{"restart_ready_s": r["restart_ready_s"], "restart_all_s": r["restart_all_s"]} for r in raw["runs"]],
+                "null": median(raw["empty_start_s"]),
+                "fill_count": plan.fill_count,
+                "runs": [
+                    {"restart_ready_s": r["restart_ready_s"], "restart_all_s": r["restart_all_s"]} for r in raw["runs"]
+                ],
                 "empty_start_s": raw["empty_start_s"],
             }
             res["restart"]["ratio"] = res["restart"]["rankq"] / res["restart"]["null"]
@@ -598,9 +800,12 @@ def markdown(results: dict) -> str:
         f"(uvloop {'yes' if m['uvloop'] else 'no'}, httptools {'yes' if m['httptools'] else 'no'}), grpcio {m['grpcio']}; "
         f"commit {m['commit']}{' (with uncommitted changes)' if m['worktree_dirty'] else ''}, {m['date']}. "
         f"Load average {m['loadavg_start']:.1f} at the start, {m.get('loadavg_end', 0):.1f} at the end; "
-        + (f"CPU pressure (share of time a runnable task waited for a core, 10 s average) after each measurement: "
-           f"median {m['cpu_pressure_median']:.0f}%, max {m['cpu_pressure_max']:.0f}%. "
-           if "cpu_pressure_median" in m else "")
+        + (
+            f"CPU pressure (share of time a runnable task waited for a core, 10 s average) after each measurement: "
+            f"median {m['cpu_pressure_median']:.0f}%, max {m['cpu_pressure_max']:.0f}%. "
+            if "cpu_pressure_median" in m
+            else ""
+        )
         + "The load generators share the two cores with the server; other work on the machine slows RankQ and "
         "the null server alike, so the ratios are steadier than the absolute figures.",
         "",
@@ -616,8 +821,11 @@ def markdown(results: dict) -> str:
         ("http_single", f"HTTP enqueue, 1 msg/request ({plan['single_conns']} connections)"),
         ("http_batch", f"HTTP enqueue, {plan['batch']} msg/request ({plan['batch_conns']} connections)"),
         ("grpc_stream", f"gRPC EnqueueStream ({plan['grpc_streams']} streams × {plan['grpc_window']} in flight)"),
-        ("pairs", f"enqueue → dequeue → ack ({plan['pair_producers']} producers, {plan['pair_consumers']} consumers, "
-                  f"batches of {plan['pair_max']})"),
+        (
+            "pairs",
+            f"enqueue → dequeue → ack ({plan['pair_producers']} producers, {plan['pair_consumers']} consumers, "
+            f"batches of {plan['pair_max']})",
+        ),
     ]
     for key, label in rows:
         x = r.get(key)
@@ -633,26 +841,34 @@ def markdown(results: dict) -> str:
             continue
         p50 = median(v["p50_ms"] for v in x["runs"]["rankq"])
         p50n = median(v["p50_ms"] for v in x["runs"]["null"])
-        lines.append(f"| {transport} enqueue p50 at {x['rate']:,.0f} msg/s (half of RankQ's peak, open loop) | {fmt(p50, 'ms')} | "
-                     f"{fmt(p50n, 'ms')} | {p50 / p50n:.1f}× | | | |")
+        lines.append(
+            f"| {transport} enqueue p50 at {x['rate']:,.0f} msg/s (half of RankQ's peak, open loop) | {fmt(p50, 'ms')} | "
+            f"{fmt(p50n, 'ms')} | {p50 / p50n:.1f}× | | | |"
+        )
         lines.append(_row(f"{transport} enqueue **p99** at {x['rate']:,.0f} msg/s", x, times=True))
     if "memory" in r:
         x = r["memory"]
-        lines.append(f"| RSS per 1M queued messages (filled {x['fill_count']:,} in batches of {plan['fill_batch']} "
-                     f"at {x['fill_rate']:,.0f} msg/s) | {fmt(x['rankq'], 'MiB')} | {fmt(x['null'], 'MiB')} (payload bytes) | "
-                     f"{x['ratio']:.1f}× | anonymous {x['anon_per_million_mib']:,.0f} MiB + file pages "
-                     f"{x['file_per_million_mib']:,.0f} MiB; data dir {x['data_dir_mib']:,.0f} MiB | {x['target']} | {_met(x)} |")
+        lines.append(
+            f"| RSS per 1M queued messages (filled {x['fill_count']:,} in batches of {plan['fill_batch']} "
+            f"at {x['fill_rate']:,.0f} msg/s) | {fmt(x['rankq'], 'MiB')} | {fmt(x['null'], 'MiB')} (payload bytes) | "
+            f"{x['ratio']:.1f}× | anonymous {x['anon_per_million_mib']:,.0f} MiB + file pages "
+            f"{x['file_per_million_mib']:,.0f} MiB; data dir {x['data_dir_mib']:,.0f} MiB | {x['target']} | {_met(x)} |"
+        )
     if "restart" in r:
         x = r["restart"]
-        lines.append(f"| Restart after kill -9 with {x['fill_count']:,} queued (until /readyz and all ready; "
-                     f"/readyz alone {x['ready_s']:.1f} s) | {fmt(x['rankq'], 's')} | {fmt(x['null'], 's')} (empty data dir) | "
-                     f"{x['ratio']:.1f}× | | | |")
+        lines.append(
+            f"| Restart after kill -9 with {x['fill_count']:,} queued (until /readyz and all ready; "
+            f"/readyz alone {x['ready_s']:.1f} s) | {fmt(x['rankq'], 's')} | {fmt(x['null'], 's')} (empty data dir) | "
+            f"{x['ratio']:.1f}× | | | |"
+        )
     if "dashboard" in r:
         x = r["dashboard"]
-        lines.append(f"| HTTP enqueue with {x['clients']} open dashboard feeds (vs none, same server, runs alternated) | "
-                     f"{fmt(x['with'], 'msg/s')} | {fmt(x['without'], 'msg/s')} (no feed) | cost {x['cost']:.1%} (paired runs) | "
-                     f"feed alone {x['feed_cpu_percent_of_core']:.2f}% of a core | "
-                     f"{x['target']} | {_met(x)} |")
+        lines.append(
+            f"| HTTP enqueue with {x['clients']} open dashboard feeds (vs none, same server, runs alternated) | "
+            f"{fmt(x['with'], 'msg/s')} | {fmt(x['without'], 'msg/s')} (no feed) | cost {x['cost']:.1%} (paired runs) | "
+            f"feed alone {x['feed_cpu_percent_of_core']:.2f}% of a core | "
+            f"{x['target']} | {_met(x)} |"
+        )
     lines += ["", "Ratios for latency are RankQ / null (lower is better for both).", ""]
     lines += replicated_markdown(r, plan)
     details = ["## Per-run values", ""]
@@ -660,16 +876,24 @@ def markdown(results: dict) -> str:
         if "runs" not in x:
             continue
         if key == "failover":
-            details.append("- failover, per kill (s): " + ", ".join(
-                "none" if v["failover_s"] is None else f"{v['failover_s']:.2f}" for v in x["runs"]))
-            details.append("- election, per kill (s): " + ", ".join(
-                "–" if v.get("elected_s") is None else f"{v['elected_s']:.2f}" for v in x["runs"]))
+            details.append(
+                "- failover, per kill (s): "
+                + ", ".join("none" if v["failover_s"] is None else f"{v['failover_s']:.2f}" for v in x["runs"])
+            )
+            details.append(
+                "- election, per kill (s): "
+                + ", ".join("–" if v.get("elected_s") is None else f"{v['elected_s']:.2f}" for v in x["runs"])
+            )
         elif isinstance(x["runs"], dict):
-            sides = "; ".join(f"{'RankQ' if side == 'rankq' else side} " + ", ".join(f"{v['value']:,.1f}" for v in vals)
-                              for side, vals in x["runs"].items())
+            sides = "; ".join(
+                f"{'RankQ' if side == 'rankq' else side} " + ", ".join(f"{v['value']:,.1f}" for v in vals)
+                for side, vals in x["runs"].items()
+            )
             details.append(f"- {key} ({x['unit']}): {sides}")
         else:
-            details.append(f"- {key}: " + "; ".join(", ".join(f"{k}={v:,.1f}" for k, v in run.items()) for run in x["runs"]))
+            details.append(
+                f"- {key}: " + "; ".join(", ".join(f"{k}={v:,.1f}" for k, v in run.items()) for run in x["runs"])
+            )
     lines += details + [""]
     notes = HERE / "analysis.md"
     if notes.exists():
@@ -679,10 +903,17 @@ def markdown(results: dict) -> str:
 
 def replicated_markdown(r: dict, plan: dict) -> list[str]:
     lines = []
-    rows = [(k, label) for k, label in (
-        ("replicated_http_batch", f"HTTP enqueue, {plan['batch']} msg/request ({plan['batch_conns']} connections)"),
-        ("replicated_grpc_stream", f"gRPC EnqueueStream ({plan['grpc_streams']} streams × {plan['grpc_window']} in flight)"),
-    ) if k in r]
+    rows = [
+        (k, label)
+        for k, label in (
+            ("replicated_http_batch", f"HTTP enqueue, {plan['batch']} msg/request ({plan['batch_conns']} connections)"),
+            (
+                "replicated_grpc_stream",
+                f"gRPC EnqueueStream ({plan['grpc_streams']} streams × {plan['grpc_window']} in flight)",
+            ),
+        )
+        if k in r
+    ]
     if rows:
         size = plan.get("group_size", 3)
         lines += [
@@ -702,11 +933,15 @@ def replicated_markdown(r: dict, plan: dict) -> list[str]:
         for key, label in rows:
             x = r[key]
             ratio = "–" if x["ratio"] is None else f"{x['ratio']:.0%}"
-            cpu = (f"{_pct(x['leader_cpu_percent'])}, {_pct(x['other_cpu_percent'])}, {_pct(x['group_cpu_percent'])} "
-                   f"({_pct(x['single_cpu_percent'])})")
+            cpu = (
+                f"{_pct(x['leader_cpu_percent'])}, {_pct(x['other_cpu_percent'])}, {_pct(x['group_cpu_percent'])} "
+                f"({_pct(x['single_cpu_percent'])})"
+            )
             us = f"{_num(x['group_cpu_us_per_msg'])} ({_num(x['single_cpu_us_per_msg'])})"
-            lines.append(f"| {label} | {fmt(x['rankq'], x['unit'])} | {fmt(x['single'], x['unit'])} | {ratio} | {cpu} | "
-                         f"{us} | {x['target']} | {_met(x)} |")
+            lines.append(
+                f"| {label} | {fmt(x['rankq'], x['unit'])} | {fmt(x['single'], x['unit'])} | {ratio} | {cpu} | "
+                f"{us} | {x['target']} | {_met(x)} |"
+            )
         lines.append("")
     x = r.get("failover")
     if x:
@@ -732,32 +967,48 @@ def replicated_markdown(r: dict, plan: dict) -> list[str]:
             f"{st.get('heartbeat_period', 0):g} s, a leader without a majority steps down after "
             f"{st.get('leader_fallback_timeout', 0):g} s, Raft tick {st.get('tick_period', 0):g} s. "
             f"{x['kills']} kills in {x['seconds']:.0f} s"
-            + (f", {x['failed']} without an accepted write within {F.FAILOVER_DEADLINE:g} s (counted as that)"
-               if x["failed"] else "")
+            + (
+                f", {x['failed']} without an accepted write within {F.FAILOVER_DEADLINE:g} s (counted as that)"
+                if x["failed"]
+                else ""
+            )
             + f". Load average during the kills: median {median(loads):.1f}"
             + (f", CPU pressure median {median(pressure):.0f}%" if pressure else "")
-            + (". Raft terms each election took: "
-               + ", ".join(f"{k} in {v} kill{'s' if v != 1 else ''}" for k, v in x["election_rounds"].items())
-               if x.get("election_rounds") else "")
-            + (f". Every write answered 201 ({x['acked']:,}) is in the final queue."
-               if x.get("acked_all_kept") else f". Writes answered 201: {x['acked']:,}; final counts {x['final_counts']}.")
-            ,
+            + (
+                ". Raft terms each election took: "
+                + ", ".join(f"{k} in {v} kill{'s' if v != 1 else ''}" for k, v in x["election_rounds"].items())
+                if x.get("election_rounds")
+                else ""
+            )
+            + (
+                f". Every write answered 201 ({x['acked']:,}) is in the final queue."
+                if x.get("acked_all_kept")
+                else f". Writes answered 201: {x['acked']:,}; final counts {x['final_counts']}."
+            ),
             "",
             "| From the kill to | n | p50 | p90 | p99 | max | Target | Met |",
             "| --- | ---: | ---: | ---: | ---: | ---: | --- | :---: |",
         ]
-        for key, label in (("failover", "**first write accepted by the new leader** (failover)"),
-                           ("election", "a survivor names the new leader (election)"),
-                           ("leader_lost", "a survivor stops naming the old leader (election timeout)")):
+        for key, label in (
+            ("failover", "**first write accepted by the new leader** (failover)"),
+            ("election", "a survivor names the new leader (election)"),
+            ("leader_lost", "a survivor stops naming the old leader (election timeout)"),
+        ):
             d = x[key]
             target = (x["target"], _met(x)) if key == "failover" else ("", "")
-            lines.append(f"| {label} | {d['n']} | {fmt(d['p50'], 's')} | {fmt(d['p90'], 's')} | {fmt(d['p99'], 's')} | "
-                         f"{fmt(d['max'], 's')} | {target[0]} | {target[1]} |")
-        for key, label in (("after_election", "From the election to the first accepted write (± the 20 ms poll)"),
-                           ("catch_up", "Restart of the killed node until it is caught up")):
+            lines.append(
+                f"| {label} | {d['n']} | {fmt(d['p50'], 's')} | {fmt(d['p90'], 's')} | {fmt(d['p99'], 's')} | "
+                f"{fmt(d['max'], 's')} | {target[0]} | {target[1]} |"
+            )
+        for key, label in (
+            ("after_election", "From the election to the first accepted write (± the 20 ms poll)"),
+            ("catch_up", "Restart of the killed node until it is caught up"),
+        ):
             d = x[key]
-            lines.append(f"| {label} | {d['n']} | {fmt(d['p50'], 's')} | {fmt(d['p90'], 's')} | {fmt(d['p99'], 's')} | "
-                         f"{fmt(d['max'], 's')} | | |")
+            lines.append(
+                f"| {label} | {d['n']} | {fmt(d['p50'], 's')} | {fmt(d['p90'], 's')} | {fmt(d['p99'], 's')} | "
+                f"{fmt(d['max'], 's')} | | |"
+            )
         if x["kills"] <= 100:
             lines += ["", f"Quantiles by nearest rank: with {x['kills']} kills the p99 is the largest value."]
         lines.append("")
@@ -785,8 +1036,10 @@ def _row(label: str, x: dict, times: bool = False) -> str:
     us, us_null = x.get("rankq_cpu_us_per_msg"), x.get("null_cpu_us_per_msg")
     if us is not None and us_null is not None:
         cell += f", {us:.0f} ({us_null:.0f}) µs"
-    return (f"| {label} | {fmt(x['rankq'], x['unit'])} | {fmt(x['null'], x['unit'])} | {ratio} | "
-            f"{cell} | {x.get('target', '')} | {_met(x)} |")
+    return (
+        f"| {label} | {fmt(x['rankq'], x['unit'])} | {fmt(x['null'], x['unit'])} | {ratio} | "
+        f"{cell} | {x.get('target', '')} | {_met(x)} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -797,10 +1050,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="results path prefix (default bench/results/latest; --quick: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs, data dirs)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for `rankq server`")
-    parser.add_argument("--render", action="store_true",
-                        help="only rewrite the markdown from the results JSON (e.g. after editing bench/analysis.md)")
-    parser.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
-                        help="first wait up to this long for the machine to be nearly idle (default 120; --quick 0)")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite the markdown from the results JSON (e.g. after editing bench/analysis.md)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first wait up to this long for the machine to be nearly idle (default 120; --quick 0)",
+    )
     args = parser.parse_args(argv)
     # make's SIGTERM (or a CI timeout) still stops every process the run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

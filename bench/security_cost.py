@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -62,8 +62,12 @@ LABELS = {
     "grpc_unary": "gRPC Enqueue, 1 msg/call, 50 clients",
     "drain": "drain: dequeue(max=100) + batch ack, 4 consumers",
 }
-SHORT = {"http_batch": "HTTP batches", "http_single": "HTTP one per request", "grpc_unary": "gRPC one per call",
-         "drain": "drain"}
+SHORT = {
+    "http_batch": "HTTP batches",
+    "http_single": "HTTP one per request",
+    "grpc_unary": "gRPC one per call",
+    "drain": "drain",
+}
 LIMIT = 0.05  # the largest throughput drop the issue allows
 
 
@@ -124,7 +128,14 @@ def baseline_build(rev: str) -> Build:
         if done.returncode != 0 or not rankq.exists():
             raise Failure(f"installing the baseline failed; see {home / 'install.log'}")
         stamp.write_text(commit + "\n")
-    return Build("baseline", commit, rankq, home / "src" / "rankq" / "server" / "proto" / "rankq.proto", secret=False, token=False)
+    return Build(
+        "baseline",
+        commit,
+        rankq,
+        home / "src" / "rankq" / "server" / "proto" / "rankq.proto",
+        secret=False,
+        token=False,
+    )
 
 
 def current_build() -> Build:
@@ -132,8 +143,14 @@ def current_build() -> Build:
     if not rankq.exists():
         raise Failure(f"no rankq script beside {sys.executable}: run from the project's venv (make venv)")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return Build("current", git("rev-parse", "HEAD") + (" (with uncommitted changes)" if dirty else ""), rankq,
-                 ROOT / "rankq" / "server" / "proto" / "rankq.proto", secret=True, token=True)
+    return Build(
+        "current",
+        git("rev-parse", "HEAD") + (" (with uncommitted changes)" if dirty else ""),
+        rankq,
+        ROOT / "rankq" / "server" / "proto" / "rankq.proto",
+        secret=True,
+        token=True,
+    )
 
 
 # ---- a group of one build ----------------------------------------------------------------------------
@@ -169,9 +186,25 @@ class Group:
         peers = ",".join(f"n{i}={P.HOST}:{p['raft']}" for i, p in enumerate(ports))
         self.members: list[Server] = []
         for i, p in enumerate(ports):
-            args = [str(build.rankq), "server", "--data-dir", str(root / f"n{i}"), "--host", P.HOST,
-                    "--http-port", str(p["http"]), "--grpc-port", str(p["grpc"]), "--raft-port", str(p["raft"]),
-                    "--node-id", f"n{i}", "--peers", peers, *extra]
+            args = [
+                str(build.rankq),
+                "server",
+                "--data-dir",
+                str(root / f"n{i}"),
+                "--host",
+                P.HOST,
+                "--http-port",
+                str(p["http"]),
+                "--grpc-port",
+                str(p["grpc"]),
+                "--raft-port",
+                str(p["raft"]),
+                "--node-id",
+                f"n{i}",
+                "--peers",
+                peers,
+                *extra,
+            ]
             proc = procs.spawn(f"{name}-n{i}", args, env=server_env())
             server = Server("rankq", proc, p["http"], p["grpc"])
             server.node_id = f"n{i}"
@@ -245,8 +278,19 @@ class Bench:
         return run_tool(args, timeout, marker, env=env)
 
     def wrk(self, g: Group, path: str, body: Path, conns: int, seconds: float) -> dict:
-        args = [self.tools["WRK"], "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-                "-s", str(HERE / "post.lua"), g.leader.base + path, "--", str(body)]
+        args = [
+            self.tools["WRK"],
+            "-t1",
+            f"-c{conns}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "post.lua"),
+            g.leader.base + path,
+            "--",
+            str(body),
+        ]
         r = self.tool(args, g.env, seconds + 60, marker="WRKJSON ")
         errors = sum(r[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
         if errors:
@@ -262,13 +306,30 @@ class Bench:
         with P.group_cpu_meter(g.leader) as cpu:
             r = self.wrk(g, path, body, conns, p.duration)
         msgs = r["requests"] * per_request
-        return self.result(msgs / (r["duration_us"] / 1e6), msgs, cpu, p50_ms=r["p50_us"] / 1000, p99_ms=r["p99_us"] / 1000)
+        return self.result(
+            msgs / (r["duration_us"] / 1e6), msgs, cpu, p50_ms=r["p50_us"] / 1000, p99_ms=r["p99_us"] / 1000
+        )
 
     def grpc_unary(self, g: Group) -> dict:
         p = self.plan
-        args = [self.tools["RANKQ_LOAD"], "grpc-unary", "-addr", g.leader.grpc_addr, "-proto", str(g.build.proto),
-                "-queue", "bench", "-clients", str(p.clients), "-payload-bytes", str(PAYLOAD_BYTES),
-                "-duration", f"{p.duration}s", "-warmup", f"{p.warmup}s"]
+        args = [
+            self.tools["RANKQ_LOAD"],
+            "grpc-unary",
+            "-addr",
+            g.leader.grpc_addr,
+            "-proto",
+            str(g.build.proto),
+            "-queue",
+            "bench",
+            "-clients",
+            str(p.clients),
+            "-payload-bytes",
+            str(PAYLOAD_BYTES),
+            "-duration",
+            f"{p.duration}s",
+            "-warmup",
+            f"{p.warmup}s",
+        ]
         with P.group_cpu_meter(g.leader) as cpu:
             r = self.tool(args, g.env, p.duration + p.warmup + 60)
         if r["errors"]:
@@ -281,14 +342,50 @@ class Bench:
     def drain(self, g: Group) -> dict:
         p = self.plan
         g.create_queue("drain")
-        fill = self.tool([self.tools["RANKQ_LOAD"], "fill", "-base", g.leader.base, "-queue", "drain",
-                          "-count", str(p.drain_messages), "-batch", "100", "-conns", "4",
-                          "-payload-bytes", str(PAYLOAD_BYTES), "-deadline", "120s"], g.env, 180)
+        fill = self.tool(
+            [
+                self.tools["RANKQ_LOAD"],
+                "fill",
+                "-base",
+                g.leader.base,
+                "-queue",
+                "drain",
+                "-count",
+                str(p.drain_messages),
+                "-batch",
+                "100",
+                "-conns",
+                "4",
+                "-payload-bytes",
+                str(PAYLOAD_BYTES),
+                "-deadline",
+                "120s",
+            ],
+            g.env,
+            180,
+        )
         P.wait_until(lambda: g.counts("drain")["ready"] == p.drain_messages, 30, g.leader.proc, "the fill")
         with P.group_cpu_meter(g.leader) as cpu:
-            r = self.tool([self.tools["RANKQ_LOAD"], "drain", "-base", g.leader.base, "-queue", "drain",
-                           "-count", str(p.drain_messages), "-consumers", str(p.drain_consumers), "-max", "100",
-                           "-deadline", "120s"], g.env, 180)
+            r = self.tool(
+                [
+                    self.tools["RANKQ_LOAD"],
+                    "drain",
+                    "-base",
+                    g.leader.base,
+                    "-queue",
+                    "drain",
+                    "-count",
+                    str(p.drain_messages),
+                    "-consumers",
+                    str(p.drain_consumers),
+                    "-max",
+                    "100",
+                    "-deadline",
+                    "120s",
+                ],
+                g.env,
+                180,
+            )
         if r["errors"] or r["ack_failures"] or r["acked"] != p.drain_messages:
             raise Failure(f"drain against {g.build.name}: {r}")
         return self.result(r["rate"], r["acked"], cpu, fill_rate=fill["rate"])
@@ -299,10 +396,15 @@ class Bench:
             return seconds * share / msgs * 1e6 if msgs and seconds is not None else None
 
         others = [o["cpu_seconds"] for o in cpu.get("others", ()) if "cpu_seconds" in o]
-        return {"value": rate, "group_cpu_us_per_msg": per_msg(cpu.get("group_cpu_seconds")),
-                "leader_cpu_us_per_msg": per_msg(cpu.get("cpu_seconds")),
-                "follower_cpu_us_per_msg": per_msg(statistics.mean(others)) if others else None,
-                "leader_cpu_percent": cpu.get("cpu_percent"), **extra, **P.machine_load()}
+        return {
+            "value": rate,
+            "group_cpu_us_per_msg": per_msg(cpu.get("group_cpu_seconds")),
+            "leader_cpu_us_per_msg": per_msg(cpu.get("cpu_seconds")),
+            "follower_cpu_us_per_msg": per_msg(statistics.mean(others)) if others else None,
+            "leader_cpu_percent": cpu.get("cpu_percent"),
+            **extra,
+            **P.machine_load(),
+        }
 
     def run_arm(self, build: Build, paths: list[str]) -> dict:
         self.count += 1
@@ -331,9 +433,9 @@ ARMS = ["baseline", "baseline-secret", "current"]
 ARM_TEXT = {
     "baseline": "the commit before the security merges with its defaults: Raft traffic in plain pickle, no API token",
     "baseline-secret": "the same commit with its optional `--raft-password-file` (PySyncObj's own encryption, "
-                       "what the operator passed to every group): the cost of encrypting peers, measured in the old code",
+    "what the operator passed to every group): the cost of encrypting peers, measured in the old code",
     "current": "this tree in its closed mode: peers authenticated and encrypted with a shared secret, a bearer "
-               "token on every request, the validation layer on every input",
+    "token on every request, the validation layer on every input",
 }
 
 
@@ -348,9 +450,15 @@ def summarise(runs: dict, paths: list[str]) -> dict:
             values = [r[path]["value"] for r in reps]
             cpu = [r[path]["group_cpu_us_per_msg"] for r in reps if r[path].get("group_cpu_us_per_msg")]
             med = statistics.median(values)
-            arms[arm] = {"median": med, "min": min(values), "max": max(values), "values": values,
-                         "spread": (max(values) - min(values)) / med, "cpu_values": cpu,
-                         "group_cpu_us_per_msg": statistics.median(cpu) if cpu else None}
+            arms[arm] = {
+                "median": med,
+                "min": min(values),
+                "max": max(values),
+                "values": values,
+                "spread": (max(values) - min(values)) / med,
+                "cpu_values": cpu,
+                "group_cpu_us_per_msg": statistics.median(cpu) if cpu else None,
+            }
             for role in ("leader", "follower"):
                 got = [r[path][f"{role}_cpu_us_per_msg"] for r in reps if r[path].get(f"{role}_cpu_us_per_msg")]
                 arms[arm][f"{role}_cpu_us_per_msg"] = statistics.median(got) if got else None
@@ -359,8 +467,13 @@ def summarise(runs: dict, paths: list[str]) -> dict:
             pairs = [c[path]["value"] / b[path]["value"] for b, c in zip(runs[ref], runs["current"])]
             ratio = arms["current"]["median"] / arms[ref]["median"]
             cb, cc = arms[ref]["group_cpu_us_per_msg"], arms["current"]["group_cpu_us_per_msg"]
-            against[ref] = {"ratio": ratio, "pair_ratios": pairs, "pair_ratio_median": statistics.median(pairs),
-                            "cpu_ratio": cc / cb if cb and cc else None, "drop_over_limit": ratio < 1 - LIMIT}
+            against[ref] = {
+                "ratio": ratio,
+                "pair_ratios": pairs,
+                "pair_ratio_median": statistics.median(pairs),
+                "cpu_ratio": cc / cb if cb and cc else None,
+                "drop_over_limit": ratio < 1 - LIMIT,
+            }
         out[path] = {"label": LABELS[path], "unit": "msg/s", "arms": arms, "current_vs": against}
     return out
 
@@ -398,40 +511,66 @@ def markdown(res: dict) -> str:
         f"{plan['group_size']} members used per message (median), which the machine's load moves less than "
         "throughput.",
         "",
-        "| path | " + " | ".join(f"{a} msg/s" for a in arms) + " | " + " | ".join(
-            f"current / {a}: medians, paired runs (min–max)" for a in refs) + " | CPU µs/msg: " + " → ".join(arms) + " |",
+        "| path | "
+        + " | ".join(f"{a} msg/s" for a in arms)
+        + " | "
+        + " | ".join(f"current / {a}: medians, paired runs (min–max)" for a in refs)
+        + " | CPU µs/msg: "
+        + " → ".join(arms)
+        + " |",
         "| --- | " + " | ".join("---:" for _ in arms) + " | " + " | ".join("---:" for _ in refs) + " | ---: |",
     ]
     for x in res["results"].values():
         cells = [_range(x["arms"][a]) for a in arms]
         for ref in refs:
             v = x["current_vs"][ref]
-            cells.append(f"**{v['ratio']:.0%}**, {v['pair_ratio_median']:.0%} ({min(v['pair_ratios']):.0%}–"
-                         f"{max(v['pair_ratios']):.0%})")
+            cells.append(
+                f"**{v['ratio']:.0%}**, {v['pair_ratio_median']:.0%} ({min(v['pair_ratios']):.0%}–"
+                f"{max(v['pair_ratios']):.0%})"
+            )
         cpu = [x["arms"][a]["group_cpu_us_per_msg"] for a in arms]
         cells.append(" → ".join("–" if c is None else f"{c:,.0f}" for c in cpu))
         lines.append(f"| {x['label']} | " + " | ".join(cells) + " |")
-    lines += ["", "CPU per message by member (medians, µs): "
-              + "; ".join(f"{SHORT[path]}: "
-                          + ", ".join(f"{a} leader {_us(x['arms'][a].get('leader_cpu_us_per_msg'))} / follower "
-                                      f"{_us(x['arms'][a].get('follower_cpu_us_per_msg'))}" for a in arms)
-                          for path, x in res["results"].items()) + "."]
+    lines += [
+        "",
+        "CPU per message by member (medians, µs): "
+        + "; ".join(
+            f"{SHORT[path]}: "
+            + ", ".join(
+                f"{a} leader {_us(x['arms'][a].get('leader_cpu_us_per_msg'))} / follower "
+                f"{_us(x['arms'][a].get('follower_cpu_us_per_msg'))}"
+                for a in arms
+            )
+            for path, x in res["results"].items()
+        )
+        + ".",
+    ]
     loads = m["load"]
     lines += [
         "",
         f"Noise: during the measurements the machine's load average ran from {min(loads['loadavg']):.1f} to "
         f"{max(loads['loadavg']):.1f}"
-        + (f" and CPU pressure (share of time a runnable task waited for a core) from "
-           f"{min(loads['cpu_pressure']):.0f}% to {max(loads['cpu_pressure']):.0f}%" if loads.get("cpu_pressure") else "")
+        + (
+            f" and CPU pressure (share of time a runnable task waited for a core) from "
+            f"{min(loads['cpu_pressure']):.0f}% to {max(loads['cpu_pressure']):.0f}%"
+            if loads.get("cpu_pressure")
+            else ""
+        )
         + "; the min–max ranges above are each arm's spread across its runs. Per run: "
-        + "; ".join(f"{p} " + ", ".join(f"{a} " + "/".join(f"{v:,.0f}" for v in x["arms"][a]["values"]) for a in arms)
-                    for p, x in res["results"].items()) + ".",
+        + "; ".join(
+            f"{p} " + ", ".join(f"{a} " + "/".join(f"{v:,.0f}" for v in x["arms"][a]["values"]) for a in arms)
+            for p, x in res["results"].items()
+        )
+        + ".",
         "",
     ]
     over = [x for x in res["results"].values() if x["current_vs"]["baseline"]["drop_over_limit"]]
     if over:
-        lines.append(f"Against the baseline, paths whose median throughput is below {1 - LIMIT:.0%}: " + ", ".join(
-            f"{x['label']} ({x['current_vs']['baseline']['ratio']:.1%})" for x in over) + ".")
+        lines.append(
+            f"Against the baseline, paths whose median throughput is below {1 - LIMIT:.0%}: "
+            + ", ".join(f"{x['label']} ({x['current_vs']['baseline']['ratio']:.1%})" for x in over)
+            + "."
+        )
     else:
         lines.append(f"Against the baseline every path keeps at least {1 - LIMIT:.0%} of the median throughput.")
     lines.append("")
@@ -443,8 +582,12 @@ def markdown(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", default=BASELINE, help="commit to compare with (default: main before the security merges)")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)} (current is always run)")
+    ap.add_argument(
+        "--baseline", default=BASELINE, help="commit to compare with (default: main before the security merges)"
+    )
+    ap.add_argument(
+        "--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)} (current is always run)"
+    )
     ap.add_argument("--reps", type=int, default=Plan.reps)
     ap.add_argument("--duration", type=float, default=Plan.duration, help="measured seconds per enqueue run")
     ap.add_argument("--only", help="comma-separated subset of: " + ", ".join(PATHS))
@@ -467,8 +610,11 @@ def main(argv: list[str] | None = None) -> int:
 
     tools = setup_tools()
     baseline = baseline_build(args.baseline)
-    builds = {"baseline": baseline, "baseline-secret": replace(baseline, name="baseline-secret", secret=True),
-              "current": current_build()}
+    builds = {
+        "baseline": baseline,
+        "baseline-secret": replace(baseline, name="baseline-secret", secret=True),
+        "current": current_build(),
+    }
     workdir = Path(tempfile.mkdtemp(prefix="rankq-bench-security-"))
     b = Bench(plan, tools, workdir)
     runs: dict[str, list] = {arm: [] for arm in arms}
@@ -476,11 +622,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         for rep in range(plan.reps):
-            for arm in arms[rep % len(arms):] + arms[:rep % len(arms)]:
+            for arm in arms[rep % len(arms) :] + arms[: rep % len(arms)]:
                 runs[arm].append(b.run_arm(builds[arm], paths))
                 order.append(arm)
-                log(f"rep {rep + 1}/{plan.reps} {arm}: " + ", ".join(
-                    f"{k} {v['value']:,.0f} ({v['group_cpu_us_per_msg'] or 0:,.0f} µs/msg)" for k, v in runs[arm][-1].items()))
+                log(
+                    f"rep {rep + 1}/{plan.reps} {arm}: "
+                    + ", ".join(
+                        f"{k} {v['value']:,.0f} ({v['group_cpu_us_per_msg'] or 0:,.0f} µs/msg)"
+                        for k, v in runs[arm][-1].items()
+                    )
+                )
     except Failure as err:
         log(f"benchmark failed: {err}; logs in {workdir / 'logs'}")
         return 1
@@ -488,12 +639,20 @@ def main(argv: list[str] | None = None) -> int:
         b.procs.close()
     samples = [r for arm in runs.values() for rep in arm for r in rep.values()]
     res = {
-        "meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cores": os.cpu_count(),
-                 "python": sys.version.split()[0], "arms": arms,
-                 "commits": {arm: builds[arm].commit for arm in arms}, "plan": asdict(plan), "order": order,
-                 "seconds": round(time.monotonic() - started, 1),
-                 "load": {"loadavg": [s["loadavg"] for s in samples],
-                          "cpu_pressure": [s["cpu_pressure"] for s in samples if "cpu_pressure" in s]}},
+        "meta": {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "arms": arms,
+            "commits": {arm: builds[arm].commit for arm in arms},
+            "plan": asdict(plan),
+            "order": order,
+            "seconds": round(time.monotonic() - started, 1),
+            "load": {
+                "loadavg": [s["loadavg"] for s in samples],
+                "cpu_pressure": [s["cpu_pressure"] for s in samples if "cpu_pressure" in s],
+            },
+        },
         "results": summarise(runs, paths),
         "runs": runs,
     }

@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -80,8 +80,14 @@ def rate_accuracy(base: str, rate: int, window: float, windows: int) -> dict:
     starts = [t0 + WARMUP + i * window for i in range(windows)]
     per_window = [sum(1 for s in stamps if start <= s < start + window) / window for start in starts]
     median = statistics.median(per_window)
-    return {"rate": rate, "burst": rate, "windows": per_window, "median": median, "ratio": median / rate,
-            "warmup_delivered": sum(1 for s in stamps if s < t0 + WARMUP)}
+    return {
+        "rate": rate,
+        "burst": rate,
+        "windows": per_window,
+        "median": median,
+        "ratio": median / rate,
+        "warmup_delivered": sum(1 for s in stamps if s < t0 + WARMUP),
+    }
 
 
 def enqueue_rate(base: str, queue: str, n: int, deps: bool) -> float:
@@ -170,13 +176,23 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             procs.close()
     median = {arm: statistics.median(v) for arm, v in runs.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE.parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE.parent
+    ).stdout.strip()
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-        "cores": os.cpu_count(), "window": args.window, "windows": args.windows, "rate_limit": rates,
-        "dependencies": {"messages": n, "reps": args.reps, "runs": runs, "median": median,
-                         "ratio": median["deps"] / median["plain"]},
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "cores": os.cpu_count(),
+        "window": args.window,
+        "windows": args.windows,
+        "rate_limit": rates,
+        "dependencies": {
+            "messages": n,
+            "reps": args.reps,
+            "runs": runs,
+            "median": median,
+            "ratio": median["deps"] / median["plain"],
+        },
         "load": P.machine_load(),
     }
     out = Path(args.out)

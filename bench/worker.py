@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -46,7 +46,14 @@ ROOT = HERE.parent
 CONCURRENCY = 8
 POLL = 0.02
 CACHE = Path(os.environ.get("RANKQ_BENCH_CACHE", Path.home() / ".cache" / "rankq" / "bench"))
-CONSUMERS = ["rankq_worker", "rankq_worker_prefetch24", "raw_loop_ack_batch", "raw_loop_ack_each", "celery_acks_late_prefetch1", "celery_default"]
+CONSUMERS = [
+    "rankq_worker",
+    "rankq_worker_prefetch24",
+    "raw_loop_ack_batch",
+    "raw_loop_ack_each",
+    "celery_acks_late_prefetch1",
+    "celery_default",
+]
 
 
 def log(msg: str) -> None:
@@ -110,23 +117,39 @@ class RankQSide:
         self.http.post("/queues", json={"name": queue, "visibility_timeout": 60}).raise_for_status()
         body = '{"messages":[' + ",".join(['{"payload":{"n":0}}'] * 1000) + "]}"
         for _ in range(0, n, 1000):
-            self.http.post(f"/queues/{queue}/messages/batch", content=body,
-                           headers={"content-type": "application/json"}).raise_for_status()
+            self.http.post(
+                f"/queues/{queue}/messages/batch", content=body, headers={"content-type": "application/json"}
+            ).raise_for_status()
         return queue
 
     def left(self, queue: str):
         def count() -> int:
             c = self.http.get(f"/queues/{queue}").json()["counts"]
             return c["ready"] + c["leased"] + c["delayed"]
+
         return count
 
     def run(self, consumer: str, n: int) -> float:
         queue = self.fill(n)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         if consumer.startswith("rankq_worker"):
-            args = [sys.executable, "-m", "rankq.cli", "worker", "bench.worker:noop", "--queue", queue,
-                    "--url", self.server.base, "--concurrency", str(CONCURRENCY), "--poll-wait", "1",
-                    "--log-level", "warning"]
+            args = [
+                sys.executable,
+                "-m",
+                "rankq.cli",
+                "worker",
+                "bench.worker:noop",
+                "--queue",
+                queue,
+                "--url",
+                self.server.base,
+                "--concurrency",
+                str(CONCURRENCY),
+                "--poll-wait",
+                "1",
+                "--log-level",
+                "warning",
+            ]
             if consumer == "rankq_worker_prefetch24":
                 args += ["--prefetch", "24"]
         else:
@@ -149,7 +172,7 @@ def noop(msg) -> None:
 # ---- Celery ----------------------------------------------------------------------------------------
 
 
-CELERY_APP = '''
+CELERY_APP = """
 import os
 from celery import Celery
 
@@ -164,7 +187,7 @@ if os.environ.get("BENCH_MODE") == "late":
 @app.task(name="noop")
 def noop(n):
     return None
-'''
+"""
 
 
 def celery_python() -> Path:
@@ -186,8 +209,11 @@ def redis_server() -> str:
         return path
     if os.geteuid() == 0 and shutil.which("apt-get"):
         log("installing redis-server")
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "redis-server"],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         return shutil.which("redis-server") or "redis-server"
     raise RuntimeError("redis-server is missing (Debian/Ubuntu: apt-get install redis-server)")
 
@@ -200,15 +226,35 @@ class CelerySide:
         self.port = P.free_port()
         (workdir / "celery").mkdir(parents=True, exist_ok=True)
         (workdir / "celery" / "bench_celery.py").write_text(CELERY_APP)
-        self.redis = procs.spawn("redis", [redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
-                                           "--save", "", "--appendonly", "no", "--dir", str(workdir)])
+        self.redis = procs.spawn(
+            "redis",
+            [
+                redis_server(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+        )
         self.broker = f"redis://127.0.0.1:{self.port}/0"
         P.wait_until(lambda: P.port_open(self.port), 20, self.redis, "redis")
         self.runs = 0
 
     def _script(self, code: str, env: dict) -> str:
-        done = subprocess.run([str(self.python), "-c", code], env=env, cwd=self.workdir / "celery",
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [str(self.python), "-c", code],
+            env=env,
+            cwd=self.workdir / "celery",
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-2000:])
         return done.stdout
@@ -216,26 +262,58 @@ class CelerySide:
     def run(self, consumer: str, n: int) -> float:
         self.runs += 1
         mode = "late" if consumer == "celery_acks_late_prefetch1" else "default"
-        env = {**os.environ, "BENCH_BROKER": self.broker, "BENCH_MODE": mode, "PYTHONPATH": str(self.workdir / "celery")}
-        self._script("import redis, os; redis.Redis.from_url(os.environ['BENCH_BROKER']).flushdb()\n"
-                     "from bench_celery import noop\n"
-                     f"for i in range({n}): noop.apply_async((i,))\n", env)
+        env = {
+            **os.environ,
+            "BENCH_BROKER": self.broker,
+            "BENCH_MODE": mode,
+            "PYTHONPATH": str(self.workdir / "celery"),
+        }
+        self._script(
+            "import redis, os; redis.Redis.from_url(os.environ['BENCH_BROKER']).flushdb()\n"
+            "from bench_celery import noop\n"
+            f"for i in range({n}): noop.apply_async((i,))\n",
+            env,
+        )
         worker = self.procs.spawn(
             f"celery-{mode}-{self.runs}",
-            [str(self.python), "-m", "celery", "-A", "bench_celery", "worker", "-c", str(CONCURRENCY), "-P", "prefork",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"],
-            env={**env, "PWD": str(self.workdir / "celery")})
+            [
+                str(self.python),
+                "-m",
+                "celery",
+                "-A",
+                "bench_celery",
+                "worker",
+                "-c",
+                str(CONCURRENCY),
+                "-P",
+                "prefork",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "warning",
+            ],
+            env={**env, "PWD": str(self.workdir / "celery")},
+        )
         # redis-py lives in the Celery venv: a tiny poller there prints what is left every POLL seconds.
         poller = subprocess.Popen(
-            [str(self.python), "-u", "-c",
-             "import os, sys, time, redis\n"
-             "r = redis.Redis.from_url(os.environ['BENCH_BROKER'])\n"
-             "while True:\n"
-             "    p = r.pipeline(); p.llen('celery'); p.hlen('unacked'); a, b = p.execute()\n"
-             "    print(a + b, flush=True)\n"
-             f"    time.sleep({POLL})\n"],
-            env=env, stdout=subprocess.PIPE, text=True)
+            [
+                str(self.python),
+                "-u",
+                "-c",
+                "import os, sys, time, redis\n"
+                "r = redis.Redis.from_url(os.environ['BENCH_BROKER'])\n"
+                "while True:\n"
+                "    p = r.pipeline(); p.llen('celery'); p.hlen('unacked'); a, b = p.execute()\n"
+                "    print(a + b, flush=True)\n"
+                f"    time.sleep({POLL})\n",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
+
             def left() -> int:
                 return int(poller.stdout.readline())
 
@@ -268,7 +346,7 @@ def run(messages: int, reps: int, workdir: Path) -> dict:
     med = {c: statistics.median(v) for c, v in rates.items()}
     worker = med["rankq_worker"]
     return {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "messages": messages,
         "reps": reps,
         "concurrency": CONCURRENCY,
@@ -318,8 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "worker.json",
-                        help="results JSON; the markdown goes beside it (.md)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "results" / "worker.json",
+        help="results JSON; the markdown goes beside it (.md)",
+    )
     parser.add_argument("--raw", nargs=4, metavar=("URL", "QUEUE", "N", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.raw:

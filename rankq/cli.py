@@ -82,8 +82,13 @@ class CliState:
             from .client import Client
 
             try:
-                client = Client(self.url, timeout=self.timeout, token=None if self.token_file else self.token,
-                                token_file=self.token_file, ca=self.ca)
+                client = Client(
+                    self.url,
+                    timeout=self.timeout,
+                    token=None if self.token_file else self.token,
+                    token_file=self.token_file,
+                    ca=self.ca,
+                )
             except ValueError as err:
                 raise click.BadParameter(str(err), param_hint="'--url'") from err
             except ImportError as err:
@@ -102,34 +107,72 @@ def _missing_extra_command(name: str, err: Exception) -> click.Command:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
 
-    return click.Command(name, callback=fail, help=f"(not installed) {err}", add_help_option=False,
-                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
-                         context_settings={"ignore_unknown_options": True})
+    return click.Command(
+        name,
+        callback=fail,
+        help=f"(not installed) {err}",
+        add_help_option=False,
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        context_settings={"ignore_unknown_options": True},
+    )
 
 
 @click.group(cls=RankQGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rankq")
-@click.option("--url", envvar="RANKQ_URL", default=DEFAULT_URL, show_default=True,
-              help="Server for the client commands: http(s)://host:port or grpc(s)://host:port "
-                   "(env RANKQ_URL); https and grpcs use TLS.")
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="Tables for people, JSON for scripts.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Seconds each request may take (a long poll gets its --wait on top).")
-@click.option("--token", envvar="RANKQ_API_TOKEN", default=None, show_default=False,
-              help="API token for servers that require one (env RANKQ_API_TOKEN).")
-@click.option("--token-file", envvar="RANKQ_TOKEN_FILE", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File holding the API token; used instead of --token (env RANKQ_TOKEN_FILE).")
-@click.option("--ca", envvar="RANKQ_CA", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="PEM file of the CA that signed the servers' TLS certificates (env RANKQ_CA).")
+@click.option(
+    "--url",
+    envvar="RANKQ_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="Server for the client commands: http(s)://host:port or grpc(s)://host:port "
+    "(env RANKQ_URL); https and grpcs use TLS.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Tables for people, JSON for scripts.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds each request may take (a long poll gets its --wait on top).",
+)
+@click.option(
+    "--token",
+    envvar="RANKQ_API_TOKEN",
+    default=None,
+    show_default=False,
+    help="API token for servers that require one (env RANKQ_API_TOKEN).",
+)
+@click.option(
+    "--token-file",
+    envvar="RANKQ_TOKEN_FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="File holding the API token; used instead of --token (env RANKQ_TOKEN_FILE).",
+)
+@click.option(
+    "--ca",
+    envvar="RANKQ_CA",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="PEM file of the CA that signed the servers' TLS certificates (env RANKQ_CA).",
+)
 @click.pass_context
-def main(ctx: click.Context, url: str, output: str, timeout: float, token: str | None, token_file: str | None,
-         ca: str | None) -> None:
+def main(
+    ctx: click.Context, url: str, output: str, timeout: float, token: str | None, token_file: str | None, ca: str | None
+) -> None:
     """RankQ: replicated priority queues."""
     ctx.obj = CliState(url=url, output=output, timeout=timeout, token=token, token_file=token_file, ca=ca)
 
 
 # ---- queues ------------------------------------------------------------------------------------
+
 
 @main.group()
 def queue() -> None:
@@ -176,13 +219,32 @@ def queue_list(state: CliState) -> None:
     if not queues:
         note("no queues")
         return
-    t = table("name", "policy", "ready", "delayed", "waiting", "leased", "dead",
-              ready={"justify": "right"}, delayed={"justify": "right"}, waiting={"justify": "right"},
-              leased={"justify": "right"}, dead={"justify": "right"})
+    t = table(
+        "name",
+        "policy",
+        "ready",
+        "delayed",
+        "waiting",
+        "leased",
+        "dead",
+        ready={"justify": "right"},
+        delayed={"justify": "right"},
+        waiting={"justify": "right"},
+        leased={"justify": "right"},
+        dead={"justify": "right"},
+    )
     for q in queues:
         c = q.counts
-        add_row(t, q.name, str(q.settings.get("policy")), str(c.ready), str(c.delayed), str(c.waiting),
-                str(c.leased), str(c.dead))
+        add_row(
+            t,
+            q.name,
+            str(q.settings.get("policy")),
+            str(c.ready),
+            str(c.delayed),
+            str(c.waiting),
+            str(c.leased),
+            str(c.dead),
+        )
     print_table(t)
 
 
@@ -228,6 +290,7 @@ def queue_delete(state: CliState, name: str, yes: bool) -> None:
 
 # ---- messages ----------------------------------------------------------------------------------
 
+
 @main.command()
 @click.argument("queue")
 @click.argument("payload")
@@ -236,22 +299,39 @@ def queue_delete(state: CliState, name: str, yes: bool) -> None:
 @click.option("--delay", type=SECONDS, metavar="SECONDS", help="Hold the message back this long.")
 @click.option("--dedup-key", help="A repeat with this key inside the queue's dedup window returns the first id.")
 @click.option("--header", "headers", multiple=True, metavar="KEY=VALUE", help="A message header; repeatable.")
-@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Dead-letter the message as expired if it is not acked within this long.")
-@click.option("--depends-on", "depends_on", multiple=True, type=DEPENDENCY, metavar="ID|QUEUE/ID",
-              help="Deliver only after this message is acked; repeatable.")
+@click.option(
+    "--ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Dead-letter the message as expired if it is not acked within this long.",
+)
+@click.option(
+    "--depends-on",
+    "depends_on",
+    multiple=True,
+    type=DEPENDENCY,
+    metavar="ID|QUEUE/ID",
+    help="Deliver only after this message is acked; repeatable.",
+)
 @click.option("--raw", is_flag=True, help="Send PAYLOAD as a string even if it is valid JSON.")
 @pass_state
-def send(state: CliState, queue: str, payload: str, priority, group, delay, dedup_key, headers, ttl, depends_on,
-         raw) -> None:
+def send(
+    state: CliState, queue: str, payload: str, priority, group, delay, dedup_key, headers, ttl, depends_on, raw
+) -> None:
     """Enqueue PAYLOAD to QUEUE.
 
     PAYLOAD is sent as JSON when it parses as JSON, otherwise as a JSON string. With PAYLOAD `-`,
     each line of stdin is one message (empty lines are skipped), sent in batches of 100.
     """
     client = state.client()
-    opts = {"priority": priority, "group": group, "delay": delay, "headers": parse_headers(headers), "ttl": ttl,
-            "depends_on": list(depends_on) or None}
+    opts = {
+        "priority": priority,
+        "group": group,
+        "delay": delay,
+        "headers": parse_headers(headers),
+        "ttl": ttl,
+        "depends_on": list(depends_on) or None,
+    }
     if payload != "-":
         res = client.enqueue(queue, parse_json_or_text(payload, raw), dedup_key=dedup_key, **opts)
         if state.json:
@@ -296,11 +376,23 @@ def send(state: CliState, queue: str, payload: str, priority, group, delay, dedu
 
 @main.command()
 @click.argument("queue")
-@click.option("--max", "max_", type=click.IntRange(1, 1000), default=1, show_default=True, help="Most messages to take.")
-@click.option("--wait", type=click.FloatRange(0, 20), default=0, show_default=True, metavar="SECONDS",
-              help="Wait this long for a message when none is ready.")
-@click.option("--visibility-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Lease length (default: the queue's).")
+@click.option(
+    "--max", "max_", type=click.IntRange(1, 1000), default=1, show_default=True, help="Most messages to take."
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 20),
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for a message when none is ready.",
+)
+@click.option(
+    "--visibility-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Lease length (default: the queue's).",
+)
 @click.option("--ack", "ack_", is_flag=True, help="Ack the messages right away (no result).")
 @pass_state
 def receive(state: CliState, queue: str, max_: int, wait: float, visibility_timeout, ack_: bool) -> None:
@@ -329,8 +421,14 @@ def receive(state: CliState, queue: str, max_: int, wait: float, visibility_time
         cols = ["id", "priority", "group", "deliveries", "acked" if ack_ else "lease token", "payload"]
         t = table(*cols, payload={"min_width": 10})
         for m in messages:
-            row = [str(m.id), str(m.priority), m.group, str(m.deliveries),
-                   ("yes" if acked[m.id].ok else "no") if ack_ else m.lease_token, short(m.payload)]
+            row = [
+                str(m.id),
+                str(m.priority),
+                m.group,
+                str(m.deliveries),
+                ("yes" if acked[m.id].ok else "no") if ack_ else m.lease_token,
+                short(m.payload),
+            ]
             add_row(t, *row)
         print_table(t)
     failed = [o for o in acked.values() if not o.ok]
@@ -360,13 +458,13 @@ def ack(state: CliState, queue: str, id: int, token: str, result: str | None) ->
 @click.argument("queue")
 @click.argument("id", type=int)
 @click.argument("token")
-@click.option("--delay", type=SECONDS, metavar="SECONDS",
-              help="Redeliver after this long (default: the queue's backoff).")
+@click.option(
+    "--delay", type=SECONDS, metavar="SECONDS", help="Redeliver after this long (default: the queue's backoff)."
+)
 @click.option("--error", metavar="TEXT", help="Why it failed; kept as the message's last error.")
 @click.option("--dead", is_flag=True, help="Dead-letter it now (reject), whatever deliveries are left.")
 @pass_state
-def nack(state: CliState, queue: str, id: int, token: str, delay: float | None, error: str | None,
-         dead: bool) -> None:
+def nack(state: CliState, queue: str, id: int, token: str, delay: float | None, error: str | None, dead: bool) -> None:
     """Give message ID of QUEUE (leased with TOKEN) back for redelivery."""
     res = state.client().nack(queue, id, token, delay=delay, error=error, dead=dead)
     if state.json:
@@ -397,8 +495,12 @@ def release(state: CliState, queue: str, id: int, token: str) -> None:
 @click.argument("queue")
 @click.argument("id", type=int)
 @click.argument("token")
-@click.option("--visibility-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="New lease length from now (default: the queue's).")
+@click.option(
+    "--visibility-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="New lease length from now (default: the queue's).",
+)
 @pass_state
 def extend(state: CliState, queue: str, id: int, token: str, visibility_timeout: float | None) -> None:
     """Keep the lease of message ID of QUEUE (leased with TOKEN) longer."""
@@ -452,6 +554,7 @@ def message(state: CliState, queue: str, id: int) -> None:
 
 # ---- dead letters ------------------------------------------------------------------------------
 
+
 @main.group()
 def dlq() -> None:
     """List and redrive dead letters."""
@@ -471,8 +574,16 @@ def dlq_list(state: CliState, queue: str, limit: int, after: int | None) -> None
     if not items:
         note("no dead letters")
         return
-    t = table("id", "priority", "group", "deliveries", "last error", "payload",
-              last_error={"overflow": "fold"}, payload={"overflow": "fold", "min_width": 10})
+    t = table(
+        "id",
+        "priority",
+        "group",
+        "deliveries",
+        "last error",
+        "payload",
+        last_error={"overflow": "fold"},
+        payload={"overflow": "fold", "min_width": 10},
+    )
     for m in items:
         add_row(t, str(m.id), show(m.priority), show(m.group), str(m.deliveries), show(m.last_error), short(m.payload))
     print_table(t)
@@ -484,8 +595,12 @@ def dlq_list(state: CliState, queue: str, limit: int, after: int | None) -> None
 @click.argument("queue")
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "all_", is_flag=True, help="Redrive every dead letter of QUEUE.")
-@click.option("--rate", type=click.IntRange(min=1), metavar="N",
-              help="Move N messages per second, paced by the group (watch with redrive-status, stop with redrive-stop).")
+@click.option(
+    "--rate",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Move N messages per second, paced by the group (watch with redrive-status, stop with redrive-stop).",
+)
 @pass_state
 def dlq_redrive(state: CliState, queue: str, ids: tuple[int, ...], all_: bool, rate: int | None) -> None:
     """Move dead letters of QUEUE (the given IDS, or --all) back with a fresh delivery count."""
@@ -498,18 +613,21 @@ def dlq_redrive(state: CliState, queue: str, ids: tuple[int, ...], all_: bool, r
     if res.job is not None:
         print_redrive_job(state, queue, res.job)
         return
-    click.echo(f"redriven {len(res.redriven)} message(s)" + (f": {', '.join(map(str, res.redriven))}" if res.redriven else ""))
+    click.echo(
+        f"redriven {len(res.redriven)} message(s)" + (f": {', '.join(map(str, res.redriven))}" if res.redriven else "")
+    )
     if res.not_found:
         note(f"not dead letters (skipped): {', '.join(map(str, res.not_found))}")
-
 
 
 def print_redrive_job(state: CliState, queue: str, job) -> None:
     if state.json:
         print_json(job)
         return
-    click.echo(f"redrive of {queue}: {job.state}, {job.moved} of {job.total} moved at {job.rate}/s "
-               f"({job.remaining} remaining), started {iso_utc(job.started_at)}")
+    click.echo(
+        f"redrive of {queue}: {job.state}, {job.moved} of {job.total} moved at {job.rate}/s "
+        f"({job.remaining} remaining), started {iso_utc(job.started_at)}"
+    )
 
 
 @dlq.command("redrive-status")
@@ -530,6 +648,7 @@ def dlq_redrive_stop(state: CliState, queue: str) -> None:
 
 # ---- the group ------------------------------------------------------------------------------------
 
+
 @main.group()
 def cluster() -> None:
     """Status and membership of a replicated group (over HTTP)."""
@@ -541,12 +660,28 @@ def print_cluster(state: CliState, status: dict) -> None:
         return
     members = status.get("members", [])
     named = any(m["id"] != m["address"] for m in members)  # ids default to the address: show it once
-    t = table(*(["id"] if named else []), "address", "role", "health", "match", "lag", "http",
-              title=f"leader {status.get('leader')}  term {status.get('term')}  "
-                    f"commit {status.get('commit_index')}  (answered by {status.get('self')})")
+    t = table(
+        *(["id"] if named else []),
+        "address",
+        "role",
+        "health",
+        "match",
+        "lag",
+        "http",
+        title=f"leader {status.get('leader')}  term {status.get('term')}  "
+        f"commit {status.get('commit_index')}  (answered by {status.get('self')})",
+    )
     for m in members:
-        add_row(t, *([m["id"]] if named else []), m["address"], m["role"], "ok" if m["healthy"] else "DOWN",
-                show(m.get("match_index")), show(m.get("lag")), show(m.get("http_url")))
+        add_row(
+            t,
+            *([m["id"]] if named else []),
+            m["address"],
+            m["role"],
+            "ok" if m["healthy"] else "DOWN",
+            show(m.get("match_index")),
+            show(m.get("lag")),
+            show(m.get("http_url")),
+        )
     print_table(t)
 
 
@@ -567,8 +702,10 @@ def cluster_status(state: CliState) -> None:
             with Client(leader_url, timeout=state.timeout, token=state.token) as leader:
                 status = leader.cluster_status()
         except RankQError as err:
-            note(f"the leader at {leader_url} did not answer ({err}); showing {status.get('self')}'s view, "
-                 "which lacks the followers' progress")
+            note(
+                f"the leader at {leader_url} did not answer ({err}); showing {status.get('self')}'s view, "
+                "which lacks the followers' progress"
+            )
     print_cluster(state, status)
 
 
@@ -597,6 +734,7 @@ def cluster_transfer(state: CliState, to: str | None) -> None:
 
 
 # ---- backup and restore ----------------------------------------------------------------------------
+
 
 def print_backup(state: CliState, verb: str, summary) -> None:
     if state.json:
@@ -631,19 +769,23 @@ def restore(state: CliState, file: str) -> None:
 
 # ---- local development ------------------------------------------------------------------------------
 
+
 @main.group()
 def dev() -> None:
     """Helpers for running RankQ on this machine."""
 
 
 @dev.command("cluster")
-@click.option("--nodes", default=3, show_default=True, type=click.Choice(["1", "3", "5", "7"]),
-              help="How many members.")
+@click.option(
+    "--nodes", default=3, show_default=True, type=click.Choice(["1", "3", "5", "7"]), help="How many members."
+)
 @click.option("--data-dir", default=".run", show_default=True, help="Parent of each node's data dir.")
 @click.option("--http-port", default=8080, show_default=True, type=int, help="HTTP port of node 0; node i uses +i.")
 @click.option("--grpc-port", default=9090, show_default=True, type=int, help="gRPC port of node 0; node i uses +i.")
 @click.option("--raft-port", default=7070, show_default=True, type=int, help="Raft port of node 0; node i uses +i.")
-@click.option("--demo-queue", default="demo", show_default=True, help="Queue to create once a leader exists ('' for none).")
+@click.option(
+    "--demo-queue", default="demo", show_default=True, help="Queue to create once a leader exists ('' for none)."
+)
 def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_port: int, demo_queue: str) -> None:
     """Run a local group on 127.0.0.1 under a supervisor that restarts crashed nodes (Ctrl-C stops all)."""
     from .devcluster import DevCluster
@@ -660,6 +802,7 @@ def dev_cluster(nodes: str, data_dir: str, http_port: int, grpc_port: int, raft_
 
 
 # ---- operator and pod-side commands --------------------------------------------------------------
+
 
 def _register_operator_commands() -> None:
     from .node_cli import node

@@ -57,8 +57,9 @@ def own_error(log_tail: list[str]) -> str | None:
 
 
 class DevCluster:
-    def __init__(self, nodes: int, data_dir: str, http_port: int, grpc_port: int, raft_port: int,
-                 demo_queue: str | None) -> None:
+    def __init__(
+        self, nodes: int, data_dir: str, http_port: int, grpc_port: int, raft_port: int, demo_queue: str | None
+    ) -> None:
         self.n = nodes
         self.root = os.path.abspath(data_dir)
         self.ports = [(http_port + i, grpc_port + i if grpc_port else 0, raft_port + i) for i in range(nodes)]
@@ -75,7 +76,8 @@ class DevCluster:
                 if port and port_in_use(port):
                     raise PortTaken(
                         f"port {port} ({name} of node-{i}) is in use by another process. Stop it, or pick other "
-                        f"ports: make run HTTP_PORT=18080 GRPC_PORT=19090 RAFT_PORT=17070 (node i uses port+i)")
+                        f"ports: make run HTTP_PORT=18080 GRPC_PORT=19090 RAFT_PORT=17070 (node i uses port+i)"
+                    )
 
     def secret_file(self) -> str:
         path = os.path.join(self.root, "raft-secret")
@@ -89,9 +91,26 @@ class DevCluster:
     def command(self, i: int) -> list[str]:
         http, grpc, raft = self.ports[i]
         peers = ",".join(f"node-{k}=127.0.0.1:{p[2]}" for k, p in enumerate(self.ports))
-        cmd = [sys.executable, "-m", "rankq.cli", "server", "--data-dir", os.path.join(self.root, f"node-{i}"),
-               "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc), "--raft-port", str(raft),
-               "--node-id", f"node-{i}", "--raft-password-file", self.secret_file()]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rankq.cli",
+            "server",
+            "--data-dir",
+            os.path.join(self.root, f"node-{i}"),
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--raft-port",
+            str(raft),
+            "--node-id",
+            f"node-{i}",
+            "--raft-password-file",
+            self.secret_file(),
+        ]
         if self.n > 1:
             cmd += ["--peers", peers]
         if self.demo_queue:
@@ -121,12 +140,16 @@ class DevCluster:
         print(f"RankQ local group of {self.n} node(s); data and logs in {self.root}")
         for i, (h, g, r) in enumerate(self.ports):
             grpc = f"grpc://127.0.0.1:{g}" if g else "off"
-            print(f"  node-{i}: HTTP http://127.0.0.1:{h}  docs http://127.0.0.1:{h}/docs  "
-                  f"gRPC {grpc}  Raft 127.0.0.1:{r}  log {self.root}/node-{i}.log")
+            print(
+                f"  node-{i}: HTTP http://127.0.0.1:{h}  docs http://127.0.0.1:{h}/docs  "
+                f"gRPC {grpc}  Raft 127.0.0.1:{r}  log {self.root}/node-{i}.log"
+            )
         print(f"  any node accepts any request; clients may list them all: RANKQ_URL={urls}")
         if self.demo_queue:
-            print(f"  demo queue '{self.demo_queue}': rankq send {self.demo_queue} '{{\"hello\": 1}}' && "
-                  f"rankq receive {self.demo_queue} --ack")
+            print(
+                f"  demo queue '{self.demo_queue}': rankq send {self.demo_queue} '{{\"hello\": 1}}' && "
+                f"rankq receive {self.demo_queue} --ack"
+            )
         print("  rankq cluster status    shows the leader and members; Ctrl-C stops the group", flush=True)
 
     def wait_leader(self, timeout: float = 30.0) -> str | None:
@@ -173,8 +196,12 @@ class DevCluster:
                             failures[i] = failures.get(i, 0) + 1
                             why = self.why_stopped(i, p.returncode)
                             if failures[i] >= MAX_FAILED_STARTS:
-                                print(f"  node-{i} {why}; it failed {failures[i]} times in a row, giving up "
-                                      f"(log: {self.root}/node-{i}.log)", file=sys.stderr, flush=True)
+                                print(
+                                    f"  node-{i} {why}; it failed {failures[i]} times in a row, giving up "
+                                    f"(log: {self.root}/node-{i}.log)",
+                                    file=sys.stderr,
+                                    flush=True,
+                                )
                                 gave_up = self.stopping = True
                                 break
                             pause = min(10.0, 0.5 * 2 ** failures[i])

@@ -32,13 +32,15 @@ def _client(url: str, timeout: float, token: str | None, ca: str | None) -> Clie
         return Client(url, timeout=timeout, retries=0, token=token)
     verify = ssl.create_default_context(cafile=ca)
     verify.check_hostname = False
-    transport = HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None,
-                              verify=verify)
+    transport = HttpTransport(
+        url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None, verify=verify
+    )
     return Client(url, timeout=timeout, retries=0, transport=transport)
 
 
-def drain(url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo(s, err=True),
-          ca: str | None = None) -> int:
+def drain(
+    url: str, timeout: float, poll: float = 0.5, echo=lambda s: click.echo(s, err=True), ca: str | None = None
+) -> int:
     """Move leadership off this node, then wait while stopping it would cost the group its quorum.
     It presents the pod's admin token (RANKQ_ADMIN_TOKEN, else RANKQ_API_TOKEN): the transfer needs it."""
     deadline = time.monotonic() + timeout
@@ -92,8 +94,12 @@ def node() -> None:
 @node.command("drain")
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="This node's HTTP API.")
 @click.option("--timeout", default=50.0, show_default=True, type=float, help="Most seconds to wait.")
-@click.option("--ca", default=None, type=click.Path(dir_okay=False),
-              help="CA of the node's TLS certificate (for an https:// --url).")
+@click.option(
+    "--ca",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="CA of the node's TLS certificate (for an https:// --url).",
+)
 def drain_command(url: str, timeout: float, ca: str | None) -> None:
     """preStop hook: hand leadership away and wait while this node is quorum-critical."""
     sys.exit(drain(url.rstrip("/"), timeout, ca=ca))

@@ -6,7 +6,7 @@ integer milliseconds. Conversions live here so both sides agree on them.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,7 +30,6 @@ MAX_WAIT = limits.MAX_WAIT_MS / 1000
 MAX_BATCH = limits.MAX_BATCH
 MAX_VISIBILITY = limits.MAX_VISIBILITY_MS / 1000
 MAX_DURATION = limits.MAX_DURATION_MS / 1000
-
 
 
 def json_int(low: int, high: int) -> Any:
@@ -65,12 +64,13 @@ def _timestamp_text(value: Any) -> Any:
 
 # A time with its zone (`Z` or an offset); a time without one is refused rather than guessed.
 Timestamp = Annotated[AwareDatetime, StrictMode(False), BeforeValidator(_timestamp_text)]
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def timestamp_ms(at: datetime | None) -> int | None:
     """Exact milliseconds since the epoch (float seconds would round near year 9999)."""
     return None if at is None else (at - _EPOCH) // timedelta(milliseconds=1)
+
 
 # Settings whose wire value is seconds and whose engine value is milliseconds.
 SECONDS_FIELDS = {spec.wire: spec.name for spec in limits.SETTINGS.values() if spec.is_duration}
@@ -85,7 +85,7 @@ def from_ms(ms: int | None) -> float | None:
 
 
 def ts(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 _seconds: dict[int, str] = {}  # second -> its text; stamps in a response share a few seconds
@@ -100,7 +100,7 @@ def iso(ms: int | None) -> str | None:
     if text is None:
         if len(_seconds) > 256:
             _seconds.clear()
-        text = _seconds[second] = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        text = _seconds[second] = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return "%s.%03dZ" % (text, milli)
 
 
@@ -138,13 +138,15 @@ def setting_field(spec: limits.Setting) -> tuple[Any, Any]:
         return QueueName | None, Field(None, description=description)
     elif spec.kind is dict:
         kind = dict[PriorityClass, json_int(spec.low or 1, spec.high or limits.INT64_MAX)]  # type: ignore[misc]
-        return kind | None, Field(None, description=description,
-                                  json_schema_extra={"propertyNames": {"pattern": "^-?[1-9][0-9]{0,17}$|^0$"}})
+        return kind | None, Field(
+            None, description=description, json_schema_extra={"propertyNames": {"pattern": "^-?[1-9][0-9]{0,17}$|^0$"}}
+        )
     elif spec.is_duration:
         low = (spec.low or 0) / 1000
         bounds = {"gt": 0} if low > 0 else {"ge": low}
-        return float | None, Field(None, **bounds, le=(spec.high or limits.MAX_DURATION_MS) / 1000,
-                                   description=description)
+        return float | None, Field(
+            None, **bounds, le=(spec.high or limits.MAX_DURATION_MS) / 1000, description=description
+        )
     else:
         kind = json_int(limits.INT64_MIN if spec.low is None else spec.low, spec.high or limits.INT64_MAX)
     return kind | None, Field(None, description=description)
@@ -162,15 +164,19 @@ class _QueueSettings(Strict):
         return out
 
     @classmethod
-    def from_engine(cls, config: dict[str, Any]) -> "_QueueSettings":
-        values: dict[str, Any] = {limits.SETTINGS[k].wire if k in limits.SETTINGS else k:
-                                  from_ms(v) if k in SECONDS_FIELDS.values() else v for k, v in config.items()}
+    def from_engine(cls, config: dict[str, Any]) -> _QueueSettings:
+        values: dict[str, Any] = {
+            limits.SETTINGS[k].wire if k in limits.SETTINGS else k: from_ms(v) if k in SECONDS_FIELDS.values() else v
+            for k, v in config.items()
+        }
         return cls.model_construct(**values)
 
 
 # Queue settings on the wire: one optional field per setting of rankq.engine.config.QueueConfig.
 QueueSettings: type[_QueueSettings] = create_model(  # type: ignore[call-overload]
-    "QueueSettings", __base__=_QueueSettings, __module__=__name__,
+    "QueueSettings",
+    __base__=_QueueSettings,
+    __module__=__name__,
     __doc__="Queue settings. Every field is optional: unset fields keep their current (or default) value.",
     **{spec.wire: setting_field(spec) for spec in limits.SETTINGS.values()},
 )
@@ -187,7 +193,9 @@ class QueueCounts(BaseModel):
     dead: int
     waiting: int = Field(0, description="messages waiting for their dependencies to be acked")
     acked_retained: int = 0
-    backlog: int = Field(0, description="ready + leased + delayed messages already due: the work consumers have (for autoscalers)")
+    backlog: int = Field(
+        0, description="ready + leased + delayed messages already due: the work consumers have (for autoscalers)"
+    )
 
 
 class QueueInfo(BaseModel):
@@ -212,7 +220,9 @@ class DependsOnMessage(Strict):
 class DependsOnBatchItem(Strict):
     """A dependency on an earlier message of the same batch (batch enqueue only)."""
 
-    batch_index: Annotated[int, Field(ge=0, lt=MAX_BATCH)] = Field(..., description="0-based index of an earlier message of this batch")
+    batch_index: Annotated[int, Field(ge=0, lt=MAX_BATCH)] = Field(
+        ..., description="0-based index of an earlier message of this batch"
+    )
 
 
 def _dependency_kind(value: Any) -> str:
@@ -231,19 +241,33 @@ Dependency = Annotated[
 class EnqueueRequest(Strict):
     payload: Any = Field(..., description="any JSON value (no NaN or Infinity, nested at most 64 deep)")
     priority: Int64 | None = Field(None, description="lower is served sooner; default: the queue's default_priority")
-    group: str | None = Field(None, min_length=1, max_length=limits.MAX_TEXT, description="fairness key (default 'default')")
+    group: str | None = Field(
+        None, min_length=1, max_length=limits.MAX_TEXT, description="fairness key (default 'default')"
+    )
     delay: Seconds | None = Field(None, description="seconds before the message becomes ready")
-    deliver_at: Timestamp | None = Field(None, description="time at which the message becomes ready, with its zone (`Z` or an offset)")
+    deliver_at: Timestamp | None = Field(
+        None, description="time at which the message becomes ready, with its zone (`Z` or an offset)"
+    )
     headers: dict[str, str] | None = Field(None, description="text headers; their bytes count toward max_payload_bytes")
-    dedup_key: str | None = Field(None, min_length=1, max_length=limits.MAX_TEXT, description="an enqueue with a key seen within the dedup window returns the first id")
+    dedup_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=limits.MAX_TEXT,
+        description="an enqueue with a key seen within the dedup window returns the first id",
+    )
     ttl: Annotated[float, Field(gt=0, le=MAX_DURATION)] | None = Field(
-        None, description="seconds the message may wait to be acked; then it is dead-lettered with reason `expired` "
-                          "(default: the queue's message_ttl)")
-    expires_at: Timestamp | None = Field(None, description="time at which the message expires, with its zone; "
-                                                           "the earlier of ttl and expires_at wins")
+        None,
+        description="seconds the message may wait to be acked; then it is dead-lettered with reason `expired` "
+        "(default: the queue's message_ttl)",
+    )
+    expires_at: Timestamp | None = Field(
+        None, description="time at which the message expires, with its zone; the earlier of ttl and expires_at wins"
+    )
     depends_on: list[Dependency] | None = Field(
-        None, max_length=limits.MAX_DEPENDENCIES,
-        description="messages that must be acked first; the message waits (state `waiting`) until they are")
+        None,
+        max_length=limits.MAX_DEPENDENCIES,
+        description="messages that must be acked first; the message waits (state `waiting`) until they are",
+    )
 
 
 class EnqueueResult(BaseModel):
@@ -262,15 +286,21 @@ class EnqueueBatchResult(BaseModel):
 
 class DequeueRequest(Strict):
     max: Annotated[int, Field(ge=1, le=MAX_BATCH)] = Field(1, description="most messages to lease")
-    wait: float = Field(0, ge=0, le=MAX_WAIT, description="seconds to wait for a message when none is ready (long poll)")
-    visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="lease length for these messages; default: the queue's")
+    wait: float = Field(
+        0, ge=0, le=MAX_WAIT, description="seconds to wait for a message when none is ready (long poll)"
+    )
+    visibility_timeout: float | None = Field(
+        None, gt=0, le=MAX_VISIBILITY, description="lease length for these messages; default: the queue's"
+    )
 
 
 class Delivered(BaseModel):
     id: int
     seq: int
     payload: Any = None
-    payload_base64: str | None = Field(None, description="set instead of payload for a binary message (enqueued over gRPC)")
+    payload_base64: str | None = Field(
+        None, description="set instead of payload for a binary message (enqueued over gRPC)"
+    )
     priority: int
     group: str
     deliveries: int
@@ -286,7 +316,9 @@ class DequeueResult(BaseModel):
 
 class AckRequest(Strict):
     lease_token: str = Field(..., min_length=1, max_length=limits.MAX_TOKEN)
-    result: Json = Field(None, description="JSON kept with the message status for the queue's retention (nested at most 64 deep)")
+    result: Json = Field(
+        None, description="JSON kept with the message status for the queue's retention (nested at most 64 deep)"
+    )
 
 
 class AckBatchItem(AckRequest):
@@ -315,7 +347,9 @@ class AckResult(BaseModel):
 
 class NackRequest(Strict):
     lease_token: str = Field(..., min_length=1, max_length=limits.MAX_TOKEN)
-    delay: Seconds | None = Field(None, description="seconds before redelivery; default: exponential backoff with jitter")
+    delay: Seconds | None = Field(
+        None, description="seconds before redelivery; default: exponential backoff with jitter"
+    )
     error: str | None = Field(None, max_length=limits.MAX_ERROR, description="why it failed; kept as last_error")
     dead: bool = Field(False, description="dead-letter it now (reject), whatever deliveries are left")
 
@@ -337,7 +371,9 @@ class ReleaseResult(BaseModel):
 
 class ExtendRequest(Strict):
     lease_token: str = Field(..., min_length=1, max_length=limits.MAX_TOKEN)
-    visibility_timeout: float | None = Field(None, gt=0, le=MAX_VISIBILITY, description="new lease length from now; default: the queue's")
+    visibility_timeout: float | None = Field(
+        None, gt=0, le=MAX_VISIBILITY, description="new lease length from now; default: the queue's"
+    )
 
 
 class ExtendResult(BaseModel):
@@ -372,10 +408,13 @@ class MessageStatus(BaseModel):
     dedup_key: str | None = None
     payload: Any = None
     payload_base64: str | None = None
-    depends_on: list[MessageRef] | None = Field(None, description="its dependencies, as enqueued (batch items resolved to ids)")
+    depends_on: list[MessageRef] | None = Field(
+        None, description="its dependencies, as enqueued (batch items resolved to ids)"
+    )
     expires_at: datetime | None = None
     dead_reason: Literal["max_deliveries", "rejected", "expired", "dependency_failed"] | None = Field(
-        None, description="why a dead letter is dead (last_error gives the detail)")
+        None, description="why a dead letter is dead (last_error gives the detail)"
+    )
 
 
 class DeadLetterPage(BaseModel):
@@ -384,10 +423,15 @@ class DeadLetterPage(BaseModel):
 
 
 class RedriveRequest(Strict):
-    ids: list[Int64] | None = Field(None, max_length=limits.MAX_REDRIVE_IDS, description="ids to move back; null or absent: all dead letters")
-    rate: Count | None = Field(None, description="messages per second: a paced redrive that runs in the group "
-                                                 "(watch it with GET, stop it with DELETE /queues/{name}/redrive); "
-                                                 "absent: all at once")
+    ids: list[Int64] | None = Field(
+        None, max_length=limits.MAX_REDRIVE_IDS, description="ids to move back; null or absent: all dead letters"
+    )
+    rate: Count | None = Field(
+        None,
+        description="messages per second: a paced redrive that runs in the group "
+        "(watch it with GET, stop it with DELETE /queues/{name}/redrive); "
+        "absent: all at once",
+    )
 
 
 class RedriveJob(BaseModel):
@@ -440,19 +484,34 @@ class ClusterStatus(BaseModel):
 
 
 class AddMember(Strict):
-    address: str = Field(..., pattern=r"^[^\s:]+:\d{1,5}$", description="Raft address host:port of the new member (already started with the full peer list)")
+    address: str = Field(
+        ...,
+        pattern=r"^[^\s:]+:\d{1,5}$",
+        description="Raft address host:port of the new member (already started with the full peer list)",
+    )
 
 
 class TransferLeader(Strict):
-    to: str | None = Field(None, min_length=1, max_length=limits.MAX_TEXT, description="node id or Raft address; default: the most caught-up follower")
+    to: str | None = Field(
+        None,
+        min_length=1,
+        max_length=limits.MAX_TEXT,
+        description="node id or Raft address; default: the most caught-up follower",
+    )
 
 
 class RestoreChunk(Strict):
-    restore_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
-                            description="the same for every chunk of one restore (the CLI makes one)")
+    restore_id: str = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="the same for every chunk of one restore (the CLI makes one)",
+    )
     index: int = Field(..., ge=0, le=2**31, description="chunk number from 0; a chunk sent again is applied once")
-    records: list[dict] = Field(..., min_length=1, max_length=10_000,
-                                description="backup records (JSON lines of a backup file), in file order")
+    records: list[dict] = Field(
+        ..., min_length=1, max_length=10_000, description="backup records (JSON lines of a backup file), in file order"
+    )
 
 
 class RestoreResult(BaseModel):

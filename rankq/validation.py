@@ -108,7 +108,9 @@ def check_settings(name: str, current: dict | None, changes: dict) -> None:
     (QueueConfig() if current is None else QueueConfig(**current)).with_changes(changes)
 
 
-def check_depends_on(where: str, index: int | None, deps: list[tuple[str, int] | int]) -> tuple[tuple[str, int] | int, ...] | None:
+def check_depends_on(
+    where: str, index: int | None, deps: list[tuple[str, int] | int]
+) -> tuple[tuple[str, int] | int, ...] | None:
     """A message's dependencies as the engine takes them: `(queue, id)` pairs and indexes of earlier
     items of the same batch. `index` is the message's place in its batch (None: a single enqueue,
     where batch indexes mean nothing). A batch item may only depend on an earlier one, which is
@@ -122,8 +124,10 @@ def check_depends_on(where: str, index: int | None, deps: list[tuple[str, int] |
             if index is None:
                 raise Invalid(f"{where}: batch_index refers to an item of the same batch; use it in a batch enqueue")
             if not 0 <= dep < index:
-                raise Invalid(f"{where}: batch_index {dep} is not an earlier item of the batch (this is item {index}); "
-                              "a message can only depend on the items before it")
+                raise Invalid(
+                    f"{where}: batch_index {dep} is not an earlier item of the batch (this is item {index}); "
+                    "a message can only depend on the items before it"
+                )
         else:
             check_queue_name(dep[0])
     return tuple(deps)

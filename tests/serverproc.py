@@ -13,7 +13,6 @@ import time
 
 import httpx
 
-
 PORTS_FROM = 20_000  # above the local control plane's fixed ports (hack/k8s/lib.sh)
 
 
@@ -60,8 +59,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
 
 
 class ServerProcess:
-    def __init__(self, data_dir: str, grpc: bool = False, extra: list[str] | None = None,
-                 ca: str | None = None) -> None:
+    def __init__(
+        self, data_dir: str, grpc: bool = False, extra: list[str] | None = None, ca: str | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.ca = ca  # set when the server serves TLS: the CA that signed its certificate
         self.http_port = free_port()
@@ -75,18 +75,30 @@ class ServerProcess:
     def url(self) -> str:
         return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 20.0) -> "ServerProcess":
+    def start(self, timeout: float = 20.0) -> ServerProcess:
         self.start_async()
         self.wait_ready(timeout)
         return self
 
-    def start_async(self) -> "ServerProcess":
+    def start_async(self) -> ServerProcess:
         """Launch the process without waiting (a group member is ready only once a leader exists)."""
         os.makedirs(self.data_dir, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "rankq.cli", "server", "--data-dir", self.data_dir, "--host", "127.0.0.1",
-            "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-            "--raft-port", str(self.raft_port), *self.extra,
+            sys.executable,
+            "-m",
+            "rankq.cli",
+            "server",
+            "--data-dir",
+            self.data_dir,
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(self.http_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--raft-port",
+            str(self.raft_port),
+            *self.extra,
         ]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
@@ -159,7 +171,7 @@ class Cluster:
         for n in members:
             n.extra = ["--node-id", n.node_id, "--peers", peers, "--raft-password-file", n.secret_file]
 
-    def start(self, timeout: float = 30.0) -> "Cluster":
+    def start(self, timeout: float = 30.0) -> Cluster:
         for n in self.nodes:
             n.start_async()
         for n in self.nodes:

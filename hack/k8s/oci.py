@@ -65,7 +65,15 @@ def _json_or_shell(arg: str) -> list[str]:
 def parse_dockerfile(text: str) -> dict[str, Any]:
     """The final stage's runtime settings and RUN steps (the subset of the syntax the Dockerfile uses)."""
     env: dict[str, str] = {}
-    conf: dict[str, Any] = {"env": env, "user": "", "workdir": "/", "expose": [], "entrypoint": [], "cmd": [], "run": []}
+    conf: dict[str, Any] = {
+        "env": env,
+        "user": "",
+        "workdir": "/",
+        "expose": [],
+        "entrypoint": [],
+        "cmd": [],
+        "run": [],
+    }
     for line in _logical_lines(text):
         word, _, arg = line.partition(" ")
         word = word.upper()
@@ -273,7 +281,7 @@ def main(argv: list[str]) -> int:
         df = parse_dockerfile(f"FROM scratch\nUSER {args.user}\nENTRYPOINT [{json.dumps(args.entrypoint)}]\n")
     labels = dict(kv.split("=", 1) for kv in args.label)
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    created = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
     conf = image_config(df, args.path_prefix, labels, created.strftime("%Y-%m-%dT%H:%M:%SZ"))
     print(json.dumps(write_archive(args.rootfs_tar, args.out, conf, args.name)))
     return 0

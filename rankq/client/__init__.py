@@ -8,12 +8,12 @@ from .errors import (
     ForbiddenError,
     InvalidRequestError,
     NotFoundError,
-    UnauthorizedError,
     PayloadTooLargeError,
     QueueFullError,
     RankQError,
     ServerError,
     TransportError,
+    UnauthorizedError,
     UnavailableError,
 )
 from .types import (

@@ -48,8 +48,8 @@ import uuid
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import fields
-from functools import partial
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
@@ -83,8 +83,9 @@ _NEW_MESSAGE_FIELDS = frozenset(f.name for f in fields(NewMessage))
 TLS_SCHEMES = ("https", "grpcs")
 
 
-def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
-                   ca: str | None = None) -> AsyncTransport:
+def make_transport(
+    url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None, ca: str | None = None
+) -> AsyncTransport:
     """The transport for `url`: ``http://`` or ``https://`` → HTTP, ``grpc://`` or ``grpcs://``
     (host:port) → gRPC. `token` is sent as ``Authorization: Bearer <token>`` (HTTP header or gRPC
     metadata). ``https`` and ``grpcs`` use TLS and verify the server against `ca` (a PEM file), or
@@ -103,8 +104,9 @@ def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None
             import ssl
 
             verify = ssl.create_default_context(cafile=ca)
-        return HttpTransport(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None,
-                             verify=verify)
+        return HttpTransport(
+            url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None, verify=verify
+        )
     if scheme in ("grpc", "grpcs"):
         if not parts.hostname or parts.port is None:
             raise ValueError(f"a gRPC URL needs host and port, e.g. grpc://127.0.0.1:9090 (got {url!r})")
@@ -113,9 +115,12 @@ def make_transport(url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None
         with require("grpc"):  # imported only when used: grpcio is the rankq[grpc] extra
             from .grpc_transport import GrpcTransport, tls_credentials
 
-        return GrpcTransport(parts.netloc, timeout=timeout,
-                             credentials=tls_credentials(ca) if scheme == "grpcs" else None,
-                             metadata=[("authorization", f"Bearer {token}")] if token else None)
+        return GrpcTransport(
+            parts.netloc,
+            timeout=timeout,
+            credentials=tls_credentials(ca) if scheme == "grpcs" else None,
+            metadata=[("authorization", f"Bearer {token}")] if token else None,
+        )
     raise ValueError(f"unsupported URL {url!r}: use http://, https://, grpc://host:port or grpcs://host:port")
 
 
@@ -179,11 +184,19 @@ class AsyncClient:
     Durations are seconds; queue settings use the wire names (see ``rankq.schemas.QueueSettings``).
     """
 
-    def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-                 retries: int | None = None, retry_backoff: float = DEFAULT_RETRY_BACKOFF,
-                 retry_budget: float = DEFAULT_RETRY_BUDGET,
-                 transport: AsyncTransport | None = None, token: str | None = None,
-                 token_file: str | None = None, ca: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str | Iterable[str] = DEFAULT_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int | None = None,
+        retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
+        transport: AsyncTransport | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        ca: str | None = None,
+    ) -> None:
         if token is not None and token_file is not None:
             raise ValueError("give token or token_file, not both")
         if token_file is not None:
@@ -218,8 +231,9 @@ class AsyncClient:
     def _transport(self) -> AsyncTransport:
         t = self._transports.get(self._current)
         if t is None:
-            t = self._transports[self._current] = make_transport(self.urls[self._current], self.timeout, self._token,
-                                                                     self._ca)
+            t = self._transports[self._current] = make_transport(
+                self.urls[self._current], self.timeout, self._token, self._ca
+            )
         return t
 
     def _next_node(self) -> None:
@@ -254,8 +268,11 @@ class AsyncClient:
                 self._next_node()
                 cap = min(RETRY_DELAY_CAP, self.retry_backoff * (2 ** min(attempt, 30)))
                 delay = random.uniform(cap / 2, cap)
-                if (not retry or (self.retries is not None and attempt >= self.retries)
-                        or time.monotonic() + delay > give_up_at):
+                if (
+                    not retry
+                    or (self.retries is not None and attempt >= self.retries)
+                    or time.monotonic() + delay > give_up_at
+                ):
                     raise
             await asyncio.sleep(delay)
             attempt += 1
@@ -296,12 +313,21 @@ class AsyncClient:
 
     # ---- messages ------------------------------------------------------------------------------
 
-    async def enqueue(self, queue: str, payload: Any, *, priority: int | None = None,
-                      group: str | None = None, delay: float | None = None,
-                      deliver_at: datetime | None = None, headers: dict[str, str] | None = None,
-                      dedup_key: str | None = None, ttl: float | None = None,
-                      expires_at: datetime | None = None,
-                      depends_on: Iterable[DependsOn] | None = None) -> EnqueueResult:
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        priority: int | None = None,
+        group: str | None = None,
+        delay: float | None = None,
+        deliver_at: datetime | None = None,
+        headers: dict[str, str] | None = None,
+        dedup_key: str | None = None,
+        ttl: float | None = None,
+        expires_at: datetime | None = None,
+        depends_on: Iterable[DependsOn] | None = None,
+    ) -> EnqueueResult:
         """Add one message. `payload` is any JSON value (``bytes`` only over gRPC). A lower
         `priority` number is served sooner; `group` is the fairness key; `delay` (seconds) or
         `deliver_at` hold the message back. With `dedup_key`, a repeat within the queue's dedup
@@ -312,13 +338,24 @@ class AsyncClient:
         message waits (state ``waiting``) until then.
         Raises QueueFullError (429) at max_length, PayloadTooLargeError (413), NotFoundError for
         an unknown dependency."""
-        msg = NewMessage(payload=payload, priority=priority, group=group, delay=delay,
-                         deliver_at=deliver_at, headers=headers, dedup_key=dedup_key, ttl=ttl,
-                         expires_at=expires_at, depends_on=None if depends_on is None else list(depends_on))
+        msg = NewMessage(
+            payload=payload,
+            priority=priority,
+            group=group,
+            delay=delay,
+            deliver_at=deliver_at,
+            headers=headers,
+            dedup_key=dedup_key,
+            ttl=ttl,
+            expires_at=expires_at,
+            depends_on=None if depends_on is None else list(depends_on),
+        )
         [res] = await self._call(lambda: self._transport.enqueue(queue, [msg]), retry=dedup_key is not None)
         return res
 
-    async def enqueue_batch(self, queue: str, messages: Iterable[NewMessage | dict[str, Any] | Any]) -> list[EnqueueResult]:
+    async def enqueue_batch(
+        self, queue: str, messages: Iterable[NewMessage | dict[str, Any] | Any]
+    ) -> list[EnqueueResult]:
         """Add up to 1000 messages at once: all are accepted or none. Each item is a `NewMessage`,
         a dict of its fields including ``payload``, or a bare payload. Results are in order.
         A message may depend on an earlier one of the same batch with ``BatchRef(index)``.
@@ -329,8 +366,9 @@ class AsyncClient:
         retry = all(m.dedup_key is not None for m in batch)
         return await self._call(lambda: self._transport.enqueue(queue, batch), retry=retry)
 
-    async def dequeue(self, queue: str, max: int = 1, wait: float = 0,
-                      visibility_timeout: float | None = None) -> list[Message]:
+    async def dequeue(
+        self, queue: str, max: int = 1, wait: float = 0, visibility_timeout: float | None = None
+    ) -> list[Message]:
         """Lease up to `max` messages (possibly none). With `wait` (seconds, at most 20), wait for
         a message when none is ready and return as soon as one is. Each message stays invisible to
         others for `visibility_timeout` seconds (default: the queue's); ack, nack or extend it
@@ -369,14 +407,30 @@ class AsyncClient:
         return [o for o in out if o is not None]
 
     @overload
-    async def nack(self, message: Message, *, delay: float | None = None,
-                   error: str | None = None, dead: bool = False) -> NackResult: ...
+    async def nack(
+        self, message: Message, *, delay: float | None = None, error: str | None = None, dead: bool = False
+    ) -> NackResult: ...
     @overload
-    async def nack(self, queue: str, id: int, lease_token: str, /, *, delay: float | None = None,
-                   error: str | None = None, dead: bool = False) -> NackResult: ...
+    async def nack(
+        self,
+        queue: str,
+        id: int,
+        lease_token: str,
+        /,
+        *,
+        delay: float | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> NackResult: ...
 
-    async def nack(self, message: Message | str, *args: Any, delay: float | None = None,
-                   error: str | None = None, dead: bool = False) -> NackResult:
+    async def nack(
+        self,
+        message: Message | str,
+        *args: Any,
+        delay: float | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> NackResult:
         """Give a leased message back for redelivery after `delay` seconds (default: the queue's
         exponential backoff with jitter); `error` is kept as its last_error. The result's state is
         ready, delayed, or dead once max_deliveries is used up. ``dead=True`` dead-letters it at
@@ -402,11 +456,11 @@ class AsyncClient:
     @overload
     async def extend(self, message: Message, visibility_timeout: float | None = None) -> datetime: ...
     @overload
-    async def extend(self, queue: str, id: int, lease_token: str, /,
-                     visibility_timeout: float | None = None) -> datetime: ...
+    async def extend(
+        self, queue: str, id: int, lease_token: str, /, visibility_timeout: float | None = None
+    ) -> datetime: ...
 
-    async def extend(self, message: Message | str, *args: Any,
-                     visibility_timeout: float | None = None) -> datetime:
+    async def extend(self, message: Message | str, *args: Any, visibility_timeout: float | None = None) -> datetime:
         """Keep a lease for `visibility_timeout` more seconds from now (default: the queue's).
         Returns the new expiry (the `Message` object itself is immutable and keeps the old one).
         ConflictError on a stale lease."""
@@ -440,8 +494,7 @@ class AsyncClient:
         """Every dead letter of `queue`, fetched `page_size` at a time."""
         after: int | None = None
         while True:
-            items, after = await self._call(
-                partial(self._transport.dead_letters, queue, after, page_size), retry=True)
+            items, after = await self._call(partial(self._transport.dead_letters, queue, after, page_size), retry=True)
             for item in items:
                 yield item
             if after is None or not items:
@@ -486,7 +539,6 @@ class AsyncClient:
     async def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
         """Move leadership to `to` (node id or address), or to the most caught-up follower."""
         return await self._call(lambda: self._admin("transfer_leader")(to), retry=False)
-
 
     # ---- backup and restore --------------------------------------------------------------------
 
@@ -589,19 +641,35 @@ class Client:
     `close()` (or leaving the ``with`` block) closes the connections and stops the thread.
     """
 
-    def __init__(self, url: str | Iterable[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-                 retries: int | None = None, retry_backoff: float = DEFAULT_RETRY_BACKOFF,
-                 retry_budget: float = DEFAULT_RETRY_BUDGET,
-                 transport: AsyncTransport | None = None, token: str | None = None,
-                 token_file: str | None = None, ca: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str | Iterable[str] = DEFAULT_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int | None = None,
+        retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
+        transport: AsyncTransport | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        ca: str | None = None,
+    ) -> None:
         self.url = url
         self._loop = _LoopThread()
         self._stop = weakref.finalize(self, self._loop.stop)
 
         async def make() -> AsyncClient:
-            return AsyncClient(url, timeout=timeout, retries=retries, retry_backoff=retry_backoff,
-                               retry_budget=retry_budget, transport=transport, token=token,
-                               token_file=token_file, ca=ca)
+            return AsyncClient(
+                url,
+                timeout=timeout,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                retry_budget=retry_budget,
+                transport=transport,
+                token=token,
+                token_file=token_file,
+                ca=ca,
+            )
 
         try:
             self._async = self._loop.run(make())
@@ -655,22 +723,43 @@ class Client:
     def delete_queue(self, name: str) -> None:
         return self._run(self._async.delete_queue(name))
 
-    def enqueue(self, queue: str, payload: Any, *, priority: int | None = None,
-                group: str | None = None, delay: float | None = None,
-                deliver_at: datetime | None = None, headers: dict[str, str] | None = None,
-                dedup_key: str | None = None, ttl: float | None = None,
-                expires_at: datetime | None = None,
-                depends_on: Iterable[DependsOn] | None = None) -> EnqueueResult:
-        return self._run(self._async.enqueue(queue, payload, priority=priority, group=group, delay=delay,
-                                             deliver_at=deliver_at, headers=headers, dedup_key=dedup_key,
-                                             ttl=ttl, expires_at=expires_at,
-                                             depends_on=None if depends_on is None else list(depends_on)))
+    def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        priority: int | None = None,
+        group: str | None = None,
+        delay: float | None = None,
+        deliver_at: datetime | None = None,
+        headers: dict[str, str] | None = None,
+        dedup_key: str | None = None,
+        ttl: float | None = None,
+        expires_at: datetime | None = None,
+        depends_on: Iterable[DependsOn] | None = None,
+    ) -> EnqueueResult:
+        return self._run(
+            self._async.enqueue(
+                queue,
+                payload,
+                priority=priority,
+                group=group,
+                delay=delay,
+                deliver_at=deliver_at,
+                headers=headers,
+                dedup_key=dedup_key,
+                ttl=ttl,
+                expires_at=expires_at,
+                depends_on=None if depends_on is None else list(depends_on),
+            )
+        )
 
     def enqueue_batch(self, queue: str, messages: Iterable[NewMessage | dict[str, Any] | Any]) -> list[EnqueueResult]:
         return self._run(self._async.enqueue_batch(queue, list(messages)))
 
-    def dequeue(self, queue: str, max: int = 1, wait: float = 0,
-                visibility_timeout: float | None = None) -> list[Message]:
+    def dequeue(
+        self, queue: str, max: int = 1, wait: float = 0, visibility_timeout: float | None = None
+    ) -> list[Message]:
         return self._run(self._async.dequeue(queue, max, wait, visibility_timeout))
 
     @overload
@@ -685,14 +774,30 @@ class Client:
         return self._run(self._async.ack_batch(list(messages)))
 
     @overload
-    def nack(self, message: Message, *, delay: float | None = None, error: str | None = None,
-             dead: bool = False) -> NackResult: ...
+    def nack(
+        self, message: Message, *, delay: float | None = None, error: str | None = None, dead: bool = False
+    ) -> NackResult: ...
     @overload
-    def nack(self, queue: str, id: int, lease_token: str, /, *, delay: float | None = None,
-             error: str | None = None, dead: bool = False) -> NackResult: ...
+    def nack(
+        self,
+        queue: str,
+        id: int,
+        lease_token: str,
+        /,
+        *,
+        delay: float | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> NackResult: ...
 
-    def nack(self, message: Message | str, *args: Any, delay: float | None = None,
-             error: str | None = None, dead: bool = False) -> NackResult:
+    def nack(
+        self,
+        message: Message | str,
+        *args: Any,
+        delay: float | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> NackResult:
         return self._run(self._async.nack(message, *args, delay=delay, error=error, dead=dead))
 
     @overload
@@ -773,10 +878,33 @@ class Client:
         return self._run(self._async.restore(path))
 
 
-for _name in ("create_queue", "list_queues", "get_queue", "update_queue", "delete_queue", "enqueue",
-              "enqueue_batch", "dequeue", "ack", "ack_batch", "nack", "extend", "set_priority",
-              "get_message", "cancel", "dead_letters", "iter_dead_letters", "redrive", "redrive_status",
-              "stop_redrive", "cluster_status",
-              "add_member", "remove_member", "transfer_leader", "backup", "restore"):
+for _name in (
+    "create_queue",
+    "list_queues",
+    "get_queue",
+    "update_queue",
+    "delete_queue",
+    "enqueue",
+    "enqueue_batch",
+    "dequeue",
+    "ack",
+    "ack_batch",
+    "nack",
+    "extend",
+    "set_priority",
+    "get_message",
+    "cancel",
+    "dead_letters",
+    "iter_dead_letters",
+    "redrive",
+    "redrive_status",
+    "stop_redrive",
+    "cluster_status",
+    "add_member",
+    "remove_member",
+    "transfer_leader",
+    "backup",
+    "restore",
+):
     getattr(Client, _name).__doc__ = getattr(AsyncClient, _name).__doc__
 del _name

@@ -20,8 +20,9 @@ class ApiError(RankQError):
 
     status = 0
 
-    def __init__(self, detail: str, status: int | None = None, leader: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, detail: str, status: int | None = None, leader: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         if status is not None:

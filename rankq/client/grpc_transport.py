@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
-from typing import Any, AsyncIterable, AsyncIterator, Iterable, overload
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from datetime import UTC, datetime
+from typing import Any, overload
 
 import grpc
 
@@ -69,16 +70,16 @@ STATUS_OF_CODE = {
 TRANSPORT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
-
 # One encoder for all calls: json.dumps with options builds a new one each time.
 _STRICT_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
 
 @overload
 def _dt(ms: int) -> datetime: ...
 @overload
 def _dt(ms: int | None) -> datetime | None: ...
 def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _ms(when: datetime) -> int:
@@ -119,8 +120,12 @@ def error_from_rpc(err: grpc.aio.AioRpcError) -> Exception:
         if code in TRANSPORT_CODES:
             return TransportError(f"gRPC {code.name}: {detail}")
         status = STATUS_OF_CODE.get(code, 500)
-    return error_for(status, detail, leader=meta.get("rankq-leader-target") or meta.get("rankq-leader"),
-                     retry_after=meta.get("retry-after"))
+    return error_for(
+        status,
+        detail,
+        leader=meta.get("rankq-leader-target") or meta.get("rankq-leader"),
+        retry_after=meta.get("retry-after"),
+    )
 
 
 def fill_message(out: pb.NewMessage, m: NewMessage) -> pb.NewMessage:
@@ -200,8 +205,15 @@ def queue_info(q: pb.QueueInfo) -> QueueInfo:
     return QueueInfo(
         name=q.name,
         settings=settings_dict(q.settings),
-        counts=QueueCounts(counts.ready, counts.delayed, counts.leased, counts.dead, counts.acked_retained,
-                           counts.backlog, counts.waiting),
+        counts=QueueCounts(
+            counts.ready,
+            counts.delayed,
+            counts.leased,
+            counts.dead,
+            counts.acked_retained,
+            counts.backlog,
+            counts.waiting,
+        ),
         totals=dict(q.totals),
         created_at=_dt(q.created_at) if q.created_at else None,
     )
@@ -209,9 +221,15 @@ def queue_info(q: pb.QueueInfo) -> QueueInfo:
 
 def message_of(queue: str, d: pb.Delivery) -> Message:
     return Message(
-        queue=queue, id=d.id, payload=decode_payload(d.payload, d.content_type), priority=d.priority,
-        group=d.group, deliveries=d.deliveries, lease_token=d.lease_token,
-        lease_expires_at=_dt(d.lease_expires_at), enqueued_at=_dt(d.enqueued_at),
+        queue=queue,
+        id=d.id,
+        payload=decode_payload(d.payload, d.content_type),
+        priority=d.priority,
+        group=d.group,
+        deliveries=d.deliveries,
+        lease_token=d.lease_token,
+        lease_expires_at=_dt(d.lease_expires_at),
+        enqueued_at=_dt(d.enqueued_at),
         headers=dict(d.headers) or None,
     )
 
@@ -221,29 +239,40 @@ def status_of(m: pb.MessageStatus) -> MessageStatus:
         return getattr(m, name) if m.HasField(name) else None
 
     return MessageStatus(
-        id=m.id, queue=m.queue, state=m.state, priority=opt("priority"), group=opt("group"),
-        deliveries=m.deliveries, enqueued_at=_dt(opt("enqueued_at")), available_at=_dt(opt("available_at")),
-        lease_expires_at=_dt(opt("lease_expires_at")), acked_at=_dt(opt("acked_at")),
+        id=m.id,
+        queue=m.queue,
+        state=m.state,
+        priority=opt("priority"),
+        group=opt("group"),
+        deliveries=m.deliveries,
+        enqueued_at=_dt(opt("enqueued_at")),
+        available_at=_dt(opt("available_at")),
+        lease_expires_at=_dt(opt("lease_expires_at")),
+        acked_at=_dt(opt("acked_at")),
         last_error=opt("last_error"),
         result=json.loads(m.result_json) if m.HasField("result_json") else None,
-        headers=dict(m.headers) or None, dedup_key=opt("dedup_key"),
+        headers=dict(m.headers) or None,
+        dedup_key=opt("dedup_key"),
         payload=decode_payload(m.payload, m.content_type) if m.HasField("payload") else None,
         depends_on=[Dependency(d.id, d.queue) for d in m.depends_on] or None,
-        expires_at=_dt(opt("expires_at")), dead_reason=opt("dead_reason"),
+        expires_at=_dt(opt("expires_at")),
+        dead_reason=opt("dead_reason"),
     )
 
 
 def redrive_job(j: pb.RedriveJob) -> RedriveJob:
-    return RedriveJob(rate=j.rate, total=j.total, moved=j.moved, remaining=j.remaining,
-                      started_at=_dt(j.started_at), state=j.state)
+    return RedriveJob(
+        rate=j.rate, total=j.total, moved=j.moved, remaining=j.remaining, started_at=_dt(j.started_at), state=j.state
+    )
 
 
 def _result_json(result: Any) -> str | None:
     return None if result is None else _STRICT_COMPACT.encode(result)
 
 
-async def _frames(queue: str, messages: Iterable[NewMessage] | AsyncIterable[NewMessage],
-                  size: int) -> AsyncIterator[pb.EnqueueStreamRequest]:
+async def _frames(
+    queue: str, messages: Iterable[NewMessage] | AsyncIterable[NewMessage], size: int
+) -> AsyncIterator[pb.EnqueueStreamRequest]:
     """EnqueueStreamRequest frames of up to `size` requests; the queue is named in the first only."""
     ref = 0
 
@@ -305,8 +334,15 @@ class GrpcTransport:
     The channel is opened on first use, inside the event loop that uses it.
     """
 
-    def __init__(self, target: str, *, timeout: float | None = 30.0, credentials: grpc.ChannelCredentials | None = None,
-                 options: list[tuple[str, Any]] | None = None, metadata: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: list[tuple[str, Any]] | None = None,
+        metadata: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
         self._credentials = credentials
@@ -377,8 +413,9 @@ class GrpcTransport:
         res = await self._call("EnqueueBatch", req)
         return [EnqueueResult(r.id, r.duplicate) for r in res.results]
 
-    async def dequeue(self, queue: str, max: int = 1, wait: float = 0.0,
-                      visibility_timeout: float | None = None) -> list[Message]:
+    async def dequeue(
+        self, queue: str, max: int = 1, wait: float = 0.0, visibility_timeout: float | None = None
+    ) -> list[Message]:
         req = pb.DequeueRequest(queue=queue, max=max, wait=wait, visibility_timeout=visibility_timeout)
         res = await self._call("Dequeue", req, extra_time=wait)
         return [message_of(queue, d) for d in res.messages]
@@ -393,8 +430,15 @@ class GrpcTransport:
         res = await self._call("AckBatch", req)
         return [AckOutcome(r.id, r.ok, r.status, r.detail or None) for r in res.results]
 
-    async def nack(self, queue: str, id: int, lease_token: str, delay: float | None = None,
-                   error: str | None = None, dead: bool = False) -> NackResult:
+    async def nack(
+        self,
+        queue: str,
+        id: int,
+        lease_token: str,
+        delay: float | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> NackResult:
         req = pb.NackRequest(queue=queue, id=id, lease_token=lease_token, delay=delay, error=error, dead=dead)
         res = await self._call("Nack", req)
         return NackResult(res.id, res.state, _dt(res.available_at) if res.HasField("available_at") else None)
@@ -402,8 +446,7 @@ class GrpcTransport:
     async def release(self, queue: str, id: int, lease_token: str) -> None:
         await self._call("Release", pb.ReleaseRequest(queue=queue, id=id, lease_token=lease_token))
 
-    async def extend(self, queue: str, id: int, lease_token: str,
-                     visibility_timeout: float | None = None) -> datetime:
+    async def extend(self, queue: str, id: int, lease_token: str, visibility_timeout: float | None = None) -> datetime:
         req = pb.ExtendRequest(queue=queue, id=id, lease_token=lease_token, visibility_timeout=visibility_timeout)
         expires: int = (await self._call("Extend", req)).lease_expires_at
         return _dt(expires)
@@ -417,16 +460,18 @@ class GrpcTransport:
     async def cancel(self, queue: str, id: int) -> None:
         await self._call("CancelMessage", pb.CancelMessageRequest(queue=queue, id=id))
 
-    async def dead_letters(self, queue: str, after: int | None = None,
-                           limit: int = 100) -> tuple[list[MessageStatus], int | None]:
+    async def dead_letters(
+        self, queue: str, after: int | None = None, limit: int = 100
+    ) -> tuple[list[MessageStatus], int | None]:
         res = await self._call("ListDeadLetters", pb.ListDeadLettersRequest(queue=queue, after=after, limit=limit))
         return [status_of(m) for m in res.messages], res.next_after if res.HasField("next_after") else None
 
     async def redrive(self, queue: str, ids: list[int] | None = None, rate: int | None = None) -> RedriveResult:
         req = pb.RedriveRequest(queue=queue, all=ids is None, ids=ids or [], rate=rate)
         res = await self._call("Redrive", req)
-        return RedriveResult(list(res.redriven), list(res.not_found),
-                             redrive_job(res.job) if res.HasField("job") else None)
+        return RedriveResult(
+            list(res.redriven), list(res.not_found), redrive_job(res.job) if res.HasField("job") else None
+        )
 
     async def redrive_status(self, queue: str) -> RedriveJob:
         return redrive_job(await self._call("GetRedrive", pb.RedriveJobRequest(queue=queue)))
@@ -459,8 +504,9 @@ class GrpcTransport:
         finally:
             call.cancel()  # a no-op once the stream has ended
 
-    def dequeue_stream(self, queue: str, credits: int, visibility_timeout: float | None = None,
-                       refill: bool = False) -> "DequeueStream":
+    def dequeue_stream(
+        self, queue: str, credits: int, visibility_timeout: float | None = None, refill: bool = False
+    ) -> DequeueStream:
         """Receive leased messages over one stream, never more than the credits granted.
 
         `credits` is the first grant; give more with `grant(n)`. With `refill`, every message taken
@@ -475,8 +521,9 @@ class GrpcTransport:
 class DequeueStream:
     """One DequeueStream call: an async iterator of `Message` with `grant(n)` and `close()`."""
 
-    def __init__(self, transport: GrpcTransport, queue: str, credits: int,
-                 visibility_timeout: float | None, refill: bool) -> None:
+    def __init__(
+        self, transport: GrpcTransport, queue: str, credits: int, visibility_timeout: float | None, refill: bool
+    ) -> None:
         self.queue = queue
         self.refill = refill
         self._threshold = max(1, credits // 2)
@@ -505,7 +552,7 @@ class DequeueStream:
         if credits > 0:
             self._grants.put_nowait(credits)
 
-    def __aiter__(self) -> "DequeueStream":
+    def __aiter__(self) -> DequeueStream:
         return self
 
     async def __anext__(self) -> Message:
@@ -532,7 +579,7 @@ class DequeueStream:
         """End the stream now; messages leased but not yet received return after their lease."""
         self._call.cancel()
 
-    async def __aenter__(self) -> "DequeueStream":
+    async def __aenter__(self) -> DequeueStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

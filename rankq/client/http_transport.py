@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import ssl
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, overload
 from urllib.parse import quote
 
@@ -44,8 +44,14 @@ class HttpTransport:
     read timeout of `wait + timeout`, so a long poll is never cut short by the client.
     """
 
-    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 headers: dict[str, str] | None = None, verify: bool | str | ssl.SSLContext = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: dict[str, str] | None = None,
+        verify: bool | str | ssl.SSLContext = True,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._http = httpx.AsyncClient(
@@ -61,8 +67,15 @@ class HttpTransport:
 
     # ---- plumbing ------------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                    timeout: httpx.Timeout | None = None) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> Any:
         kwargs: dict[str, Any] = {}
         if json is not None:
             kwargs["json"] = json
@@ -113,26 +126,37 @@ class HttpTransport:
         out = await self._call("POST", f"/queues/{_seg(queue)}/messages/batch", json={"messages": bodies})
         return [EnqueueResult(id=r["id"], duplicate=r.get("duplicate", False)) for r in out["results"]]
 
-    async def dequeue(self, queue: str, max: int = 1, wait: float = 0.0,
-                      visibility_timeout: float | None = None) -> list[Message]:
+    async def dequeue(
+        self, queue: str, max: int = 1, wait: float = 0.0, visibility_timeout: float | None = None
+    ) -> list[Message]:
         body: dict[str, Any] = {"max": max, "wait": wait}
         if visibility_timeout is not None:
             body["visibility_timeout"] = visibility_timeout
         timeout = None
         if wait:
-            timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT),
-                                    read=float(wait) + self.timeout)
+            timeout = httpx.Timeout(
+                self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT), read=float(wait) + self.timeout
+            )
         out = await self._call("POST", f"/queues/{_seg(queue)}/dequeue", json=body, timeout=timeout)
         return [_message(queue, d) for d in out["messages"]]
 
     async def ack(self, queue: str, items: list[tuple[int, str, Any]]) -> list[AckOutcome]:
         body = {"items": [{"id": i, "lease_token": token, "result": result} for i, token, result in items]}
         out = await self._call("POST", f"/queues/{_seg(queue)}/ack", json=body)
-        return [AckOutcome(id=r["id"], ok=r["ok"], status=r.get("status", 200), detail=r.get("detail"))
-                for r in out["results"]]
+        return [
+            AckOutcome(id=r["id"], ok=r["ok"], status=r.get("status", 200), detail=r.get("detail"))
+            for r in out["results"]
+        ]
 
-    async def nack(self, queue: str, id: int, lease_token: str, delay: float | None = None,
-                   error: str | None = None, dead: bool = False) -> NackResult:
+    async def nack(
+        self,
+        queue: str,
+        id: int,
+        lease_token: str,
+        delay: float | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> NackResult:
         body = _drop_none({"lease_token": lease_token, "delay": delay, "error": error, "dead": dead or None})
         out = await self._call("POST", f"/queues/{_seg(queue)}/messages/{int(id)}/nack", json=body)
         return NackResult(id=out["id"], state=out["state"], available_at=_dt(out.get("available_at")))
@@ -140,8 +164,7 @@ class HttpTransport:
     async def release(self, queue: str, id: int, lease_token: str) -> None:
         await self._call("POST", f"/queues/{_seg(queue)}/messages/{int(id)}/release", json={"lease_token": lease_token})
 
-    async def extend(self, queue: str, id: int, lease_token: str,
-                     visibility_timeout: float | None = None) -> datetime:
+    async def extend(self, queue: str, id: int, lease_token: str, visibility_timeout: float | None = None) -> datetime:
         body = _drop_none({"lease_token": lease_token, "visibility_timeout": visibility_timeout})
         out = await self._call("POST", f"/queues/{_seg(queue)}/messages/{int(id)}/extend", json=body)
         expires: str = out["lease_expires_at"]
@@ -159,8 +182,9 @@ class HttpTransport:
 
     # ---- dead letters --------------------------------------------------------------------------
 
-    async def dead_letters(self, queue: str, after: int | None = None,
-                           limit: int = 100) -> tuple[list[MessageStatus], int | None]:
+    async def dead_letters(
+        self, queue: str, after: int | None = None, limit: int = 100
+    ) -> tuple[list[MessageStatus], int | None]:
         params: dict[str, Any] = {"limit": limit}
         if after is not None:
             params["after"] = after
@@ -173,8 +197,11 @@ class HttpTransport:
             body["rate"] = rate
         out = await self._call("POST", f"/queues/{_seg(queue)}/dlq/redrive", json=body)
         job = out.get("job")
-        return RedriveResult(redriven=list(out.get("redriven") or []), not_found=list(out.get("not_found") or []),
-                             job=None if job is None else _job(job))
+        return RedriveResult(
+            redriven=list(out.get("redriven") or []),
+            not_found=list(out.get("not_found") or []),
+            job=None if job is None else _job(job),
+        )
 
     async def redrive_status(self, queue: str) -> RedriveJob:
         return _job(await self._call("GET", f"/queues/{_seg(queue)}/redrive"))
@@ -200,8 +227,7 @@ class HttpTransport:
         answer: dict[str, Any] = await self._call("POST", "/cluster/transfer-leader", json={"to": to})
         return answer
 
-
-# ---- wire <-> types ------------------------------------------------------------------------------
+    # ---- wire <-> types ------------------------------------------------------------------------------
 
     # ---- backup and restore (HTTP only) ---------------------------------------------------------
 
@@ -221,7 +247,9 @@ class HttpTransport:
 
     async def restore_chunk(self, restore_id: str, index: int, records: list[dict[str, Any]]) -> dict[str, Any]:
         body = {"restore_id": restore_id, "index": index, "records": records}
-        answer: dict[str, Any] = await self._call("POST", "/restore", json=body, timeout=httpx.Timeout(max(self.timeout, 60.0)))
+        answer: dict[str, Any] = await self._call(
+            "POST", "/restore", json=body, timeout=httpx.Timeout(max(self.timeout, 60.0))
+        )
         return answer
 
 
@@ -249,16 +277,17 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 def _enqueue_body(m: NewMessage) -> dict[str, Any]:
     if isinstance(m.payload, (bytes, bytearray, memoryview)):
         raise InvalidRequestError(
-            "bytes payloads cannot be sent over HTTP: use a grpc:// URL, or encode them "
-            "(e.g. base64) into a JSON value"
+            "bytes payloads cannot be sent over HTTP: use a grpc:// URL, or encode them (e.g. base64) into a JSON value"
         )
-    body = _drop_none({
-        "priority": m.priority,
-        "group": m.group,
-        "delay": m.delay,
-        "headers": m.headers,
-        "dedup_key": m.dedup_key,
-    })
+    body = _drop_none(
+        {
+            "priority": m.priority,
+            "group": m.group,
+            "delay": m.delay,
+            "headers": m.headers,
+            "dedup_key": m.dedup_key,
+        }
+    )
     body["payload"] = m.payload
     if m.deliver_at is not None:
         body["deliver_at"] = _iso(m.deliver_at)
@@ -279,12 +308,18 @@ def _enqueue_body(m: NewMessage) -> dict[str, Any]:
 
 def _iso(at: datetime) -> str:
     # A naive time is taken as local time, as datetime itself does; the wire wants UTC.
-    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _job(d: dict[str, Any]) -> RedriveJob:
-    return RedriveJob(rate=d["rate"], total=d["total"], moved=d["moved"], remaining=d["remaining"],
-                      started_at=_dt(d["started_at"]), state=d["state"])
+    return RedriveJob(
+        rate=d["rate"],
+        total=d["total"],
+        moved=d["moved"],
+        remaining=d["remaining"],
+        started_at=_dt(d["started_at"]),
+        state=d["state"],
+    )
 
 
 @overload

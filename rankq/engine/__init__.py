@@ -7,6 +7,18 @@ from .errors import Conflict, EngineError, Full, Invalid, NotFound, TooLarge
 from .message import Delivery, MessageInfo
 
 __all__ = [
-    "commands", "DEFAULT_WEIGHTS", "STRICT", "WEIGHTED", "QueueConfig", "Engine", "Conflict",
-    "EngineError", "Full", "Invalid", "NotFound", "TooLarge", "Delivery", "MessageInfo",
+    "commands",
+    "DEFAULT_WEIGHTS",
+    "STRICT",
+    "WEIGHTED",
+    "QueueConfig",
+    "Engine",
+    "Conflict",
+    "EngineError",
+    "Full",
+    "Invalid",
+    "NotFound",
+    "TooLarge",
+    "Delivery",
+    "MessageInfo",
 ]

@@ -33,22 +33,24 @@ class ArchiveOutbox:
 
     def add(self, queue: str, msg: Message, state: str, now: int, result: Any = None) -> None:
         self.seq += 1
-        self.records.append({
-            "archive_seq": self.seq,
-            "queue": queue,
-            "id": msg.id,
-            "state": state,
-            "payload": msg.payload,
-            "headers": msg.get_extra("headers"),
-            "dedup_key": msg.get_extra("dedup_key"),
-            "last_error": msg.get_extra("last_error"),
-            "priority": msg.priority,
-            "group": msg.group,
-            "deliveries": msg.deliveries,
-            "enqueued_at": msg.enqueued_at,
-            "finished_at": now,
-            "result": result,
-        })
+        self.records.append(
+            {
+                "archive_seq": self.seq,
+                "queue": queue,
+                "id": msg.id,
+                "state": state,
+                "payload": msg.payload,
+                "headers": msg.get_extra("headers"),
+                "dedup_key": msg.get_extra("dedup_key"),
+                "last_error": msg.get_extra("last_error"),
+                "priority": msg.priority,
+                "group": msg.group,
+                "deliveries": msg.deliveries,
+                "enqueued_at": msg.enqueued_at,
+                "finished_at": now,
+                "result": result,
+            }
+        )
         if len(self.records) > MAX_PENDING:
             self.records.popleft()
             self.dropped += 1
@@ -74,5 +76,10 @@ class ArchiveOutbox:
 
     def status(self) -> dict[str, int | None]:
         oldest = self.records[0]["finished_at"] if self.records else None
-        return {"pending": len(self.records), "dropped": self.dropped, "confirmed": self.confirmed,
-                "last": self.seq, "oldest_finished_at": oldest}
+        return {
+            "pending": len(self.records),
+            "dropped": self.dropped,
+            "confirmed": self.confirmed,
+            "last": self.seq,
+            "oldest_finished_at": oldest,
+        }

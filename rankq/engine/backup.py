@@ -31,6 +31,7 @@ JOB_STATES = ("running", "done", "stopped")
 
 # ---- export ---------------------------------------------------------------------------------------
 
+
 def _payload_fields(payload: str | bytes) -> Record:
     if isinstance(payload, bytes):
         return {"payload_base64": base64.b64encode(payload).decode()}
@@ -79,32 +80,56 @@ def export_records(engine: Any) -> Iterator[Record]:
 
     The caller holds the state still (a lock, or a forked copy) while this runs.
     """
-    yield {"kind": "header", "format": FORMAT, "version": VERSION, "seq": engine.seq, "now": engine.now,
-           "queues": len(engine.queues)}
+    yield {
+        "kind": "header",
+        "format": FORMAT,
+        "version": VERSION,
+        "seq": engine.seq,
+        "now": engine.now,
+        "queues": len(engine.queues),
+    }
     for name, q in engine.queues.items():
-        yield {"kind": "queue", "name": name, "settings": q.config.as_dict(),
-               "secret": base64.b64encode(q.secret).decode(), "created_at": q.created_at,
-               "totals": dict(q.totals)}
+        yield {
+            "kind": "queue",
+            "name": name,
+            "settings": q.config.as_dict(),
+            "secret": base64.b64encode(q.secret).decode(),
+            "created_at": q.created_at,
+            "totals": dict(q.totals),
+        }
         links = getattr(engine, "links", None)
         for msg in q.messages.values():
             yield _message_record(name, msg, links)
         for msg in q.dead.values():
             yield _message_record(name, msg)
         for mid, (acked_at, deliveries, result) in q.acked.items():
-            yield {"kind": "acked", "queue": name, "id": mid, "acked_at": acked_at, "deliveries": deliveries,
-                   **_result_fields(result)}
+            yield {
+                "kind": "acked",
+                "queue": name,
+                "id": mid,
+                "acked_at": acked_at,
+                "deliveries": deliveries,
+                **_result_fields(result),
+            }
         for key, (mid, expires_at) in q.dedup.items():
             yield {"kind": "dedup", "queue": name, "key": key, "id": mid, "expires_at": expires_at}
         for mid, at in q.cancelled.items():
             yield {"kind": "cancelled", "queue": name, "id": mid, "at": at}
         job = q.redrive_job
         if job is not None:
-            yield {"kind": "redrive", "queue": name, "id": 0, **{k: job[k] for k in JOB_FIELDS},
-                   "state": job["state"], "ids": list(job["ids"])}
+            yield {
+                "kind": "redrive",
+                "queue": name,
+                "id": 0,
+                **{k: job[k] for k in JOB_FIELDS},
+                "state": job["state"],
+                "ids": list(job["ids"]),
+            }
     yield {"kind": "end"}
 
 
 # ---- restore --------------------------------------------------------------------------------------
+
 
 @overload
 def _int(rec: Record, key: str) -> int: ...
@@ -171,8 +196,9 @@ def apply_records(engine: Any, records: list[Record], woke: set[str]) -> int:
             if isinstance(settings.get("weights"), dict):
                 settings["weights"] = {int(k): v for k, v in settings["weights"].items()}
             config = QueueConfig().with_changes(settings)
-            q = QueueState(name, config, _b64(rec, "secret"), _int(rec, "created_at") or 0, engine.outbox(),
-                           engine.links)
+            q = QueueState(
+                name, config, _b64(rec, "secret"), _int(rec, "created_at") or 0, engine.outbox(), engine.links
+            )
             totals = rec.get("totals")
             if isinstance(totals, dict):
                 q.totals.update({k: v for k, v in totals.items() if k in q.totals and isinstance(v, int)})
@@ -236,8 +262,18 @@ def _apply_to_queue(q: Any, kind: str, rec: Record, woke: set[str]) -> None:
     state = rec.get("state")
     due = _int(rec, "due", optional=True)
     group = _str(rec, "group") or "default"
-    msg = Message(mid, _payload(rec), _int(rec, "priority"), group, READY, _int(rec, "deliveries"), None, None,
-                  _int(rec, "enqueued_at"), extra or None)
+    msg = Message(
+        mid,
+        _payload(rec),
+        _int(rec, "priority"),
+        group,
+        READY,
+        _int(rec, "deliveries"),
+        None,
+        None,
+        _int(rec, "enqueued_at"),
+        extra or None,
+    )
     if state != "dead" and expiry is not None:
         heapq.heappush(q.expiries, (expiry, mid))
     waits_on = _keys(rec, "waits_on") if state == "waiting" else []
@@ -279,8 +315,13 @@ def _keys(rec: Record, field: str) -> list[tuple[str, int]]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(
-            isinstance(k, list) and len(k) == 2 and isinstance(k[0], str) and isinstance(k[1], int)
-            and not isinstance(k[1], bool) for k in value):
+        isinstance(k, list)
+        and len(k) == 2
+        and isinstance(k[0], str)
+        and isinstance(k[1], int)
+        and not isinstance(k[1], bool)
+        for k in value
+    ):
         raise Invalid(f"backup record 'message': {field} must be a list of [queue, id] pairs")
     return [(k[0], k[1]) for k in value]
 

@@ -194,8 +194,24 @@ def _positional_reduce(cls: type) -> type:
     return cls
 
 
-for _cls in (CreateQueue, UpdateQueue, DeleteQueue, Enqueue, Dequeue, Ack, Nack,
-             Extend, Release, SetPriority, Cancel, Redrive, StopRedrive, Tick, Restore, ArchiveDone):
+for _cls in (
+    CreateQueue,
+    UpdateQueue,
+    DeleteQueue,
+    Enqueue,
+    Dequeue,
+    Ack,
+    Nack,
+    Extend,
+    Release,
+    SetPriority,
+    Cancel,
+    Redrive,
+    StopRedrive,
+    Tick,
+    Restore,
+    ArchiveDone,
+):
     _positional_reduce(_cls)
 del _cls
 

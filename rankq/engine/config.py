@@ -81,8 +81,17 @@ class Setting:
         return value / 1000 if self.is_duration and value is not None else value
 
 
-def setting(default: Any, kind: type, doc: str, *, low: int | None = None, high: int | None = None,
-            nullable: bool = False, choices: tuple[str, ...] = (), keys: type = int) -> Any:
+def setting(
+    default: Any,
+    kind: type,
+    doc: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    nullable: bool = False,
+    choices: tuple[str, ...] = (),
+    keys: type = int,
+) -> Any:
     """A QueueConfig field that is a queue setting; its name is filled in from the field."""
     spec = Setting("", kind, doc, default, low, high, nullable, choices, keys)
     if isinstance(default, dict):
@@ -95,65 +104,123 @@ DAY_MS = 24 * 3600 * 1000
 
 @dataclass(slots=True)
 class QueueConfig:
-    policy: str = setting(STRICT, str, "strict: lowest priority number first; weighted: smooth weighted round "
-                          "robin over priority classes", choices=POLICIES)
-    weights: dict[int, int] = setting(DEFAULT_WEIGHTS, dict, "priority class -> weight (weighted policy)",
-                                      low=1, high=INT64_MAX)
+    policy: str = setting(
+        STRICT,
+        str,
+        "strict: lowest priority number first; weighted: smooth weighted round robin over priority classes",
+        choices=POLICIES,
+    )
+    weights: dict[int, int] = setting(
+        DEFAULT_WEIGHTS, dict, "priority class -> weight (weighted policy)", low=1, high=INT64_MAX
+    )
     default_priority: int = setting(3, int, "priority of a message that names none", low=INT64_MIN, high=INT64_MAX)
     fair_groups: bool = setting(False, bool, "serve the groups of one priority round robin")
-    group_max_inflight: int | None = setting(None, int, "cap on leased messages per group (fair groups); "
-                                             "null: no cap", low=1, high=INT64_MAX, nullable=True)
-    visibility_timeout_ms: int = setting(30_000, int, "seconds a dequeued message stays leased",
-                                         low=1, high=MAX_VISIBILITY_MS)
-    max_deliveries: int = setting(5, int, "deliveries before a message is dead-lettered; 0: retry forever",
-                                  low=0, high=INT64_MAX)
-    dead_letter: bool = setting(True, bool, "keep messages that ran out of deliveries in the dead-letter "
-                                "queue; false drops them")
-    dead_letter_retention_ms: int | None = setting(14 * DAY_MS, int, "seconds dead letters are kept; null: until "
-                                                   "redriven or deleted", low=0, high=MAX_DURATION_MS, nullable=True)
-    retention_ms: int = setting(3600 * 1000, int, "seconds an acked message's status and result stay readable",
-                                low=0, high=MAX_DURATION_MS)
-    max_length: int | None = setting(None, int, "most messages (ready, delayed, leased, waiting); an enqueue beyond it "
-                                     "gets 429; null: unbounded", low=1, high=INT64_MAX, nullable=True)
-    max_payload_bytes: int = setting(256 * 1024, int, "largest payload plus headers in bytes",
-                                     low=1, high=MAX_PAYLOAD_BYTES)
-    dedup_window_ms: int = setting(5 * 60 * 1000, int, "seconds a dedup key is remembered",
-                                   low=0, high=MAX_DURATION_MS)
-    retry_base_ms: int = setting(1000, int, "first retry delay after a nack without delay, doubling per delivery",
-                                 low=0, high=MAX_DURATION_MS)
+    group_max_inflight: int | None = setting(
+        None, int, "cap on leased messages per group (fair groups); null: no cap", low=1, high=INT64_MAX, nullable=True
+    )
+    visibility_timeout_ms: int = setting(
+        30_000, int, "seconds a dequeued message stays leased", low=1, high=MAX_VISIBILITY_MS
+    )
+    max_deliveries: int = setting(
+        5, int, "deliveries before a message is dead-lettered; 0: retry forever", low=0, high=INT64_MAX
+    )
+    dead_letter: bool = setting(
+        True, bool, "keep messages that ran out of deliveries in the dead-letter queue; false drops them"
+    )
+    dead_letter_retention_ms: int | None = setting(
+        14 * DAY_MS,
+        int,
+        "seconds dead letters are kept; null: until redriven or deleted",
+        low=0,
+        high=MAX_DURATION_MS,
+        nullable=True,
+    )
+    retention_ms: int = setting(
+        3600 * 1000, int, "seconds an acked message's status and result stay readable", low=0, high=MAX_DURATION_MS
+    )
+    max_length: int | None = setting(
+        None,
+        int,
+        "most messages (ready, delayed, leased, waiting); an enqueue beyond it gets 429; null: unbounded",
+        low=1,
+        high=INT64_MAX,
+        nullable=True,
+    )
+    max_payload_bytes: int = setting(
+        256 * 1024, int, "largest payload plus headers in bytes", low=1, high=MAX_PAYLOAD_BYTES
+    )
+    dedup_window_ms: int = setting(5 * 60 * 1000, int, "seconds a dedup key is remembered", low=0, high=MAX_DURATION_MS)
+    retry_base_ms: int = setting(
+        1000, int, "first retry delay after a nack without delay, doubling per delivery", low=0, high=MAX_DURATION_MS
+    )
     retry_max_ms: int = setting(5 * 60 * 1000, int, "longest retry delay", low=0, high=MAX_DURATION_MS)
-    archive: bool = setting(False, bool, "copy finished messages (acked with result, dead-lettered, cancelled) "
-                            "to the group's PostgreSQL archive")
-    rate_limit: int | None = setting(None, int, "deliveries per second (token bucket); a dequeue gets fewer messages "
-                                     "when it runs dry; null: no limit", low=1, high=INT64_MAX, nullable=True)
-    rate_burst: int | None = setting(None, int, "deliveries the rate limit lets through at once (bucket size); "
-                                     "null: rate_limit", low=1, high=INT64_MAX, nullable=True)
-    group_rate_limit: int | None = setting(None, int, "deliveries per second per group (fair groups; bucket size the "
-                                           "same); null: no limit", low=1, high=INT64_MAX, nullable=True)
-    max_inflight: int | None = setting(None, int, "cap on leased messages of the queue; null: no cap",
-                                       low=1, high=INT64_MAX, nullable=True)
-    group_weights: dict[str, int] = setting({}, dict, "group -> weight for fair groups (groups not named weigh 1)",
-                                            low=1, high=INT64_MAX, keys=str)
-    message_ttl_ms: int | None = setting(None, int, "seconds a message may wait before it expires (to the dead "
-                                         "letters with reason expired); null: no limit", low=1,
-                                         high=MAX_DURATION_MS, nullable=True)
-    dependency_failure: str = setting(DEAD_LETTER, str, "what befalls the dependents of a message that was "
-                                      "dead-lettered or cancelled", choices=DEPENDENCY_FAILURES)
-    dead_letter_queue: str | None = setting(None, str, "another queue of the group that receives this queue's dead "
-                                            "letters as new messages (while it exists); null: keep them here",
-                                            nullable=True)
+    archive: bool = setting(
+        False,
+        bool,
+        "copy finished messages (acked with result, dead-lettered, cancelled) to the group's PostgreSQL archive",
+    )
+    rate_limit: int | None = setting(
+        None,
+        int,
+        "deliveries per second (token bucket); a dequeue gets fewer messages when it runs dry; null: no limit",
+        low=1,
+        high=INT64_MAX,
+        nullable=True,
+    )
+    rate_burst: int | None = setting(
+        None,
+        int,
+        "deliveries the rate limit lets through at once (bucket size); null: rate_limit",
+        low=1,
+        high=INT64_MAX,
+        nullable=True,
+    )
+    group_rate_limit: int | None = setting(
+        None,
+        int,
+        "deliveries per second per group (fair groups; bucket size the same); null: no limit",
+        low=1,
+        high=INT64_MAX,
+        nullable=True,
+    )
+    max_inflight: int | None = setting(
+        None, int, "cap on leased messages of the queue; null: no cap", low=1, high=INT64_MAX, nullable=True
+    )
+    group_weights: dict[str, int] = setting(
+        {}, dict, "group -> weight for fair groups (groups not named weigh 1)", low=1, high=INT64_MAX, keys=str
+    )
+    message_ttl_ms: int | None = setting(
+        None,
+        int,
+        "seconds a message may wait before it expires (to the dead letters with reason expired); null: no limit",
+        low=1,
+        high=MAX_DURATION_MS,
+        nullable=True,
+    )
+    dependency_failure: str = setting(
+        DEAD_LETTER,
+        str,
+        "what befalls the dependents of a message that was dead-lettered or cancelled",
+        choices=DEPENDENCY_FAILURES,
+    )
+    dead_letter_queue: str | None = setting(
+        None,
+        str,
+        "another queue of the group that receives this queue's dead "
+        "letters as new messages (while it exists); null: keep them here",
+        nullable=True,
+    )
 
-    def validate(self) -> "QueueConfig":
+    def validate(self) -> QueueConfig:
         for spec in SETTINGS.values():
             check_setting(spec, getattr(self, spec.name))
         if self.policy == WEIGHTED and self.default_priority not in self.weights:
             raise Invalid(
-                f"default_priority {self.default_priority} is not one of the weighted classes "
-                f"{sorted(self.weights)}"
+                f"default_priority {self.default_priority} is not one of the weighted classes {sorted(self.weights)}"
             )
         return self
 
-    def with_changes(self, changes: dict[str, Any]) -> "QueueConfig":
+    def with_changes(self, changes: dict[str, Any]) -> QueueConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise Invalid(f"unknown queue settings: {', '.join(sorted(unknown))}")
@@ -171,8 +238,9 @@ class QueueConfig:
 
 
 SETTINGS: dict[str, Setting] = {
-    f.name: dataclasses.replace(f.metadata["setting"], name=f.name,
-                                default=f.default_factory() if callable(f.default_factory) else f.default)
+    f.name: dataclasses.replace(
+        f.metadata["setting"], name=f.name, default=f.default_factory() if callable(f.default_factory) else f.default
+    )
     for f in dataclasses.fields(QueueConfig)
     if "setting" in f.metadata
 }
@@ -255,7 +323,6 @@ def check_time_ms(name: str, value: Any) -> int:
 def check_queue_name(name: str) -> str:
     if not isinstance(name, str) or not QUEUE_NAME.match(name):
         raise Invalid(
-            "queue name must be 1-128 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            "queue name must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name

@@ -136,8 +136,7 @@ class Engine:
         """The target need not exist yet (queues of a group are created one by one, and a restore
         brings them in any order): while it does not, dead letters stay in their own queue."""
         if config.dead_letter_queue == name:
-            raise Invalid("dead_letter_queue must name another queue (a queue's own dead letters stay in it "
-                          "anyway)")
+            raise Invalid("dead_letter_queue must name another queue (a queue's own dead letters stay in it anyway)")
 
     def _delete(self, cmd: c.DeleteQueue, now: int) -> None:
         q = self.queues.pop(cmd.name, None)
@@ -219,8 +218,9 @@ class Engine:
             return {"applied": 0, "duplicate": True}
         if cmd.index > done:
             raise Invalid(f"restore {cmd.restore_id!r} expects chunk {done} next, not {cmd.index}")
-        if done == 0 and (not cmd.records or not isinstance(cmd.records[0], dict)
-                          or cmd.records[0].get("kind") != "header"):
+        if done == 0 and (
+            not cmd.records or not isinstance(cmd.records[0], dict) or cmd.records[0].get("kind") != "header"
+        ):
             raise Invalid("a restore starts with the backup's header record")
         applied = apply_records(self, list(cmd.records), self.woke)
         restores[cmd.restore_id] = done + 1

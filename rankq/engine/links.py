@@ -60,7 +60,7 @@ class Links:
 
 
 def message_status(q: Any, mid: int) -> str | None:
-    """"live" (ready, delayed, leased or waiting), "acked", "dead", "cancelled", or None (gone or
+    """ "live" (ready, delayed, leased or waiting), "acked", "dead", "cancelled", or None (gone or
     never there) for message `mid` of queue state `q`."""
     if mid in q.messages:
         return "live"

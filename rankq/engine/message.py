@@ -44,8 +44,19 @@ class Message:
     )
 
     # due and token are set whenever the state needs them (a lease has both, a delay has due).
-    def __init__(self, id: int, payload: str | bytes, priority: int, group: str, state: int, deliveries: int,
-                 due: Any, token: Any, enqueued_at: int, extra: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        id: int,
+        payload: str | bytes,
+        priority: int,
+        group: str,
+        state: int,
+        deliveries: int,
+        due: Any,
+        token: Any,
+        enqueued_at: int,
+        extra: dict[str, Any] | None,
+    ) -> None:
         self.id = id
         self.payload = payload
         self.priority = priority

@@ -20,10 +20,10 @@ from .config import (
     INT64_MAX,
     INT64_MIN,
     MAX_BATCH,
-    MAX_REDRIVE_IDS,
     MAX_DEPENDENCIES,
     MAX_DURATION_MS,
     MAX_PAYLOAD_BYTES,
+    MAX_REDRIVE_IDS,
     MAX_TIME_MS,
     MAX_VISIBILITY_MS,
     MIN_TIME_MS,
@@ -60,8 +60,14 @@ DEDUP_KEY_MAX_LEN = 256
 
 
 def _job_status(job: dict[str, Any]) -> dict[str, Any]:
-    return {"rate": job["rate"], "total": job["total"], "moved": job["moved"],
-            "remaining": job["total"] - job["done"], "started_at": job["started_at"], "state": job["state"]}
+    return {
+        "rate": job["rate"],
+        "total": job["total"],
+        "moved": job["moved"],
+        "remaining": job["total"] - job["done"],
+        "started_at": job["started_at"],
+        "state": job["state"],
+    }
 
 
 def _redrive_due(job: dict[str, Any]) -> int:
@@ -94,7 +100,9 @@ def message_size(m: c.NewMessage) -> int:
         size = len(payload) if isinstance(payload, bytes) or payload.isascii() else len(payload.encode())
         if m.headers:
             for key, value in m.headers.items():
-                size += (len(key) if key.isascii() else len(key.encode())) + (len(value) if value.isascii() else len(value.encode()))
+                size += (len(key) if key.isascii() else len(key.encode())) + (
+                    len(value) if value.isascii() else len(value.encode())
+                )
     except UnicodeEncodeError:
         raise Invalid("payload and headers must be valid Unicode (no lone surrogates)") from None
     except (AttributeError, TypeError):
@@ -143,11 +151,18 @@ def check_dependencies(index: int, deps: Any) -> None:
     for dep in deps:
         if isinstance(dep, int) and not isinstance(dep, bool):
             if not 0 <= dep < index:
-                raise Invalid(f"{where}depends_on batch index {dep} must name an earlier item of the batch "
-                              f"(0 to {index - 1})" if index else f"{where}the first item of a batch has no "
-                              "earlier item to depend on")
-        elif (isinstance(dep, (tuple, list)) and len(dep) == 2 and isinstance(dep[0], str)
-              and isinstance(dep[1], int) and not isinstance(dep[1], bool)):
+                raise Invalid(
+                    f"{where}depends_on batch index {dep} must name an earlier item of the batch (0 to {index - 1})"
+                    if index
+                    else f"{where}the first item of a batch has no earlier item to depend on"
+                )
+        elif (
+            isinstance(dep, (tuple, list))
+            and len(dep) == 2
+            and isinstance(dep[0], str)
+            and isinstance(dep[1], int)
+            and not isinstance(dep[1], bool)
+        ):
             if not INT64_MIN <= dep[1] <= INT64_MAX:
                 raise Invalid(f"{where}depends_on id must fit a 64-bit integer")
         else:
@@ -155,8 +170,15 @@ def check_dependencies(index: int, deps: Any) -> None:
 
 
 class QueueState:
-    def __init__(self, name: str, config: QueueConfig, secret: bytes, created_at: int,
-                 outbox: ArchiveOutbox | None = None, links: Links | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: QueueConfig,
+        secret: bytes,
+        created_at: int,
+        outbox: ArchiveOutbox | None = None,
+        links: Links | None = None,
+    ) -> None:
         self.name = name
         self.outbox = outbox  # the engine's archive outbox; used while config.archive is on
         self._init_later()
@@ -178,7 +200,15 @@ class QueueState:
         self.acked_purge: list[tuple[int, int]] = []
         self.dedup: dict[str, tuple[int, int]] = {}  # key -> (id, expires_at)
         self.dedup_purge: list[tuple[int, str]] = []
-        self.totals = {"enqueued": 0, "dequeued": 0, "acked": 0, "nacked": 0, "expired": 0, "dead_lettered": 0, "released": 0}
+        self.totals = {
+            "enqueued": 0,
+            "dequeued": 0,
+            "acked": 0,
+            "nacked": 0,
+            "expired": 0,
+            "dead_lettered": 0,
+            "released": 0,
+        }
 
     def _init_later(self) -> None:
         """State added after the first builds, fresh; a snapshot of an older build gets these."""
@@ -236,8 +266,19 @@ class QueueState:
 
     def next_deadline(self) -> int | None:
         """The earliest time at which a Tick would change something here."""
-        tops = [h[0][0] for h in (self.delays, self.leases, self.dead_purge, self.acked_purge, self.dedup_purge,
-                                  self.expiries, self.cancelled_purge) if h]
+        tops = [
+            h[0][0]
+            for h in (
+                self.delays,
+                self.leases,
+                self.dead_purge,
+                self.acked_purge,
+                self.dedup_purge,
+                self.expiries,
+                self.cancelled_purge,
+            )
+            if h
+        ]
         if self.throttled_until is not None:
             tops.append(self.throttled_until)
         job = self.redrive_job
@@ -447,7 +488,9 @@ class QueueState:
         for i, m in enumerate(cmd.messages):
             priority = cfg.default_priority if m.priority is None else m.priority
             if cfg.policy == WEIGHTED and priority not in cfg.weights:
-                raise Invalid(f"priority {priority} is not a class of weighted queue {self.name!r}: {sorted(cfg.weights)}")
+                raise Invalid(
+                    f"priority {priority} is not a class of weighted queue {self.name!r}: {sorted(cfg.weights)}"
+                )
             group = m.group or "default"
             if len(group) > GROUP_MAX_LEN:
                 raise Invalid(f"group is longer than {GROUP_MAX_LEN} characters")
@@ -541,9 +584,14 @@ class QueueState:
             else:
                 key = (dep[0], dep[1])
             if self._dependency_status(key) is None:
-                raise NotFound(f"dependency {key[0]}/{key[1]} not found" + (
-                    "" if key[0] == self.name or (self.links is not None and key[0] in self.links.queues)
-                    else f": there is no queue {key[0]!r}"))
+                raise NotFound(
+                    f"dependency {key[0]}/{key[1]} not found"
+                    + (
+                        ""
+                        if key[0] == self.name or (self.links is not None and key[0] in self.links.queues)
+                        else f": there is no queue {key[0]!r}"
+                    )
+                )
             out.append(key)
         return out
 
@@ -553,8 +601,9 @@ class QueueState:
             return message_status(self, key[1])
         return links.status(key[0], key[1])
 
-    def _wait_for(self, msg: Message, deps: list[Any], out: list[tuple[int, bool]], at: int, now: int,
-                  woke: set[str]) -> None:
+    def _wait_for(
+        self, msg: Message, deps: list[Any], out: list[tuple[int, bool]], at: int, now: int, woke: set[str]
+    ) -> None:
         """A new message with dependencies: waiting while any is unfinished, failed at once when one
         already failed, else queued as usual."""
         keys: dict[tuple[str, int], None] = {}
@@ -805,7 +854,9 @@ class QueueState:
         if not INT64_MIN <= cmd.priority <= INT64_MAX:
             raise Invalid(f"priority must be between {INT64_MIN} and {INT64_MAX}")
         if cfg.policy == WEIGHTED and cmd.priority not in cfg.weights:
-            raise Invalid(f"priority {cmd.priority} is not a class of weighted queue {self.name!r}: {sorted(cfg.weights)}")
+            raise Invalid(
+                f"priority {cmd.priority} is not a class of weighted queue {self.name!r}: {sorted(cfg.weights)}"
+            )
         if msg.priority == cmd.priority:
             return
         if msg.state == READY:
@@ -871,11 +922,20 @@ class QueueState:
             raise Invalid("redrive rate must be a whole number of messages per second, at least 1")
         job = self.redrive_job
         if job is not None and job["state"] == "running":
-            raise Conflict(f"queue {self.name!r} is already redriving ({job['moved']} of {job['total']} moved); "
-                           "stop that job first")
+            raise Conflict(
+                f"queue {self.name!r} is already redriving ({job['moved']} of {job['total']} moved); "
+                "stop that job first"
+            )
         # ids: what is left to move, in order; done: how many of the ids were taken (moved or gone)
-        job = self.redrive_job = {"rate": rate, "total": len(ids), "moved": 0, "done": 0, "started_at": now,
-                                  "state": "running", "ids": ids}
+        job = self.redrive_job = {
+            "rate": rate,
+            "total": len(ids),
+            "moved": 0,
+            "done": 0,
+            "started_at": now,
+            "state": "running",
+            "ids": ids,
+        }
         self._redrive_step(job, now, woke)
         return _job_status(job)
 
@@ -927,10 +987,21 @@ class QueueState:
         if rec is not None:
             acked_at, deliveries, result = rec
             return MessageInfo(
-                id=mid, queue=self.name, state="acked", priority=None, group=None,
-                deliveries=deliveries, enqueued_at=None, available_at=None,
-                lease_expires_at=None, last_error=None, result=result, headers=None,
-                dedup_key=None, payload=None, acked_at=acked_at,
+                id=mid,
+                queue=self.name,
+                state="acked",
+                priority=None,
+                group=None,
+                deliveries=deliveries,
+                enqueued_at=None,
+                available_at=None,
+                lease_expires_at=None,
+                last_error=None,
+                result=result,
+                headers=None,
+                dedup_key=None,
+                payload=None,
+                acked_at=acked_at,
             )
         raise NotFound(f"message {mid} not found in queue {self.name!r}")
 
@@ -947,8 +1018,10 @@ class QueueState:
         cap = cfg.group_max_inflight
         eligible = None
         if cfg.fair_groups and cap is not None:
+
             def eligible(slot: str) -> bool:
                 return inflight.get(slot, 0) < cap
+
         group_weights = cfg.group_weights if cfg.fair_groups and cfg.group_weights else None
         out = []
         for _ in range(limit):

@@ -104,12 +104,7 @@ class Level:
             heap = self.heaps[slot]
             while heap:
                 msg = messages.get(heap[0])
-                if (
-                    msg is not None
-                    and msg.state == READY
-                    and msg.priority == self.priority
-                    and slot_of(msg) == slot
-                ):
+                if msg is not None and msg.state == READY and msg.priority == self.priority and slot_of(msg) == slot:
                     break
                 heapq.heappop(heap)
             if not heap:
@@ -122,7 +117,9 @@ class Level:
             return messages[heapq.heappop(heap)]
         return None
 
-    def head_ids(self, slot: str, messages: dict[int, Message], slot_of: Callable[[Message], str], limit: int) -> list[int]:
+    def head_ids(
+        self, slot: str, messages: dict[int, Message], slot_of: Callable[[Message], str], limit: int
+    ) -> list[int]:
         """The `limit` oldest ready ids of one group slot, read without changing the heap.
 
         Walks the heap as the tree it is, smallest first (a heap of (id, position) candidates), so
@@ -183,8 +180,13 @@ class ReadySet:
     def __len__(self) -> int:
         return sum(self.levels[p].ready for p in self.active)
 
-    def _take(self, level: Level, messages: dict[int, Message], eligible: Callable[[str], bool] | None,
-              group_weights: dict[str, int] | None = None) -> Message | None:
+    def _take(
+        self,
+        level: Level,
+        messages: dict[int, Message],
+        eligible: Callable[[str], bool] | None,
+        group_weights: dict[str, int] | None = None,
+    ) -> Message | None:
         msg = level.pop(messages, self.slot_of, eligible, group_weights)
         if msg is not None:
             level.ready -= 1
@@ -192,17 +194,25 @@ class ReadySet:
                 self._deactivate(level)
         return msg
 
-    def take_strict(self, messages: dict[int, Message], eligible: Callable[[str], bool] | None,
-                    group_weights: dict[str, int] | None = None) -> Message | None:
+    def take_strict(
+        self,
+        messages: dict[int, Message],
+        eligible: Callable[[str], bool] | None,
+        group_weights: dict[str, int] | None = None,
+    ) -> Message | None:
         for priority in list(self.active):
             msg = self._take(self.levels[priority], messages, eligible, group_weights)
             if msg is not None:
                 return msg
         return None
 
-    def take_weighted(self, messages: dict[int, Message], weights: dict[int, int],
-                      eligible: Callable[[str], bool] | None,
-                      group_weights: dict[str, int] | None = None) -> Message | None:
+    def take_weighted(
+        self,
+        messages: dict[int, Message],
+        weights: dict[int, int],
+        eligible: Callable[[str], bool] | None,
+        group_weights: dict[str, int] | None = None,
+    ) -> Message | None:
         """Smooth weighted round robin over the non-empty classes.
 
         A priority without a configured weight (left over from a policy change) gets weight 1.
@@ -232,7 +242,7 @@ class ReadySet:
             candidates.remove(best)
         return None
 
-    def shadow(self, messages: dict[int, Message], limit: int) -> "ReadySet":
+    def shadow(self, messages: dict[int, Message], limit: int) -> ReadySet:
         """A throwaway copy holding at most `limit` ready ids per group slot, so a look ahead can
         run the real selection (`take_*`) without touching this set."""
         new = ReadySet(self.fair)
@@ -258,7 +268,7 @@ class ReadySet:
                     best = head[0]
         return best
 
-    def rebuilt(self, fair: bool, ready_messages: Iterable[Message]) -> "ReadySet":
+    def rebuilt(self, fair: bool, ready_messages: Iterable[Message]) -> ReadySet:
         new = ReadySet(fair)
         for msg in ready_messages:
             new.add(msg)

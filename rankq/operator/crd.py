@@ -68,8 +68,13 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
         if out.get("x-kubernetes-preserve-unknown-fields"):
             out.pop("additionalProperties", None)
-        if defaulted_object and out.get("type") == "object" and "properties" in out and "default" not in out \
-                and not out.get("required"):
+        if (
+            defaulted_object
+            and out.get("type") == "object"
+            and "properties" in out
+            and "default" not in out
+            and not out.get("required")
+        ):
             out["default"] = {}
         # Field order: type first, then the rest as pydantic gave them, for a readable diff.
         if "type" in out:
@@ -120,31 +125,35 @@ def build_crd() -> dict[str, Any]:
                 "shortNames": list(m.SHORT_NAMES),
                 "categories": ["rankq"],
             },
-            "versions": [{
-                "name": m.VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.selector",
+            "versions": [
+                {
+                    "name": m.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
                     },
-                },
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "A replicated RankQ queue: a Raft group of servers behind a leader-only Service.",
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema(),
-                        "status": status_schema(),
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A replicated RankQ queue: a Raft group of servers behind a leader-only Service.",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 

@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger("rankq.operator.metrics")
@@ -52,6 +52,7 @@ class BadSelector(Exception):
 
 # ---- pure: bodies ---------------------------------------------------------------------------------
 
+
 def discovery() -> dict[str, Any]:
     """`GET /apis/external.metrics.k8s.io/v1beta1`: the metrics this API serves."""
     return {
@@ -73,12 +74,19 @@ def api_group() -> dict[str, Any]:
 
 def status(code: int, reason: str, message: str) -> dict[str, Any]:
     """A Kubernetes `Status` error body, which kubectl and the HPA print as the reason."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def rfc3339(at: float) -> str:
-    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def value_list(metric: str, queue: str, value: int, at: float) -> dict[str, Any]:
@@ -87,8 +95,14 @@ def value_list(metric: str, queue: str, value: int, at: float) -> dict[str, Any]
         "kind": "ExternalMetricValueList",
         "apiVersion": GROUP_VERSION,
         "metadata": {},
-        "items": [{"metricName": metric, "metricLabels": {QUEUE_LABEL: queue}, "timestamp": rfc3339(at),
-                   "value": str(int(value))}],
+        "items": [
+            {
+                "metricName": metric,
+                "metricLabels": {QUEUE_LABEL: queue},
+                "timestamp": rfc3339(at),
+                "value": str(int(value)),
+            }
+        ],
     }
 
 
@@ -136,8 +150,9 @@ def server_ssl_context(tls: ServingTLS) -> ssl.SSLContext:
 class ExternalMetricsServer:
     """aiohttp HTTPS server for the external metrics API; values cached for at most `max_age` s."""
 
-    def __init__(self, source: BacklogSource, tls: ServingTLS, host: str = "0.0.0.0", port: int = 6443,
-                 max_age: float = 1.0) -> None:
+    def __init__(
+        self, source: BacklogSource, tls: ServingTLS, host: str = "0.0.0.0", port: int = 6443, max_age: float = 1.0
+    ) -> None:
         self.source = source
         self.tls = tls
         self.host = host
@@ -174,14 +189,18 @@ class ExternalMetricsServer:
             namespace = request.match_info["namespace"]
             metric = request.match_info["metric"]
             if metric not in METRICS:
-                return answer(status(404, "NotFound", f"no external metric {metric!r}; this API serves {', '.join(METRICS)}"), 404)
+                return answer(
+                    status(404, "NotFound", f"no external metric {metric!r}; this API serves {', '.join(METRICS)}"), 404
+                )
             try:
                 labels = parse_selector(request.query.get("labelSelector", ""))
             except BadSelector as err:
                 return answer(status(400, "BadRequest", str(err)), 400)
             queue = labels.get(QUEUE_LABEL)
             if not queue:
-                return answer(status(400, "BadRequest", f"select the queue with labelSelector={QUEUE_LABEL}=<name>"), 400)
+                return answer(
+                    status(400, "BadRequest", f"select the queue with labelSelector={QUEUE_LABEL}=<name>"), 400
+                )
             try:
                 value = await self.backlog(namespace, queue, labels.get(INCLUDE_DELAYED_LABEL) == "true")
             except MetricNotFound as err:

@@ -44,8 +44,9 @@ class GroupClients:
                 client = AsyncClient(url, timeout=timeout, retries=0, token=self.token)
             else:  # the CA arrives as PEM from a Secret, not as a file: a transport that trusts it
                 headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-                transport = HttpTransport(url, timeout=timeout, headers=headers,
-                                          verify=ssl.create_default_context(cadata=self.ca))
+                transport = HttpTransport(
+                    url, timeout=timeout, headers=headers, verify=ssl.create_default_context(cadata=self.ca)
+                )
                 client = AsyncClient(url, timeout=timeout, retries=0, transport=transport)
             self._clients[(url, timeout)] = client
         return client

@@ -21,7 +21,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -49,9 +49,14 @@ CHECK_DEGRADED = 10.0
 # Label filters: a value or kopf.PRESENT (whose type kopf does not export).
 APP: dict[str, Any] = {"app.kubernetes.io/name": "rankq", specs.QUEUE_LABEL: kopf.PRESENT}
 WORKERS: dict[str, Any] = {"app.kubernetes.io/name": worker_specs.WORKER_NAME, specs.QUEUE_LABEL: kopf.PRESENT}
-CHILDREN = [("", "v1", "services"), ("", "v1", "configmaps"), ("", "v1", "serviceaccounts"),
-            ("policy", "v1", "poddisruptionbudgets"), ("rbac.authorization.k8s.io", "v1", "roles"),
-            ("rbac.authorization.k8s.io", "v1", "rolebindings")]
+CHILDREN = [
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "serviceaccounts"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+]
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Wake:
 
 async def first(awaitable: Any, stopped: Any, timeout: float | None = None) -> bool:
     """Await `awaitable` unless kopf's `stopped` flag is raised first; False on stop or timeout."""
+
     async def until_stopped() -> None:
         await stopped.wait()
 
@@ -150,8 +156,10 @@ class Operator:
         cm = await self.kube.get("ConfigMap", "kube-system", "extension-apiserver-authentication")
         pem = ((cm or {}).get("data") or {}).get("requestheader-client-ca-file")
         if not pem:
-            raise kopf.PermanentError("kube-system/extension-apiserver-authentication has no requestheader-client-ca-file: "
-                                      "the cluster's aggregation layer is not set up")
+            raise kopf.PermanentError(
+                "kube-system/extension-apiserver-authentication has no requestheader-client-ca-file: "
+                "the cluster's aggregation layer is not set up"
+            )
         with tempfile.NamedTemporaryFile("w", suffix=".crt", delete=False) as fh:
             fh.write(pem)
         return fh.name
@@ -165,8 +173,9 @@ class Operator:
                 if value is None:
                     raise external_metrics.MetricUnavailable(f"the leader of Queue {namespace}/{name} does not answer")
                 return value
-        raise external_metrics.MetricNotFound(f"no Queue {queue!r} in namespace {namespace!r} (or this operator "
-                                              f"instance does not lead)")
+        raise external_metrics.MetricNotFound(
+            f"no Queue {queue!r} in namespace {namespace!r} (or this operator instance does not lead)"
+        )
 
     async def stop(self) -> None:
         if self.metrics:
@@ -203,16 +212,21 @@ class Operator:
 
     async def _try_lease(self, me: str, ns: str) -> bool:
         assert self.kube is not None
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         spec = {"holderIdentity": me, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": stamp}
         # While holding it, renew from our last write (one request); a 409 means someone else wrote.
         lease = self.lease if self.leading.is_set() and self.lease else await self.kube.get("Lease", ns, LEASE_NAME)
         if lease is None:
             try:
-                self.lease = await self.kube.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                                                     "metadata": {"name": LEASE_NAME, "namespace": ns},
-                                                     "spec": {**spec, "acquireTime": stamp}})
+                self.lease = await self.kube.create(
+                    {
+                        "apiVersion": "coordination.k8s.io/v1",
+                        "kind": "Lease",
+                        "metadata": {"name": LEASE_NAME, "namespace": ns},
+                        "spec": {**spec, "acquireTime": stamp},
+                    }
+                )
                 return True
             except KubeError as err:
                 if code(err) == 409:
@@ -230,8 +244,12 @@ class Operator:
             spec["acquireTime"] = stamp
         try:
             # The resourceVersion we read is a precondition: a concurrent taker makes this fail with 409.
-            self.lease = await self.kube.merge_patch("Lease", ns, LEASE_NAME, {
-                "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]}, "spec": spec})
+            self.lease = await self.kube.merge_patch(
+                "Lease",
+                ns,
+                LEASE_NAME,
+                {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]}, "spec": spec},
+            )
             return True
         except KubeError as err:
             self.lease = None
@@ -245,16 +263,28 @@ class Operator:
         try:
             lease = await self.kube.get("Lease", self.settings.namespace, LEASE_NAME)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.settings.identity:
-                await self.kube.merge_patch("Lease", self.settings.namespace, LEASE_NAME, {
-                    "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
-                    "spec": {"holderIdentity": None}})
+                await self.kube.merge_patch(
+                    "Lease",
+                    self.settings.namespace,
+                    LEASE_NAME,
+                    {
+                        "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                        "spec": {"holderIdentity": None},
+                    },
+                )
         except Exception:  # noqa: BLE001 - best effort on the way out
             pass
 
     # -- one daemon per Queue --
 
-    async def run_queue(self, body: kopf.Body, pods: kopf.Index, statefulsets: kopf.Index, stopped: Any,
-                        deployments: kopf.Index | None = None) -> None:
+    async def run_queue(
+        self,
+        body: kopf.Body,
+        pods: kopf.Index,
+        statefulsets: kopf.Index,
+        stopped: Any,
+        deployments: kopf.Index | None = None,
+    ) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         wake = self.wakes[key] = Wake()
@@ -273,13 +303,17 @@ class Operator:
                 sts = next(iter(statefulsets.get(key, [])), None)
                 try:
                     workers = copy.deepcopy(list(deployments.get(key, []))) if deployments is not None else []
-                    settled = await controller.tick(plain, copy.deepcopy(sts), copy.deepcopy(list(pods.get(key, []))),
-                                                    full, workers)
+                    settled = await controller.tick(
+                        plain, copy.deepcopy(sts), copy.deepcopy(list(pods.get(key, []))), full, workers
+                    )
                 except Exception:  # noqa: BLE001 - a bug must not end the daemon; it is logged and retried
                     log.exception("%s/%s: reconcile failed", *key)
                     settled = False
-                if controller.degraded and controller.degraded[0] == "KubernetesError" and \
-                        await self.kube.get("Queue", *key) is None:
+                if (
+                    controller.degraded
+                    and controller.degraded[0] == "KubernetesError"
+                    and await self.kube.get("Queue", *key) is None
+                ):
                     break  # deleted behind kopf's back (its finalizer removed by hand)
                 interval = next_check(interval, settled, controller)
                 if await wake.wait(interval, stopped):
@@ -331,7 +365,8 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
         # Handler progress in annotations: the Queue's status is ours, and its schema is structural.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration")
+            prefix=GROUP, key="last-handled-configuration"
+        )
         settings.posting.level = logging.WARNING
         settings.posting.reporting_component = "rankq-operator"
         # Resources are resolved once through discovery: no need to watch CRDs (least privilege).
@@ -354,8 +389,9 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
     async def queue_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, **indexes: Any) -> None:
         # kopf passes its indexes as keyword arguments named by index id; its callback types
         # cannot name them, so they are taken from the keywords.
-        await state.run_queue(body, indexes["rankq_pods"], indexes["rankq_statefulsets"], stopped,
-                              indexes["rankq_worker_deployments"])
+        await state.run_queue(
+            body, indexes["rankq_pods"], indexes["rankq_statefulsets"], stopped, indexes["rankq_worker_deployments"]
+        )
 
     # -- what the Queue owns --
 
@@ -368,14 +404,18 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
         return {(namespace, name): _plain(body)}
 
     @kopf.index("apps", "v1", "deployments", labels=WORKERS, registry=registry, id="rankq_worker_deployments")
-    def rankq_worker_deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def rankq_worker_deployments(
+        namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
         return {(namespace, _queue_of(labels)): _plain(body)}
 
     @kopf.on.event("apps", "v1", "deployments", labels=WORKERS, registry=registry)
-    def worker_deployment_event(event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
-                                **_: Any) -> None:
-        moved = event.get("type") == "DELETED" or \
-            body.get("metadata", {}).get("generation") != (body.get("status") or {}).get("observedGeneration")
+    def worker_deployment_event(
+        event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    ) -> None:
+        moved = event.get("type") == "DELETED" or body.get("metadata", {}).get("generation") != (
+            body.get("status") or {}
+        ).get("observedGeneration")
         state.wake(namespace, _queue_of(labels), full=moved)
 
     @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=WORKERS, registry=registry)
@@ -387,14 +427,17 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
         state.wake(namespace, _queue_of(labels), full=False)
 
     @kopf.on.event("apps", "v1", "statefulsets", labels=APP, registry=registry)
-    def statefulset_event(event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
-                          **_: Any) -> None:
+    def statefulset_event(
+        event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    ) -> None:
         # Only our own spec (or its removal) needs the children compared; status moves need a check.
-        moved = event.get("type") == "DELETED" or \
-            body.get("metadata", {}).get("generation") != (body.get("status") or {}).get("observedGeneration")
+        moved = event.get("type") == "DELETED" or body.get("metadata", {}).get("generation") != (
+            body.get("status") or {}
+        ).get("observedGeneration")
         state.wake(namespace, _queue_of(labels), full=moved)
 
     for group, version, plural in CHILDREN + [("", "v1", "secrets")]:
+
         @kopf.on.event(group, version, plural, labels=APP, registry=registry, id=f"child-{plural}")
         def child_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
             state.wake(namespace, _queue_of(labels), full=True)
@@ -414,10 +457,12 @@ def register(settings: Settings) -> kopf.OperatorRegistry:
 
 def run(settings: Settings, namespaces: list[str] | None = None, liveness: str | None = None) -> None:
     registry = register(settings)
-    asyncio.run(kopf.operator(
-        registry=registry,
-        standalone=True,  # no kopf peering: the Lease above decides who acts
-        clusterwide=not namespaces,
-        namespaces=namespaces or (),
-        liveness_endpoint=liveness,
-    ))
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=True,  # no kopf peering: the Lease above decides who acts
+            clusterwide=not namespaces,
+            namespaces=namespaces or (),
+            liveness_endpoint=liveness,
+        )
+    )

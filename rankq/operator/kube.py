@@ -8,15 +8,15 @@ Reads of pods and StatefulSets mostly come from kopf's watch-fed indexes instead
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from lightkube import ApiError, AsyncClient, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.batch_v1 import CronJob
+from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
@@ -29,16 +29,28 @@ FIELD_MANAGER = "rankq-operator"
 Queue = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 # KEDA's kinds, for pools with autoscaling.provider keda (a cluster without KEDA answers 404).
 ScaledObject = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
-TriggerAuthentication = create_namespaced_resource("keda.sh", "v1alpha1", "TriggerAuthentication",
-                                                   "triggerauthentications")
+TriggerAuthentication = create_namespaced_resource(
+    "keda.sh", "v1alpha1", "TriggerAuthentication", "triggerauthentications"
+)
 
 KINDS: dict[str, Any] = {
-    "ServiceAccount": ServiceAccount, "Secret": Secret, "ConfigMap": ConfigMap, "Service": Service,
-    "Pod": Pod, "Role": Role, "RoleBinding": RoleBinding, "StatefulSet": StatefulSet,
-    "PodDisruptionBudget": PodDisruptionBudget, "Lease": Lease, KIND: Queue,
-    "Deployment": Deployment, "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
-    "ScaledObject": ScaledObject, "TriggerAuthentication": TriggerAuthentication,
-    "CronJob": CronJob, "PersistentVolumeClaim": PersistentVolumeClaim,
+    "ServiceAccount": ServiceAccount,
+    "Secret": Secret,
+    "ConfigMap": ConfigMap,
+    "Service": Service,
+    "Pod": Pod,
+    "Role": Role,
+    "RoleBinding": RoleBinding,
+    "StatefulSet": StatefulSet,
+    "PodDisruptionBudget": PodDisruptionBudget,
+    "Lease": Lease,
+    KIND: Queue,
+    "Deployment": Deployment,
+    "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
+    "ScaledObject": ScaledObject,
+    "TriggerAuthentication": TriggerAuthentication,
+    "CronJob": CronJob,
+    "PersistentVolumeClaim": PersistentVolumeClaim,
 }
 
 KubeError = ApiError  # lightkube's error: `.status.code` is the HTTP status
@@ -49,7 +61,7 @@ def code(err: ApiError) -> int:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -79,8 +91,17 @@ class Kube:
     async def apply(self, obj: dict) -> dict:
         """Server-side apply as the operator's field manager (fields it stops sending are removed)."""
         meta = obj["metadata"]
-        return _plain(await self.client.patch(KINDS[obj["kind"]], meta["name"], obj, namespace=meta["namespace"],
-                                              patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER, force=True))
+        return _plain(
+            await self.client.patch(
+                KINDS[obj["kind"]],
+                meta["name"],
+                obj,
+                namespace=meta["namespace"],
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+        )
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict, status: bool = False) -> dict:
         res = KINDS[kind].Status if status else KINDS[kind]

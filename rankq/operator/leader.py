@@ -42,8 +42,12 @@ def choose_leader(answers: dict[str, dict[str, Any]]) -> str | None:
         return None
     newest = max(a.get("term", 0) for a in answers.values())
     for pod, status in answers.items():
-        if (status.get("term") == newest and status.get("leader") == pod and status.get("self") == pod
-                and status.get("has_quorum") is not False):
+        if (
+            status.get("term") == newest
+            and status.get("leader") == pod
+            and status.get("self") == pod
+            and status.get("has_quorum") is not False
+        ):
             return pod
     return None
 
@@ -79,7 +83,9 @@ async def observe(group: GroupClients, endpoints: Endpoints, q: QueueResource, p
     return obs
 
 
-async def apply_roles(kube: Kube, q: QueueResource, pods: list[dict[str, Any]], leader: str | None) -> list[tuple[str, str]]:
+async def apply_roles(
+    kube: Kube, q: QueueResource, pods: list[dict[str, Any]], leader: str | None
+) -> list[tuple[str, str]]:
     changes = role_changes(pods, leader)
     for name, role in changes:
         try:

@@ -39,8 +39,15 @@ def ordinal(pod: str) -> int:
     return int(tail) if tail.isdigit() else 1 << 30
 
 
-def plan_scale(name: str, target: int, sts_replicas: int, members: set[str] | None, leader: str | None,
-               healthy: set[str], answering: set[str]) -> Action:
+def plan_scale(
+    name: str,
+    target: int,
+    sts_replicas: int,
+    members: set[str] | None,
+    leader: str | None,
+    healthy: set[str],
+    answering: set[str],
+) -> Action:
     """One step towards `target` members.
 
     members: ids (pod names) in the group per the leader; None when no leader is known.
@@ -69,7 +76,9 @@ def plan_scale(name: str, target: int, sts_replicas: int, members: set[str] | No
         # elections of its own and (Raft without pre-vote) would depose the leader again and again.
         last = f"{name}-{sts_replicas - 1}"
         if expected - healthy:
-            return Action("wait", reason=f"waiting for {', '.join(sorted(expected - healthy, key=ordinal))} to catch up")
+            return Action(
+                "wait", reason=f"waiting for {', '.join(sorted(expected - healthy, key=ordinal))} to catch up"
+            )
         if last == leader:
             return Action("transfer_leader", pod=last, reason=f"move leadership off {last} before stopping it")
         return Action("set_replicas", replicas=sts_replicas - 1, reason=f"scale down to {sts_replicas - 1}")
@@ -84,15 +93,25 @@ def plan_scale(name: str, target: int, sts_replicas: int, members: set[str] | No
                 # Too few members answer to commit the change without the new one (a lone
                 # node, say): start its pod first (a non-member cannot reach the others), then
                 # add it while it answers.
-                return Action("set_replicas", replicas=sts_replicas + 1,
-                              reason=f"start {growing} before adding it: the group needs it to commit the change")
+                return Action(
+                    "set_replicas",
+                    replicas=sts_replicas + 1,
+                    reason=f"start {growing} before adding it: the group needs it to commit the change",
+                )
             return Action("add_member", pod=growing, reason=f"add {growing} to the group")
         return Action("set_replicas", replicas=sts_replicas + 1, reason=f"scale up to {sts_replicas + 1}")
     return Action("done")
 
 
-def plan_rollout(pods: dict[str, str | None], update_revision: str | None, leader: str | None,
-                 healthy: set[str], ready: set[str], terminating: set[str], replicas: int) -> Action:
+def plan_rollout(
+    pods: dict[str, str | None],
+    update_revision: str | None,
+    leader: str | None,
+    healthy: set[str],
+    ready: set[str],
+    terminating: set[str],
+    replicas: int,
+) -> Action:
     """One step of a rolling update.
 
     pods: pod name -> controller revision (None: not labelled yet); healthy: members the leader
@@ -114,5 +133,9 @@ def plan_rollout(pods: dict[str, str | None], update_revision: str | None, leade
     if followers:
         return Action("delete_pod", pod=followers[0], reason=f"restart {followers[0]} on the new revision")
     updated = sorted((p for p in pods if p not in old), key=ordinal)
-    return Action("transfer_leader", pod=leader, to=updated[0] if updated else None,
-                  reason=f"move leadership off {leader} before restarting it")
+    return Action(
+        "transfer_leader",
+        pod=leader,
+        to=updated[0] if updated else None,
+        reason=f"move leadership off {leader} before restarting it",
+    )

@@ -88,26 +88,51 @@ def self_signed_tls(names: list[str], days: int = 3650) -> dict[str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rankq CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     return {
         "tls.crt": cert.public_bytes(pem).decode(),
@@ -123,14 +148,25 @@ def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
 
 # ---- conditions and status ---------------------------------------------------------------------
 
-def condition(type_: str, ok: bool, reason: str, message: str, generation: int | None,
-              previous: list[dict[str, Any]] | None) -> dict[str, Any]:
+
+def condition(
+    type_: str, ok: bool, reason: str, message: str, generation: int | None, previous: list[dict[str, Any]] | None
+) -> dict[str, Any]:
     status = "True" if ok else "False"
     before = next((c for c in previous or [] if c.get("type") == type_), None)
-    since = before["lastTransitionTime"] if before and before.get("status") == status and \
-        before.get("lastTransitionTime") else now_iso()
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since, "observedGeneration": generation}
+    since = (
+        before["lastTransitionTime"]
+        if before and before.get("status") == status and before.get("lastTransitionTime")
+        else now_iso()
+    )
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
 
 
 def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
@@ -138,6 +174,7 @@ def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
 
 
 # ---- the controller -------------------------------------------------------------------------------
+
 
 class QueueController:
     """Reconciles one Queue; `tick()` is called by the Queue's kopf daemon with the latest body."""
@@ -192,14 +229,19 @@ class QueueController:
 
     async def reconcile_children(self, body: dict, q: QueueResource, members: int) -> None:
         auth = q.spec.auth
-        for field, ref in (("secretRef", auth.secret_ref), ("produce", auth.produce), ("consume", auth.consume),
-                           ("admin", auth.admin)):
+        for field, ref in (
+            ("secretRef", auth.secret_ref),
+            ("produce", auth.produce),
+            ("consume", auth.consume),
+            ("admin", auth.admin),
+        ):
             if ref is not None:
                 await self.secret_value(q, ref.name, ref.key, f"spec.auth.{field}")
         token = ""
         if specs.generates_token(q):
-            token = (await self.secret_value(q, specs.token_secret_name(q), specs.TOKEN_KEY, None)
-                     or secrets.token_urlsafe(32))
+            token = await self.secret_value(
+                q, specs.token_secret_name(q), specs.TOKEN_KEY, None
+            ) or secrets.token_urlsafe(32)
         else:
             ref = specs.operator_token_ref(q)
             token = await self.secret_value(q, ref.name, ref.key, "spec.auth") or ""
@@ -217,8 +259,10 @@ class QueueController:
         elif tls_name:
             ca = await self.secret_value(q, tls_name, "ca.crt", None)
             if ca is None:
-                raise Unrealisable("TLSSecretMissing", f"spec.tls.secretName names {tls_name}, which has no ca.crt "
-                                                       f"(it needs tls.crt, tls.key and ca.crt)")
+                raise Unrealisable(
+                    "TLSSecretMissing",
+                    f"spec.tls.secretName names {tls_name}, which has no ca.crt (it needs tls.crt, tls.key and ca.crt)",
+                )
             await self.group.trust(ca)
         else:
             await self.group.trust(None)
@@ -228,8 +272,11 @@ class QueueController:
             meta.setdefault("annotations", {})[HASH_ANNOTATION] = spec_hash(desired)
             observed = await self.kube.get(desired["kind"], q.namespace, meta["name"])
             if observed is not None and not owned_by(observed, q.uid) and not specs.outlives_queue(observed, q):
-                raise Unrealisable("ChildConflict", f"{desired['kind']} {meta['name']} exists and is not owned by "
-                                                    f"this Queue; rename the Queue or delete that object")
+                raise Unrealisable(
+                    "ChildConflict",
+                    f"{desired['kind']} {meta['name']} exists and is not owned by "
+                    f"this Queue; rename the Queue or delete that object",
+                )
             if not needs_apply(desired, observed):
                 continue
             if desired["kind"] == "Secret" and observed is not None:
@@ -240,8 +287,9 @@ class QueueController:
 
     # -- one tick --
 
-    async def tick(self, body: dict, sts: dict | None, pods: list[dict], full: bool,
-                   deployments: list[dict] | None = None) -> bool:
+    async def tick(
+        self, body: dict, sts: dict | None, pods: list[dict], full: bool, deployments: list[dict] | None = None
+    ) -> bool:
         """One pass; `sts`, `pods` and the worker `deployments` as the watches last reported them.
         True when settled."""
         q = QueueResource.from_body(body)
@@ -280,18 +328,27 @@ class QueueController:
         obs = await leader_mod.observe(self.group, self.endpoints, q, live)
         changes = await leader_mod.apply_roles(self.kube, q, pods, obs.leader)
         self.acted = self.acted or bool(changes)
-        seen = (obs.leader, sorted(obs.answers), (obs.leader_status or {}).get("term"),
-                [(m["id"], m["role"], bool(m.get("healthy"))) for m in (obs.leader_status or {}).get("members", [])])
+        seen = (
+            obs.leader,
+            sorted(obs.answers),
+            (obs.leader_status or {}).get("term"),
+            [(m["id"], m["role"], bool(m.get("healthy"))) for m in (obs.leader_status or {}).get("members", [])],
+        )
         self.acted = self.acted or seen != self.seen
         self.seen = seen
         if obs.leader != self.last_leader:
             if obs.leader:
                 term = (obs.leader_status or {}).get("term")
-                await self.event(body, "LeaderElected", f"{obs.leader} leads (term {term}); "
-                                                        f"Service {q.name} now selects it")
+                await self.event(
+                    body, "LeaderElected", f"{obs.leader} leads (term {term}); Service {q.name} now selects it"
+                )
             elif self.last_leader:
-                await self.event(body, "LeaderLost", f"no member confirms leadership; Service {q.name} has no "
-                                                     f"endpoints until one does", warning=True)
+                await self.event(
+                    body,
+                    "LeaderLost",
+                    f"no member confirms leadership; Service {q.name} has no endpoints until one does",
+                    warning=True,
+                )
             self.last_leader = obs.leader
             self.leader_since = time.monotonic()
             self.ever_led = self.ever_led or obs.leader is not None
@@ -301,8 +358,12 @@ class QueueController:
         counts = await self.sync_queue(body, q, obs)
         if q.spec.workers or self.deployments:
             self.worker_status = await self.workers.reconcile(
-                q, self.deployments, counts, full,
-                lambda reason, message, warning=False: self.event(body, reason, message, warning))
+                q,
+                self.deployments,
+                counts,
+                full,
+                lambda reason, message, warning=False: self.event(body, reason, message, warning),
+            )
         if sts is not None:
             await self.step(body, q, sts, pods, obs)
         await self.write_status(body, q, sts, obs, pods, counts)
@@ -353,8 +414,10 @@ class QueueController:
         status = obs.leader_status
         if status is None:
             return None, set()
-        by_address = {self.endpoints.raft_address(q, specs.pod_name(q, i)): specs.pod_name(q, i)
-                      for i in range(specs.MAX_REPLICAS)}
+        by_address = {
+            self.endpoints.raft_address(q, specs.pod_name(q, i)): specs.pod_name(q, i)
+            for i in range(specs.MAX_REPLICAS)
+        }
         members, healthy = set(), set()
         for m in status["members"]:
             pod = by_address.get(m["address"], m["id"])
@@ -363,13 +426,18 @@ class QueueController:
                 healthy.add(pod)
         return members, healthy
 
-    async def step(self, body: dict, q: QueueResource, sts: dict, pods: list[dict], obs: leader_mod.Observation) -> None:
+    async def step(
+        self, body: dict, q: QueueResource, sts: dict, pods: list[dict], obs: leader_mod.Observation
+    ) -> None:
         sts_replicas = sts["spec"]["replicas"]
         members, healthy = self.member_pods(q, obs)
         action = plan_scale(q.name, q.spec.replicas, sts_replicas, members, obs.leader, healthy, set(obs.answers))
         if action.kind == "done":
-            revisions = {p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get("controller-revision-hash")
-                         for p in pods if p["metadata"].get("deletionTimestamp") is None}
+            revisions = {
+                p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get("controller-revision-hash")
+                for p in pods
+                if p["metadata"].get("deletionTimestamp") is None
+            }
             terminating = {p["metadata"]["name"] for p in pods if p["metadata"].get("deletionTimestamp")}
             ready = {p["metadata"]["name"] for p in pods if _pod_ready(p)}
             update_revision = (sts.get("status") or {}).get("updateRevision")
@@ -419,8 +487,15 @@ class QueueController:
 
     # -- status --
 
-    async def write_status(self, body: dict, q: QueueResource, sts: dict | None, obs: leader_mod.Observation | None,
-                           pods: list[dict], counts: dict | None) -> None:
+    async def write_status(
+        self,
+        body: dict,
+        q: QueueResource,
+        sts: dict | None,
+        obs: leader_mod.Observation | None,
+        pods: list[dict],
+        counts: dict | None,
+    ) -> None:
         old = body.get("status") or {}
         previous = old.get("conditions")
         gen = q.generation
@@ -429,26 +504,49 @@ class QueueController:
         leader = obs.leader if obs else None
         replicas = (sts or {}).get("spec", {}).get("replicas")
         conditions = [
-            condition("LeaderElected", leader is not None, "LeaderConfirmed" if leader else "NoLeader",
-                      f"{leader} leads" if leader else "no member confirms leadership", gen, previous),
+            condition(
+                "LeaderElected",
+                leader is not None,
+                "LeaderConfirmed" if leader else "NoLeader",
+                f"{leader} leads" if leader else "no member confirms leadership",
+                gen,
+                previous,
+            ),
         ]
         if self.degraded:
             reason, message = self.degraded
             conditions.append(condition("Degraded", True, reason, message, gen, previous))
         elif obs is not None and leader is None and pods and self.ever_led:
-            conditions.append(condition("Degraded", True, "NoQuorum",
-                                        f"{len(obs.answers)} of {len(pods)} members answer; none leads", gen, previous))
+            conditions.append(
+                condition(
+                    "Degraded",
+                    True,
+                    "NoQuorum",
+                    f"{len(obs.answers)} of {len(pods)} members answer; none leads",
+                    gen,
+                    previous,
+                )
+            )
         else:
             conditions.append(condition("Degraded", False, "AsExpected", "", gen, previous))
         if self.progress:
             conditions.append(condition("Progressing", True, self.progress[0], self.progress[1], gen, previous))
         else:
             conditions.append(condition("Progressing", False, "Reconciled", "spec carried out", gen, previous))
-        is_ready = (leader is not None and not self.degraded and replicas == q.spec.replicas
-                    and ready_pods >= q.spec.replicas)
-        conditions.insert(0, condition(
-            "Ready", is_ready, "GroupReady" if is_ready else "NotReady",
-            f"{ready_pods}/{q.spec.replicas} pods ready, leader {leader or 'unknown'}", gen, previous))
+        is_ready = (
+            leader is not None and not self.degraded and replicas == q.spec.replicas and ready_pods >= q.spec.replicas
+        )
+        conditions.insert(
+            0,
+            condition(
+                "Ready",
+                is_ready,
+                "GroupReady" if is_ready else "NotReady",
+                f"{ready_pods}/{q.spec.replicas} pods ready, leader {leader or 'unknown'}",
+                gen,
+                previous,
+            ),
+        )
         if self.degraded or (obs is not None and leader is None and pods and self.ever_led):
             phase = "Degraded"
         elif sts is None:
@@ -472,10 +570,16 @@ class QueueController:
         if obs is not None and obs.leader_status:
             st = obs.leader_status
             new["term"] = st.get("term")
-            new["members"] = [{"pod": m["id"], "address": m["address"], "role": m["role"],
-                               "healthy": bool(m.get("healthy") or m["role"] == "leader"),
-                               **({"lag": m["lag"]} if m.get("lag") is not None else {})}
-                              for m in st["members"]]
+            new["members"] = [
+                {
+                    "pod": m["id"],
+                    "address": m["address"],
+                    "role": m["role"],
+                    "healthy": bool(m.get("healthy") or m["role"] == "leader"),
+                    **({"lag": m["lag"]} if m.get("lag") is not None else {}),
+                }
+                for m in st["members"]
+            ]
         if q.spec.workers:
             new["workers"] = self.worker_status
             new["workersSummary"] = summary(self.worker_status)

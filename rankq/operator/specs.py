@@ -32,6 +32,7 @@ def spec_hash(obj: dict[str, Any]) -> str:
 
 # ---- names and labels ------------------------------------------------------------------------------
 
+
 def peer_service_name(q: QueueResource) -> str:
     return f"{q.name}-peers"
 
@@ -69,9 +70,16 @@ def token_env(q: QueueResource) -> list[tuple[str, SecretKeyRef]]:
     """(variable, Secret key) for each API token the servers accept (see rankq.server.auth.TOKEN_ENV).
     A generated token has all scopes when the CR names no token at all, else only admin."""
     auth = q.spec.auth
-    out = [(name, ref) for name, ref in (("RANKQ_API_TOKEN", auth.secret_ref), ("RANKQ_PRODUCE_TOKEN", auth.produce),
-                                        ("RANKQ_CONSUME_TOKEN", auth.consume), ("RANKQ_ADMIN_TOKEN", auth.admin))
-           if ref is not None]
+    out = [
+        (name, ref)
+        for name, ref in (
+            ("RANKQ_API_TOKEN", auth.secret_ref),
+            ("RANKQ_PRODUCE_TOKEN", auth.produce),
+            ("RANKQ_CONSUME_TOKEN", auth.consume),
+            ("RANKQ_ADMIN_TOKEN", auth.admin),
+        )
+        if ref is not None
+    ]
     if generates_token(q):
         out.append(("RANKQ_ADMIN_TOKEN" if out else "RANKQ_API_TOKEN", operator_token_ref(q)))
     return out
@@ -97,8 +105,14 @@ def http_url(q: QueueResource, pod: str) -> str:
 def tls_names(q: QueueResource) -> list[str]:
     """DNS names a generated certificate covers: every member, the client Service, and loopback
     (the pod's own preStop drain)."""
-    return [f"*.{peer_service_name(q)}.{q.namespace}.svc", f"*.{peer_service_name(q)}.{q.namespace}.svc.cluster.local",
-            f"{q.name}.{q.namespace}.svc", f"{q.name}.{q.namespace}.svc.cluster.local", q.name, "localhost"]
+    return [
+        f"*.{peer_service_name(q)}.{q.namespace}.svc",
+        f"*.{peer_service_name(q)}.{q.namespace}.svc.cluster.local",
+        f"{q.name}.{q.namespace}.svc",
+        f"{q.name}.{q.namespace}.svc.cluster.local",
+        q.name,
+        "localhost",
+    ]
 
 
 def peers_value(q: QueueResource, members: int) -> str:
@@ -135,8 +149,12 @@ def owner_reference(q: QueueResource) -> dict[str, Any]:
 
 
 def metadata(q: QueueResource, name: str, component: str, **extra: Any) -> dict[str, Any]:
-    meta = {"name": name, "namespace": q.namespace, "labels": labels(q, component),
-            "ownerReferences": [owner_reference(q)]}
+    meta = {
+        "name": name,
+        "namespace": q.namespace,
+        "labels": labels(q, component),
+        "ownerReferences": [owner_reference(q)],
+    }
     meta.update(extra)
     return meta
 
@@ -146,6 +164,7 @@ def quorum(replicas: int) -> int:
 
 
 # ---- queue settings ----------------------------------------------------------------------------------
+
 
 def queue_settings(q: QueueResource) -> dict[str, Any]:
     """The queue's settings in the server's wire format (PATCH /api/v1/queues/{name})."""
@@ -184,6 +203,7 @@ def queue_settings(q: QueueResource) -> dict[str, Any]:
 
 
 # ---- children ----------------------------------------------------------------------------------------
+
 
 def build_configmap(q: QueueResource, members: int | None = None) -> dict[str, Any]:
     """Queue settings (for people and tools) and the member list new pods start with."""
@@ -337,8 +357,10 @@ def server_env(q: QueueResource) -> list[dict[str, Any]]:
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         # Read once at container start: scaling changes the ConfigMap, not the pod template.
         {"name": "RANKQ_PEERS", "valueFrom": {"configMapKeyRef": {"name": config_name(q), "key": "peers"}}},
-        {"name": "RANKQ_RAFT_PASSWORD",
-         "valueFrom": {"secretKeyRef": {"name": raft_secret_name(q), "key": "password"}}},
+        {
+            "name": "RANKQ_RAFT_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": raft_secret_name(q), "key": "password"}},
+        },
     ]
     for name, ref in token_env(q):
         env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
@@ -354,16 +376,30 @@ def archive_group(q: QueueResource) -> str:
 
 
 def default_affinity(q: QueueResource) -> dict[str, Any]:
-    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-        "weight": 100,
-        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
-                            "labelSelector": {"matchLabels": selector_labels(q)}},
-    }]}}
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": selector_labels(q)},
+                    },
+                }
+            ]
+        }
+    }
 
 
 def default_topology_spread(q: QueueResource) -> list[dict[str, Any]]:
-    return [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
-             "labelSelector": {"matchLabels": selector_labels(q)}}]
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(q)},
+        }
+    ]
 
 
 def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str, Any]:
@@ -376,8 +412,12 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
     spec = q.spec
     replicas = spec.replicas if replicas is None else replicas
     scheme = "HTTPS" if spec.tls.enabled else "HTTP"
-    http_probe = {"httpGet": {"path": "/readyz", "port": "http", "scheme": scheme}, "periodSeconds": 2,
-                  "failureThreshold": 2, "timeoutSeconds": 1}
+    http_probe = {
+        "httpGet": {"path": "/readyz", "port": "http", "scheme": scheme},
+        "periodSeconds": 2,
+        "failureThreshold": 2,
+        "timeoutSeconds": 1,
+    }
     drain = ["rankq", "node", "drain", f"--url={scheme.lower()}://127.0.0.1:{HTTP_PORT}", f"--timeout={DRAIN_TIMEOUT}"]
     if spec.tls.enabled:
         drain.append(f"--ca={TLS_DIR}/ca.crt")
@@ -394,8 +434,12 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
             {"name": "raft", "containerPort": RAFT_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": http_probe,
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "scheme": scheme}, "periodSeconds": 10,
-                          "failureThreshold": 3, "timeoutSeconds": 2},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http", "scheme": scheme},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "timeoutSeconds": 2,
+        },
         "lifecycle": {"preStop": {"exec": {"command": drain}}},
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
     }
@@ -410,9 +454,11 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
         "securityContext": {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "fsGroup": IMAGE_UID},
         "containers": [container],
         "affinity": spec.affinity if spec.affinity is not None else default_affinity(q),
-        "topologySpreadConstraints": (spec.topology_spread_constraints
-                                      if spec.topology_spread_constraints is not None
-                                      else default_topology_spread(q)),
+        "topologySpreadConstraints": (
+            spec.topology_spread_constraints
+            if spec.topology_spread_constraints is not None
+            else default_topology_spread(q)
+        ),
     }
     if spec.tolerations:
         pod_spec["tolerations"] = spec.tolerations
@@ -439,8 +485,7 @@ def build_statefulset(q: QueueResource, replicas: int | None = None) -> dict[str
         }
         if spec.storage.storage_class_name:
             claim["storageClassName"] = spec.storage.storage_class_name
-        sts_spec["volumeClaimTemplates"] = [{"metadata": {"name": "data", "labels": selector_labels(q)},
-                                             "spec": claim}]
+        sts_spec["volumeClaimTemplates"] = [{"metadata": {"name": "data", "labels": selector_labels(q)}, "spec": claim}]
         sts_spec["persistentVolumeClaimRetentionPolicy"] = {
             "whenDeleted": "Retain" if spec.storage.keep_on_delete else "Delete",
             # A removed member must never come back with its old Raft state.
@@ -475,8 +520,11 @@ BACKUP_DIR = "/backups"
 def outlives_queue(obj: dict[str, Any], q: QueueResource) -> bool:
     """A child made without an owner on purpose (the backup volume), recognised by its labels."""
     labels_ = obj.get("metadata", {}).get("labels") or {}
-    return (obj.get("kind") == "PersistentVolumeClaim" and labels_.get("app.kubernetes.io/instance") == q.name
-            and labels_.get("app.kubernetes.io/managed-by") == MANAGED_BY)
+    return (
+        obj.get("kind") == "PersistentVolumeClaim"
+        and labels_.get("app.kubernetes.io/instance") == q.name
+        and labels_.get("app.kubernetes.io/managed-by") == MANAGED_BY
+    )
 
 
 def backup_script(q: QueueResource) -> str:
@@ -486,9 +534,11 @@ def backup_script(q: QueueResource) -> str:
     scheme = "https" if q.spec.tls.enabled else "http"
     ca = f" --ca {TLS_DIR}/ca.crt" if q.spec.tls.enabled else ""
     url = f"{scheme}://{q.name}.{q.namespace}.svc:{HTTP_PORT}"
-    return (f"set -eu; f={BACKUP_DIR}/{q.name}-$(date -u +%Y%m%dT%H%M%SZ).jsonl.gz; "
-            f"rankq --url {url}{ca} backup \"$f\"; "
-            f"ls -1t {BACKUP_DIR}/{q.name}-*.jsonl.gz | tail -n +{b.keep + 1} | xargs -r rm -f --")
+    return (
+        f"set -eu; f={BACKUP_DIR}/{q.name}-$(date -u +%Y%m%dT%H%M%SZ).jsonl.gz; "
+        f'rankq --url {url}{ca} backup "$f"; '
+        f"ls -1t {BACKUP_DIR}/{q.name}-*.jsonl.gz | tail -n +{b.keep + 1} | xargs -r rm -f --"
+    )
 
 
 def build_backup_cronjob(q: QueueResource) -> dict[str, Any]:
@@ -507,17 +557,35 @@ def build_backup_cronjob(q: QueueResource) -> dict[str, Any]:
     if q.spec.tls.enabled:
         container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": tls_secret_name(q), "defaultMode": 0o444}})
-    pod = {"restartPolicy": "OnFailure", "containers": [container], "volumes": volumes,
-           "securityContext": {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "fsGroup": IMAGE_UID}}
-    return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": metadata(q, f"{q.name}-backup", "backup"),
-            "spec": {"schedule": b.schedule, "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 3,
-                     "failedJobsHistoryLimit": 3,
-                     "jobTemplate": {"spec": {"backoffLimit": 2, "template": {
-                         "metadata": {"labels": labels(q, "backup")}, "spec": pod}}}}}
+    pod = {
+        "restartPolicy": "OnFailure",
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "fsGroup": IMAGE_UID},
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": metadata(q, f"{q.name}-backup", "backup"),
+        "spec": {
+            "schedule": b.schedule,
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "spec": {"backoffLimit": 2, "template": {"metadata": {"labels": labels(q, "backup")}, "spec": pod}}
+            },
+        },
+    }
 
 
-def build_children(q: QueueResource, members: int | None = None, password: str = "", token: str = "",
-                   tls_pem: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def build_children(
+    q: QueueResource,
+    members: int | None = None,
+    password: str = "",
+    token: str = "",
+    tls_pem: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """Every child in the order reconcile applies them (dependencies first). `token` and `tls_pem`
     are the generated API token and TLS material, used when the CR asks the operator for them."""
     generated = []

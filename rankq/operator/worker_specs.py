@@ -18,7 +18,7 @@ from typing import Any
 
 from . import external_metrics
 from .models import HTTP_PORT, QueueResource, SecretKeyRef, WorkerPoolSpec
-from .specs import QUEUE_LABEL, TLS_DIR, owner_reference, tls_secret_name, token_secret_name, TOKEN_KEY
+from .specs import QUEUE_LABEL, TLS_DIR, TOKEN_KEY, owner_reference, tls_secret_name, token_secret_name
 
 BACKLOG_METRIC = external_metrics.BACKLOG_METRIC
 POOL_LABEL = "rankq.io/pool"
@@ -37,13 +37,22 @@ def worker_selector(q: QueueResource, pool: WorkerPoolSpec) -> dict[str, str]:
 
 
 def worker_labels(q: QueueResource, pool: WorkerPoolSpec) -> dict[str, str]:
-    return {**worker_selector(q, pool), QUEUE_LABEL: q.name, "app.kubernetes.io/component": "worker",
-            "app.kubernetes.io/managed-by": "rankq-operator", "app.kubernetes.io/part-of": "rankq"}
+    return {
+        **worker_selector(q, pool),
+        QUEUE_LABEL: q.name,
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/managed-by": "rankq-operator",
+        "app.kubernetes.io/part-of": "rankq",
+    }
 
 
 def _metadata(q: QueueResource, pool: WorkerPoolSpec, name: str) -> dict[str, Any]:
-    return {"name": name, "namespace": q.namespace, "labels": worker_labels(q, pool),
-            "ownerReferences": [owner_reference(q)]}
+    return {
+        "name": name,
+        "namespace": q.namespace,
+        "labels": worker_labels(q, pool),
+        "ownerReferences": [owner_reference(q)],
+    }
 
 
 def leader_url(q: QueueResource) -> str:
@@ -66,9 +75,20 @@ def metric_selector(q: QueueResource, pool: WorkerPoolSpec) -> dict[str, str]:
 
 
 def worker_args(q: QueueResource, pool: WorkerPoolSpec) -> list[str]:
-    args = ["worker", pool.handler, "--queue", q.spec.queue_name(q.name), "--url", leader_url(q),
-            "--concurrency", str(pool.concurrency), "--drain-timeout", str(pool.drain_timeout_seconds),
-            "--metrics-port", str(METRICS_PORT)]
+    args = [
+        "worker",
+        pool.handler,
+        "--queue",
+        q.spec.queue_name(q.name),
+        "--url",
+        leader_url(q),
+        "--concurrency",
+        str(pool.concurrency),
+        "--drain-timeout",
+        str(pool.drain_timeout_seconds),
+        "--metrics-port",
+        str(METRICS_PORT),
+    ]
     if pool.visibility_timeout_seconds is not None:
         args += ["--visibility-timeout", str(pool.visibility_timeout_seconds)]
     if q.spec.tls.enabled:
@@ -86,15 +106,19 @@ def build_worker_deployment(q: QueueResource, pool: WorkerPoolSpec, replicas: in
         "imagePullPolicy": q.spec.image_pull_policy,
         "command": ["rankq"],
         "args": worker_args(q, pool),
-        "env": [{"name": "RANKQ_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}},
-                *(pool.env or [])],
+        "env": [
+            {"name": "RANKQ_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}},
+            *(pool.env or []),
+        ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10,
-                          "failureThreshold": 6},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
         "resources": pool.resources,
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
     }
     if pool.env_from:
         container["envFrom"] = pool.env_from
@@ -105,10 +129,22 @@ def build_worker_deployment(q: QueueResource, pool: WorkerPoolSpec, replicas: in
     }
     if q.spec.tls.enabled:
         container["volumeMounts"] = [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
-        pod_spec["volumes"] = [{"name": "tls", "secret": {"secretName": tls_secret_name(q), "items": [
-            {"key": "ca.crt", "path": "ca.crt"}], "defaultMode": 0o444}}]
-    for key, value in (("nodeSelector", pool.node_selector), ("tolerations", pool.tolerations),
-                       ("affinity", pool.affinity), ("serviceAccountName", pool.service_account_name)):
+        pod_spec["volumes"] = [
+            {
+                "name": "tls",
+                "secret": {
+                    "secretName": tls_secret_name(q),
+                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    "defaultMode": 0o444,
+                },
+            }
+        ]
+    for key, value in (
+        ("nodeSelector", pool.node_selector),
+        ("tolerations", pool.tolerations),
+        ("affinity", pool.affinity),
+        ("serviceAccountName", pool.service_account_name),
+    ):
         if value:
             pod_spec[key] = value
     spec: dict[str, Any] = {
@@ -118,8 +154,12 @@ def build_worker_deployment(q: QueueResource, pool: WorkerPoolSpec, replicas: in
     }
     if replicas is not None:
         spec["replicas"] = replicas
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": _metadata(q, pool, deployment_name(q, pool)), "spec": spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(q, pool, deployment_name(q, pool)),
+        "spec": spec,
+    }
 
 
 def hpa_min_replicas(pool: WorkerPoolSpec, zero_capable: bool) -> int:
@@ -134,18 +174,24 @@ def build_hpa(q: QueueResource, pool: WorkerPoolSpec, zero_capable: bool = False
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(q, pool)},
         "minReplicas": hpa_min_replicas(pool, zero_capable),
         "maxReplicas": a.max_replicas,
-        "metrics": [{
-            "type": "External",
-            "external": {
-                "metric": {"name": BACKLOG_METRIC, "selector": {"matchLabels": metric_selector(q, pool)}},
-                "target": {"type": "AverageValue", "averageValue": str(a.target_backlog_per_replica)},
-            },
-        }],
+        "metrics": [
+            {
+                "type": "External",
+                "external": {
+                    "metric": {"name": BACKLOG_METRIC, "selector": {"matchLabels": metric_selector(q, pool)}},
+                    "target": {"type": "AverageValue", "averageValue": str(a.target_backlog_per_replica)},
+                },
+            }
+        ],
     }
     if a.behavior:
         spec["behavior"] = a.behavior
-    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-            "metadata": _metadata(q, pool, deployment_name(q, pool)), "spec": spec}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(q, pool, deployment_name(q, pool)),
+        "spec": spec,
+    }
 
 
 def trigger_auth_name(q: QueueResource, pool: WorkerPoolSpec) -> str:
@@ -162,9 +208,12 @@ KEDA_TOKEN_PARAMETER = "token"
 def build_trigger_authentication(q: QueueResource, pool: WorkerPoolSpec) -> dict[str, Any]:
     """The bearer token KEDA sends: the same Secret key the pool's workers use."""
     token = worker_token_ref(q)
-    return {"apiVersion": KEDA_API, "kind": "TriggerAuthentication",
-            "metadata": _metadata(q, pool, trigger_auth_name(q, pool)),
-            "spec": {"secretTargetRef": [{"parameter": KEDA_TOKEN_PARAMETER, "name": token.name, "key": token.key}]}}
+    return {
+        "apiVersion": KEDA_API,
+        "kind": "TriggerAuthentication",
+        "metadata": _metadata(q, pool, trigger_auth_name(q, pool)),
+        "spec": {"secretTargetRef": [{"parameter": KEDA_TOKEN_PARAMETER, "name": token.name, "key": token.key}]},
+    }
 
 
 def keda_activation_target(pool: WorkerPoolSpec) -> int:
@@ -187,21 +236,31 @@ def build_scaled_object(q: QueueResource, pool: WorkerPoolSpec) -> dict[str, Any
         "minReplicaCount": a.min_replicas,
         "maxReplicaCount": a.max_replicas,
         "cooldownPeriod": a.cooldown_seconds,
-        "triggers": [{
-            "type": KEDA_TRIGGER,
-            "name": "backlog",
-            "metricType": "AverageValue",
-            "metadata": {"url": f"{leader_url(q)}/api/v1/queues/{queue}", "format": "json",
-                         "valueLocation": KEDA_VALUE_LOCATION,
-                         "targetValue": str(a.target_backlog_per_replica),
-                         "activationTargetValue": str(keda_activation_target(pool)), "authMode": "bearer"},
-            "authenticationRef": {"name": trigger_auth_name(q, pool)},
-        }],
+        "triggers": [
+            {
+                "type": KEDA_TRIGGER,
+                "name": "backlog",
+                "metricType": "AverageValue",
+                "metadata": {
+                    "url": f"{leader_url(q)}/api/v1/queues/{queue}",
+                    "format": "json",
+                    "valueLocation": KEDA_VALUE_LOCATION,
+                    "targetValue": str(a.target_backlog_per_replica),
+                    "activationTargetValue": str(keda_activation_target(pool)),
+                    "authMode": "bearer",
+                },
+                "authenticationRef": {"name": trigger_auth_name(q, pool)},
+            }
+        ],
     }
     if a.behavior:
         spec["advanced"] = {"horizontalPodAutoscalerConfig": {"behavior": a.behavior}}
-    return {"apiVersion": KEDA_API, "kind": "ScaledObject", "metadata": _metadata(q, pool, deployment_name(q, pool)),
-            "spec": spec}
+    return {
+        "apiVersion": KEDA_API,
+        "kind": "ScaledObject",
+        "metadata": _metadata(q, pool, deployment_name(q, pool)),
+        "spec": spec,
+    }
 
 
 def build_pool_children(q: QueueResource, pool: WorkerPoolSpec, zero_capable: bool = False) -> list[dict[str, Any]]:
@@ -215,6 +274,7 @@ def build_pool_children(q: QueueResource, pool: WorkerPoolSpec, zero_capable: bo
 
 
 # ---- scale to zero without HPAScaleToZero ---------------------------------------------------------
+
 
 def activation_step(pool: WorkerPoolSpec, replicas: int, backlog: int, idle_for: float) -> int | None:
     """The operator's 0 <-> 1 move for an HPA pool whose floor is 0 on a cluster without

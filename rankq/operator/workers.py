@@ -25,6 +25,7 @@ from .specs import HASH_ANNOTATION, spec_hash
 
 log = logging.getLogger("rankq.operator")
 
+
 def backlog_of(counts: dict[str, Any] | None, include_delayed: bool) -> int | None:
     """Ready + leased (+ delayed): leased messages keep busy workers from being scaled away."""
     if counts is None:
@@ -59,11 +60,15 @@ class WorkerPools:
     zero_capable: bool | None = None  # None until the API server has told us
     memory: dict[str, PoolMemory] = field(default_factory=dict)
 
-    async def reconcile(self, q: QueueResource, deployments: list[dict[str, Any]], counts: dict[str, Any] | None,
-                        full: bool, event: Any) -> list[dict[str, Any]]:
+    async def reconcile(
+        self, q: QueueResource, deployments: list[dict[str, Any]], counts: dict[str, Any] | None, full: bool, event: Any
+    ) -> list[dict[str, Any]]:
         """Apply what differs; returns the pools' status entries."""
-        by_pool = {(d["metadata"].get("labels") or {}).get(ws.POOL_LABEL): d for d in deployments
-                   if d["metadata"].get("deletionTimestamp") is None}
+        by_pool = {
+            (d["metadata"].get("labels") or {}).get(ws.POOL_LABEL): d
+            for d in deployments
+            if d["metadata"].get("deletionTimestamp") is None
+        }
         out = []
         for pool in q.spec.workers:
             out.append(await self._pool(q, pool, by_pool.get(pool.name), counts, full, event))
@@ -77,8 +82,15 @@ class WorkerPools:
                 del self.memory[name]
         return out
 
-    async def _pool(self, q: QueueResource, pool: WorkerPoolSpec, observed: dict[str, Any] | None,
-                    counts: dict[str, Any] | None, full: bool, event: Any) -> dict[str, Any]:
+    async def _pool(
+        self,
+        q: QueueResource,
+        pool: WorkerPoolSpec,
+        observed: dict[str, Any] | None,
+        counts: dict[str, Any] | None,
+        full: bool,
+        event: Any,
+    ) -> dict[str, Any]:
         mem = self.memory.setdefault(pool.name, PoolMemory())
         backlog = backlog_of(counts, pool.autoscaling.include_delayed)
         now = time.monotonic()
@@ -97,26 +109,39 @@ class WorkerPools:
             idle_for = 0.0 if mem.idle_since is None else now - mem.idle_since
             step = ws.activation_step(pool, replicas, backlog, idle_for)
             if step is not None and step != replicas:
-                reason = (f"backlog {backlog} >= activationBacklog {pool.autoscaling.activation_backlog}: 0 -> 1"
-                          if step else f"no backlog for {pool.autoscaling.cooldown_seconds}s: {replicas} -> 0")
+                reason = (
+                    f"backlog {backlog} >= activationBacklog {pool.autoscaling.activation_backlog}: 0 -> 1"
+                    if step
+                    else f"no backlog for {pool.autoscaling.cooldown_seconds}s: {replicas} -> 0"
+                )
                 replicas = step
         if observed is None or full or reason or replicas != current:
             desired = ws.build_worker_deployment(q, pool, replicas)
             desired["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(ws.build_worker_deployment(q, pool))}
             have = (observed or {}).get("metadata", {}).get("annotations", {}).get(HASH_ANNOTATION)
-            if observed is None or reason or replicas != current or have != desired["metadata"]["annotations"][HASH_ANNOTATION]:
+            if (
+                observed is None
+                or reason
+                or replicas != current
+                or have != desired["metadata"]["annotations"][HASH_ANNOTATION]
+            ):
                 await self.kube.apply(desired)
                 verb = "Created" if observed is None else "Updated"
                 if reason:
                     mem.last_reason, mem.last_time = reason, now_iso()
-                    await event("WorkersActivated" if replicas else "WorkersDeactivated",
-                                f"pool {pool.name}: {reason}")
+                    await event("WorkersActivated" if replicas else "WorkersDeactivated", f"pool {pool.name}: {reason}")
                 elif observed is None or have != desired["metadata"]["annotations"][HASH_ANNOTATION]:
                     await event(verb, f"{verb} Deployment {desired['metadata']['name']}")
         status = (observed or {}).get("status") or {}
-        return {"name": pool.name, "desiredReplicas": replicas, "replicas": int(status.get("replicas") or 0),
-                "readyReplicas": int(status.get("readyReplicas") or 0), "backlog": backlog,
-                "lastScaleReason": mem.last_reason, "lastScaleTime": mem.last_time}
+        return {
+            "name": pool.name,
+            "desiredReplicas": replicas,
+            "replicas": int(status.get("replicas") or 0),
+            "readyReplicas": int(status.get("readyReplicas") or 0),
+            "backlog": backlog,
+            "lastScaleReason": mem.last_reason,
+            "lastScaleTime": mem.last_time,
+        }
 
     async def _scaler(self, q: QueueResource, pool: WorkerPoolSpec, event: Any) -> None:
         """Apply the pool's HPA or KEDA objects, and remove those of the other provider."""
@@ -130,16 +155,23 @@ class WorkerPools:
         mem = self.memory.setdefault(pool.name, PoolMemory())
         ignored = provider == "keda" and pool.autoscaling.include_delayed
         if ignored and not mem.delayed_ignored:
-            await event("IncludeDelayedIgnored", f"pool {pool.name}: KEDA reads {ws.KEDA_VALUE_LOCATION} (delayed messages "
-                        f"only once due); includeDelayed applies to provider hpa only", warning=True)
+            await event(
+                "IncludeDelayedIgnored",
+                f"pool {pool.name}: KEDA reads {ws.KEDA_VALUE_LOCATION} (delayed messages "
+                f"only once due); includeDelayed applies to provider hpa only",
+                warning=True,
+            )
         mem.delayed_ignored = ignored
         if provider != "keda":
             mem.keda_missing = False
         for desired in ws.build_pool_children(q, pool, bool(self.zero_capable)):
             desired["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(desired)}
             observed = await self._get_optional(desired["kind"], q.namespace, desired["metadata"]["name"])
-            if observed is not None and (observed["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
-                    desired["metadata"]["annotations"][HASH_ANNOTATION]:
+            if (
+                observed is not None
+                and (observed["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
+                == desired["metadata"]["annotations"][HASH_ANNOTATION]
+            ):
                 continue
             try:
                 await self._apply_scaler(q, pool, desired)
@@ -149,17 +181,26 @@ class WorkerPools:
                 # No KEDA in this cluster: say so once and keep the rest of the Queue going.
                 if not mem.keda_missing:
                     mem.keda_missing = True
-                    await event("KedaNotInstalled", f"pool {pool.name}: autoscaling.provider is keda, but the "
-                                f"cluster does not serve {desired['kind']} ({ws.KEDA_API}); install KEDA or use "
-                                f"provider hpa", warning=True)
+                    await event(
+                        "KedaNotInstalled",
+                        f"pool {pool.name}: autoscaling.provider is keda, but the "
+                        f"cluster does not serve {desired['kind']} ({ws.KEDA_API}); install KEDA or use "
+                        f"provider hpa",
+                        warning=True,
+                    )
                 return
             mem.keda_missing = False
-            await event("Created" if observed is None else "Updated",
-                        f"{'Created' if observed is None else 'Updated'} {desired['kind']} {desired['metadata']['name']}")
+            await event(
+                "Created" if observed is None else "Updated",
+                f"{'Created' if observed is None else 'Updated'} {desired['kind']} {desired['metadata']['name']}",
+            )
 
     async def _apply_scaler(self, q: QueueResource, pool: WorkerPoolSpec, desired: dict[str, Any]) -> None:
-        if desired["kind"] == "HorizontalPodAutoscaler" and pool.autoscaling.min_replicas == 0 and \
-                self.zero_capable is None:
+        if (
+            desired["kind"] == "HorizontalPodAutoscaler"
+            and pool.autoscaling.min_replicas == 0
+            and self.zero_capable is None
+        ):
             probe = ws.build_hpa(q, pool, zero_capable=True)
             probe["metadata"]["annotations"] = desired["metadata"]["annotations"]
             try:

@@ -13,5 +13,16 @@ from .secret import SecretError
 from .state_machine import InternalError
 from .transport import ProbeError, parse_address
 
-__all__ = ["COMPACTION_MAX_BYTES", "COMPACTION_MIN_ENTRIES", "COMPACTION_MIN_SECONDS", "BindError", "RaftNode",
-           "RaftSettings", "ReplicationError", "InternalError", "SecretError", "ProbeError", "parse_address"]
+__all__ = [
+    "COMPACTION_MAX_BYTES",
+    "COMPACTION_MIN_ENTRIES",
+    "COMPACTION_MIN_SECONDS",
+    "BindError",
+    "RaftNode",
+    "RaftSettings",
+    "ReplicationError",
+    "InternalError",
+    "SecretError",
+    "ProbeError",
+    "parse_address",
+]

@@ -15,8 +15,8 @@ import signal
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from pysyncobj import SyncObjConf, SyncObjException
 from pysyncobj.config import FAIL_REASON
@@ -161,8 +161,9 @@ class RaftNode:
             maxBindRetries=10,
         )
         try:
-            self.syncobj = GuardedSyncObj(settings.self_address, list(settings.peers), conf,
-                                          consumers=[self.state_machine])
+            self.syncobj = GuardedSyncObj(
+                settings.self_address, list(settings.peers), conf, consumers=[self.state_machine]
+            )
         except SyncObjException as err:
             raise BindError(str(err)) from err
         self._waiting = 0  # proposals not yet answered

@@ -38,7 +38,8 @@ def resolve_secret(configured: str | None, data_dir: str, has_peers: bool) -> st
         raise SecretError(
             "members of a group must share a Raft secret: pass the same --raft-password-file "
             "(or RANKQ_RAFT_PASSWORD) to every member, e.g. a file made with "
-            "`openssl rand -base64 32 > raft-secret`")
+            "`openssl rand -base64 32 > raft-secret`"
+        )
     return _create(path)
 
 

@@ -33,7 +33,6 @@ leader kills of the failover benchmark took two terms).
 Peers talk through `transport.PeerTransport` (authenticated, encrypted, bounded frames).
 """
 
-
 from __future__ import annotations
 
 import time

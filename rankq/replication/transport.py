@@ -37,7 +37,8 @@ import socket
 import struct
 import time
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pysyncobj.pickle as pickle
 from cryptography.exceptions import InvalidTag
@@ -45,10 +46,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, _getAddrType, set_keepalive
 from pysyncobj.transport import TCPTransport
-from pysyncobj.dns_resolver import globalDnsResolver
 
 log = logging.getLogger("rankq.replication")
 
@@ -99,8 +100,7 @@ def sealed_master_key(password: str | bytes) -> bytes:
     """The group's secret stretched once per process; every connection's keys derive from it."""
     if isinstance(password, str):
         password = password.encode()
-    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=SEALED_MASTER_SALT,
-                     iterations=SEALED_MASTER_ROUNDS)
+    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=SEALED_MASTER_SALT, iterations=SEALED_MASTER_ROUNDS)
     return kdf.derive(password)
 
 
@@ -110,8 +110,9 @@ def sealed_frame_keys(master: bytes, initiator_key: bytes, acceptor_key: bytes) 
     Both random keys are fresh per connection, so a key never seals two connections' frames and a
     counter nonce starting at 0 is never reused under it.
     """
-    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=initiator_key + acceptor_key,
-               info=SEALED_KEY_INFO).derive(master)
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=initiator_key + acceptor_key, info=SEALED_KEY_INFO).derive(
+        master
+    )
     return okm[:32], okm[32:]
 
 
@@ -123,8 +124,16 @@ def _token_timestamp(token: bytes) -> int:
 class PeerConnection:
     """One TCP connection to a member, with the interface PySyncObj's transport expects."""
 
-    def __init__(self, poller, encryptor, timeout: float, send_buffer_size: int, recv_buffer_size: int,
-                 keepalive=None, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        poller,
+        encryptor,
+        timeout: float,
+        send_buffer_size: int,
+        recv_buffer_size: int,
+        keepalive=None,
+        sock: socket.socket | None = None,
+    ) -> None:
         if encryptor is None:
             raise ValueError("a peer connection needs the group's secret")
         self.encryptor = encryptor
@@ -323,7 +332,7 @@ class PeerConnection:
         while sock is not None and self._wpos < len(self._wbuf):
             view = memoryview(self._wbuf)
             try:
-                rest = view[self._wpos:]
+                rest = view[self._wpos :]
                 try:
                     sent = sock.send(rest)
                 finally:
@@ -342,7 +351,7 @@ class PeerConnection:
                 self._wbuf.clear()
                 self._wpos = 0
             elif self._wpos > COMPACT_BYTES and 2 * self._wpos > len(self._wbuf):
-                del self._wbuf[:self._wpos]
+                del self._wbuf[: self._wpos]
                 self._wpos = 0
 
     def _read(self) -> None:
@@ -388,7 +397,7 @@ class PeerConnection:
         end = pos + HEADER.size + size
         if len(buf) < end:
             return _INCOMPLETE
-        with memoryview(buf) as view, view[pos + HEADER.size:end] as body:
+        with memoryview(buf) as view, view[pos + HEADER.size : end] as body:
             token = bytes(body)  # the one copy of a frame's bytes
         if end == len(buf):
             buf.clear()
@@ -422,7 +431,6 @@ class PeerConnection:
             self.authenticated = True
         return message
 
-
     def _open_frame(self, frame: bytes) -> Any:
         nonce = self._recv_count.to_bytes(12, "little")
         if self._open is None:
@@ -430,8 +438,9 @@ class PeerConnection:
         try:
             body = self._open.decrypt(nonce, frame, None)  # the tag is checked before anything else
         except InvalidTag:
-            raise ProtocolError("sealed frame failed authentication (altered, replayed, out of order "
-                                "or under another key)") from None
+            raise ProtocolError(
+                "sealed frame failed authentication (altered, replayed, out of order or under another key)"
+            ) from None
         self._recv_count += 1
         try:
             with memoryview(body) as view, view[1:] as data:
@@ -500,9 +509,17 @@ class PeerServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, conf.recvBufferSize)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setblocking(False)
-                self._on_new_connection(PeerConnection(
-                    self._poller, self._encryptor, conf.connectionTimeout, conf.sendBufferSize,
-                    conf.recvBufferSize, conf.tcp_keepalive, sock=sock))
+                self._on_new_connection(
+                    PeerConnection(
+                        self._poller,
+                        self._encryptor,
+                        conf.connectionTimeout,
+                        conf.sendBufferSize,
+                        conf.recvBufferSize,
+                        conf.tcp_keepalive,
+                        sock=sock,
+                    )
+                )
 
 
 class PeerTransport(TCPTransport):
@@ -519,8 +536,14 @@ class PeerTransport(TCPTransport):
 
     def _new_connection(self) -> PeerConnection:
         conf = self._syncObj.conf
-        return PeerConnection(self._syncObj._poller, self._syncObj.encryptor, conf.connectionTimeout,
-                              conf.sendBufferSize, conf.recvBufferSize, conf.tcp_keepalive)
+        return PeerConnection(
+            self._syncObj._poller,
+            self._syncObj.encryptor,
+            conf.connectionTimeout,
+            conf.sendBufferSize,
+            conf.recvBufferSize,
+            conf.tcp_keepalive,
+        )
 
     def _createServer(self) -> None:
         conf = self._syncObj.conf
@@ -531,8 +554,9 @@ class PeerTransport(TCPTransport):
             host = "::" if ":" in host else "0.0.0.0"
         if host not in ("0.0.0.0", "::"):
             host = globalDnsResolver().resolve(host)
-        self._server = PeerServer(self._syncObj._poller, host, port, self._onNewIncomingConnection,
-                                  self._syncObj.encryptor, conf)
+        self._server = PeerServer(
+            self._syncObj._poller, host, port, self._onNewIncomingConnection, self._syncObj.encryptor, conf
+        )
 
     def addNode(self, node) -> None:
         self._nodes.add(node)
@@ -575,12 +599,20 @@ class PeerTransport(TCPTransport):
                 conn.recvRandKey += SEALED_OFFER
             conn.send(conn.recvRandKey)
             return
-        if isinstance(message, list) and message and isinstance(message[0], str) \
-                and message[0] in self._onUtilityMessageCallbacks:
+        if (
+            isinstance(message, list)
+            and message
+            and isinstance(message[0], str)
+            and message[0] in self._onUtilityMessageCallbacks
+        ):
             self._onUtilityMessage(conn, message)
             return
-        sealed = self.offers_sealed_frames and isinstance(message, tuple) and len(message) == 2 \
+        sealed = (
+            self.offers_sealed_frames
+            and isinstance(message, tuple)
+            and len(message) == 2
             and message[0] == SEALED_ACCEPT
+        )
         if sealed:
             message = message[1]
         node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None
@@ -601,14 +633,20 @@ class PeerTransport(TCPTransport):
     def _onOutgoingMessageReceived(self, conn: PeerConnection, message) -> None:
         """The acceptor's answer to our random key (already checked to carry it): its own key."""
         node = self._connToNode(conn)
-        if node is None or not isinstance(message, bytes) \
-                or len(message) not in (RAND_KEY_BYTES, RAND_KEY_BYTES + len(SEALED_OFFER)):
+        if (
+            node is None
+            or not isinstance(message, bytes)
+            or len(message) not in (RAND_KEY_BYTES, RAND_KEY_BYTES + len(SEALED_OFFER))
+        ):
             _warn_dropped("bad handshake answer")
             conn.disconnect()
             return
         conn.sendRandKey = message
-        if self.offers_sealed_frames and message.endswith(SEALED_OFFER) \
-                and len(message) == RAND_KEY_BYTES + len(SEALED_OFFER):
+        if (
+            self.offers_sealed_frames
+            and message.endswith(SEALED_OFFER)
+            and len(message) == RAND_KEY_BYTES + len(SEALED_OFFER)
+        ):
             conn.send((SEALED_ACCEPT, self._selfNode.address))  # the last Fernet frame this way
             theirs, ours = conn.proven_keys()
             to_acceptor, to_initiator = sealed_frame_keys(self._master_key, ours, theirs)

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..engine import commands as c
@@ -30,7 +30,9 @@ MAX_BACKOFF = 10.0
 ADVISORY_LOCK = 0x72616E6B71  # "rankq": serialises migrations between members
 
 MIGRATIONS: list[tuple[int, str]] = [
-    (1, """
+    (
+        1,
+        """
         CREATE TABLE IF NOT EXISTS rankq_messages (
             group_name    text        NOT NULL,
             queue         text        NOT NULL,
@@ -53,7 +55,8 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (group_name, queue, message_id)
         );
         CREATE INDEX IF NOT EXISTS rankq_messages_finished ON rankq_messages (group_name, queue, finished_at);
-    """),
+    """,
+    ),
 ]
 
 UPSERT = """
@@ -72,7 +75,7 @@ WHERE rankq_messages.archive_seq < EXCLUDED.archive_seq
 
 
 def _when(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _safe_text(text: str) -> str:
@@ -105,10 +108,25 @@ def row_of(group: str, rec: dict[str, Any]) -> tuple:
         payload_text = _safe_text(payload)
         payload_json = None if "\\u0000" in payload_text else payload_text
         payload_bytes = None
-    return (group, rec["queue"], rec["id"], rec["state"], payload_json, payload_text, payload_bytes,
-            _jsonb_text(rec.get("headers")), rec.get("priority"), rec.get("group"), rec.get("deliveries") or 0,
-            rec.get("dedup_key"), rec.get("last_error"), _jsonb_text(rec.get("result")),
-            _when(rec.get("enqueued_at")), _when(rec["finished_at"]), rec["archive_seq"])
+    return (
+        group,
+        rec["queue"],
+        rec["id"],
+        rec["state"],
+        payload_json,
+        payload_text,
+        payload_bytes,
+        _jsonb_text(rec.get("headers")),
+        rec.get("priority"),
+        rec.get("group"),
+        rec.get("deliveries") or 0,
+        rec.get("dedup_key"),
+        rec.get("last_error"),
+        _jsonb_text(rec.get("result")),
+        _when(rec.get("enqueued_at")),
+        _when(rec["finished_at"]),
+        rec["archive_seq"],
+    )
 
 
 class PostgresStore:
@@ -131,8 +149,10 @@ class PostgresStore:
     def _migrate(conn: Any) -> None:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
-            cur.execute("CREATE TABLE IF NOT EXISTS rankq_schema (version integer PRIMARY KEY, "
-                        "applied_at timestamptz NOT NULL DEFAULT now())")
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS rankq_schema (version integer PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
             cur.execute("SELECT coalesce(max(version), 0) FROM rankq_schema")
             current = cur.fetchone()[0]
             for version, sql in MIGRATIONS:
@@ -197,8 +217,15 @@ class Archiver:
             box = node.engine.outbox().status()
         oldest = box["oldest_finished_at"]
         lag = max(0.0, time.time() - oldest / 1000) if oldest is not None else 0.0
-        return {"enabled": True, "group": self.store.group, **box, "lag_seconds": round(lag, 3),
-                "stored": self.state.stored, "errors": self.state.errors, "last_error": self.state.last_error}
+        return {
+            "enabled": True,
+            "group": self.store.group,
+            **box,
+            "lag_seconds": round(lag, 3),
+            "stored": self.state.stored,
+            "errors": self.state.errors,
+            "last_error": self.state.last_error,
+        }
 
     async def _run(self) -> None:
         node = self.service.node
@@ -222,7 +249,9 @@ class Archiver:
                 self.state.errors += 1
                 self.state.last_error = f"{type(err).__name__}: {err}".strip()[:500]
                 if failures == 1 or failures % 20 == 0:
-                    log.warning("archive: cannot store %d record(s) (%s); retrying", len(records), self.state.last_error)
+                    log.warning(
+                        "archive: cannot store %d record(s) (%s); retrying", len(records), self.state.last_error
+                    )
                 await asyncio.sleep(min(MAX_BACKOFF, 0.2 * 2 ** min(failures, 8)))
                 continue
             if failures:

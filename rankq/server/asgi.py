@@ -75,7 +75,7 @@ class LeaderHeaders:
             view = memoryview(body)
             try:
                 for start in range(0, len(body), UTF8_SLICE):
-                    decoder.decode(view[start:start + UTF8_SLICE])
+                    decoder.decode(view[start : start + UTF8_SLICE])
                 decoder.decode(b"", final=True)
             except UnicodeDecodeError:
                 return None, (422, "request body is not valid UTF-8, as JSON must be")
@@ -83,9 +83,17 @@ class LeaderHeaders:
 
     async def _answer(self, send, status: int, detail: str, headers: list | None = None) -> None:
         body = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                *(headers or [])]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *(headers or []),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

@@ -111,6 +111,7 @@ def missing_scope_detail(scope: Scope) -> str:
 
 # ---- tokens ---------------------------------------------------------------------------------------
 
+
 def _digest(token: str | bytes) -> bytes:
     return hashlib.sha256(token.encode() if isinstance(token, str) else token).digest()
 
@@ -165,16 +166,18 @@ def parse_token_lines(text: str, source: str, only: Scope | None = None) -> dict
                 raise AuthConfigError(f"{source}:{n}: a {only.value} token file holds one token per line, nothing else")
             scopes = frozenset({only})
         elif len(rest) > 1:
-            raise AuthConfigError(f"{source}:{n}: expected 'TOKEN' or 'TOKEN scope,scope' "
-                                  f"(scopes: {', '.join(s.value for s in Scope)})")
+            raise AuthConfigError(
+                f"{source}:{n}: expected 'TOKEN' or 'TOKEN scope,scope' (scopes: {', '.join(s.value for s in Scope)})"
+            )
         elif rest:
             try:
                 scopes = frozenset(Scope(s.strip()) for s in rest[0].split(",") if s.strip())
             except ValueError:
                 scopes = frozenset()
             if not scopes:
-                raise AuthConfigError(f"{source}:{n}: unknown scope in {rest[0]!r} "
-                                      f"(scopes: {', '.join(s.value for s in Scope)})")
+                raise AuthConfigError(
+                    f"{source}:{n}: unknown scope in {rest[0]!r} (scopes: {', '.join(s.value for s in Scope)})"
+                )
         else:
             scopes = ALL_SCOPES
         out[token] = out.get(token, frozenset()) | scopes
@@ -192,8 +195,11 @@ TOKEN_ENV: dict[str, frozenset[Scope]] = {
 }
 
 
-def load_tokens(api_token_files: Iterable[str] = (), scope_files: Mapping[Scope, Iterable[str]] | None = None,
-                environ: Mapping[str, str] | None = None) -> dict[str, frozenset[Scope]]:
+def load_tokens(
+    api_token_files: Iterable[str] = (),
+    scope_files: Mapping[Scope, Iterable[str]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, frozenset[Scope]]:
     """All tokens the server accepts, from `--api-token-file`, the per-scope files and the
     `TOKEN_ENV` variables. An empty source is an error, never 'no authentication'."""
     merged: dict[str, frozenset[Scope]] = {}
@@ -207,8 +213,9 @@ def load_tokens(api_token_files: Iterable[str] = (), scope_files: Mapping[Scope,
         if value is None:
             continue
         if not value.strip() or len(value.split()) != 1:
-            raise AuthConfigError(f"{name} is set but {'empty' if not value.strip() else 'not one token'}: "
-                                  f"set it to a token, or unset it")
+            raise AuthConfigError(
+                f"{name} is set but {'empty' if not value.strip() else 'not one token'}: set it to a token, or unset it"
+            )
         add({value.strip(): scopes})
     for path in api_token_files:
         add(parse_token_lines(_read(path), path))
@@ -228,8 +235,10 @@ def _read(path: str) -> str:
 
 # ---- protected mode -------------------------------------------------------------------------------
 
-TOKEN_OPTIONS = ("--api-token-file FILE, --produce-token-file / --consume-token-file / --admin-token-file FILE, "
-                 "or RANKQ_API_TOKEN / RANKQ_PRODUCE_TOKEN / RANKQ_CONSUME_TOKEN / RANKQ_ADMIN_TOKEN")
+TOKEN_OPTIONS = (
+    "--api-token-file FILE, --produce-token-file / --consume-token-file / --admin-token-file FILE, "
+    "or RANKQ_API_TOKEN / RANKQ_PRODUCE_TOKEN / RANKQ_CONSUME_TOKEN / RANKQ_ADMIN_TOKEN"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -248,10 +257,12 @@ def check_protected_mode(host: str, tokens: Tokens, insecure_no_auth: bool) -> N
     if not tokens and not insecure_no_auth and not is_loopback(host):
         raise AuthConfigError(
             f"refusing to serve the API on {host or 'all addresses'} without authentication: give a token "
-            f"({TOKEN_OPTIONS}), bind to 127.0.0.1, or pass --insecure-no-auth to serve without one")
+            f"({TOKEN_OPTIONS}), bind to 127.0.0.1, or pass --insecure-no-auth to serve without one"
+        )
 
 
 # ---- HTTP -----------------------------------------------------------------------------------------
+
 
 def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "/?$")
@@ -317,7 +328,7 @@ class GrpcAuth(grpc.aio.ServerInterceptor):
         if not method.startswith(self.prefix):
             return await continuation(details)
         authorization = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
-        refusal = self.tokens.check(authorization, GRPC_SCOPES.get(method[len(self.prefix):], UNLISTED))
+        refusal = self.tokens.check(authorization, GRPC_SCOPES.get(method[len(self.prefix) :], UNLISTED))
         handler = await continuation(details)
         if refusal is None or handler is None:
             return handler

@@ -14,8 +14,10 @@ import json
 
 from .errors import RETRY_AFTER_SECONDS
 
-STOPPED_DETAIL = ("this node stopped before the request finished; the outcome is unknown: retry it "
-                  "(with the same dedup_key for writes)")
+STOPPED_DETAIL = (
+    "this node stopped before the request finished; the outcome is unknown: retry it "
+    "(with the same dedup_key for writes)"
+)
 
 
 class AnswerOnShutdown:
@@ -44,7 +46,16 @@ class AnswerOnShutdown:
             # Cancelled by the server's shutdown: answer rather than let it become a 500. The task
             # ends here normally; the server is closing it anyway.
             body = json.dumps({"detail": STOPPED_DETAIL}).encode()
-            await send({"type": "http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(RETRY_AFTER_SECONDS).encode()), (b"connection", b"close")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})

@@ -10,6 +10,7 @@ from ..replication import ProbeError, RaftNode, parse_address
 from ..replication.quorum import add_needs_new_member
 from .errors import ClusterConflict, Unavailable
 
+
 class ClusterOps:
     """Membership, leadership and status of the Raft group (mixed into QueueService)."""
 
@@ -32,7 +33,7 @@ class ClusterOps:
                 self.node.state_machine.register_member(addr, self.member_info, callback=done)
                 try:
                     await asyncio.wait_for(fut, 5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             await asyncio.sleep(0.2 if known != self.member_info else 5.0)
@@ -46,11 +47,13 @@ class ClusterOps:
         start(done)
         try:
             error = await asyncio.wait_for(fut, self.proposal_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Unavailable("the change was not committed in time; check the cluster status") from None
         if error is not None:
             if getattr(error, "reason", "") == "request_denied":
-                raise ClusterConflict("denied: another membership change is in progress, or the target is not caught up")
+                raise ClusterConflict(
+                    "denied: another membership change is in progress, or the target is not caught up"
+                )
             raise Unavailable(str(error))
 
     def resolve_member(self, ref: str) -> str:
@@ -75,8 +78,10 @@ class ClusterOps:
             try:
                 await asyncio.to_thread(self.node.probe_member, address)
             except ProbeError as err:
-                raise ClusterConflict(f"{err}; the group needs it to commit the change: start it first "
-                                      f"with the group's secret and full peer list") from None
+                raise ClusterConflict(
+                    f"{err}; the group needs it to commit the change: start it first "
+                    f"with the group's secret and full peer list"
+                ) from None
         await self._call(lambda done: self.node.add_member(address, done))
         return self.cluster_status()
 
@@ -115,17 +120,19 @@ class ClusterOps:
         for addr in node.members():
             info = directory.get(addr, {})
             match = st.get(f"match_idx_server_{addr}") if i_lead and addr != leader else None
-            members.append({
-                "id": info.get("node_id") or addr,
-                "address": addr,
-                "http_url": info.get("http_url"),
-                "grpc_target": info.get("grpc_target"),
-                "role": "leader" if addr == leader else "follower",
-                "self": addr == node.settings.self_address,
-                "healthy": node.is_connected(addr),
-                "match_index": st["commit_idx"] if addr == leader else match,
-                "lag": None if match is None else max(0, st["commit_idx"] - match),
-            })
+            members.append(
+                {
+                    "id": info.get("node_id") or addr,
+                    "address": addr,
+                    "http_url": info.get("http_url"),
+                    "grpc_target": info.get("grpc_target"),
+                    "role": "leader" if addr == leader else "follower",
+                    "self": addr == node.settings.self_address,
+                    "healthy": node.is_connected(addr),
+                    "match_index": st["commit_idx"] if addr == leader else match,
+                    "lag": None if match is None else max(0, st["commit_idx"] - match),
+                }
+            )
         lead = directory.get(leader, {}) if leader else {}
         return {
             "leader": lead.get("node_id") or leader,

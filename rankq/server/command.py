@@ -48,8 +48,15 @@ def _option(name: str, field: FieldInfo) -> Callable[[Callable[..., Any]], Calla
         return click.option(option_name(name), name, is_flag=True, default=False, help=help_text)
     # The default only shows in --help: the settings model applies it, after the environment.
     shown = ",".join(default) if isinstance(default, list) else default
-    return click.option(option_name(name), name, type=str, default=None if shown in (None, "") else str(shown),
-                        metavar=_metavar(name, field), show_default=shown not in (None, ""), help=help_text)
+    return click.option(
+        option_name(name),
+        name,
+        type=str,
+        default=None if shown in (None, "") else str(shown),
+        metavar=_metavar(name, field),
+        show_default=shown not in (None, ""),
+        help=help_text,
+    )
 
 
 def settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,9 +90,15 @@ def server(ctx: click.Context, **given: Any) -> None:
         check_data_dir(settings.data_dir)
         tokens = load_tokens(
             [settings.api_token_file] if settings.api_token_file else [],
-            {scope: [path] for scope, path in ((Scope.PRODUCE, settings.produce_token_file),
-                                               (Scope.CONSUME, settings.consume_token_file),
-                                               (Scope.ADMIN, settings.admin_token_file)) if path},
+            {
+                scope: [path]
+                for scope, path in (
+                    (Scope.PRODUCE, settings.produce_token_file),
+                    (Scope.CONSUME, settings.consume_token_file),
+                    (Scope.ADMIN, settings.admin_token_file),
+                )
+                if path
+            },
             environ=os.environ,
         )
         config = ServerConfig(**settings.model_dump(), api_tokens=tokens)

@@ -56,50 +56,73 @@ class ServerSettings(BaseSettings):
     host: str = Field("127.0.0.1", min_length=1, description="Address to listen on (HTTP and gRPC).")
     http_port: Port = Field(8080, description="HTTP port.")
     grpc_port: int = Field(9090, ge=0, le=65535, description="gRPC port; 0 turns gRPC off.")
-    node_id: str | None = Field(None, min_length=1, description="Name of this node in the group (default: its Raft address).")
+    node_id: str | None = Field(
+        None, min_length=1, description="Name of this node in the group (default: its Raft address)."
+    )
     raft_host: str | None = Field(
-        None, min_length=1,
-        description="Name other members and clients reach this node at, e.g. its DNS name (default: --host).")
+        None,
+        min_length=1,
+        description="Name other members and clients reach this node at, e.g. its DNS name (default: --host).",
+    )
     raft_port: Port = Field(7070, description="Raft port.")
     peers: Annotated[list[str], NoDecode, BeforeValidator(_split_peers)] = Field(
         default_factory=list,
         description="Comma-separated Raft addresses of the group's members, host:port or id=host:port "
-                    "(this node's own entry may be included).")
+        "(this node's own entry may be included).",
+    )
     raft_password_file: File = Field(
-        None, description="File with the shared secret that authenticates and encrypts Raft traffic "
-                          "(or set RANKQ_RAFT_PASSWORD).")
+        None,
+        description="File with the shared secret that authenticates and encrypts Raft traffic "
+        "(or set RANKQ_RAFT_PASSWORD).",
+    )
     raft_password: str | None = Field(None, repr=False, json_schema_extra=NOT_AN_OPTION)
     api_token_file: File = Field(
-        None, description="File of bearer tokens for the API, one per line: 'TOKEN' (all scopes) or 'TOKEN "
-                          "produce,consume,admin'; health, metrics and docs stay open. Env: RANKQ_API_TOKEN (one "
-                          "all-scope token), RANKQ_PRODUCE_TOKEN, RANKQ_CONSUME_TOKEN, RANKQ_ADMIN_TOKEN.")
+        None,
+        description="File of bearer tokens for the API, one per line: 'TOKEN' (all scopes) or 'TOKEN "
+        "produce,consume,admin'; health, metrics and docs stay open. Env: RANKQ_API_TOKEN (one "
+        "all-scope token), RANKQ_PRODUCE_TOKEN, RANKQ_CONSUME_TOKEN, RANKQ_ADMIN_TOKEN.",
+    )
     produce_token_file: File = Field(None, description="File with a token (one per line) that may enqueue.")
     consume_token_file: File = Field(
-        None, description="File with a token (one per line) that may dequeue, ack, nack and extend.")
+        None, description="File with a token (one per line) that may dequeue, ack, nack and extend."
+    )
     admin_token_file: File = Field(
-        None, description="File with a token (one per line) that may change queues, dead letters and membership.")
+        None, description="File with a token (one per line) that may change queues, dead letters and membership."
+    )
     insecure_no_auth: bool = Field(
-        False, description="Serve the API on a non-loopback --host without any token (refused otherwise).")
+        False, description="Serve the API on a non-loopback --host without any token (refused otherwise)."
+    )
     tls_cert: File = Field(None, description="PEM certificate (chain) for HTTPS and gRPC over TLS; needs --tls-key.")
     tls_key: File = Field(None, description="PEM private key of --tls-cert.")
-    tls_ca: File = Field(None, description="CA this node trusts when it calls another member over HTTPS "
-                                           "(default: --tls-cert).")
+    tls_ca: File = Field(
+        None, description="CA this node trusts when it calls another member over HTTPS (default: --tls-cert)."
+    )
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON.")
     log_level: Annotated[Literal[LOG_LEVELS], BeforeValidator(_upper)] = Field(  # type: ignore[valid-type]
-        "INFO", description="Least important log level written.")
+        "INFO", description="Least important log level written."
+    )
     demo_queue: str | None = Field(None, description="Create this queue (weighted policy) on start if missing.")
-    snapshot_entries: int = Field(COMPACTION_MIN_ENTRIES, ge=10,
-                                  description="Write a snapshot and compact the log after this many log entries...")
-    snapshot_seconds: int = Field(COMPACTION_MIN_SECONDS, ge=1,
-                                  description="...or after this many seconds since the last snapshot...")
-    snapshot_mib: int = Field(COMPACTION_MAX_BYTES // MIB, ge=1,
-                              description="...or once the log since the last snapshot holds this many MiB.")
+    snapshot_entries: int = Field(
+        COMPACTION_MIN_ENTRIES, ge=10, description="Write a snapshot and compact the log after this many log entries..."
+    )
+    snapshot_seconds: int = Field(
+        COMPACTION_MIN_SECONDS, ge=1, description="...or after this many seconds since the last snapshot..."
+    )
+    snapshot_mib: int = Field(
+        COMPACTION_MAX_BYTES // MIB, ge=1, description="...or once the log since the last snapshot holds this many MiB."
+    )
     archive_dsn: str | None = Field(
-        None, repr=False,
+        None,
+        repr=False,
         description="PostgreSQL connection string for the archive of finished messages of queues with "
-                    "archive on (prefer the environment variable: it keeps the password out of ps).")
-    archive_group: str = Field("default", min_length=1, max_length=128,
-                               description="This group's name in the archive tables (several groups may share a database).")
+        "archive on (prefer the environment variable: it keeps the password out of ps).",
+    )
+    archive_group: str = Field(
+        "default",
+        min_length=1,
+        max_length=128,
+        description="This group's name in the archive tables (several groups may share a database).",
+    )
 
 
 class ServerConfig(ServerSettings):
@@ -110,8 +133,14 @@ class ServerConfig(ServerSettings):
     api_tokens: dict[str, frozenset[Scope]] = Field({}, repr=False)  # token -> scopes; empty: no API authentication
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,  # type: ignore[no-untyped-def, override]
-                                   file_secret_settings):
+    def settings_customise_sources(
+        cls,
+        settings_cls,
+        init_settings,
+        env_settings,
+        dotenv_settings,  # type: ignore[no-untyped-def, override]
+        file_secret_settings,
+    ):
         return (init_settings,)  # built from an already resolved ServerSettings
 
     @property

@@ -23,17 +23,17 @@ from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection
 
 from .. import schemas as s
-from ..engine import config as limits
 from ..engine import Conflict, EngineError, Full, Invalid, NotFound, TooLarge
 from ..engine import commands as c
-from ..engine.message import Delivery, MessageInfo
+from ..engine import config as limits
 from ..engine.config import check_time_ms
+from ..engine.message import Delivery, MessageInfo
 from ..validation import check_depends_on, check_settings, parse_json, seconds_ms
 from . import logs
 from .auth import GrpcAuth, Tokens
+from .errors import RETRY_AFTER_SECONDS
 from .proto import rankq_pb2 as pb
 from .proto import rankq_pb2_grpc as pb_grpc
-from .errors import RETRY_AFTER_SECONDS
 from .service import MAX_WAIT_SECONDS, QueueService, QueueView, Unavailable
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankQ"].full_name
@@ -172,8 +172,9 @@ def settings_to_engine(settings: pb.QueueSettings) -> dict:
         elif name == "group_weights":
             out["group_weights"] = dict(value.groups)
         elif spec.is_duration:
-            out[spec.name] = seconds_ms(name, value, (spec.high or limits.MAX_DURATION_MS) / 1000,
-                                        open_low=bool(spec.low))
+            out[spec.name] = seconds_ms(
+                name, value, (spec.high or limits.MAX_DURATION_MS) / 1000, open_low=bool(spec.low)
+            )
         else:
             out[name] = value
     return out
@@ -218,19 +219,37 @@ def queue_info(view: QueueView) -> pb.QueueInfo:
 def delivery(d: Delivery) -> pb.Delivery:
     payload, ctype = payload_out(d.payload)
     return pb.Delivery(
-        id=d.id, payload=payload, content_type=ctype, priority=d.priority, group=d.group,
-        deliveries=d.deliveries, lease_token=d.lease_token, lease_expires_at=d.lease_expires_at,
-        enqueued_at=d.enqueued_at, headers=d.headers,
+        id=d.id,
+        payload=payload,
+        content_type=ctype,
+        priority=d.priority,
+        group=d.group,
+        deliveries=d.deliveries,
+        lease_token=d.lease_token,
+        lease_expires_at=d.lease_expires_at,
+        enqueued_at=d.enqueued_at,
+        headers=d.headers,
     )
 
 
 def message_status(info: MessageInfo) -> pb.MessageStatus:
     out = pb.MessageStatus(
-        id=info.id, queue=info.queue, state=info.state, priority=info.priority, group=info.group,
-        deliveries=info.deliveries, enqueued_at=info.enqueued_at, available_at=info.available_at,
-        lease_expires_at=info.lease_expires_at, acked_at=info.acked_at, last_error=info.last_error,
-        result_json=None if info.result is None else dump_json(info.result), headers=info.headers,
-        dedup_key=info.dedup_key, expires_at=info.expires_at, dead_reason=info.dead_reason,
+        id=info.id,
+        queue=info.queue,
+        state=info.state,
+        priority=info.priority,
+        group=info.group,
+        deliveries=info.deliveries,
+        enqueued_at=info.enqueued_at,
+        available_at=info.available_at,
+        lease_expires_at=info.lease_expires_at,
+        acked_at=info.acked_at,
+        last_error=info.last_error,
+        result_json=None if info.result is None else dump_json(info.result),
+        headers=info.headers,
+        dedup_key=info.dedup_key,
+        expires_at=info.expires_at,
+        dead_reason=info.dead_reason,
         depends_on=[pb.Dependency(queue=q, id=i) for q, i in info.depends_on or ()],
     )
     if info.payload is not None:
@@ -239,8 +258,14 @@ def message_status(info: MessageInfo) -> pb.MessageStatus:
 
 
 def redrive_job(job: dict) -> pb.RedriveJob:
-    return pb.RedriveJob(rate=job["rate"], total=job["total"], moved=job["moved"], remaining=job["remaining"],
-                         started_at=job["started_at"], state=job["state"])
+    return pb.RedriveJob(
+        rate=job["rate"],
+        total=job["total"],
+        moved=job["moved"],
+        remaining=job["remaining"],
+        started_at=job["started_at"],
+        state=job["state"],
+    )
 
 
 def ack_frame(acks: list) -> pb.EnqueueStreamResponse:
@@ -382,8 +407,11 @@ class RankQServicer(pb_grpc.RankQServicer):
     async def Dequeue(self, request, context):
         if not 0 <= request.wait <= s.MAX_WAIT:  # also refuses NaN
             raise Invalid(f"wait must be between 0 and {s.MAX_WAIT:g} seconds")
-        vt = (seconds_ms("visibility_timeout", request.visibility_timeout, MAX_VISIBILITY, open_low=True)
-              if request.HasField("visibility_timeout") else None)
+        vt = (
+            seconds_ms("visibility_timeout", request.visibility_timeout, MAX_VISIBILITY, open_low=True)
+            if request.HasField("visibility_timeout")
+            else None
+        )
         got = await self.service.dequeue(request.queue, request.max or 1, request.wait, vt)
         return pb.DequeueResponse(messages=[delivery(d) for d in got])
 
@@ -404,8 +432,11 @@ class RankQServicer(pb_grpc.RankQServicer):
 
     @unary
     async def Ack(self, request, context):
-        item = c.AckItem(request.id, lease_token(request.lease_token),
-                         result_value(request.HasField("result_json"), request.result_json))
+        item = c.AckItem(
+            request.id,
+            lease_token(request.lease_token),
+            result_value(request.HasField("result_json"), request.result_json),
+        )
         [res] = await self.service.ack(request.queue, [item])
         if res is not None:
             raise res
@@ -434,14 +465,18 @@ class RankQServicer(pb_grpc.RankQServicer):
         error = request.error if request.HasField("error") else None
         if error is not None and len(error) > 4096:
             raise Invalid("error must be at most 4096 characters")
-        res = await self.service.nack(request.queue, request.id, lease_token(request.lease_token), delay, error,
-                                      request.dead)
+        res = await self.service.nack(
+            request.queue, request.id, lease_token(request.lease_token), delay, error, request.dead
+        )
         return pb.NackResponse(id=request.id, state=res["state"], available_at=res["available_at"])
 
     @unary
     async def Extend(self, request, context):
-        vt = (seconds_ms("visibility_timeout", request.visibility_timeout, MAX_VISIBILITY, open_low=True)
-              if request.HasField("visibility_timeout") else None)
+        vt = (
+            seconds_ms("visibility_timeout", request.visibility_timeout, MAX_VISIBILITY, open_low=True)
+            if request.HasField("visibility_timeout")
+            else None
+        )
         due = await self.service.extend(request.queue, request.id, lease_token(request.lease_token), vt)
         return pb.ExtendResponse(id=request.id, lease_expires_at=due)
 
@@ -527,9 +562,9 @@ class RankQServicer(pb_grpc.RankQServicer):
                     msgs.append(msg)
                 for name, (refs, msgs) in groups.items():
                     for i in range(0, len(msgs), s.MAX_BATCH):
-                        chunk = msgs[i:i + s.MAX_BATCH]
+                        chunk = msgs[i : i + s.MAX_BATCH]
                         state["inflight"] += len(chunk)
-                        task = loop.create_task(self._enqueue_each(route, name, refs[i:i + s.MAX_BATCH], chunk))
+                        task = loop.create_task(self._enqueue_each(route, name, refs[i : i + s.MAX_BATCH], chunk))
                         task.add_done_callback(partial(landed, len(chunk)))
                 if state["inflight"] >= STREAM_INFLIGHT:
                     room.clear()
@@ -568,9 +603,7 @@ class RankQServicer(pb_grpc.RankQServicer):
                 return [self._refused(route, refs[0], err)]
         except Exception as err:
             return [self._refused(route, ref, err) for ref in refs]
-        each = await asyncio.gather(
-            *(self.service.enqueue(queue, [m]) for m in msgs), return_exceptions=True
-        )
+        each = await asyncio.gather(*(self.service.enqueue(queue, [m]) for m in msgs), return_exceptions=True)
         return [
             self._refused(route, ref, res) if isinstance(res, BaseException) else (ref, res[0][0], res[0][1])
             for ref, res in zip(refs, each)
@@ -614,8 +647,11 @@ class RankQServicer(pb_grpc.RankQServicer):
                 state["credits"] += first.credits
                 if not first.queue:
                     raise Invalid("the first grant must name the queue")
-                vt = (seconds_ms("visibility_timeout", first.visibility_timeout, MAX_VISIBILITY, open_low=True)
-                      if first.HasField("visibility_timeout") else None)
+                vt = (
+                    seconds_ms("visibility_timeout", first.visibility_timeout, MAX_VISIBILITY, open_low=True)
+                    if first.HasField("visibility_timeout")
+                    else None
+                )
                 self.service.get_queue(first.queue)  # fail fast on an unknown queue
                 while True:
                     if state["error"] is not None:
@@ -656,8 +692,9 @@ def method_handlers(servicer: RankQServicer) -> dict[str, grpc.RpcMethodHandler]
     return out
 
 
-async def start_grpc(service: QueueService, host: str, port: int, tokens: Tokens | None = None,
-                     tls: tuple[str, str] | None = None) -> grpc.aio.Server:
+async def start_grpc(
+    service: QueueService, host: str, port: int, tokens: Tokens | None = None, tls: tuple[str, str] | None = None
+) -> grpc.aio.Server:
     """Start serving rankq.v1.RankQ (with server reflection) on host:port; returns the running server.
     With `tokens`, calls need a token with the method's scope; `tls` is (cert file, key file)."""
     from .metrics import GrpcObserver
@@ -668,7 +705,7 @@ async def start_grpc(service: QueueService, host: str, port: int, tokens: Tokens
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a port taken by another process is an error, not shared
-        ]
+        ],
     )
     handlers = method_handlers(RankQServicer(service))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

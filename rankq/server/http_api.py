@@ -54,7 +54,8 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
         title="RankQ",
         version="0.1.0",
         description="Replicated priority queues. Durations are seconds; timestamps are ISO 8601 UTC.",
-        docs_url=None, redoc_url=None,  # served from packaged assets by the dashboard router
+        docs_url=None,
+        redoc_url=None,  # served from packaged assets by the dashboard router
     )
     add_error_handlers(app)
 

@@ -28,8 +28,11 @@ def build_backup_router(service, log_request) -> APIRouter:
             leader = service.leader_info() or {}
             where = leader.get("http_url") or leader.get("address") or "unknown yet"
             raise Unavailable(f"backups are taken on the leader ({where})")
-        return StreamingResponse(stream_backup(service.node), media_type="application/gzip",
-                                 headers={"Content-Disposition": 'attachment; filename="rankq-backup.jsonl.gz"'})
+        return StreamingResponse(
+            stream_backup(service.node),
+            media_type="application/gzip",
+            headers={"Content-Disposition": 'attachment; filename="rankq-backup.jsonl.gz"'},
+        )
 
     @router.post("/restore", response_model=s.RestoreResult, responses={409: err, 422: err, 503: err})
     async def restore(body: s.RestoreChunk):

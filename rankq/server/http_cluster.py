@@ -24,7 +24,9 @@ def build_cluster_router(service, log_request, peer_ca: str | None = None) -> AP
         """Add one member (start it first with the full peer list); wait for this before the next change."""
         return await service.add_member(body.address)
 
-    @router.delete("/members/{member}", response_model=s.ClusterStatus, responses={404: err, 409: err, 422: err, 503: err})
+    @router.delete(
+        "/members/{member}", response_model=s.ClusterStatus, responses={404: err, 409: err, 422: err, 503: err}
+    )
     async def remove_member(member: str):
         """Remove one member by node id or Raft address (not the leader: transfer leadership first)."""
         return await service.remove_member(member)
@@ -40,8 +42,11 @@ def build_cluster_router(service, log_request, peer_ca: str | None = None) -> AP
             raise Unavailable("no leader known to forward the transfer to")
         async with httpx.AsyncClient(timeout=10, verify=_verify(peer_ca)) as client:
             auth = request.headers.get("authorization")
-            r = await client.post(leader["http_url"] + "/api/v1/cluster/transfer-leader", json={"to": to},
-                                  headers={"authorization": auth} if auth else None)
+            r = await client.post(
+                leader["http_url"] + "/api/v1/cluster/transfer-leader",
+                json={"to": to},
+                headers={"authorization": auth} if auth else None,
+            )
         return JSONResponse(r.json(), status_code=r.status_code)
 
     return router

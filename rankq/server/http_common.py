@@ -16,7 +16,6 @@ from ..engine import MessageInfo
 from . import logs
 from .service import QueueView
 
-
 RequestHook = Callable[[Request], Awaitable[None]]  # what the router factories take as `log_request`
 
 

@@ -107,8 +107,10 @@ class Feed:
             if before is None or span <= 0:
                 q["rates"] = {"enqueued": 0.0, "acked": 0.0}
             else:
-                q["rates"] = {"enqueued": round((q["totals"]["enqueued"] - before[1]) / span, 2),
-                              "acked": round((q["totals"]["acked"] - before[2]) / span, 2)}
+                q["rates"] = {
+                    "enqueued": round((q["totals"]["enqueued"] - before[1]) / span, 2),
+                    "acked": round((q["totals"]["acked"] - before[2]) / span, 2),
+                }
             q["sparkline"] = [h[name][0] for _, h in self.history if name in h]
             if extra:
                 q["sparkline"].append(q["backlog"])
@@ -148,7 +150,7 @@ def add_dashboard(app: FastAPI, service, log_request) -> Feed:
                 while True:
                     try:
                         item = await asyncio.wait_for(q.get(), KEEPALIVE)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         item = b": keep-alive\n\n"
                     if item is None:
                         return
@@ -156,8 +158,9 @@ def add_dashboard(app: FastAPI, service, log_request) -> Feed:
             finally:
                 feed.unsubscribe(q)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
 
     @api.get("/dashboard/snapshot", tags=["dashboard"])
     async def dashboard_snapshot():
@@ -187,14 +190,22 @@ def add_dashboard(app: FastAPI, service, log_request) -> Feed:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui():
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title="RankQ API",
-                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs/static/swagger-ui.css",
-                                   swagger_favicon_url="/docs/static/favicon.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="RankQ API",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon.png",
+        )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc():
-        return get_redoc_html(openapi_url=app.openapi_url, title="RankQ API", redoc_js_url="/docs/static/redoc.standalone.js",
-                              redoc_favicon_url="/docs/static/favicon.png", with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url=app.openapi_url,
+            title="RankQ API",
+            redoc_js_url="/docs/static/redoc.standalone.js",
+            redoc_favicon_url="/docs/static/favicon.png",
+            with_google_fonts=False,
+        )
 
     return feed

@@ -16,8 +16,11 @@ def build_dead_letters_router(service: QueueService, log_request: RequestHook) -
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(log_request)], tags=["dead letters"])
 
     @router.get("/queues/{name}/dlq", response_model=s.DeadLetterPage, responses=COMMON_ERRORS)
-    async def list_dead(name: str, after: int | None = Query(None, description="list ids greater than this"),
-                        limit: int = Query(100, ge=1, le=1000)):
+    async def list_dead(
+        name: str,
+        after: int | None = Query(None, description="list ids greater than this"),
+        limit: int = Query(100, ge=1, le=1000),
+    ):
         items = service.dead_letters(name, after, limit)
         next_after = items[-1].id if len(items) == limit else None
         return JSONResponse({"messages": [message_status(i) for i in items], "next_after": next_after})

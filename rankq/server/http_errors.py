@@ -22,8 +22,14 @@ from . import logs
 from .errors import RETRY_AFTER_SECONDS, ClusterConflict, Unavailable
 
 RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-STATUS: dict[type[Exception], int] = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Full: 429,
-                                      ClusterConflict: 409}
+STATUS: dict[type[Exception], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    TooLarge: 413,
+    Full: 429,
+    ClusterConflict: 409,
+}
 
 # An error answer in the OpenAPI document; routers list theirs with error_responses(...).
 ERROR: dict[str, Any] = {"model": s.ErrorBody}
@@ -37,7 +43,8 @@ def error_responses(*statuses: int) -> Responses:
 COMMON_ERRORS = error_responses(404, 409, 422, 503)  # what any call naming a queue can get
 # A 429 (the queue is at its max_length) names when to retry.
 QUEUE_FULL: dict[str, Any] = {
-    "model": s.ErrorBody, "description": "the queue is at its max_length",
+    "model": s.ErrorBody,
+    "description": "the queue is at its max_length",
     "headers": {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}},
 }
 
@@ -101,8 +108,12 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
     """The methods the OpenAPI document gives a concrete path (integer parameters match digits only)."""
     found: set[str] = set()
     for template, ops in app.openapi()["paths"].items():
-        ints = {p["name"] for op in ops.values() for p in op.get("parameters", [])
-                if p["in"] == "path" and p.get("schema", {}).get("type") == "integer"}
+        ints = {
+            p["name"]
+            for op in ops.values()
+            for p in op.get("parameters", [])
+            if p["in"] == "path" and p.get("schema", {}).get("type") == "integer"
+        }
         if re.match(_template_regex(template, ints), path):
             found.update(m.upper() for m in ops)
     return sorted(found)
@@ -117,8 +128,13 @@ def _route(request: Request) -> str:
     return getattr(route, "path", request.url.path)
 
 
-def _error(request: Request, status: int, detail: str, headers: Mapping[str, str] | None = None,
-           extra: dict[str, Any] | None = None) -> JSONResponse:
+def _error(
+    request: Request,
+    status: int,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
     logs.error_line(_route(request), detail, status)
     body: dict[str, Any] = {"detail": detail}
     if extra:

@@ -23,12 +23,19 @@ def add_health_routes(app: FastAPI, service: QueueService) -> None:
         """A leader is known, this node hears from it and has applied the log, and is not stopping."""
         if service.is_ready():
             leader = service.leader_info() or {}
-            return {"status": "ready", "leader": leader.get("node_id") or leader.get("address"),
-                    "leader_address": leader.get("address")}
+            return {
+                "status": "ready",
+                "leader": leader.get("node_id") or leader.get("address"),
+                "leader_address": leader.get("address"),
+            }
         return JSONResponse({"detail": f"not ready: {service.not_ready_reason()}"}, status_code=503)
 
-    @app.get("/metrics", tags=["health"], response_class=Response,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus():
         body, ctype = metrics.render(service)
         return Response(content=body, media_type=ctype)

@@ -28,15 +28,25 @@ ENQUEUE_ERRORS = {**error_responses(404, 409, 422, 503, 413), 429: QUEUE_FULL}
 def build_messages_router(service: QueueService, log_request: RequestHook) -> APIRouter:
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(log_request)])
 
-    @router.post("/queues/{name}/messages", status_code=201, response_model=s.EnqueueResult,
-                 responses=ENQUEUE_ERRORS, tags=["messages"])
+    @router.post(
+        "/queues/{name}/messages",
+        status_code=201,
+        response_model=s.EnqueueResult,
+        responses=ENQUEUE_ERRORS,
+        tags=["messages"],
+    )
     async def enqueue(name: str, body: s.EnqueueRequest):
         """Enqueue one message; 201 with its id (the original id when the dedup key was seen)."""
         [(mid, dup)] = await service.enqueue(name, [new_message(body, name)])
         return raw('{"id":%d,"seq":%d,"duplicate":%s}' % (mid, mid, "true" if dup else "false"), 201)
 
-    @router.post("/queues/{name}/messages/batch", status_code=201, response_model=s.EnqueueBatchResult,
-                 responses=ENQUEUE_ERRORS, tags=["messages"])
+    @router.post(
+        "/queues/{name}/messages/batch",
+        status_code=201,
+        response_model=s.EnqueueBatchResult,
+        responses=ENQUEUE_ERRORS,
+        tags=["messages"],
+    )
     async def enqueue_batch(name: str, body: s.EnqueueBatchRequest):
         """Enqueue up to 1000 messages at once; all are accepted or none."""
         out = await service.enqueue(name, [new_message(m, name, i) for i, m in enumerate(body.messages)])
@@ -54,8 +64,9 @@ def build_messages_router(service: QueueService, log_request: RequestHook) -> AP
             got = await call
         return raw(delivered_json(got))
 
-    @router.post("/queues/{name}/messages/{id:int}/ack", response_model=s.AckResult, responses=COMMON_ERRORS,
-                 tags=["leases"])
+    @router.post(
+        "/queues/{name}/messages/{id:int}/ack", response_model=s.AckResult, responses=COMMON_ERRORS, tags=["leases"]
+    )
     async def ack(name: str, id: int, body: s.AckRequest):
         """Finish a leased message. A stale or wrong lease token gets 409."""
         [res] = await service.ack(name, [c.AckItem(id, body.lease_token, body.result)])
@@ -68,46 +79,66 @@ def build_messages_router(service: QueueService, log_request: RequestHook) -> AP
         """Ack many messages; each item succeeds or fails on its own."""
         out = await service.ack(name, [c.AckItem(i.id, i.lease_token, i.result) for i in body.items])
         results = [
-            {"id": i.id, "ok": r is None, "status": 200 if r is None else status_of(r), "detail": None if r is None else r.detail}
+            {
+                "id": i.id,
+                "ok": r is None,
+                "status": 200 if r is None else status_of(r),
+                "detail": None if r is None else r.detail,
+            }
             for i, r in zip(body.items, out)
         ]
         return JSONResponse({"results": results})
 
-    @router.post("/queues/{name}/messages/{id:int}/nack", response_model=s.NackResult, responses=COMMON_ERRORS,
-                 tags=["leases"])
+    @router.post(
+        "/queues/{name}/messages/{id:int}/nack", response_model=s.NackResult, responses=COMMON_ERRORS, tags=["leases"]
+    )
     async def nack(name: str, id: int, body: s.NackRequest):
         """Give a message back: after `delay`, or after exponential backoff with jitter when unset."""
         res = await service.nack(name, id, body.lease_token, s.to_ms(body.delay), body.error, body.dead)
         return JSONResponse({"id": id, "state": res["state"], "available_at": s.iso(res["available_at"])})
 
-    @router.post("/queues/{name}/messages/{id:int}/release", response_model=s.ReleaseResult, responses=COMMON_ERRORS,
-                 tags=["leases"])
+    @router.post(
+        "/queues/{name}/messages/{id:int}/release",
+        response_model=s.ReleaseResult,
+        responses=COMMON_ERRORS,
+        tags=["leases"],
+    )
     async def release(name: str, id: int, body: s.ReleaseRequest):
         """Give a leased message back, ready at once, without counting the delivery (a consumer that stops before running it)."""
         await service.release(name, id, body.lease_token)
         return raw('{"id":%d,"state":"ready"}' % id)
 
-    @router.post("/queues/{name}/messages/{id:int}/extend", response_model=s.ExtendResult, responses=COMMON_ERRORS,
-                 tags=["leases"])
+    @router.post(
+        "/queues/{name}/messages/{id:int}/extend",
+        response_model=s.ExtendResult,
+        responses=COMMON_ERRORS,
+        tags=["leases"],
+    )
     async def extend(name: str, id: int, body: s.ExtendRequest):
         """Keep the lease for `visibility_timeout` more seconds from now."""
         due = await service.extend(name, id, body.lease_token, s.to_ms(body.visibility_timeout))
         return JSONResponse({"id": id, "lease_expires_at": s.iso(due)})
 
-    @router.put("/queues/{name}/messages/{id:int}/priority", response_model=s.MessageStatus, responses=COMMON_ERRORS,
-                tags=["messages"])
+    @router.put(
+        "/queues/{name}/messages/{id:int}/priority",
+        response_model=s.MessageStatus,
+        responses=COMMON_ERRORS,
+        tags=["messages"],
+    )
     async def set_priority(name: str, id: int, body: s.PriorityRequest):
         """Change the priority of a ready or delayed message (409 while leased)."""
         return JSONResponse(message_status(await service.set_priority(name, id, body.priority)))
 
-    @router.get("/queues/{name}/messages/{id:int}", response_model=s.MessageStatus, responses=COMMON_ERRORS,
-                tags=["messages"])
+    @router.get(
+        "/queues/{name}/messages/{id:int}", response_model=s.MessageStatus, responses=COMMON_ERRORS, tags=["messages"]
+    )
     async def get_message(name: str, id: int):
         """State of a message: ready, delayed, leased, dead or acked (with its result, while retained)."""
         return JSONResponse(message_status(service.get_message(name, id)))
 
-    @router.delete("/queues/{name}/messages/{id:int}", response_model=s.CancelResult, responses=COMMON_ERRORS,
-                   tags=["messages"])
+    @router.delete(
+        "/queues/{name}/messages/{id:int}", response_model=s.CancelResult, responses=COMMON_ERRORS, tags=["messages"]
+    )
     async def cancel(name: str, id: int):
         """Cancel a ready or delayed message, or delete a dead letter (409 while leased)."""
         was = await service.cancel(name, id)
@@ -121,7 +152,9 @@ def new_message(m: s.EnqueueRequest, queue: str, index: int | None = None) -> c.
     where = "payload" if index is None else f"messages.{index}.payload"
     depends_on = None
     if m.depends_on:
-        deps = [d.batch_index if isinstance(d, s.DependsOnBatchItem) else (d.queue or queue, d.id) for d in m.depends_on]
+        deps = [
+            d.batch_index if isinstance(d, s.DependsOnBatchItem) else (d.queue or queue, d.id) for d in m.depends_on
+        ]
         depends_on = check_depends_on("depends_on" if index is None else f"messages.{index}.depends_on", index, deps)
     return c.NewMessage(
         payload=json_text(where, m.payload),
@@ -162,8 +195,9 @@ def delivered_json(deliveries: Iterable[Delivery]) -> str:
     return '{"messages":[' + ",".join(parts) + "]}"
 
 
-async def until_disconnected(request: Request, call: Awaitable[list[Delivery]],
-                             release: Callable[[int, str], Awaitable[Any]]) -> list[Delivery]:
+async def until_disconnected(
+    request: Request, call: Awaitable[list[Delivery]], release: Callable[[int, str], Awaitable[Any]]
+) -> list[Delivery]:
     """Run a long poll, cancelled when its client hangs up: the server does not notice a closed
     connection by itself, and a poll finishing for nobody would strand the messages it leased.
     The service releases what a cancelled dequeue got; `release` gives back what a poll that

@@ -1,8 +1,8 @@
 """Log lines in the format RankQ users know, or as JSON with the same fields plus a trace id.
 
-    2024-12-27 12:45:00.123 [INFO] /api/v1/queues: Received GET request for /api/v1/queues from IP: 127.0.0.1
-    2024-12-27 12:45:00.125 [INFO] /api/v1/queues: Completed GET request for /api/v1/queues with status 200 in 1.84 ms
-    2024-12-27 12:34:56.789 [ERROR] /api/v1/queues/{name}: queue 'x' not found
+2024-12-27 12:45:00.123 [INFO] /api/v1/queues: Received GET request for /api/v1/queues from IP: 127.0.0.1
+2024-12-27 12:45:00.125 [INFO] /api/v1/queues: Completed GET request for /api/v1/queues with status 200 in 1.84 ms
+2024-12-27 12:34:56.789 [ERROR] /api/v1/queues/{name}: queue 'x' not found
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def setup(fmt: str = "text", level: str = "INFO") -> None:
 def request_line(route: str, method: str, uri: str, client_ip: str, tid: str | None = None) -> None:
     if access.isEnabledFor(logging.INFO):
         access.info(
-            "Received %s request for %s from IP: %s", method, uri, client_ip,
+            "Received %s request for %s from IP: %s",
+            method,
+            uri,
+            client_ip,
             extra={"route": route, "method": method, "uri": uri, "client_ip": client_ip, "trace_id": tid},
         )
 
@@ -84,7 +87,11 @@ def completion_line(route: str, method: str, uri: str, status: int, seconds: flo
     if access.isEnabledFor(logging.INFO):
         ms = round(seconds * 1000, 2)
         access.info(
-            "Completed %s request for %s with status %d in %.2f ms", method, uri, status, ms,
+            "Completed %s request for %s with status %d in %.2f ms",
+            method,
+            uri,
+            status,
+            ms,
             extra={"route": route, "method": method, "uri": uri, "status": status, "duration_ms": ms, "trace_id": tid},
         )
 

@@ -45,8 +45,10 @@ def check_access(config: ServerConfig) -> Tokens:
             if config.tls_ca:
                 ssl.create_default_context(cafile=config.tls_ca)
         except (OSError, ssl.SSLError) as err:
-            raise AuthConfigError(f"cannot use the TLS certificate {config.tls_cert} / key {config.tls_key}"
-                                  f"{' / CA ' + config.tls_ca if config.tls_ca else ''}: {err}") from None
+            raise AuthConfigError(
+                f"cannot use the TLS certificate {config.tls_cert} / key {config.tls_key}"
+                f"{' / CA ' + config.tls_ca if config.tls_ca else ''}: {err}"
+            ) from None
     return tokens
 
 
@@ -85,17 +87,30 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
             yield
 
     http = HttpServer(
-        uvicorn.Config(app, host=config.host, port=config.http_port, log_config=None, access_log=False,
-                       lifespan="off", timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
-                       timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
-                       ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key)
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
+            timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
+            ssl_certfile=config.tls_cert,
+            ssl_keyfile=config.tls_key,
+        )
     )
     grpc_server = None
     if config.grpc_port:
         from .grpc_api import start_grpc
 
-        grpc_server = await start_grpc(service, config.host, config.grpc_port, tokens,
-                                       tls=(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None)
+        grpc_server = await start_grpc(
+            service,
+            config.host,
+            config.grpc_port,
+            tokens,
+            tls=(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None,
+        )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -110,9 +125,17 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         await asyncio.sleep(0.01)
     host = config.host
     if http.started:
-        log.info("RankQ node %s serving HTTP on %s://%s:%d (docs at /docs), gRPC on %s:%s, Raft on %s, data in %s",
-                 config.node_id or config.raft_address, "https" if config.tls else "http", host, config.http_port, host, config.grpc_port or "off",
-                 config.raft_address, os.path.abspath(config.data_dir))
+        log.info(
+            "RankQ node %s serving HTTP on %s://%s:%d (docs at /docs), gRPC on %s:%s, Raft on %s, data in %s",
+            config.node_id or config.raft_address,
+            "https" if config.tls else "http",
+            host,
+            config.http_port,
+            host,
+            config.grpc_port or "off",
+            config.raft_address,
+            os.path.abspath(config.data_dir),
+        )
     if started is not None:
         started.set()
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -130,8 +153,7 @@ async def shutdown(service: QueueService, http, http_task: asyncio.Task, grpc_se
     service.begin_shutdown()
     unanswered = await service.drain(SHUTDOWN_DRAIN_SECONDS)
     if unanswered:
-        log.warning("answered %d writes 503 (not committed within %gs of shutdown)", unanswered,
-                    SHUTDOWN_DRAIN_SECONDS)
+        log.warning("answered %d writes 503 (not committed within %gs of shutdown)", unanswered, SHUTDOWN_DRAIN_SECONDS)
     http.should_exit = True
     closing = [http_task]
     if grpc_server is not None:

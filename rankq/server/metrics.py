@@ -16,14 +16,13 @@ from bisect import bisect_left
 from collections.abc import Iterator
 
 import grpc
-
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 from starlette.routing import Match
 
 from . import logs
@@ -37,6 +36,7 @@ GCCollector(registry=REGISTRY)
 # Buckets from 0.5 ms (a local read) to 20 s (the longest long-poll wait).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
 
+
 class LatencyStats:
     """Request counts and latency histograms kept in plain lists.
 
@@ -45,8 +45,15 @@ class LatencyStats:
     tenth of prometheus_client's locked Counter plus Histogram. Series are keyed by the full label
     set; the histogram is exported without the last key label (status), the counter with all."""
 
-    def __init__(self, name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...],
-                 counter: str | None = None, counter_doc: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: tuple[str, ...],
+        buckets: tuple[float, ...],
+        counter: str | None = None,
+        counter_doc: str = "",
+    ) -> None:
         self.name, self.doc, self.labels, self.buckets = name, doc, labels, buckets
         self.counter, self.counter_doc = counter, counter_doc
         self.series: dict[tuple, list] = {}  # key -> [count per bucket ..., count over the last bound, sum]
@@ -84,13 +91,28 @@ class LatencyStats:
         return []
 
 
-HTTP = LatencyStats("rankq_http_request_duration_seconds", "Time to answer an HTTP request, by route template and method",
-                    ("route", "method", "status"), LATENCY_BUCKETS,
-                    "rankq_http_requests", "HTTP requests answered, by route template, method and status")
-GRPC = LatencyStats("rankq_grpc_request_duration_seconds", "Time to answer a gRPC call, by method",
-                    ("method", "code"), LATENCY_BUCKETS, "rankq_grpc_requests", "gRPC calls answered, by method and status code")
-COMMIT = LatencyStats("rankq_raft_commit_duration_seconds", "From proposing a batch of commands on this node to its commit",
-                      (), (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+HTTP = LatencyStats(
+    "rankq_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template and method",
+    ("route", "method", "status"),
+    LATENCY_BUCKETS,
+    "rankq_http_requests",
+    "HTTP requests answered, by route template, method and status",
+)
+GRPC = LatencyStats(
+    "rankq_grpc_request_duration_seconds",
+    "Time to answer a gRPC call, by method",
+    ("method", "code"),
+    LATENCY_BUCKETS,
+    "rankq_grpc_requests",
+    "gRPC calls answered, by method and status code",
+)
+COMMIT = LatencyStats(
+    "rankq_raft_commit_duration_seconds",
+    "From proposing a batch of commands on this node to its commit",
+    (),
+    (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 for _stats in (HTTP, GRPC, COMMIT):
     REGISTRY.register(_stats)
 
@@ -117,13 +139,15 @@ def queue_snapshot(service, now_ms: int | None = None) -> list[dict]:
         for q in service.node.engine.queues.values():
             counts = q.counts()
             oldest = q.oldest_ready_at()
-            out.append({
-                "name": q.name,
-                "counts": counts,
-                "totals": dict(q.totals),
-                "backlog": q.backlog(now_ms),  # what autoscalers scale on (see QueueState.backlog)
-                "oldest_ready_age": None if oldest is None else max(0, now_ms - oldest) / 1000,
-            })
+            out.append(
+                {
+                    "name": q.name,
+                    "counts": counts,
+                    "totals": dict(q.totals),
+                    "backlog": q.backlog(now_ms),  # what autoscalers scale on (see QueueState.backlog)
+                    "oldest_ready_age": None if oldest is None else max(0, now_ms - oldest) / 1000,
+                }
+            )
     return out
 
 
@@ -161,24 +185,37 @@ class ClusterCollector:
         yield GaugeMetricFamily("rankq_raft_term", "Current Raft term", value=status["term"])
         yield GaugeMetricFamily("rankq_raft_commit_index", "Raft commit index", value=status["commit_index"])
         yield GaugeMetricFamily("rankq_raft_last_applied", "Last applied Raft log index", value=status["last_applied"])
-        yield GaugeMetricFamily("rankq_writes_waiting", "Writes accepted by this node and not yet answered",
-                                value=service.waiting_writes())
-        yield CounterMetricFamily("rankq_raft_elections", "Raft terms begun (elections) since this process started",
-                                  value=self.elections.count(status["term"]))
-        members = GaugeMetricFamily("rankq_raft_members", "Members of the Raft group as this node sees them", value=len(status["members"]))
+        yield GaugeMetricFamily(
+            "rankq_writes_waiting", "Writes accepted by this node and not yet answered", value=service.waiting_writes()
+        )
+        yield CounterMetricFamily(
+            "rankq_raft_elections",
+            "Raft terms begun (elections) since this process started",
+            value=self.elections.count(status["term"]),
+        )
+        members = GaugeMetricFamily(
+            "rankq_raft_members", "Members of the Raft group as this node sees them", value=len(status["members"])
+        )
         yield members
-        healthy = GaugeMetricFamily("rankq_raft_member_up", "1 when this node is connected to the member",
-                                    labels=["member"])
+        healthy = GaugeMetricFamily(
+            "rankq_raft_member_up", "1 when this node is connected to the member", labels=["member"]
+        )
         for m in status["members"]:
             if not m["self"]:
                 healthy.add_metric([m["id"]], 1 if m["healthy"] else 0)
         yield healthy
         if not leader:
             return  # replicated state: exported by the leader only, so sums over pods count it once
-        match = GaugeMetricFamily("rankq_raft_member_match_index", "Highest log index known replicated on the member (leader only)",
-                                  labels=["member"])
-        lag = GaugeMetricFamily("rankq_raft_member_lag_entries", "Committed entries the member has not yet acknowledged (leader only)",
-                                labels=["member"])
+        match = GaugeMetricFamily(
+            "rankq_raft_member_match_index",
+            "Highest log index known replicated on the member (leader only)",
+            labels=["member"],
+        )
+        lag = GaugeMetricFamily(
+            "rankq_raft_member_lag_entries",
+            "Committed entries the member has not yet acknowledged (leader only)",
+            labels=["member"],
+        )
         for m in status["members"]:
             if m["match_index"] is not None:
                 match.add_metric([m["id"]], m["match_index"])
@@ -186,14 +223,22 @@ class ClusterCollector:
                 lag.add_metric([m["id"]], m["lag"] or 0)
         yield match
         yield lag
-        depth = GaugeMetricFamily("rankq_queue_messages", "Messages in a queue by state (leader only)", labels=["queue", "state"])
-        totals = CounterMetricFamily("rankq_queue_events", "Message events since the queue was created (leader only)",
-                                     labels=["queue", "event"])
-        backlog = GaugeMetricFamily("rankq_queue_backlog", "Ready + leased + delayed messages already due: what worker autoscaling scales on (leader only)",
-                                    labels=["queue"])
-        age = GaugeMetricFamily("rankq_queue_oldest_ready_age_seconds",
-                                "How long the longest-waiting ready message has been queued; 0 when none (leader only)",
-                                labels=["queue"])
+        depth = GaugeMetricFamily(
+            "rankq_queue_messages", "Messages in a queue by state (leader only)", labels=["queue", "state"]
+        )
+        totals = CounterMetricFamily(
+            "rankq_queue_events", "Message events since the queue was created (leader only)", labels=["queue", "event"]
+        )
+        backlog = GaugeMetricFamily(
+            "rankq_queue_backlog",
+            "Ready + leased + delayed messages already due: what worker autoscaling scales on (leader only)",
+            labels=["queue"],
+        )
+        age = GaugeMetricFamily(
+            "rankq_queue_oldest_ready_age_seconds",
+            "How long the longest-waiting ready message has been queued; 0 when none (leader only)",
+            labels=["queue"],
+        )
         for q in queue_snapshot(service):
             for state, n in q["counts"].items():
                 depth.add_metric([q["name"], state], n)
@@ -298,7 +343,11 @@ class GrpcObserver(grpc.aio.ServerInterceptor):
         def finish(context, start, error):
             code = context.code() if hasattr(context, "code") else None
             if code is None:
-                code = grpc.StatusCode.UNKNOWN if error is not None and not isinstance(error, _aborted()) else grpc.StatusCode.OK
+                code = (
+                    grpc.StatusCode.UNKNOWN
+                    if error is not None and not isinstance(error, _aborted())
+                    else grpc.StatusCode.OK
+                )
             name = code.name if isinstance(code, grpc.StatusCode) else str(code)
             observe_grpc(method, name, time.perf_counter() - start)
 
@@ -320,7 +369,10 @@ class GrpcObserver(grpc.aio.ServerInterceptor):
                     finish(context, start, error)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.stream_stream is not None:
             inner_stream = handler.stream_stream
 
@@ -340,7 +392,10 @@ class GrpcObserver(grpc.aio.ServerInterceptor):
                     finish(context, start, error)
 
             return grpc.stream_stream_rpc_method_handler(
-                streaming, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+                streaming,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
 

@@ -54,8 +54,13 @@ class QueueView:
 
 
 class QueueService(ClusterOps):
-    def __init__(self, node: RaftNode, max_inflight: int = 2, member_info: dict | None = None,
-                 proposal_timeout: float = PROPOSAL_TIMEOUT) -> None:
+    def __init__(
+        self,
+        node: RaftNode,
+        max_inflight: int = 2,
+        member_info: dict | None = None,
+        proposal_timeout: float = PROPOSAL_TIMEOUT,
+    ) -> None:
         self.node = node
         self.max_inflight = max_inflight
         self.member_info = member_info or {}
@@ -143,17 +148,22 @@ class QueueService(ClusterOps):
             self._answered.clear()
             try:
                 await asyncio.wait_for(self._answered.wait(), timeout=left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return self._answer_all("this node shut down")
 
     def _answer_all(self, why: str) -> int:
         """Answer every write still waiting with 503: outcome unknown if proposed, else not written."""
         hint = self._leader_hint()
-        unknown = Unavailable(f"{why}; outcome unknown", detail=(
-            f"{why} before the write was committed; the outcome is unknown: retry with the same dedup_key{hint}"))
-        not_written = Unavailable(f"{why}; not written", detail=(
-            f"{why} before the write was proposed; nothing was written: retry{hint}"))
+        unknown = Unavailable(
+            f"{why}; outcome unknown",
+            detail=(
+                f"{why} before the write was committed; the outcome is unknown: retry with the same dedup_key{hint}"
+            ),
+        )
+        not_written = Unavailable(
+            f"{why}; not written", detail=(f"{why} before the write was proposed; nothing was written: retry{hint}")
+        )
         answered = 0
         for _, batch in self._batches.values():
             answered += self._fail(batch, unknown)
@@ -189,12 +199,17 @@ class QueueService(ClusterOps):
     def _refusal(self) -> Unavailable | None:
         """Why this node takes no new write, or None when it does."""
         if self._closing:
-            return Unavailable("shutting down", detail="this node is shutting down and takes no new writes"
-                               + self._leader_hint())
+            return Unavailable(
+                "shutting down", detail="this node is shutting down and takes no new writes" + self._leader_hint()
+            )
         if self.node.cut_off():
-            return Unavailable("cut off", detail=(
-                "this node is not in contact with the group's leader (it was removed from the group, "
-                "is not yet added, or is partitioned away) and cannot commit writes" + self._leader_hint()))
+            return Unavailable(
+                "cut off",
+                detail=(
+                    "this node is not in contact with the group's leader (it was removed from the group, "
+                    "is not yet added, or is partitioned away) and cannot commit writes" + self._leader_hint()
+                ),
+            )
         return None
 
     # ---- proposing ----------------------------------------------------------------------------
@@ -272,8 +287,10 @@ class QueueService(ClusterOps):
         self._inflight -= 1
         if error is not None:
             if isinstance(error, ReplicationError):
-                exc = Unavailable(str(error), detail=(
-                    f"no leader can commit writes right now ({error}); retry shortly{self._leader_hint()}"))
+                exc = Unavailable(
+                    str(error),
+                    detail=(f"no leader can commit writes right now ({error}); retry shortly{self._leader_hint()}"),
+                )
             else:
                 exc = error
             for _, fut in batch:
@@ -388,7 +405,7 @@ class QueueService(ClusterOps):
                 return got
             try:
                 await asyncio.wait_for(ev.wait(), timeout=left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return []
             if self._closing:
                 return []  # this node is stopping: end the wait early, with nothing leased
@@ -409,8 +426,15 @@ class QueueService(ClusterOps):
     async def ack(self, queue: str, items: list[c.AckItem]) -> list[EngineError | None]:
         return await self.submit(c.Ack(queue, tuple(items)))
 
-    async def nack(self, queue: str, mid: int, token: str, delay_ms: int | None = None, error: str | None = None,
-                   dead: bool = False) -> dict:
+    async def nack(
+        self,
+        queue: str,
+        mid: int,
+        token: str,
+        delay_ms: int | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> dict:
         return await self.submit(c.Nack(queue, mid, token, delay_ms, error, random.random(), dead))
 
     async def extend(self, queue: str, mid: int, token: str, visibility_timeout_ms: int | None = None) -> int:

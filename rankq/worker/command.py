@@ -41,29 +41,81 @@ def load_handler(target: str) -> Callable[..., Any]:
 @click.command("worker")
 @click.argument("target", metavar="MODULE:FUNCTION")
 @click.option("--queue", "-q", required=True, help="Queue to consume.")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Handlers running at once (threads for a plain function, tasks for an async one).")
-@click.option("--prefetch", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Extra messages leased while all slots are busy.")
-@click.option("--url", envvar="RANKQ_URL", default=None,
-              help="Server or comma-separated group (env RANKQ_URL; default: rankq --url).")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Handlers running at once (threads for a plain function, tasks for an async one).",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Extra messages leased while all slots are busy.",
+)
+@click.option(
+    "--url",
+    envvar="RANKQ_URL",
+    default=None,
+    help="Server or comma-separated group (env RANKQ_URL; default: rankq --url).",
+)
 @click.option("--token", envvar="RANKQ_API_TOKEN", default=None, help="API token (env RANKQ_API_TOKEN).")
-@click.option("--visibility-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Lease length in seconds, renewed at a third of it while a handler runs (default: the queue's).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds a handler may run; a longer run is nacked as failed.")
-@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="After SIGTERM/SIGINT: seconds running handlers may finish before the rest is released.")
-@click.option("--poll-wait", type=click.FloatRange(min=0, max=20), default=5.0, show_default=True,
-              help="Seconds a dequeue waits on an empty queue.")
-@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
-              help="Serve /healthz, /readyz and Prometheus /metrics on this port.")
+@click.option(
+    "--visibility-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Lease length in seconds, renewed at a third of it while a handler runs (default: the queue's).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a handler may run; a longer run is nacked as failed.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="After SIGTERM/SIGINT: seconds running handlers may finish before the rest is released.",
+)
+@click.option(
+    "--poll-wait",
+    type=click.FloatRange(min=0, max=20),
+    default=5.0,
+    show_default=True,
+    help="Seconds a dequeue waits on an empty queue.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve /healthz, /readyz and Prometheus /metrics on this port.",
+)
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
 @click.pass_context
-def worker_command(ctx: click.Context, target: str, queue: str, concurrency: int, prefetch: int, url: str | None,
-                   token: str | None, visibility_timeout: float | None, timeout: float | None, drain_timeout: float,
-                   poll_wait: float, metrics_port: int | None, metrics_host: str, log_level: str) -> None:
+def worker_command(
+    ctx: click.Context,
+    target: str,
+    queue: str,
+    concurrency: int,
+    prefetch: int,
+    url: str | None,
+    token: str | None,
+    visibility_timeout: float | None,
+    timeout: float | None,
+    drain_timeout: float,
+    poll_wait: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    log_level: str,
+) -> None:
     """Run MODULE:FUNCTION on every message of --queue.
 
     Return value → ack with it as the result; rankq.worker.Retry(delay) → redelivered after delay;
@@ -74,15 +126,29 @@ def worker_command(ctx: click.Context, target: str, queue: str, concurrency: int
     state = ctx.find_root().obj
     url = url or getattr(state, "url", None) or "http://127.0.0.1:8080"
     token = token or getattr(state, "token", None)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s.%(msecs)03d [%(levelname)s] worker: %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s.%(msecs)03d [%(levelname)s] worker: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
     for noisy in ("httpx", "httpcore"):  # one line per request otherwise
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     from .runtime import Worker
 
-    worker = Worker(url, queue, concurrency, prefetch=prefetch, visibility_timeout=visibility_timeout,
-                    timeout=timeout, drain_timeout=drain_timeout, poll_wait=poll_wait, token=token,
-                    metrics_port=metrics_port, metrics_host=metrics_host)
+    worker = Worker(
+        url,
+        queue,
+        concurrency,
+        prefetch=prefetch,
+        visibility_timeout=visibility_timeout,
+        timeout=timeout,
+        drain_timeout=drain_timeout,
+        poll_wait=poll_wait,
+        token=token,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
     worker.handler(fn)
     worker.run()
     sys.stdout.flush()

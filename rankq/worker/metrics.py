@@ -24,15 +24,24 @@ class WorkerMetrics:
             return Counter(name, doc, ["queue"], registry=r).labels(**q)
 
         self.processed = counter("rankq_worker_processed", "Messages handled and acked")
-        self.failed = counter("rankq_worker_failed", "Handler errors and timeouts (nacked with backoff, or dead once out of deliveries)")
+        self.failed = counter(
+            "rankq_worker_failed", "Handler errors and timeouts (nacked with backoff, or dead once out of deliveries)"
+        )
         self.retried = counter("rankq_worker_retried", "Messages given back by Retry(delay)")
         self.rejected = counter("rankq_worker_rejected", "Messages dead-lettered by Reject")
         self.released = counter("rankq_worker_released", "Messages released unfinished (drain)")
         self.lease_extensions = counter("rankq_worker_lease_extensions", "Leases extended by heartbeats")
         self.lease_lost = counter("rankq_worker_lease_lost", "Leases lost while handling (result not acked)")
-        self.inflight = Gauge("rankq_worker_inflight", "Messages leased by this worker", ["queue"], registry=r).labels(**q)
-        self.duration = Histogram("rankq_worker_handler_seconds", "Handler run time in seconds", ["queue"],
-                                  buckets=DURATION_BUCKETS, registry=r).labels(**q)
+        self.inflight = Gauge("rankq_worker_inflight", "Messages leased by this worker", ["queue"], registry=r).labels(
+            **q
+        )
+        self.duration = Histogram(
+            "rankq_worker_handler_seconds",
+            "Handler run time in seconds",
+            ["queue"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        ).labels(**q)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -54,14 +63,21 @@ async def serve_endpoint(host: str, port: int, metrics: WorkerMetrics, ready: Ca
                 status, body, ctype = 200, b'{"status":"ok"}', "application/json"
             elif path == "/readyz":
                 ok = ready()
-                status, body, ctype = (200 if ok else 503), (b'{"ready":true}' if ok else b'{"ready":false}'), "application/json"
+                status, body, ctype = (
+                    (200 if ok else 503),
+                    (b'{"ready":true}' if ok else b'{"ready":false}'),
+                    "application/json",
+                )
             else:
                 status, body, ctype = 404, b'{"detail":"not found"}', "application/json"
             reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
-            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         f"Connection: close\r\n\r\n".encode() + body)
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + body
+            )
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

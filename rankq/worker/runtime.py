@@ -71,11 +71,22 @@ class Worker:
     and /metrics.
     """
 
-    def __init__(self, url: str, queue: str, concurrency: int = DEFAULT_CONCURRENCY, *, prefetch: int = 0,
-                 visibility_timeout: float | None = None, timeout: float | None = None,
-                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT, poll_wait: float = DEFAULT_POLL_WAIT,
-                 token: str | None = None, metrics_port: int | None = None, metrics_host: str = "0.0.0.0",
-                 request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        *,
+        prefetch: int = 0,
+        visibility_timeout: float | None = None,
+        timeout: float | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        poll_wait: float = DEFAULT_POLL_WAIT,
+        token: str | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
+        request_timeout: float = 10.0,
+    ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be 1 or more")
         if prefetch < 0:
@@ -150,7 +161,9 @@ class Worker:
         self._idle = asyncio.Event()
         self._ack_wake = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._pool = None if self._is_async else ThreadPoolExecutor(self.concurrency, thread_name_prefix="rankq-handler")
+        self._pool = (
+            None if self._is_async else ThreadPoolExecutor(self.concurrency, thread_name_prefix="rankq-handler")
+        )
         self._client = AsyncClient(self.url, timeout=self.request_timeout, token=self.token)
         endpoint = None
         installed: list[signal.Signals] = []
@@ -170,12 +183,19 @@ class Worker:
             if vt is None:
                 vt = float((await self._client.get_queue(self.queue)).settings["visibility_timeout"])
             self._vt = vt
-            log.info("worker started: queue %s, concurrency %d, visibility timeout %gs, handler %s",
-                     self.queue, self.concurrency, vt, getattr(self._handler, "__qualname__", self._handler))
+            log.info(
+                "worker started: queue %s, concurrency %d, visibility timeout %gs, handler %s",
+                self.queue,
+                self.concurrency,
+                vt,
+                getattr(self._handler, "__qualname__", self._handler),
+            )
             self._ready = True
             fetcher = asyncio.create_task(self._fetch_loop(), name="rankq-worker-fetch")
-            helpers = [asyncio.create_task(self._heartbeat_loop(), name="rankq-worker-heartbeat"),
-                       asyncio.create_task(self._ack_loop(), name="rankq-worker-ack")]
+            helpers = [
+                asyncio.create_task(self._heartbeat_loop(), name="rankq-worker-heartbeat"),
+                asyncio.create_task(self._ack_loop(), name="rankq-worker-ack"),
+            ]
             for task in (fetcher, *helpers):
                 task.add_done_callback(self._crashed)
             await self._stopping.wait()
@@ -229,15 +249,16 @@ class Worker:
                 continue
             leased_at = time.monotonic()
             try:
-                msgs = await self._client.dequeue(self.queue, max=free, wait=self.poll_wait,
-                                                  visibility_timeout=self._vt)
+                msgs = await self._client.dequeue(
+                    self.queue, max=free, wait=self.poll_wait, visibility_timeout=self._vt
+                )
                 backoff = 0.1
             except RankQError as err:
                 level = logging.ERROR if isinstance(err, NotFoundError) else logging.WARNING
                 log.log(level, "dequeue failed: %s; again in %.1fs", err, backoff)
                 try:
                     await asyncio.wait_for(self._stopping.wait(), backoff)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -273,7 +294,7 @@ class Worker:
             if job.abandoned:  # released by the drain
                 return
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._observe(started)
             await self._failed(job, f"timed out after {timeout:g}s")
             return
@@ -314,7 +335,9 @@ class Worker:
         log.error("message %d failed (delivery %d): %s", job.msg.id, job.msg.deliveries, error)
         await self._nack(job, error=error)
 
-    async def _nack(self, job: Job, *, delay: float | None = None, error: str | None = None, dead: bool = False) -> None:
+    async def _nack(
+        self, job: Job, *, delay: float | None = None, error: str | None = None, dead: bool = False
+    ) -> None:
         job.state = SETTLING
         try:
             if not job.lost:
@@ -427,8 +450,9 @@ class Worker:
         """Wait for `aw` until `deadline` or a second signal; True when it finished."""
         now_task = asyncio.ensure_future(self._now.wait())
         try:
-            done, _ = await asyncio.wait({aw, now_task}, timeout=max(0.0, deadline - time.monotonic()),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {aw, now_task}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             now_task.cancel()
         return aw in done

@@ -51,15 +51,21 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str, timeout: float = 120) -> None:
-        done = subprocess.run([*self.as_user, os.path.join(self.bin, tool), *args], capture_output=True,
-                              text=True, timeout=timeout, cwd=self.dir)
+        done = subprocess.run(
+            [*self.as_user, os.path.join(self.bin, tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.dir,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{tool} failed: {done.stdout}{done.stderr}")
 
-    def start(self) -> "Postgres":
+    def start(self) -> Postgres:
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.dir, "pg.log"), "-w", "-t", "60",
-                  "start")
+        self._run(
+            "pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.dir, "pg.log"), "-w", "-t", "60", "start"
+        )
         return self
 
     def stop(self) -> None:

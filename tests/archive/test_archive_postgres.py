@@ -7,10 +7,10 @@ import time
 
 import httpx
 import pytest
+from serverproc import Cluster, wait_for
 
 from rankq import Client, NewMessage
 from rankq.server.archive import row_of
-from serverproc import Cluster, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -18,9 +18,22 @@ TOTAL = 50_000
 
 
 def test_rows_hold_what_sql_users_need():
-    rec = {"archive_seq": 7, "queue": "q", "id": 42, "state": "acked", "payload": '{"a": "\\u0000"}',
-           "headers": {"h": "v"}, "dedup_key": None, "last_error": None, "priority": 1, "group": "g",
-           "deliveries": 2, "enqueued_at": 1_000, "finished_at": 2_000, "result": {"ok": True}}
+    rec = {
+        "archive_seq": 7,
+        "queue": "q",
+        "id": 42,
+        "state": "acked",
+        "payload": '{"a": "\\u0000"}',
+        "headers": {"h": "v"},
+        "dedup_key": None,
+        "last_error": None,
+        "priority": 1,
+        "group": "g",
+        "deliveries": 2,
+        "enqueued_at": 1_000,
+        "finished_at": 2_000,
+        "result": {"ok": True},
+    }
     row = row_of("grp", rec)
     assert row[:4] == ("grp", "q", 42, "acked")
     assert row[4] is None and row[5] == '{"a": "\\u0000"}'  # jsonb cannot hold \u0000: kept as text
@@ -47,8 +60,10 @@ def test_every_finished_message_is_archived_once_through_outage_and_failover(tmp
             rq.create_queue("jobs", archive=True, max_deliveries=0, visibility_timeout=3)
             rq.create_queue("plain")  # archive off: nothing of it reaches the database
             for start in range(0, TOTAL, 1000):
-                rq.enqueue_batch("jobs", [NewMessage({"n": i}, priority=1 + i % 3, dedup_key=f"k{i}")
-                                          for i in range(start, start + 1000)])
+                rq.enqueue_batch(
+                    "jobs",
+                    [NewMessage({"n": i}, priority=1 + i % 3, dedup_key=f"k{i}") for i in range(start, start + 1000)],
+                )
             rq.enqueue("plain", "not archived")
             [m] = rq.dequeue("plain")
             rq.ack(m)
@@ -90,14 +105,17 @@ def test_every_finished_message_is_archived_once_through_outage_and_failover(tmp
             # died may have answered the consumer with an error (its retry then finds it done).
             with Client(_urls(group), timeout=5) as c:
                 return c.get_queue("jobs").counts.acked_retained == TOTAL
+
         wait_for(all_finished, 120, "every message acked")
         stop.set()
         for t in threads:
             t.join(15)
 
         wait_for(lambda: _archive_status(group)["pending"] == 0, 60, "the outbox to drain")
-        rows = postgres.query("SELECT queue, message_id, state, result, payload, deliveries >= 1 "
-                              "FROM rankq_messages WHERE group_name = 'orders'")
+        rows = postgres.query(
+            "SELECT queue, message_id, state, result, payload, deliveries >= 1 "
+            "FROM rankq_messages WHERE group_name = 'orders'"
+        )
         ids = [r[1] for r in rows]
         assert len(ids) == len(set(ids)) == TOTAL, "each finished message exactly once"
         assert acked <= set(ids), "every ack a consumer saw succeed is archived"

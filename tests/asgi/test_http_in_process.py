@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
+from serverproc import free_port
 
 from rankq.replication import RaftNode, RaftSettings
 from rankq.server.http_api import build_app
 from rankq.server.service import QueueService
-from serverproc import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,8 +58,9 @@ def test_enqueue_dequeue_ack_round_trip(tmp_path):
         r = await api.post("/queues/jobs/dequeue", json={"max": 5})
         [msg] = r.json()["messages"]
         assert msg["id"] == mid and msg["payload"] == {"n": 1}
-        r = await api.post(f"/queues/jobs/messages/{mid}/ack", json={"lease_token": msg["lease_token"],
-                                                                    "result": {"ok": True}})
+        r = await api.post(
+            f"/queues/jobs/messages/{mid}/ack", json={"lease_token": msg["lease_token"], "result": {"ok": True}}
+        )
         assert r.status_code == 200, r.text
         r = await api.get(f"/queues/jobs/messages/{mid}")
         assert r.json()["state"] == "acked" and r.json()["result"] == {"ok": True}
@@ -83,16 +84,19 @@ def test_defaults_of_a_new_queue_are_the_engines(tmp_path):
     run(tmp_path, scenario)
 
 
-@pytest.mark.parametrize("body", [
-    {"name": "b", "visibility_timeout": 0},
-    {"name": "b", "visibility_timeout": 43200.5},
-    {"name": "b", "max_payload_bytes": 64 * 1024 * 1024 + 1},
-    {"name": "b", "retention": -1},
-    {"name": "b", "policy": "fifo"},
-    {"name": "b", "max_deliveries": "3"},
-    {"name": "b", "weights": {"1": 0}},
-    {"name": "b", "unknown": 1},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "b", "visibility_timeout": 0},
+        {"name": "b", "visibility_timeout": 43200.5},
+        {"name": "b", "max_payload_bytes": 64 * 1024 * 1024 + 1},
+        {"name": "b", "retention": -1},
+        {"name": "b", "policy": "fifo"},
+        {"name": "b", "max_deliveries": "3"},
+        {"name": "b", "weights": {"1": 0}},
+        {"name": "b", "unknown": 1},
+    ],
+)
 def test_a_bad_setting_is_422_with_a_detail_and_creates_nothing(tmp_path, body):
     async def scenario(api: httpx.AsyncClient) -> None:
         r = await api.post("/queues", json=body)
@@ -106,8 +110,9 @@ def test_a_bad_setting_is_422_with_a_detail_and_creates_nothing(tmp_path, body):
 def test_not_json_payloads_are_refused(tmp_path):
     async def scenario(api: httpx.AsyncClient) -> None:
         await api.post("/queues", json={"name": "p"})
-        r = await api.post("/queues/p/messages", content=b'{"payload": NaN}',
-                           headers={"content-type": "application/json"})
+        r = await api.post(
+            "/queues/p/messages", content=b'{"payload": NaN}', headers={"content-type": "application/json"}
+        )
         assert r.status_code == 422, r.text
         r = await api.post("/queues/p/messages", content=b'{"payload": ', headers={"content-type": "application/json"})
         assert r.status_code in (400, 422), r.text

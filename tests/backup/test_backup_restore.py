@@ -8,10 +8,10 @@ import threading
 import time
 
 import pytest
+from serverproc import Cluster, wait_for
 
 from rankq import Client
 from rankq.client import ConflictError
-from serverproc import Cluster, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,8 +29,9 @@ def test_backup_under_load_restores_every_acknowledged_message_once(tmp_path):
             rq.create_queue("jobs", policy="weighted", max_deliveries=2, fair_groups=True)
             rq.create_queue("results", retention=3600)
             for i in range(300):
-                sent = rq.enqueue("jobs", {"n": i}, priority=1 + i % 5, group=f"t{i % 3}", dedup_key=f"k{i}",
-                                  headers={"i": str(i)})
+                sent = rq.enqueue(
+                    "jobs", {"n": i}, priority=1 + i % 5, group=f"t{i % 3}", dedup_key=f"k{i}", headers={"i": str(i)}
+                )
                 acked[sent.id] = (time.monotonic(), json.dumps({"n": i}))
             leased = rq.dequeue("jobs", max=20)  # leased at backup time: must come back ready
             dead = rq.dequeue("jobs", max=1)[0]
@@ -101,6 +102,7 @@ def test_backup_under_load_restores_every_acknowledged_message_once(tmp_path):
         assert (status.state, status.result) == ("acked", {"answer": 42})
         assert info.settings["policy"] == "weighted" and info.settings["fair_groups"] is True
         assert again.duplicate  # dedup keys came along
+
         # Every member of the new group holds the same state.
         def member_counts() -> set:
             out = set()

@@ -9,7 +9,6 @@ import sys
 import time
 
 import httpx
-
 from netns import Network
 
 HTTP_PORT = 8080
@@ -46,13 +45,31 @@ class NsNode:
     def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
         cmd = [
-            *self.net.exec_prefix(self.index), sys.executable, "-m", "rankq.cli", "server",
-            "--data-dir", self.data_dir, "--host", self.host, "--http-port", str(HTTP_PORT), "--grpc-port", "0",
-            "--raft-port", str(RAFT_PORT), "--node-id", self.node_id, "--peers", self.peers,
-            "--raft-password-file", self.secret_file,
+            *self.net.exec_prefix(self.index),
+            sys.executable,
+            "-m",
+            "rankq.cli",
+            "server",
+            "--data-dir",
+            self.data_dir,
+            "--host",
+            self.host,
+            "--http-port",
+            str(HTTP_PORT),
+            "--grpc-port",
+            "0",
+            "--raft-port",
+            str(RAFT_PORT),
+            "--node-id",
+            self.node_id,
+            "--peers",
+            self.peers,
+            "--raft-password-file",
+            self.secret_file,
             # Snapshots every few hundred entries, so faults also hit log compaction, restarts
             # from a snapshot and snapshot transfer to lagging members.
-            "--snapshot-entries", "300",
+            "--snapshot-entries",
+            "300",
             # The API listens on the namespace's private address, reachable only from this test.
             "--insecure-no-auth",
         ]
@@ -114,7 +131,7 @@ class NsGroup:
         self.nodes = [NsNode(net, i, os.path.join(root, f"n{i}"), peers, secret) for i in range(net.size)]
         self._http = client(timeout=2.0)
 
-    def start(self, timeout: float = 60.0) -> "NsGroup":
+    def start(self, timeout: float = 60.0) -> NsGroup:
         for n in self.nodes:
             n.start()
         self.wait_healthy(timeout)

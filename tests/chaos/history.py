@@ -134,11 +134,20 @@ class History:
         for k, v in fields.items():
             setattr(op, k, v)
 
-    def delivered(self, consumer: str, node: str, message: dict, vt_ms: int, t_invoke: float, t_recv: float) -> Delivery:
+    def delivered(
+        self, consumer: str, node: str, message: dict, vt_ms: int, t_invoke: float, t_recv: float
+    ) -> Delivery:
         d = Delivery(
-            consumer=consumer, node=node, id=message["id"], payload=canonical(message.get("payload")),
-            token=message["lease_token"], expires_ms=iso_ms(message["lease_expires_at"]), vt_ms=vt_ms,
-            deliveries=message["deliveries"], t_invoke=t_invoke, t_recv=t_recv,
+            consumer=consumer,
+            node=node,
+            id=message["id"],
+            payload=canonical(message.get("payload")),
+            token=message["lease_token"],
+            expires_ms=iso_ms(message["lease_expires_at"]),
+            vt_ms=vt_ms,
+            deliveries=message["deliveries"],
+            t_invoke=t_invoke,
+            t_recv=t_recv,
         )
         with self.lock:
             self.deliveries.append(d)
@@ -199,8 +208,13 @@ def effective_lease_ops(ops: list[LeaseOp]) -> list[LeaseOp]:
     return done[:1] if done else [op for op in ops if op.outcome == UNKNOWN]
 
 
-def check(history: History, final: FinalState, margin_ms: int = 100, retention_s: float = 3600.0,
-          max_deliveries: int | None = None) -> list[Violation]:
+def check(
+    history: History,
+    final: FinalState,
+    margin_ms: int = 100,
+    retention_s: float = 3600.0,
+    max_deliveries: int | None = None,
+) -> list[Violation]:
     """Every violation of the four properties, given the history and the state read after draining.
 
     `margin_ms` only covers comparisons between the clients' wall clock and engine time (same
@@ -238,9 +252,13 @@ def check(history: History, final: FinalState, margin_ms: int = 100, retention_s
             out.append(Violation("invented", mid, f"{where}: payload {payload[:120]} was never enqueued"))
             continue
         if sent[key] != payload:
-            out.append(Violation("invented", mid, f"{where}: payload {payload[:120]} differs from the one sent under {key}"))
+            out.append(
+                Violation("invented", mid, f"{where}: payload {payload[:120]} differs from the one sent under {key}")
+            )
         if mid in id_payload and id_payload[mid] != payload:
-            out.append(Violation("invented", mid, f"{where}: payload changed from {id_payload[mid][:80]} to {payload[:80]}"))
+            out.append(
+                Violation("invented", mid, f"{where}: payload changed from {id_payload[mid][:80]} to {payload[:80]}")
+            )
         id_payload.setdefault(mid, payload)
         key_ids[key].add(mid)
     for key, ids in key_ids.items():
@@ -266,11 +284,20 @@ def check(history: History, final: FinalState, margin_ms: int = 100, retention_s
             reported = final.dlq_deliveries.get(mid)
             seen = len({d.token for d in by_id.get(mid, [])})
             if reported is not None and reported < max_deliveries:
-                out.append(Violation("lost", mid, f"dead-lettered after {reported} deliveries (max_deliveries "
-                                                  f"{max_deliveries})"))
+                out.append(
+                    Violation(
+                        "lost", mid, f"dead-lettered after {reported} deliveries (max_deliveries {max_deliveries})"
+                    )
+                )
             elif history_complete and seen < max_deliveries:
-                out.append(Violation("lost", mid, f"dead-lettered after {seen} recorded deliveries "
-                                                  f"(max_deliveries {max_deliveries}, no dequeue outcome unknown)"))
+                out.append(
+                    Violation(
+                        "lost",
+                        mid,
+                        f"dead-lettered after {seen} recorded deliveries "
+                        f"(max_deliveries {max_deliveries}, no dequeue outcome unknown)",
+                    )
+                )
 
     # ---- double: a second delivery while an earlier lease is live ------------------------------------
     for mid, ds in by_id.items():
@@ -279,11 +306,16 @@ def check(history: History, final: FinalState, margin_ms: int = 100, retention_s
             for earlier in ds[:j]:
                 if later.t_server_ms >= earlier.expires_ms:
                     continue  # both engine times: exact (a lease that expires at t may go again at t)
-                if later.token == earlier.token and later.consumer == earlier.consumer and later.t_recv == earlier.t_recv:
+                if (
+                    later.token == earlier.token
+                    and later.consumer == earlier.consumer
+                    and later.t_recv == earlier.t_recv
+                ):
                     continue  # the same record
                 ops = effective.get((mid, earlier.token), [])
                 released = [
-                    op for op in ops
+                    op
+                    for op in ops
                     if op.kind == "nack" and op.t_invoke * 1000 + op.delay_ms <= later.t_server_ms + margin_ms
                 ]
                 if released:
@@ -291,13 +323,16 @@ def check(history: History, final: FinalState, margin_ms: int = 100, retention_s
                 acked = [op for op in ops if op.kind == "ack" and op.outcome == OK]
                 if acked and later.t_server_ms > acked[0].t_complete * 1000 + margin_ms:
                     continue  # reported as ack_undone below
-                out.append(Violation(
-                    "double", mid,
-                    f"delivered to {later.consumer} via {later.node} at engine time {later.t_server_ms} "
-                    f"(token {later.token}, delivery #{later.deliveries}) while the lease of {earlier.consumer} "
-                    f"via {earlier.node} (token {earlier.token}, delivery #{earlier.deliveries}, granted "
-                    f"{earlier.t_server_ms}) was live until {earlier.expires_ms}",
-                ))
+                out.append(
+                    Violation(
+                        "double",
+                        mid,
+                        f"delivered to {later.consumer} via {later.node} at engine time {later.t_server_ms} "
+                        f"(token {later.token}, delivery #{later.deliveries}) while the lease of {earlier.consumer} "
+                        f"via {earlier.node} (token {earlier.token}, delivery #{earlier.deliveries}, granted "
+                        f"{earlier.t_server_ms}) was live until {earlier.expires_ms}",
+                    )
+                )
 
     # ---- ack_undone: nothing comes back after an acknowledged ack ------------------------------------
     run_end = time.time()
@@ -306,15 +341,20 @@ def check(history: History, final: FinalState, margin_ms: int = 100, retention_s
             continue
         for d in by_id.get(op.id, []):
             if d.token != op.token and d.t_server_ms > op.t_complete * 1000 + margin_ms:
-                out.append(Violation(
-                    "ack_undone", op.id,
-                    f"ack of token {op.token} by {op.consumer} acknowledged at {op.t_complete:.3f}, yet delivered "
-                    f"again to {d.consumer} via {d.node} at engine time {d.t_server_ms} (token {d.token})",
-                ))
+                out.append(
+                    Violation(
+                        "ack_undone",
+                        op.id,
+                        f"ack of token {op.token} by {op.consumer} acknowledged at {op.t_complete:.3f}, yet delivered "
+                        f"again to {d.consumer} via {d.node} at engine time {d.t_server_ms} (token {d.token})",
+                    )
+                )
         state = final.status.get(op.id, "unchecked")
         aged_out = run_end - op.t_complete > retention_s
         if state not in ("acked", "unchecked") and not (state is None and aged_out):
-            out.append(Violation("ack_undone", op.id, f"ack acknowledged at {op.t_complete:.3f} but final state is {state}"))
+            out.append(
+                Violation("ack_undone", op.id, f"ack acknowledged at {op.t_complete:.3f} but final state is {state}")
+            )
     return out
 
 

@@ -22,8 +22,16 @@ from group import RAFT_PORT, NsGroup, NsNode
 from history import History
 from netns import Network
 
-KINDS_3 = ["kill9_leader", "kill9_follower", "pause_leader", "pause_follower", "restart_all",
-           "isolate_leader", "isolate_leader_full", "isolate_follower"]
+KINDS_3 = [
+    "kill9_leader",
+    "kill9_follower",
+    "pause_leader",
+    "pause_follower",
+    "restart_all",
+    "isolate_leader",
+    "isolate_leader_full",
+    "isolate_follower",
+]
 KINDS_5 = KINDS_3 + ["split_leader_minority", "split_leader_majority"]
 
 
@@ -35,9 +43,19 @@ def plan(kinds: list[str], count: int, rng: random.Random) -> list[str]:
 
 
 class Nemesis:
-    def __init__(self, group: NsGroup, net: Network, history: History, rng: random.Random, *,
-                 hold: tuple[float, float] = (1.5, 3.0), partition_hold: tuple[float, float] = (3.0, 5.0),
-                 gap: tuple[float, float] = (0.5, 1.5), recover_timeout: float = 45.0, log=print) -> None:
+    def __init__(
+        self,
+        group: NsGroup,
+        net: Network,
+        history: History,
+        rng: random.Random,
+        *,
+        hold: tuple[float, float] = (1.5, 3.0),
+        partition_hold: tuple[float, float] = (3.0, 5.0),
+        gap: tuple[float, float] = (0.5, 1.5),
+        recover_timeout: float = 45.0,
+        log=print,
+    ) -> None:
         self.group = group
         self.net = net
         self.history = history
@@ -61,7 +79,9 @@ class Nemesis:
             t1 = time.time()
             self.history.fault(kind, target, t0, t1)
             recovered = self.recover()
-            self.log(f"  fault {n}/{len(kinds)} {kind} on {target}: held {t1 - t0:.1f}s, healthy again {recovered:.1f}s later")
+            self.log(
+                f"  fault {n}/{len(kinds)} {kind} on {target}: held {t1 - t0:.1f}s, healthy again {recovered:.1f}s later"
+            )
             time.sleep(self.rng.uniform(*self.gap))
 
     def recover(self) -> float:

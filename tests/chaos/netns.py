@@ -105,7 +105,7 @@ def sweep(prefix: str = PREFIX) -> list[str]:
         name = line.split()[0] if line.strip() else ""
         if not name.startswith(prefix + "-"):
             continue
-        run_id = name[len(prefix) + 1:].rsplit("-", 1)[0]
+        run_id = name[len(prefix) + 1 :].rsplit("-", 1)[0]
         if not _stale(run_id):
             continue
         for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
@@ -118,7 +118,7 @@ def sweep(prefix: str = PREFIX) -> list[str]:
     links = json.loads(run("ip", "-j", "link", "show", check=False).stdout or "[]")
     for link in links:
         alias = link.get("ifalias") or ""
-        if alias.startswith(prefix + "-") and _stale(alias[len(prefix) + 1:]):
+        if alias.startswith(prefix + "-") and _stale(alias[len(prefix) + 1 :]):
             run("ip", "link", "del", link["ifname"], check=False)
             removed.append(link["ifname"])
     return removed
@@ -185,7 +185,7 @@ class Network:
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
-    def create(self) -> "Network":
+    def create(self) -> Network:
         sweep(self.prefix)
         alias = f"{self.prefix}-{self.run_id}"
         try:
@@ -214,8 +214,11 @@ class Network:
                 run("ip", "-n", name, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0")
                 run("ip", "-n", name, "link", "set", "eth0", "up")
                 run("ip", "-n", name, "link", "set", "lo", "up")
-                self._nft(i, f"add table inet {TABLE}\n"
-                             f"add chain inet {TABLE} input {{ type filter hook input priority 0; policy accept; }}\n")
+                self._nft(
+                    i,
+                    f"add table inet {TABLE}\n"
+                    f"add chain inet {TABLE} input {{ type filter hook input priority 0; policy accept; }}\n",
+                )
         except BaseException:
             self.destroy()
             raise
@@ -235,7 +238,7 @@ class Network:
             run("ip", "link", "del", link, check=False)
         self.root_links = []
 
-    def __enter__(self) -> "Network":
+    def __enter__(self) -> Network:
         return self.create()
 
     def __exit__(self, *exc) -> None:
@@ -259,8 +262,9 @@ class Network:
                 script += f"add rule inet {TABLE} input {match} drop\n"
         self._nft(i, script)
 
-    def partition(self, groups: list[list[int]], raft_port: int | None = None,
-                  cut_clients: list[int] | tuple = ()) -> None:
+    def partition(
+        self, groups: list[list[int]], raft_port: int | None = None, cut_clients: list[int] | tuple = ()
+    ) -> None:
         """Only members of the same group hear each other; nodes in `cut_clients` also drop the root.
 
         With `raft_port`, only traffic to or from that port is dropped between groups.
@@ -278,8 +282,7 @@ class Network:
     def isolate(self, i: int, clients: bool = True, raft_only: bool = False, raft_port: int | None = None) -> None:
         """Cut node i from every other node; `clients=False` also cuts it from the root namespace."""
         rest = [j for j in range(self.size) if j != i]
-        self.partition([[i], rest], raft_port=raft_port if raft_only else None,
-                       cut_clients=() if clients else (i,))
+        self.partition([[i], rest], raft_port=raft_port if raft_only else None, cut_clients=() if clients else (i,))
 
     def heal(self) -> None:
         for i in range(self.size):

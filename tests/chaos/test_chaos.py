@@ -22,7 +22,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from group import NsGroup
 from history import OK, History, check, summarize
 from nemesis import KINDS_3, KINDS_5, Nemesis, plan
@@ -47,7 +46,7 @@ def artifacts_dir(name: str) -> Path:
     base = Path(os.environ.get("RANKQ_CHAOS_ARTIFACTS") or Path(tempfile.gettempdir()) / "rankq-chaos")
     base.mkdir(parents=True, exist_ok=True)
     old = sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-    for stale in old[KEEP_ARTIFACTS - 1:]:
+    for stale in old[KEEP_ARTIFACTS - 1 :]:
         if time.time() - stale.stat().st_mtime > 3600:  # never a run still going
             shutil.rmtree(stale, ignore_errors=True)
     path = base / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -93,9 +92,17 @@ def write_summary(summary: dict) -> None:
     runs[summary["name"]] = summary
     total_faults = sum(r["faults"]["total"] for r in runs.values())
     total_violations = sum(r["violations"]["total"] for r in runs.values())
-    LAST_RUN.write_text(json.dumps({
-        "faults_total": total_faults, "violations_total": total_violations, "runs": runs,
-    }, indent=2) + "\n")
+    LAST_RUN.write_text(
+        json.dumps(
+            {
+                "faults_total": total_faults,
+                "violations_total": total_violations,
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def run_chaos(name: str, size: int, faults: int, workdir: Path, budget: float, **workload_kw) -> dict:
@@ -132,10 +139,13 @@ def run_chaos(name: str, size: int, faults: int, workdir: Path, budget: float, *
         "seed": seed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "duration_s": round(time.monotonic() - started, 1),
-        "faults": {"total": sum(nemesis.counts.values()), "by_kind": dict(nemesis.counts),
-                   "slow_recoveries": nemesis.slow_recoveries,
-                   "recovery_s_max": round(max(nemesis.recoveries, default=0), 2),
-                   "recovery_s_mean": round(sum(nemesis.recoveries) / max(1, len(nemesis.recoveries)), 2)},
+        "faults": {
+            "total": sum(nemesis.counts.values()),
+            "by_kind": dict(nemesis.counts),
+            "slow_recoveries": nemesis.slow_recoveries,
+            "recovery_s_max": round(max(nemesis.recoveries, default=0), 2),
+            "recovery_s_mean": round(sum(nemesis.recoveries) / max(1, len(nemesis.recoveries)), 2),
+        },
         "operations": history.operation_counts(),
         "dead_letters": len(final.dlq),
         "drained": drained,

@@ -16,11 +16,28 @@ def enqueue(h: History, key: str, mid: int | None, outcome: str = OK, payload=No
     return op
 
 
-def deliver(h: History, mid: int, at_ms: int, vt_ms: int = 2000, consumer: str = "c0", token: str | None = None,
-            key: str | None = None, payload=None) -> Delivery:
-    d = Delivery(consumer=consumer, node="n0", id=mid, payload=canonical(payload or {"key": key or f"k{mid}"}),
-                 token=token or f"t{mid}-{at_ms}", expires_ms=at_ms + vt_ms, vt_ms=vt_ms, deliveries=1,
-                 t_invoke=at_ms / 1000 - 0.01, t_recv=at_ms / 1000 + 0.01)
+def deliver(
+    h: History,
+    mid: int,
+    at_ms: int,
+    vt_ms: int = 2000,
+    consumer: str = "c0",
+    token: str | None = None,
+    key: str | None = None,
+    payload=None,
+) -> Delivery:
+    d = Delivery(
+        consumer=consumer,
+        node="n0",
+        id=mid,
+        payload=canonical(payload or {"key": key or f"k{mid}"}),
+        token=token or f"t{mid}-{at_ms}",
+        expires_ms=at_ms + vt_ms,
+        vt_ms=vt_ms,
+        deliveries=1,
+        t_invoke=at_ms / 1000 - 0.01,
+        t_recv=at_ms / 1000 + 0.01,
+    )
     h.deliveries.append(d)
     return d
 
@@ -146,6 +163,7 @@ def test_invented_messages():
 
 
 # ---- blind spots closed ---------------------------------------------------------------------------------
+
 
 def test_acked_at_the_end_without_any_ack_is_caught():
     h = History()

@@ -15,7 +15,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
 from history import FAIL, OK, UNKNOWN, Delivery, FinalState, History
 
 ENQUEUE_TIMEOUT = 8.0  # above the server's 5 s commit deadline, so a slow commit is seen as a 503
@@ -32,9 +31,19 @@ def new_client(timeout: float = ENQUEUE_TIMEOUT) -> httpx.Client:
 
 
 class Workload:
-    def __init__(self, urls: list[str], queue: str, history: History, *, producers: int = 3, consumers: int = 4,
-                 messages_per_producer: int = 5000, producer_pause: float = 0.08, duration: float = 600.0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        queue: str,
+        history: History,
+        *,
+        producers: int = 3,
+        consumers: int = 4,
+        messages_per_producer: int = 5000,
+        producer_pause: float = 0.08,
+        duration: float = 600.0,
+        seed: int = 0,
+    ) -> None:
         self.urls = urls
         self.queue = queue
         self.history = history
@@ -48,7 +57,7 @@ class Workload:
         self.stop_consuming = threading.Event()
         self.threads: list[threading.Thread] = []
 
-    def start(self) -> "Workload":
+    def start(self) -> Workload:
         for k in range(self.n_producers):
             self.threads.append(threading.Thread(target=self._producer, args=(k,), name=f"producer-{k}", daemon=True))
         for k in range(self.n_consumers):
@@ -92,8 +101,10 @@ class Workload:
                     url = self.urls[node]
                     op = h.enqueue_invoked(name, key, payload, url)
                     try:
-                        r = http.post(f"{url}/api/v1/queues/{self.queue}/messages",
-                                      json={"payload": payload, "dedup_key": key, "priority": rng.randint(1, 5)})
+                        r = http.post(
+                            f"{url}/api/v1/queues/{self.queue}/messages",
+                            json={"payload": payload, "dedup_key": key, "priority": rng.randint(1, 5)},
+                        )
                     except httpx.HTTPError as err:
                         h.complete(op, classify_error(err))
                     else:
@@ -123,8 +134,10 @@ class Workload:
                 vt = rng.choice([2, 3, 4, 5])
                 t0 = time.time()
                 try:
-                    r = http.post(f"{url}/api/v1/queues/{self.queue}/dequeue",
-                                  json={"max": rng.randint(1, 4), "wait": DEQUEUE_WAIT, "visibility_timeout": vt})
+                    r = http.post(
+                        f"{url}/api/v1/queues/{self.queue}/dequeue",
+                        json={"max": rng.randint(1, 4), "wait": DEQUEUE_WAIT, "visibility_timeout": vt},
+                    )
                 except httpx.HTTPError as err:
                     h.dequeue_outcome(classify_error(err))
                     node = (node + 1) % len(self.urls)
@@ -211,7 +224,9 @@ def drain(leader_url, queue: str, history: History, timeout: float = 120.0) -> b
                 continue
             t0 = time.time()
             try:
-                r = http.post(f"{url}/api/v1/queues/{queue}/dequeue", json={"max": 100, "wait": 1, "visibility_timeout": 30})
+                r = http.post(
+                    f"{url}/api/v1/queues/{queue}/dequeue", json={"max": 100, "wait": 1, "visibility_timeout": 30}
+                )
             except httpx.HTTPError as err:
                 history.dequeue_outcome(classify_error(err))  # an unknown one may have leased messages
                 time.sleep(0.2)
@@ -226,8 +241,10 @@ def drain(leader_url, queue: str, history: History, timeout: float = 120.0) -> b
                 continue
             ops = [history.lease_invoked("ack", "drain", url, d) for d in got]
             try:
-                r = http.post(f"{url}/api/v1/queues/{queue}/ack",
-                              json={"items": [{"id": d.id, "lease_token": d.token} for d in got]})
+                r = http.post(
+                    f"{url}/api/v1/queues/{queue}/ack",
+                    json={"items": [{"id": d.id, "lease_token": d.token} for d in got]},
+                )
             except httpx.HTTPError as err:
                 for op in ops:
                     history.complete(op, classify_error(err))

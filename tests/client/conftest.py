@@ -6,7 +6,6 @@ import itertools
 import os
 
 import pytest
-
 from serverproc import ServerProcess
 
 _names = itertools.count(1)

@@ -42,17 +42,46 @@ def closed_port_url() -> str:
 
 # ---- queues -----------------------------------------------------------------------------------------
 
+
 def test_queue_create_list_show_update_delete(rankq, qname):
-    out = ok(rankq("queue", "create", qname, "--policy", "weighted", "--weights", "1=30,2=25,3=20",
-                   "--visibility-timeout", "45", "--max-deliveries", "3", "--max-length", "10",
-                   "--fair-groups", "--group-max-inflight", "2", "--no-dead-letter", "--retention", "60"))
+    out = ok(
+        rankq(
+            "queue",
+            "create",
+            qname,
+            "--policy",
+            "weighted",
+            "--weights",
+            "1=30,2=25,3=20",
+            "--visibility-timeout",
+            "45",
+            "--max-deliveries",
+            "3",
+            "--max-length",
+            "10",
+            "--fair-groups",
+            "--group-max-inflight",
+            "2",
+            "--no-dead-letter",
+            "--retention",
+            "60",
+        )
+    )
     assert out.strip() == f"created queue {qname} (policy weighted)"
 
     info = as_json(rankq("-o", "json", "queue", "show", qname))
-    assert info["settings"] == {**info["settings"], "policy": "weighted", "weights": {"1": 30, "2": 25, "3": 20},
-                                "visibility_timeout": 45.0, "max_deliveries": 3, "max_length": 10,
-                                "fair_groups": True, "group_max_inflight": 2, "dead_letter": False,
-                                "retention": 60.0}
+    assert info["settings"] == {
+        **info["settings"],
+        "policy": "weighted",
+        "weights": {"1": 30, "2": 25, "3": 20},
+        "visibility_timeout": 45.0,
+        "max_deliveries": 3,
+        "max_length": 10,
+        "fair_groups": True,
+        "group_max_inflight": 2,
+        "dead_letter": False,
+        "retention": 60.0,
+    }
 
     ok(rankq("send", qname, "1"))
     listing = ok(rankq("queue", "list"))
@@ -90,10 +119,26 @@ def test_queue_update_needs_a_change(rankq, qname):
 
 # ---- send / receive / ack / nack / message --------------------------------------------------------------
 
+
 def test_send_receive_ack_with_result(rankq, qname):
     ok(rankq("queue", "create", qname))
-    sent = as_json(rankq("-o", "json", "send", qname, '{"to": "a@example.com"}', "--priority", "1",
-                         "--group", "g1", "--header", "trace=abc", "--header", "k=v=w"))
+    sent = as_json(
+        rankq(
+            "-o",
+            "json",
+            "send",
+            qname,
+            '{"to": "a@example.com"}',
+            "--priority",
+            "1",
+            "--group",
+            "g1",
+            "--header",
+            "trace=abc",
+            "--header",
+            "k=v=w",
+        )
+    )
     [msg] = as_json(rankq("-o", "json", "receive", qname, "--max", "5"))
     assert msg["id"] == sent["id"] and msg["payload"] == {"to": "a@example.com"}
     assert (msg["priority"], msg["group"], msg["deliveries"]) == (1, "g1", 1)
@@ -118,8 +163,10 @@ def test_receive_table_shows_ids_tokens_and_payloads(rankq, qname):
     header = next(line for line in lines if "lease token" in line)
     assert header.split() == ["id", "priority", "group", "deliveries", "lease", "token", "payload"]
     rows = [line.split(maxsplit=5) for line in lines if line.strip() and line.split()[0].isdigit()]
-    assert [(r[1], r[2], r[3], r[5].strip()) for r in rows] == [("2", "default", "1", "[1, 2]"),
-                                                                ("3", "default", "1", '"hello world"')]
+    assert [(r[1], r[2], r[3], r[5].strip()) for r in rows] == [
+        ("2", "default", "1", "[1, 2]"),
+        ("3", "default", "1", '"hello world"'),
+    ]
     assert all(len(r[4]) >= 16 for r in rows)  # the lease token, whole
 
 
@@ -184,6 +231,7 @@ def test_nack_redelivers_and_message_shows_status(rankq, qname):
 
 # ---- dead letters -----------------------------------------------------------------------------------
 
+
 def test_dlq_list_and_redrive(rankq, qname):
     ok(rankq("queue", "create", qname, "--max-deliveries", "1"))
     ok(rankq("send", qname, "-", input="a\nb\nc\n"))
@@ -213,6 +261,7 @@ def test_dlq_redrive_needs_ids_or_all(rankq, qname):
 
 # ---- errors -----------------------------------------------------------------------------------------
 
+
 def test_api_errors_are_one_line_and_exit_1(rankq):
     res = rankq("queue", "show", "missing-queue")
     assert res.exit_code == 1
@@ -235,12 +284,18 @@ def test_usage_errors_exit_2(rankq, qname):
 
 def test_the_installed_command_reports_errors_with_exit_status(server):
     env = {**os.environ, "RANKQ_URL": server.url}
-    proc = subprocess.run([sys.executable, "-m", "rankq.cli", "message", "nope", "1"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankq.cli", "message", "nope", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1
     assert proc.stderr == "error: 404: queue 'nope' not found\n"
-    proc = subprocess.run([sys.executable, "-m", "rankq.cli", "-o", "json", "queue", "list"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankq.cli", "-o", "json", "queue", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and isinstance(json.loads(proc.stdout), list)
 
 
@@ -251,6 +306,7 @@ def test_help_lists_the_commands(rankq):
 
 
 # ---- narrow terminals -------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def rankq80(server):
@@ -282,6 +338,7 @@ def test_tables_fit_80_columns_and_keep_every_column(rankq80, qname, server):
 
 # ---- task commands ------------------------------------------------------------------------------------
 
+
 def test_extend_set_priority_and_cancel(rankq, qname):
     ok(rankq("queue", "create", qname))
     first = as_json(rankq("-o", "json", "send", qname, "a"))["id"]
@@ -292,8 +349,9 @@ def test_extend_set_priority_and_cancel(rankq, qname):
     assert ok(rankq("cancel", qname, str(second))).strip() == f"cancelled message {second}"
     assert rankq("message", qname, str(second)).exit_code == 1  # gone
     [msg] = as_json(rankq("-o", "json", "receive", qname, "--visibility-timeout", "5"))
-    extended = as_json(rankq("-o", "json", "extend", qname, str(first), msg["lease_token"],
-                             "--visibility-timeout", "600"))
+    extended = as_json(
+        rankq("-o", "json", "extend", qname, str(first), msg["lease_token"], "--visibility-timeout", "600")
+    )
     assert extended["lease_expires_at"] > msg["lease_expires_at"]
     assert ok(rankq("extend", qname, str(first), msg["lease_token"])).startswith(f"message {first} is leased until ")
     stale = rankq("extend", qname, str(first), "0" * 24)
@@ -303,8 +361,21 @@ def test_extend_set_priority_and_cancel(rankq, qname):
 def test_send_with_dependencies_and_ttl(rankq, qname):
     ok(rankq("queue", "create", qname))
     parent = as_json(rankq("-o", "json", "send", qname, "parent"))["id"]
-    child = as_json(rankq("-o", "json", "send", qname, "child", "--depends-on", str(parent),
-                          "--depends-on", f"{qname}/{parent}", "--ttl", "600"))["id"]
+    child = as_json(
+        rankq(
+            "-o",
+            "json",
+            "send",
+            qname,
+            "child",
+            "--depends-on",
+            str(parent),
+            "--depends-on",
+            f"{qname}/{parent}",
+            "--ttl",
+            "600",
+        )
+    )["id"]
     status = as_json(rankq("-o", "json", "message", qname, str(child)))
     assert status["state"] == "waiting" and status["expires_at"]
     assert status["depends_on"] == [{"id": parent, "queue": qname}]  # the same message named twice counts once

@@ -13,10 +13,10 @@ import threading
 import time
 
 import pytest
+from serverproc import Cluster, free_port, wait_for
 
 from rankq import Client
 from rankq.client.errors import TransportError
-from serverproc import Cluster, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,8 +49,7 @@ def test_keyed_enqueues_across_a_leader_kill_9_succeed_with_default_settings(tmp
                         return
                     i += 1
 
-        producers = [threading.Thread(target=produce, args=(p, [leader.url, serving.url]))
-                     for p in range(PRODUCERS)]
+        producers = [threading.Thread(target=produce, args=(p, [leader.url, serving.url])) for p in range(PRODUCERS)]
         for t in producers:
             t.start()
         wait_for(lambda: len(sent) >= 4 * PRODUCERS, 30, "every producer to be writing")

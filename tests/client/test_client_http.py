@@ -10,10 +10,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from serverproc import ServerProcess, wait_for
 
 import rankq
 from rankq import (
@@ -29,7 +30,6 @@ from rankq import (
     UnavailableError,
 )
 from rankq.client.http_transport import HttpTransport
-from serverproc import ServerProcess, wait_for
 
 
 def closed_port_url() -> str:
@@ -69,6 +69,7 @@ class Counting:
 
 # ---- round trips -----------------------------------------------------------------------------------
 
+
 def test_create_queue_exist_ok_returns_the_queue_unchanged(client, qname):
     from rankq.client import ConflictError
 
@@ -84,8 +85,9 @@ def test_sync_round_trip_enqueue_dequeue_ack_with_result(client, qname):
     assert info.name == qname and info.settings["policy"] == "weighted"
     assert info.settings["weights"] == {1: 50, 2: 30, 3: 20}
 
-    sent = client.enqueue(qname, {"to": "a@example.com", "n": [1, 2]}, priority=1, group="tenant-a",
-                          headers={"trace": "t1"})
+    sent = client.enqueue(
+        qname, {"to": "a@example.com", "n": [1, 2]}, priority=1, group="tenant-a", headers={"trace": "t1"}
+    )
     assert sent.id > 0 and not sent.duplicate and sent.seq == sent.id
     assert client.get_queue(qname).counts.ready == 1
 
@@ -140,7 +142,7 @@ def test_nack_redelivers_with_incremented_deliveries_and_keeps_error(client, qna
 
     later = client.nack(second, delay=60)
     assert later.state == "delayed"
-    assert later.available_at > datetime.now(timezone.utc) + timedelta(seconds=30)
+    assert later.available_at > datetime.now(UTC) + timedelta(seconds=30)
     assert client.dequeue(qname) == []
 
 
@@ -148,7 +150,7 @@ def test_extend_pushes_the_lease_out(client, qname):
     client.create_queue(qname)
     client.enqueue(qname, "x")
     [msg] = client.dequeue(qname, visibility_timeout=5)
-    assert msg.lease_expires_at < datetime.now(timezone.utc) + timedelta(seconds=6)
+    assert msg.lease_expires_at < datetime.now(UTC) + timedelta(seconds=6)
     new_expiry = client.extend(msg, visibility_timeout=120)
     assert new_expiry > msg.lease_expires_at + timedelta(seconds=100)
     assert client.get_message(qname, msg.id).lease_expires_at == new_expiry
@@ -169,10 +171,12 @@ def test_stale_or_wrong_lease_token_is_a_conflict(client, qname):
 
 
 def test_unknown_queue_is_not_found(client):
-    for call in (lambda: client.get_queue("no-such-queue"),
-                 lambda: client.enqueue("no-such-queue", 1),
-                 lambda: client.dequeue("no-such-queue"),
-                 lambda: client.dead_letters("no-such-queue")):
+    for call in (
+        lambda: client.get_queue("no-such-queue"),
+        lambda: client.enqueue("no-such-queue", 1),
+        lambda: client.dequeue("no-such-queue"),
+        lambda: client.dead_letters("no-such-queue"),
+    ):
         with pytest.raises(NotFoundError) as err:
             call()
         assert err.value.status == 404
@@ -247,14 +251,18 @@ def test_set_priority_and_cancel(client, qname):
 
 # ---- batches and dedup ------------------------------------------------------------------------------
 
+
 def test_batch_enqueue_accepts_messages_dicts_and_payloads_in_order(client, qname):
     client.create_queue(qname)
-    results = client.enqueue_batch(qname, [
-        NewMessage(payload="a", priority=2),
-        {"payload": {"b": 1}, "priority": 1, "group": "g"},
-        {"not": "a spec"},  # a plain dict is a payload
-        7,
-    ])
+    results = client.enqueue_batch(
+        qname,
+        [
+            NewMessage(payload="a", priority=2),
+            {"payload": {"b": 1}, "priority": 1, "group": "g"},
+            {"not": "a spec"},  # a plain dict is a payload
+            7,
+        ],
+    )
     assert len(results) == 4 and [r.id for r in results] == sorted(r.id for r in results)
     got = client.dequeue(qname, max=10)
     assert [(m.payload, m.priority) for m in got] == [({"b": 1}, 1), ("a", 2), ({"not": "a spec"}, 3), (7, 3)]
@@ -286,6 +294,7 @@ def test_dedup_key_returns_the_first_id(client, qname):
 
 
 # ---- dead letters -----------------------------------------------------------------------------------
+
 
 def test_dead_letters_list_page_and_redrive(client, qname):
     client.create_queue(qname, max_deliveries=1)
@@ -322,6 +331,7 @@ def test_async_iter_dead_letters(server, qname):
 
 # ---- long polling -----------------------------------------------------------------------------------
 
+
 def test_long_poll_wakes_when_a_message_is_enqueued_from_another_thread(server, client, qname):
     client.create_queue(qname)
     before = commit_index(server)
@@ -335,8 +345,11 @@ def test_long_poll_wakes_when_a_message_is_enqueued_from_another_thread(server, 
     poller = threading.Thread(target=poll)
     poller.start()
     # The poll waits once the server has logged the request and committed its empty first dequeue.
-    wait_for(lambda: f"/api/v1/queues/{qname}/dequeue" in server.logs() and commit_index(server) > before,
-             10, "the long poll to start waiting")
+    wait_for(
+        lambda: f"/api/v1/queues/{qname}/dequeue" in server.logs() and commit_index(server) > before,
+        10,
+        "the long poll to start waiting",
+    )
     assert poller.is_alive()
     sent = client.enqueue(qname, "wake up")  # the same Client, from this thread, is not blocked
     poller.join(15)
@@ -355,6 +368,7 @@ def test_long_poll_outlasts_the_request_timeout(server, qname):
 
 
 # ---- retries ----------------------------------------------------------------------------------------
+
 
 def test_plain_enqueue_is_attempted_once_on_transport_error():
     counting = Counting(HttpTransport(closed_port_url(), timeout=2))
@@ -382,8 +396,12 @@ def test_idempotent_calls_are_retried_on_transport_error():
             rq.ack("q", 1, "token")
         with pytest.raises(TransportError):
             rq.nack("q", 1, "token")
-    assert (counting.calls["enqueue"], counting.calls["get_queue"], counting.calls["ack"],
-            counting.calls["nack"]) == (4, 4, 4, 4)
+    assert (counting.calls["enqueue"], counting.calls["get_queue"], counting.calls["ack"], counting.calls["nack"]) == (
+        4,
+        4,
+        4,
+        4,
+    )
 
 
 def test_unavailable_is_retried_for_reads_but_not_for_plain_enqueue(server, qname):
@@ -407,6 +425,7 @@ def test_retries_zero_means_one_attempt():
 
 
 # ---- the client object --------------------------------------------------------------------------------
+
 
 def test_close_stops_the_background_thread(server):
     rq = Client(server.url)

@@ -4,13 +4,13 @@ in every form `depends_on` takes, TTL, the waiting count, paced redrive and its 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from serverproc import ServerProcess, wait_for
 
 from rankq import AsyncClient, BatchRef, Client, Dependency, NewMessage
 from rankq.client.errors import ConflictError, InvalidRequestError, NotFoundError, QueueFullError
-from serverproc import ServerProcess, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,8 +42,16 @@ def test_depends_on_in_every_form(rq):
     a = rq.enqueue(q, "a").id
     other = rq.enqueue(up, "other").id
     b = rq.enqueue(q, "b", depends_on=[a, (up, other)]).id
-    c, d = (r.id for r in rq.enqueue_batch(q, [NewMessage("c", depends_on=[Dependency(b)]),
-                                               NewMessage("d", depends_on=[BatchRef(0), Dependency(other, up)])]))
+    c, d = (
+        r.id
+        for r in rq.enqueue_batch(
+            q,
+            [
+                NewMessage("c", depends_on=[Dependency(b)]),
+                NewMessage("d", depends_on=[BatchRef(0), Dependency(other, up)]),
+            ],
+        )
+    )
     st = rq.get_message(q, d)
     assert st.state == "waiting"
     assert st.depends_on == [Dependency(c, q), Dependency(other, up)]
@@ -64,7 +72,7 @@ def test_depends_on_in_every_form(rq):
 
 def test_ttl_and_expires_at(rq):
     q = queue(rq, "c-ttl")
-    at = datetime.now(timezone.utc) + timedelta(minutes=10)
+    at = datetime.now(UTC) + timedelta(minutes=10)
     mid = rq.enqueue(q, "x", expires_at=at).id
     assert abs(rq.get_message(q, mid).expires_at - at) < timedelta(milliseconds=2)
     short = rq.enqueue(q, "y", ttl=0.2).id

@@ -9,7 +9,6 @@ import time
 
 import httpx
 import pytest
-
 from serverproc import Cluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,8 +32,15 @@ def test_status_and_writes_through_a_follower(cluster):
     g = cluster(3)
     leader = g.leader()
     # Members publish their ids and URLs through the log just after a leader exists.
-    status = wait_for(lambda: (st := g.status(leader))["leader"] == leader.node_id
-                      and {m["id"] for m in st["members"]} == {"n0", "n1", "n2"} and st, 20, "every member's id")
+    status = wait_for(
+        lambda: (
+            (st := g.status(leader))["leader"] == leader.node_id
+            and {m["id"] for m in st["members"]} == {"n0", "n1", "n2"}
+            and st
+        ),
+        20,
+        "every member's id",
+    )
     assert len(status["members"]) == 3
     wait_for(lambda: all(m["healthy"] for m in g.status(leader)["members"]), 20, "every member connected")
     follower = g.followers()[0]
@@ -86,11 +92,13 @@ def test_no_quorum_answers_503_quickly(cluster):
     for n in g.running():
         if n is not survivor:
             n.kill9()
+
     # Once the survivor notices it is alone, writes are refused with a retry hint, never held.
     def refused():
         t = time.monotonic()
         r = send(survivor, "q", "x")
         return r.status_code == 503 and time.monotonic() - t < 6 and r
+
     r = wait_for(refused, 20, "a prompt 503 without quorum")
     assert r.headers.get("retry-after") and r.json()["detail"]
 

@@ -10,10 +10,10 @@ import time
 import grpc
 import httpx
 import pytest
+from serverproc import wait_for
 
 from rankq.server.proto import rankq_pb2 as pb
 from rankq.server.proto import rankq_pb2_grpc as pb_grpc
-from serverproc import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,8 +41,9 @@ class WritesInFlight:
 
     def __init__(self, node, queue: str, prefix: str) -> None:
         self.node, self.queue, self.prefix = node, queue, prefix
-        self.socks = [socket.create_connection(("127.0.0.1", node.http_port), timeout=60)
-                      for _ in range(IN_FLIGHT - VIA_GRPC)]
+        self.socks = [
+            socket.create_connection(("127.0.0.1", node.http_port), timeout=60) for _ in range(IN_FLIGHT - VIA_GRPC)
+        ]
         self.channel = grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}")
         grpc.channel_ready_future(self.channel).result(timeout=30)
         self.stub = pb_grpc.RankQStub(self.channel)
@@ -53,16 +54,19 @@ class WritesInFlight:
             i = self.socks.index(sock)
             key = f"{self.prefix}h{i}"
             body = json.dumps({"payload": key, "dedup_key": key}).encode()
-            sock.sendall(b"POST /api/v1/queues/%s/messages HTTP/1.1\r\nhost: rankq\r\n"
-                         b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                         % (self.queue.encode(), len(body), body))
+            sock.sendall(
+                b"POST /api/v1/queues/%s/messages HTTP/1.1\r\nhost: rankq\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (self.queue.encode(), len(body), body)
+            )
 
     def send_grpc(self) -> None:
         for i in range(VIA_GRPC):
             key = f"{self.prefix}g{i}"
             msg = pb.NewMessage(payload=json.dumps(key).encode(), content_type="application/json", dedup_key=key)
-            self.calls.append((key, self.stub.Enqueue.future(pb.EnqueueRequest(queue=self.queue, message=msg),
-                                                             timeout=60)))
+            self.calls.append(
+                (key, self.stub.Enqueue.future(pb.EnqueueRequest(queue=self.queue, message=msg), timeout=60))
+            )
 
     def outcomes(self) -> list[tuple[str, object, dict]]:
         """(key, status, body) of every write; status is 201, 503, or what else came (a failure)."""
@@ -157,8 +161,11 @@ def test_sigterm_with_writes_in_flight_answers_each_201_or_503(cluster, resume):
     try:
         leader.signal(signal.SIGTERM)
         # Once it has begun to stop, it takes no new writes: 503 at once, and it is no longer ready.
-        r = wait_for(lambda: (r := httpx.get(leader.url + "/readyz", timeout=2)).status_code == 503 and r,
-                     10, "readiness to turn false")
+        r = wait_for(
+            lambda: (r := httpx.get(leader.url + "/readyz", timeout=2)).status_code == 503 and r,
+            10,
+            "readiness to turn false",
+        )
         assert "shutting down" in r.json()["detail"]
         r = httpx.post(leader.url + "/api/v1/queues/s/messages", json={"payload": "late"}, timeout=10)
         assert r.status_code == 503, r.text  # refused, not held: it says so
@@ -204,22 +211,33 @@ def test_removed_member_refuses_writes_with_503_naming_the_leader(cluster):
     r = httpx.post(removed.url + "/api/v1/queues/r/messages", json={"payload": 0}, timeout=20)
     assert r.status_code == 503, r.text
     # It soon knows it is cut off: not ready, and writes are refused at once, naming the leader.
-    wait_for(lambda: "cut off" in httpx.get(removed.url + "/readyz", timeout=2).json()["detail"], 30,
-             "the removed member to report itself cut off")
+    wait_for(
+        lambda: "cut off" in httpx.get(removed.url + "/readyz", timeout=2).json()["detail"],
+        30,
+        "the removed member to report itself cut off",
+    )
     others = [n.url for n in g.nodes if n is not removed]
     details = []
     for i in range(20):
-        r = httpx.post(removed.url + "/api/v1/queues/r/messages", json={"payload": i, "dedup_key": f"k{i}"},
-                       timeout=20)
+        r = httpx.post(removed.url + "/api/v1/queues/r/messages", json={"payload": i, "dedup_key": f"k{i}"}, timeout=20)
         assert r.status_code == 503, r.text
         assert r.headers.get("retry-after")
         assert any(url in r.json()["detail"] for url in others), r.text  # it names the leader it knew
         details.append(r.json()["detail"])
     assert any("not in contact with the group's leader" in d for d in details), details
     # The group itself goes on without it.
-    wait_for(lambda: httpx.post(g.leader(among=[n for n in g.nodes if n is not removed]).url
-                                + "/api/v1/queues/r/messages", json={"payload": "ok"}, timeout=10).status_code == 201,
-             30, "a write to the group without the removed member")
+    wait_for(
+        lambda: (
+            httpx.post(
+                g.leader(among=[n for n in g.nodes if n is not removed]).url + "/api/v1/queues/r/messages",
+                json={"payload": "ok"},
+                timeout=10,
+            ).status_code
+            == 201
+        ),
+        30,
+        "a write to the group without the removed member",
+    )
     assert "Traceback" not in removed.logs()
 
 
@@ -237,6 +255,12 @@ def test_member_not_yet_added_refuses_writes_until_added(cluster):
         r = c.post("/cluster/members", json={"address": f"127.0.0.1:{new.raft_port}"})
         assert r.status_code == 200, r.text
     new.wait_ready(20)
-    r = wait_for(lambda: (r := httpx.post(new.url + "/api/v1/queues/a/messages", json={"payload": 2},
-                                          timeout=10)).status_code == 201 and r, 15, "a write through the new member")
+    r = wait_for(
+        lambda: (
+            (r := httpx.post(new.url + "/api/v1/queues/a/messages", json={"payload": 2}, timeout=10)).status_code == 201
+            and r
+        ),
+        15,
+        "a write through the new member",
+    )
     assert r.json()["id"] > 0

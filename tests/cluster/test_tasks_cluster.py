@@ -8,7 +8,6 @@ import time
 
 import httpx
 import pytest
-
 from serverproc import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -47,13 +46,27 @@ class Group:
 def test_dependencies_and_rate_limits_hold_across_a_leader_failover(cluster):
     g = cluster(3)
     rq = Group(g)
-    for name, settings in (("parents", {"visibility_timeout": 2}), ("children", {"visibility_timeout": 2}),
-                           ("limited", {"rate_limit": RATE, "visibility_timeout": 60})):
+    for name, settings in (
+        ("parents", {"visibility_timeout": 2}),
+        ("children", {"visibility_timeout": 2}),
+        ("limited", {"rate_limit": RATE, "visibility_timeout": 60}),
+    ):
         assert rq.call("POST", "/queues", {"name": name, **settings}).status_code == 201
-    parents = [m["id"] for m in rq.call("POST", "/queues/parents/messages/batch",
-                                        {"messages": [{"payload": i} for i in range(PAIRS)]}).json()["results"]]
-    children = rq.call("POST", "/queues/children/messages/batch", {"messages": [
-        {"payload": i, "depends_on": [{"queue": "parents", "id": pid}]} for i, pid in enumerate(parents)]}).json()
+    parents = [
+        m["id"]
+        for m in rq.call(
+            "POST", "/queues/parents/messages/batch", {"messages": [{"payload": i} for i in range(PAIRS)]}
+        ).json()["results"]
+    ]
+    children = rq.call(
+        "POST",
+        "/queues/children/messages/batch",
+        {
+            "messages": [
+                {"payload": i, "depends_on": [{"queue": "parents", "id": pid}]} for i, pid in enumerate(parents)
+            ]
+        },
+    ).json()
     child_of = {pid: r["id"] for pid, r in zip(parents, children["results"])}
     parent_of = {cid: pid for pid, cid in child_of.items()}
     assert rq.call("GET", "/queues/children").json()["counts"]["waiting"] == PAIRS
@@ -78,6 +91,7 @@ def test_dependencies_and_rate_limits_hold_across_a_leader_failover(cluster):
                 fn()
             except Exception as err:  # a thread's failure fails the test
                 errors.append(repr(err))
+
         return run
 
     def tasks() -> None:
@@ -85,12 +99,14 @@ def test_dependencies_and_rate_limits_hold_across_a_leader_failover(cluster):
         while not stop.wait(0.05):
             for m in dequeue("children", 0):
                 child_delivered.setdefault(m["id"], time.monotonic())
-                rq.call("POST", f"/queues/children/messages/{m['id']}/ack", {"lease_token": m["lease_token"]},
-                        ok=(200, 409))
+                rq.call(
+                    "POST", f"/queues/children/messages/{m['id']}/ack", {"lease_token": m["lease_token"]}, ok=(200, 409)
+                )
             for m in dequeue("parents", 0, max=1):
                 first_ack_sent.setdefault(m["id"], time.monotonic())
-                rq.call("POST", f"/queues/parents/messages/{m['id']}/ack", {"lease_token": m["lease_token"]},
-                        ok=(200, 409))  # 409: a retry after a commit whose answer was lost
+                rq.call(
+                    "POST", f"/queues/parents/messages/{m['id']}/ack", {"lease_token": m["lease_token"]}, ok=(200, 409)
+                )  # 409: a retry after a commit whose answer was lost
 
     def consume() -> None:
         while not stop.is_set():
@@ -111,11 +127,16 @@ def test_dependencies_and_rate_limits_hold_across_a_leader_failover(cluster):
         assert new is not old
         # The run ends once every child was delivered, and not before RUN seconds (the rate is measured over it).
         try:
-            wait_for(lambda: len(child_delivered) == PAIRS and time.monotonic() - t0 >= RUN, 90,
-                     "every child to be delivered")
+            wait_for(
+                lambda: len(child_delivered) == PAIRS and time.monotonic() - t0 >= RUN,
+                90,
+                "every child to be delivered",
+            )
         except TimeoutError as err:
-            raise AssertionError(f"{err}: {len(first_ack_sent)} parents acked, {len(child_delivered)} children "
-                                 f"delivered, errors {errors[:3]}") from None
+            raise AssertionError(
+                f"{err}: {len(first_ack_sent)} parents acked, {len(child_delivered)} children "
+                f"delivered, errors {errors[:3]}"
+            ) from None
     finally:
         stop.set()
         for t in threads:
@@ -125,14 +146,20 @@ def test_dependencies_and_rate_limits_hold_across_a_leader_failover(cluster):
 
     # Dependencies: every child delivered came after its parent's ack was sent.
     assert child_delivered, "no child was delivered"
-    early = [cid for cid, at in child_delivered.items()
-             if parent_of[cid] not in first_ack_sent or at < first_ack_sent[parent_of[cid]]]
+    early = [
+        cid
+        for cid, at in child_delivered.items()
+        if parent_of[cid] not in first_ack_sent or at < first_ack_sent[parent_of[cid]]
+    ]
     assert not early, f"children delivered before their parents' acks: {early}"
     assert any(at > killed_at for at in child_delivered.values()), "no dependent delivered after the failover"
     # Every member has applied the same outcome: no child left waiting.
     for n in g.running():
-        wait_for(lambda n=n: httpx.get(n.url + "/api/v1/queues/children", timeout=5).json()["counts"]["waiting"] == 0,
-                 15, f"{n.node_id} to apply the acks")
+        wait_for(
+            lambda n=n: httpx.get(n.url + "/api/v1/queues/children", timeout=5).json()["counts"]["waiting"] == 0,
+            15,
+            f"{n.node_id} to apply the acks",
+        )
 
     # Rate limit: over the whole run, deliveries stay within burst + rate x time.
     allowed = RATE + RATE * elapsed

@@ -6,9 +6,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from serverproc import Cluster, wait_for
 
 from rankq.cli import main
-from serverproc import Cluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -21,14 +21,18 @@ def test_status_through_a_follower_shows_every_followers_progress(tmp_path):
         runner = CliRunner(env={"RANKQ_URL": None, "COLUMNS": "120"})
 
         def status() -> dict:
-            result = runner.invoke(main, ["--url", follower.url, "-o", "json", "cluster", "status"],
-                                   catch_exceptions=False)
+            result = runner.invoke(
+                main, ["--url", follower.url, "-o", "json", "cluster", "status"], catch_exceptions=False
+            )
             assert result.exit_code == 0, result.stderr
             return json.loads(result.stdout)
 
         # Followers' match index is known once the leader heard back from them.
-        got = wait_for(lambda: (s := status()) and all(m["match_index"] is not None for m in s["members"]) and s,
-                       30, "every member's progress in the status")
+        got = wait_for(
+            lambda: (s := status()) and all(m["match_index"] is not None for m in s["members"]) and s,
+            30,
+            "every member's progress in the status",
+        )
         assert got["self"] == leader.node_id
         assert {m["role"] for m in got["members"]} == {"leader", "follower"}
 

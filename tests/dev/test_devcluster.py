@@ -13,9 +13,9 @@ import time
 
 import httpx
 import pytest
+from serverproc import free_port, wait_for
 
 from rankq.devcluster import exit_reason, own_error
-from serverproc import free_port, wait_for
 
 
 def _free_block() -> tuple[int, int, int]:
@@ -29,9 +29,29 @@ class Supervisor:
     def __init__(self, tmp_path, http: int, grpc: int, raft: int) -> None:
         self.data_dir = str(tmp_path / "run")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rankq.cli", "dev", "cluster", "--nodes", "1", "--data-dir", self.data_dir,
-             "--http-port", str(http), "--grpc-port", str(grpc), "--raft-port", str(raft), "--demo-queue", ""],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "rankq.cli",
+                "dev",
+                "cluster",
+                "--nodes",
+                "1",
+                "--data-dir",
+                self.data_dir,
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc),
+                "--raft-port",
+                str(raft),
+                "--demo-queue",
+                "",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
@@ -108,15 +128,20 @@ def test_kill_9_is_named_as_a_signal_not_a_request_error(tmp_path):
         line = sup.expect("node-0 ", timeout=30)
         assert "killed by SIGKILL" in line, line
         assert "Not Found" not in line and "/static" not in line, line
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{http}/readyz", timeout=1).status_code == 200, 60,
-                 "the restarted node to be ready")
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{http}/readyz", timeout=1).status_code == 200,
+            60,
+            "the restarted node to be ready",
+        )
     finally:
         sup.stop()
     assert sup.proc.returncode == 0
 
 
-@pytest.mark.parametrize(("code", "words"), [(-9, "killed by SIGKILL"), (-15, "killed by SIGTERM"),
-                                             (1, "exited with code 1"), (70, "exited with code 70")])
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(-9, "killed by SIGKILL"), (-15, "killed by SIGTERM"), (1, "exited with code 1"), (70, "exited with code 70")],
+)
 def test_exit_reason_in_words(code, words):
     assert exit_reason(code) == words
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from serverproc import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,12 +112,18 @@ def test_readme_examples_run_as_written(fresh_copy):
     log = open(fresh_copy / "make-run.log", "w")
     group = subprocess.Popen(
         ["make", "run", f"HTTP_PORT={http}", f"GRPC_PORT={grpc}", f"RAFT_PORT={raft}", f"RUN_DIR={run_dir}"],
-        cwd=fresh_copy, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=fresh_copy,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_for(lambda: "leader elected" in (fresh_copy / "make-run.log").read_text(), 90, "make run's leader")
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{http}/api/v1/queues/demo", timeout=2).status_code == 200,
-                 30, "the demo queue")
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{http}/api/v1/queues/demo", timeout=2).status_code == 200,
+            30,
+            "the demo queue",
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("RANKQ_")}
         env.pop("VIRTUAL_ENV", None)
         blocks = [b for b in readme_blocks((fresh_copy / "README.md").read_text()) if b.run]
@@ -126,8 +131,12 @@ def test_readme_examples_run_as_written(fresh_copy):
             code = _rewrite_ports(block.code, http, grpc, raft)
             if block.lang == "sh":
                 # One shell session, as a reader pastes block after block into one terminal.
-                script = ". .venv/bin/activate\nexport RANKQ_URL=" + ",".join(
-                    f"http://127.0.0.1:{http + i}" for i in range(3)) + "\n" + code
+                script = (
+                    ". .venv/bin/activate\nexport RANKQ_URL="
+                    + ",".join(f"http://127.0.0.1:{http + i}" for i in range(3))
+                    + "\n"
+                    + code
+                )
                 runs = 1
                 cmd = ["bash", "-euo", "pipefail", "-c", script]
             else:
@@ -137,7 +146,8 @@ def test_readme_examples_run_as_written(fresh_copy):
                 done = subprocess.run(cmd, cwd=fresh_copy, env=env, capture_output=True, text=True, timeout=120)
                 assert done.returncode == 0 and "Traceback" not in done.stderr, (
                     f"README.md line {block.line} ({block.lang}, run {attempt + 1}) failed with "
-                    f"{done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}")
+                    f"{done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+                )
     finally:
         os.killpg(group.pid, signal.SIGINT)
         try:

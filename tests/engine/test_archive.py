@@ -17,20 +17,39 @@ def _setup(archive: bool = True) -> Engine:
 
 def test_finished_messages_are_archived_with_what_a_report_needs():
     e = _setup()
-    e.apply(c.Enqueue("q", (c.NewMessage('{"a": 1}', priority=2, group="g", headers={"h": "v"}, dedup_key="d"),
-                            c.NewMessage('"dies"'), c.NewMessage('"cancelled"'))), 1_000)
+    e.apply(
+        c.Enqueue(
+            "q",
+            (
+                c.NewMessage('{"a": 1}', priority=2, group="g", headers={"h": "v"}, dedup_key="d"),
+                c.NewMessage('"dies"'),
+                c.NewMessage('"cancelled"'),
+            ),
+        ),
+        1_000,
+    )
     got = {d.payload: d for d in e.apply(c.Dequeue("q", 2), 1_001)}
     e.apply(c.Ack("q", (c.AckItem(got['{"a": 1}'].id, got['{"a": 1}'].lease_token, {"ok": True}),)), 1_002)
     e.apply(c.Nack("q", got['"dies"'].id, got['"dies"'].lease_token, 0, "boom"), 1_003)
     [cancel_id] = [m.id for m in e.queues["q"].messages.values()]
     e.apply(c.Cancel("q", cancel_id), 1_004)
     recs = e.archive.pending(0, 10)
-    assert [(r["state"], r["payload"]) for r in recs] == [("acked", '{"a": 1}'), ("dead", '"dies"'),
-                                                         ("cancelled", '"cancelled"')]
+    assert [(r["state"], r["payload"]) for r in recs] == [
+        ("acked", '{"a": 1}'),
+        ("dead", '"dies"'),
+        ("cancelled", '"cancelled"'),
+    ]
     acked = recs[0]
-    assert (acked["result"], acked["priority"], acked["group"], acked["headers"], acked["dedup_key"],
-            acked["deliveries"], acked["enqueued_at"], acked["finished_at"]) == (
-        {"ok": True}, 2, "g", {"h": "v"}, "d", 1, 1_000, 1_002)
+    assert (
+        acked["result"],
+        acked["priority"],
+        acked["group"],
+        acked["headers"],
+        acked["dedup_key"],
+        acked["deliveries"],
+        acked["enqueued_at"],
+        acked["finished_at"],
+    ) == ({"ok": True}, 2, "g", {"h": "v"}, "d", 1, 1_000, 1_002)
     assert recs[1]["last_error"] == "boom"
     assert [r["archive_seq"] for r in recs] == [1, 2, 3]
 

@@ -26,20 +26,28 @@ DEAD_FROM = "x-rankq-dead-from"
 
 def snapshot(engine: Engine) -> dict:
     """A canonical picture of the whole state, for comparing replicas."""
-    out: dict = {"seq": engine.seq, "now": engine.now,
-                 "waiters": sorted((k, tuple(v)) for k, v in engine.links.waiters.items())}
+    out: dict = {
+        "seq": engine.seq,
+        "now": engine.now,
+        "waiters": sorted((k, tuple(v)) for k, v in engine.links.waiters.items()),
+    }
     for name, q in engine.queues.items():
         out[name] = (
             q.config.as_dict(),
-            sorted((m.id, m.state, m.priority, m.group, m.deliveries, m.due, m.token, repr(m.extra))
-                   for m in q.messages.values()),
+            sorted(
+                (m.id, m.state, m.priority, m.group, m.deliveries, m.due, m.token, repr(m.extra))
+                for m in q.messages.values()
+            ),
             sorted((m.id, m.deliveries, m.due, repr(m.extra)) for m in q.dead.values()),
             sorted(q.acked.items()),
             q.counts(),
             sorted(q.cancelled.items()),
-            q.bucket, sorted(q.group_buckets.items()), q.throttled_until,
+            q.bucket,
+            sorted(q.group_buckets.items()),
+            q.throttled_until,
             repr(q.redrive_job),
-            sorted(q.expiries), q.next_deadline(),
+            sorted(q.expiries),
+            q.next_deadline(),
         )
     return out
 
@@ -53,7 +61,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.fair = False
         self.cap = None
         self.apply(c.CreateQueue("d", {}, b"d" * 16))
-        self.apply(c.CreateQueue("q", {"max_deliveries": 3, "visibility_timeout_ms": 1000, "retry_base_ms": 100}, b"k" * 16))
+        self.apply(
+            c.CreateQueue("q", {"max_deliveries": 3, "visibility_timeout_ms": 1000, "retry_base_ms": 100}, b"k" * 16)
+        )
         self.leases: dict[int, str] = {}  # id -> token we hold
         self.old_tokens: dict[int, str] = {}
         self.known: set[int] = set()  # every id ever enqueued
@@ -71,8 +81,12 @@ class EngineMachine(RuleBasedStateMachine):
     def q(self):
         return self.engine.queues["q"]
 
-    @rule(n=st.integers(1, 5), prio=st.integers(0, 3), group=st.sampled_from(GROUPS),
-          delay=st.one_of(st.none(), st.integers(1, 3000)))
+    @rule(
+        n=st.integers(1, 5),
+        prio=st.integers(0, 3),
+        group=st.sampled_from(GROUPS),
+        delay=st.one_of(st.none(), st.integers(1, 3000)),
+    )
     def enqueue(self, n, prio, group, delay):
         msgs = tuple(c.NewMessage('"x"', priority=prio, group=group, delay_ms=delay) for _ in range(n))
         out = self.apply(c.Enqueue("q", msgs))
@@ -97,8 +111,11 @@ class EngineMachine(RuleBasedStateMachine):
         tokens = None
         if cfg.rate_limit is not None:  # the token bucket, as the contract words it
             size = cfg.rate_burst or cfg.rate_limit
-            level = Fraction(size) if self.bucket is None else min(
-                Fraction(size), self.bucket[0] + Fraction((self.now - self.bucket[1]) * cfg.rate_limit, 1000))
+            level = (
+                Fraction(size)
+                if self.bucket is None
+                else min(Fraction(size), self.bucket[0] + Fraction((self.now - self.bucket[1]) * cfg.rate_limit, 1000))
+            )
             tokens = floor(level)
         got = self.apply(c.Dequeue("q", n))
         assert len(got) <= n
@@ -118,7 +135,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert len(got) <= expected
         if not (self.fair and cfg.group_rate_limit is not None):
             # the order is peek's; a limit only cuts it short
-            assert [d.id for d in got] == peeked[:len(got)]
+            assert [d.id for d in got] == peeked[: len(got)]
         if self.fair and self.cap is not None:
             # A group at its cap gets nothing new, and no group is pushed past the cap.
             for g in {d.group for d in got}:
@@ -300,21 +317,42 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(fair=st.booleans(), cap=st.one_of(st.none(), st.integers(1, 2)), weighted=st.booleans())
     def reconfigure(self, fair, cap, weighted):
-        changes = {"fair_groups": fair, "group_max_inflight": cap, "policy": "weighted" if weighted else "strict",
-                   "weights": {0: 5, 1: 4, 2: 2, 3: 1}, "default_priority": 1}
+        changes = {
+            "fair_groups": fair,
+            "group_max_inflight": cap,
+            "policy": "weighted" if weighted else "strict",
+            "weights": {0: 5, 1: 4, 2: 2, 3: 1},
+            "default_priority": 1,
+        }
         self.apply(c.UpdateQueue("q", changes))
         self.fair, self.cap = fair, cap
 
-    @rule(rate=st.one_of(st.none(), st.integers(1, 4)), burst=st.one_of(st.none(), st.integers(1, 3)),
-          group_rate=st.one_of(st.none(), st.integers(1, 3)), inflight=st.one_of(st.none(), st.integers(1, 4)),
-          group_weights=st.sampled_from([{}, {"a": 3, "b": 2}, {"c": 5}]),
-          ttl=st.one_of(st.none(), st.integers(500, 5000)), failure=st.sampled_from(["dead_letter", "cancel"]),
-          route=st.booleans())
+    @rule(
+        rate=st.one_of(st.none(), st.integers(1, 4)),
+        burst=st.one_of(st.none(), st.integers(1, 3)),
+        group_rate=st.one_of(st.none(), st.integers(1, 3)),
+        inflight=st.one_of(st.none(), st.integers(1, 4)),
+        group_weights=st.sampled_from([{}, {"a": 3, "b": 2}, {"c": 5}]),
+        ttl=st.one_of(st.none(), st.integers(500, 5000)),
+        failure=st.sampled_from(["dead_letter", "cancel"]),
+        route=st.booleans(),
+    )
     def reconfigure_tasks(self, rate, burst, group_rate, inflight, group_weights, ttl, failure, route):
-        self.apply(c.UpdateQueue("q", {
-            "rate_limit": rate, "rate_burst": burst, "group_rate_limit": group_rate, "max_inflight": inflight,
-            "group_weights": group_weights, "message_ttl_ms": ttl, "dependency_failure": failure,
-            "dead_letter_queue": "d" if route else None}))
+        self.apply(
+            c.UpdateQueue(
+                "q",
+                {
+                    "rate_limit": rate,
+                    "rate_burst": burst,
+                    "group_rate_limit": group_rate,
+                    "max_inflight": inflight,
+                    "group_weights": group_weights,
+                    "message_ttl_ms": ttl,
+                    "dependency_failure": failure,
+                    "dead_letter_queue": "d" if route else None,
+                },
+            )
+        )
 
     # ---- dependencies and expiry ------------------------------------------------------------------
 
@@ -353,8 +391,15 @@ class EngineMachine(RuleBasedStateMachine):
                     deps.append(data.draw(st.sampled_from([("q", 10**12), ("nowhere", 1)])))
             ttl = data.draw(st.one_of(st.none(), st.integers(1, 4000)), label="ttl")
             delay = data.draw(st.one_of(st.none(), st.integers(1, 3000)), label="delay")
-            msgs.append(c.NewMessage('"t"', group=data.draw(st.sampled_from(GROUPS)), delay_ms=delay, ttl_ms=ttl,
-                                     depends_on=tuple(deps) or None))
+            msgs.append(
+                c.NewMessage(
+                    '"t"',
+                    group=data.draw(st.sampled_from(GROUPS)),
+                    delay_ms=delay,
+                    ttl_ms=ttl,
+                    depends_on=tuple(deps) or None,
+                )
+            )
         external = {d for m in msgs for d in (m.depends_on or ()) if isinstance(d, tuple)}
         status = {d: links.status(*d) for d in external}
         depth = self.q.depth()
@@ -454,8 +499,12 @@ class EngineMachine(RuleBasedStateMachine):
         assert restored.links.queues is restored.queues
         # The copy goes on exactly as the original: nothing the future depends on was left out.
         start = self.engine.now
-        future = [(cmd, start + 700 * (i + 1)) for i, cmd in enumerate(
-            (c.Tick(), c.Dequeue("q", 5), c.Dequeue("d", 5), c.Redrive("q", rate=3), c.Tick(), c.Dequeue("q", 5)))]
+        future = [
+            (cmd, start + 700 * (i + 1))
+            for i, cmd in enumerate(
+                (c.Tick(), c.Dequeue("q", 5), c.Dequeue("d", 5), c.Redrive("q", rate=3), c.Tick(), c.Dequeue("q", 5))
+            )
+        ]
         for engine in (self.engine, restored):
             for cmd, at in future:
                 try:

@@ -41,6 +41,7 @@ def state(e, mid, q="q"):
 
 # ---- expiry -----------------------------------------------------------------------------------------
 
+
 def test_ttl_expires_a_ready_message_to_the_dead_letters_with_reason_expired():
     e = make()
     [mid] = put(e, '"x"', ttl_ms=5000)
@@ -124,6 +125,7 @@ def test_redriven_expired_message_gets_a_fresh_chance():
 
 # ---- rate limits and in-flight caps -----------------------------------------------------------------
 
+
 def test_rate_limit_bucket_starts_full_then_refills_at_the_rate():
     e = make({"rate_limit": 10, "rate_burst": 5})
     put(e, *['"x"'] * 100)
@@ -206,13 +208,20 @@ def test_peek_follows_group_weights():
 
 # ---- dependencies -------------------------------------------------------------------------------------
 
+
 def test_dependency_chain_in_one_batch_runs_in_order():
     e = make()
-    out = e.apply(c.Enqueue("q", (
-        c.NewMessage('"build"'),
-        c.NewMessage('"test"', depends_on=(0,)),
-        c.NewMessage('"ship"', depends_on=(1, 0)),
-    )), T0)
+    out = e.apply(
+        c.Enqueue(
+            "q",
+            (
+                c.NewMessage('"build"'),
+                c.NewMessage('"test"', depends_on=(0,)),
+                c.NewMessage('"ship"', depends_on=(1, 0)),
+            ),
+        ),
+        T0,
+    )
     build, test, ship = (i for i, _ in out)
     assert e.queue("q").counts()["waiting"] == 2
     assert e.message("q", ship).depends_on == (("q", test), ("q", build))
@@ -273,8 +282,12 @@ def test_too_many_dependencies_are_invalid():
 
 def test_dead_lettered_dependency_fails_the_chain_with_a_reason():
     e = make({"max_deliveries": 1})
-    out = e.apply(c.Enqueue("q", (c.NewMessage('"a"'), c.NewMessage('"b"', depends_on=(0,)),
-                                  c.NewMessage('"c"', depends_on=(1,)))), T0)
+    out = e.apply(
+        c.Enqueue(
+            "q", (c.NewMessage('"a"'), c.NewMessage('"b"', depends_on=(0,)), c.NewMessage('"c"', depends_on=(1,)))
+        ),
+        T0,
+    )
     a, b, cc = (i for i, _ in out)
     [d] = take(e)
     e.apply(c.Nack("q", a, d.lease_token, 0, "boom"), T0)
@@ -344,13 +357,18 @@ def test_deleting_a_queue_fails_the_dependents_of_its_messages():
 def test_duplicate_ignores_depends_on_and_a_batch_reference_to_a_duplicate_means_the_original():
     e = make()
     [a] = put(e, '"a"', dedup_key="k")
-    out = e.apply(c.Enqueue("q", (c.NewMessage('"a"', dedup_key="k", depends_on=(("q", 999999),)),
-                                  c.NewMessage('"b"', depends_on=(0,)))), T0)
+    out = e.apply(
+        c.Enqueue(
+            "q", (c.NewMessage('"a"', dedup_key="k", depends_on=(("q", 999999),)), c.NewMessage('"b"', depends_on=(0,)))
+        ),
+        T0,
+    )
     assert out[0] == (a, True)
     assert e.message("q", out[1][0]).depends_on == (("q", a),)
 
 
 # ---- dead-letter routing and paced redrive ----------------------------------------------------------
+
 
 def test_dead_letters_route_to_the_dead_letter_queue_as_new_messages():
     e = make(name="dlq")
@@ -431,8 +449,14 @@ def test_redrive_job_survives_snapshot_and_backup():
     fresh.apply(c.Restore("r", 0, tuple(records)), e.now)
     for other in (e, copy, fresh):
         other.apply(c.Tick(), T0 + 2000)
-        assert other.queue("q").redrive_status() == {"rate": 2, "total": 6, "moved": 4, "remaining": 2,
-                                                    "started_at": T0, "state": "running"}
+        assert other.queue("q").redrive_status() == {
+            "rate": 2,
+            "total": 6,
+            "moved": 4,
+            "remaining": 2,
+            "started_at": T0,
+            "state": "running",
+        }
 
 
 def test_waiting_messages_survive_backup_and_still_wait():
@@ -459,8 +483,17 @@ def test_a_snapshot_of_an_earlier_build_loads_and_gains_the_new_state():
     # take away what builds before these features did not have
     del e.__dict__["links"]
     for q in e.queues.values():
-        for name in ("links", "n_waiting", "expiries", "bucket", "group_buckets", "throttled_until", "cancelled",
-                     "cancelled_purge", "redrive_job"):
+        for name in (
+            "links",
+            "n_waiting",
+            "expiries",
+            "bucket",
+            "group_buckets",
+            "throttled_until",
+            "cancelled",
+            "cancelled_purge",
+            "redrive_job",
+        ):
             del q.__dict__[name]
         for level in q.ready.levels.values():
             del level.group_cw

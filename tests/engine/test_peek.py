@@ -32,8 +32,13 @@ def fill(e: Engine, rng: random.Random, n: int, weighted: bool) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), cfg=st.sampled_from(SETTINGS), n=st.integers(1, 60),
-       taken=st.integers(0, 20), limit=st.integers(1, 40))
+@given(
+    seed=st.integers(0, 10_000),
+    cfg=st.sampled_from(SETTINGS),
+    n=st.integers(1, 60),
+    taken=st.integers(0, 20),
+    limit=st.integers(1, 40),
+)
 def test_peek_matches_the_next_dequeue_and_changes_nothing(seed, cfg, n, taken, limit):
     rng = random.Random(seed)
     e = Engine()

@@ -25,10 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from k8s_support import Cluster
-from operator_support import (REPO, OperatorProcess, StandIns, WorkerStandIns, drop_finalizers, free_port,
-                              install_chart, unique)
+from operator_support import (
+    REPO,
+    OperatorProcess,
+    StandIns,
+    WorkerStandIns,
+    drop_finalizers,
+    free_port,
+    install_chart,
+    unique,
+)
 
 TOTAL = 1000
 TARGET = 100
@@ -44,19 +51,23 @@ def gated_control_plane(state: Path, gates: str = SCALE_TO_ZERO_GATE) -> Iterato
     """A second local control plane with feature gates on (hack/k8s/up.sh reads
     RANKQ_K8S_FEATURE_GATES): state in `state`, free loopback ports, one kwok node; stopped after."""
     env = dict(os.environ, RANKQ_K8S_DIR=str(state), RANKQ_K8S_NODES="1", RANKQ_K8S_FEATURE_GATES=gates)
-    env.update({f"RANKQ_K8S_{name}_PORT": str(free_port())
-                for name in ("APISERVER", "ETCD_CLIENT", "ETCD_PEER", "KCM", "SCHED")})
+    env.update(
+        {
+            f"RANKQ_K8S_{name}_PORT": str(free_port())
+            for name in ("APISERVER", "ETCD_CLIENT", "ETCD_PEER", "KCM", "SCHED")
+        }
+    )
     env.pop("RANKQ_K8S_REAL_NODE", None)
     hack = REPO / "hack" / "k8s"
     try:
-        up = subprocess.run(["bash", str(hack / "up.sh")], env=env, capture_output=True, text=True, timeout=300,
-                            cwd=REPO)
+        up = subprocess.run(
+            ["bash", str(hack / "up.sh")], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
+        )
         if up.returncode != 0:
             raise RuntimeError(f"hack/k8s/up.sh with {gates} failed:\n{(up.stdout + up.stderr)[-4000:]}")
         yield Cluster(state)
     finally:
-        subprocess.run(["bash", str(hack / "down.sh")], env=env, capture_output=True, text=True, timeout=120,
-                       cwd=REPO)
+        subprocess.run(["bash", str(hack / "down.sh")], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
 def serving_cert(root: Path, names: list[str]) -> tuple[str, str, str]:
@@ -66,18 +77,32 @@ def serving_cert(root: Path, names: list[str]) -> tuple[str, str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "metrics test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(hours=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=2))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False).sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=2))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     paths = (root / "ca.crt", root / "tls.crt", root / "tls.key")
     paths[0].write_bytes(ca.public_bytes(pem))
@@ -101,10 +126,12 @@ class Outcome:
     status: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"{self.total} messages: first worker {self.first_worker:.1f} s after the enqueue, "
-                f"{self.max_replicas} replicas after "
-                f"{self.full_scale:.1f} s, back to zero {self.to_zero:.1f} s after the drain; "
-                f"replicas {self.replicas_seen}")
+        return (
+            f"{self.total} messages: first worker {self.first_worker:.1f} s after the enqueue, "
+            f"{self.max_replicas} replicas after "
+            f"{self.full_scale:.1f} s, back to zero {self.to_zero:.1f} s after the drain; "
+            f"replicas {self.replicas_seen}"
+        )
 
 
 def run(k8s, tmp_path: Path, total: int = TOTAL, max_replicas: int = MAX) -> Outcome:
@@ -118,20 +145,51 @@ def run(k8s, tmp_path: Path, total: int = TOTAL, max_replicas: int = MAX) -> Out
     port = free_port()
     ca, cert, key = serving_cert(tmp_path, [f"metrics-api.{sys_ns}.svc", "localhost"])
     # The aggregated API: an ExternalName Service maps it to this host (no aggregator routing).
-    k8s.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics-api"},
-               "spec": {"type": "ExternalName", "externalName": "localhost",
-                        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}}, namespace=sys_ns)
-    api_service = {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-                   "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
-                   "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
-                            "service": {"name": "metrics-api", "namespace": sys_ns, "port": port},
-                            "caBundle": base64.b64encode(Path(ca).read_bytes()).decode(),
-                            "groupPriorityMinimum": 100, "versionPriority": 100}}
+    k8s.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "metrics-api"},
+            "spec": {
+                "type": "ExternalName",
+                "externalName": "localhost",
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            },
+        },
+        namespace=sys_ns,
+    )
+    api_service = {
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+        "spec": {
+            "group": "external.metrics.k8s.io",
+            "version": "v1beta1",
+            "service": {"name": "metrics-api", "namespace": sys_ns, "port": port},
+            "caBundle": base64.b64encode(Path(ca).read_bytes()).decode(),
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100,
+        },
+    }
     endpoints = tmp_path / "endpoints.json"
-    op = OperatorProcess(kubeconfig, sys_ns, endpoints, tmp_path / "operator.log",
-                         extra=["--metrics-api-port", str(port), "--metrics-api-host", "127.0.0.1",
-                                "--metrics-api-cert", cert, "--metrics-api-key", key,
-                                "--requestheader-ca", str(k8s.pki / "front-proxy-ca.crt")]).start()
+    op = OperatorProcess(
+        kubeconfig,
+        sys_ns,
+        endpoints,
+        tmp_path / "operator.log",
+        extra=[
+            "--metrics-api-port",
+            str(port),
+            "--metrics-api-host",
+            "127.0.0.1",
+            "--metrics-api-cert",
+            cert,
+            "--metrics-api-key",
+            key,
+            "--requestheader-ca",
+            str(k8s.pki / "front-proxy-ca.crt"),
+        ],
+    ).start()
     journal = tmp_path / "journal"
     journal.touch()
     (tmp_path / "pods").mkdir()
@@ -141,19 +199,41 @@ def run(k8s, tmp_path: Path, total: int = TOTAL, max_replicas: int = MAX) -> Out
     replicas_seen: list[int] = []
     try:
         k8s.apply(api_service)
-        k8s.apply({"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
-                   "spec": {"replicas": 1, "storage": {"ephemeral": True}, "queue": {"name": "jobs"},
-                            "workers": [{
-                                "name": "pool", "handler": "autoscale_jobs:handle", "concurrency": CONCURRENCY,
-                                "drainTimeoutSeconds": 20,
-                                "env": [{"name": "RANKQ_TEST_JOURNAL", "value": str(journal)}],
-                                "autoscaling": {
-                                    "minReplicas": 0, "maxReplicas": max_replicas, "targetBacklogPerReplica": TARGET,
-                                    "cooldownSeconds": COOLDOWN,
-                                    "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0,
-                                                             "policies": [{"type": "Pods", "value": max_replicas,
-                                                                           "periodSeconds": 5}]},
-                                                 "scaleDown": {"stabilizationWindowSeconds": 0}}}}]}}, namespace=ns)
+        k8s.apply(
+            {
+                "apiVersion": "rankq.io/v1alpha1",
+                "kind": "Queue",
+                "metadata": {"name": "q"},
+                "spec": {
+                    "replicas": 1,
+                    "storage": {"ephemeral": True},
+                    "queue": {"name": "jobs"},
+                    "workers": [
+                        {
+                            "name": "pool",
+                            "handler": "autoscale_jobs:handle",
+                            "concurrency": CONCURRENCY,
+                            "drainTimeoutSeconds": 20,
+                            "env": [{"name": "RANKQ_TEST_JOURNAL", "value": str(journal)}],
+                            "autoscaling": {
+                                "minReplicas": 0,
+                                "maxReplicas": max_replicas,
+                                "targetBacklogPerReplica": TARGET,
+                                "cooldownSeconds": COOLDOWN,
+                                "behavior": {
+                                    "scaleUp": {
+                                        "stabilizationWindowSeconds": 0,
+                                        "policies": [{"type": "Pods", "value": max_replicas, "periodSeconds": 5}],
+                                    },
+                                    "scaleDown": {"stabilizationWindowSeconds": 0},
+                                },
+                            },
+                        }
+                    ],
+                },
+            },
+            namespace=ns,
+        )
         secret = k8s.wait_for(lambda: k8s.get_json("secret", "q-token", namespace=ns), 60, "the generated token")
         auth = {"Authorization": "Bearer " + base64.b64decode(secret["data"]["token"]).decode()}
         url = servers.url("q-0")
@@ -178,12 +258,18 @@ def run(k8s, tmp_path: Path, total: int = TOTAL, max_replicas: int = MAX) -> Out
 
         body = {"messages": [{"payload": {"n": i}} for i in range(total)]}
         t0 = time.monotonic()
-        assert httpx.post(f"{url}/api/v1/queues/jobs/messages/batch", json=body, headers=auth,
-                          timeout=30).status_code == 201
+        assert (
+            httpx.post(f"{url}/api/v1/queues/jobs/messages/batch", json=body, headers=auth, timeout=30).status_code
+            == 201
+        )
 
         def live_backlog() -> dict | None:
-            raw = k8s.kubectl("get", "--raw", f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/"
-                              f"rankq_queue_backlog?labelSelector=rankq.io%2Fqueue%3Djobs").stdout
+            raw = k8s.kubectl(
+                "get",
+                "--raw",
+                f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/"
+                f"rankq_queue_backlog?labelSelector=rankq.io%2Fqueue%3Djobs",
+            ).stdout
             item = json.loads(raw)["items"][0]
             return item if int(item["value"]) > 0 else None  # the operator caches a value for up to 1 s
 
@@ -211,8 +297,17 @@ def run(k8s, tmp_path: Path, total: int = TOTAL, max_replicas: int = MAX) -> Out
         events = k8s.get_json("events", namespace=ns)["items"]
         activations = sum(1 for e in events if e.get("reason") in ("WorkersActivated", "WorkersDeactivated"))
         hpa = k8s.get_json("hpa", "q-pool", namespace=ns)
-        return Outcome(total, max_replicas, first_worker, full_scale, to_zero, replicas_seen, int(hpa["spec"]["minReplicas"]),
-                       activations, status)
+        return Outcome(
+            total,
+            max_replicas,
+            first_worker,
+            full_scale,
+            to_zero,
+            replicas_seen,
+            int(hpa["spec"]["minReplicas"]),
+            activations,
+            status,
+        )
     except BaseException:
         print(op.tail())
         raise
@@ -224,5 +319,6 @@ def run(k8s, tmp_path: Path, total: int = TOTAL, max_replicas: int = MAX) -> Out
         drop_finalizers(k8s, ns)
         for namespace in (ns, sys_ns):
             k8s.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-        k8s.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
-                    check=False)
+        k8s.kubectl(
+            "delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}", check=False
+        )

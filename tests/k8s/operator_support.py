@@ -34,18 +34,31 @@ REPO = Path(__file__).resolve().parents[2]
 RANKQ = [sys.executable, "-c", "from rankq.cli import main; main()"]
 
 
-
-
 def install_chart(k8s, namespace: str, release: str, tmp: Path) -> Path:
     """helm install into `namespace`; returns a kubeconfig with the chart ServiceAccount's token."""
     k8s.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "queue.yaml"))
     proc = subprocess.run(
-        [str(k8s.helm_path), "install", release, str(REPO / "helm" / "rankq"), "--namespace", namespace,
-         "--kubeconfig", str(k8s.kubeconfig), "--set", "replicas=0", "--wait=false",
-         # The operator runs outside the cluster here: an APIService with no backend would break
-         # discovery for everything else on the shared control plane.
-         "--set", "externalMetrics.enabled=false"],
-        capture_output=True, text=True, timeout=120)
+        [
+            str(k8s.helm_path),
+            "install",
+            release,
+            str(REPO / "helm" / "rankq"),
+            "--namespace",
+            namespace,
+            "--kubeconfig",
+            str(k8s.kubeconfig),
+            "--set",
+            "replicas=0",
+            "--wait=false",
+            # The operator runs outside the cluster here: an APIService with no backend would break
+            # discovery for everything else on the shared control plane.
+            "--set",
+            "externalMetrics.enabled=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     sa = f"{release}-rankq" if "rankq" not in release else release
     token = k8s.kubectl("create", "token", sa, "-n", namespace, "--duration=2h").stdout.strip()
@@ -54,7 +67,8 @@ def install_chart(k8s, namespace: str, release: str, tmp: Path) -> Path:
     if "certificate-authority" in cluster and not os.path.isabs(cluster["certificate-authority"]):
         cluster["certificate-authority"] = str((k8s.kubeconfig.parent / cluster["certificate-authority"]).resolve())
     config = {
-        "apiVersion": "v1", "kind": "Config",
+        "apiVersion": "v1",
+        "kind": "Config",
         "clusters": [{"name": "c", "cluster": cluster}],
         "users": [{"name": "operator", "user": {"token": token}}],
         "contexts": [{"name": "operator", "context": {"cluster": "c", "user": "operator"}}],
@@ -66,20 +80,36 @@ def install_chart(k8s, namespace: str, release: str, tmp: Path) -> Path:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, lease_namespace: str, endpoints_file: Path, log: Path,
-                 extra: list[str] | None = None) -> None:
-        self.kubeconfig, self.lease_namespace, self.endpoints_file, self.log = \
-            kubeconfig, lease_namespace, endpoints_file, log
+    def __init__(
+        self, kubeconfig: Path, lease_namespace: str, endpoints_file: Path, log: Path, extra: list[str] | None = None
+    ) -> None:
+        self.kubeconfig, self.lease_namespace, self.endpoints_file, self.log = (
+            kubeconfig,
+            lease_namespace,
+            endpoints_file,
+            log,
+        )
         self.extra = extra or []
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "OperatorProcess":
+    def start(self) -> OperatorProcess:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self.proc = subprocess.Popen(
-            [*RANKQ, "operator", "--lease-namespace", self.lease_namespace,
-             "--endpoints-file", str(self.endpoints_file), *self.extra],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            [
+                *RANKQ,
+                "operator",
+                "--lease-namespace",
+                self.lease_namespace,
+                "--endpoints-file",
+                str(self.endpoints_file),
+                *self.extra,
+            ],
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
         atexit.register(self.kill)  # never leave an operator acting after the test run
         return self
 
@@ -165,8 +195,10 @@ class StandIns(_KubeletLoop):
             return self.ports[pod]
 
     def _write_endpoints(self) -> None:
-        data = {f"{self.namespace}/{pod}": {"http": f"http://127.0.0.1:{p['http']}", "raft": f"127.0.0.1:{p['raft']}"}
-                for pod, p in self.ports.items()}
+        data = {
+            f"{self.namespace}/{pod}": {"http": f"http://127.0.0.1:{p['http']}", "raft": f"127.0.0.1:{p['raft']}"}
+            for pod, p in self.ports.items()
+        }
         existing = {}
         if self.endpoints_file.exists():
             try:
@@ -178,7 +210,7 @@ class StandIns(_KubeletLoop):
         tmp.write_text(json.dumps(existing))
         tmp.replace(self.endpoints_file)
 
-    def reserve(self, queue: str, count: int = 7) -> "StandIns":
+    def reserve(self, queue: str, count: int = 7) -> StandIns:
         """Give every pod a Queue may ever have its loopback ports up front, as DNS names exist
         for them before the pods do."""
         for i in range(count):
@@ -192,7 +224,9 @@ class StandIns(_KubeletLoop):
 
     def _value_from(self, pod: Any, ref: Any) -> str:
         if ref.field_ref:
-            return {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace}[ref.field_ref.field_path]
+            return {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace}[
+                ref.field_ref.field_path
+            ]
         if ref.config_map_key_ref:
             cm = self.core.read_namespaced_config_map(ref.config_map_key_ref.name, self.namespace)
             return cm.data[ref.config_map_key_ref.key]
@@ -236,9 +270,11 @@ class StandIns(_KubeletLoop):
 
     # -- lifecycle --
 
-
     def sync(self) -> None:
-        pods = {p.metadata.name: p for p in self.core.list_namespaced_pod(self.namespace, label_selector="app.kubernetes.io/name=rankq").items}
+        pods = {
+            p.metadata.name: p
+            for p in self.core.list_namespaced_pod(self.namespace, label_selector="app.kubernetes.io/name=rankq").items
+        }
         for name, member in list(self.members.items()):
             pod = pods.get(name)
             if name in self.busy:
@@ -260,8 +296,13 @@ class StandIns(_KubeletLoop):
         """What the kubelet does: the preStop hook, then SIGTERM, then SIGKILL after the grace period."""
         try:
             if member.proc.poll() is None:
-                subprocess.run([*RANKQ, "node", "drain", f"--url={self.url(name)}", "--timeout=30"], env=member.env,
-                               capture_output=True, timeout=40, cwd=REPO)
+                subprocess.run(
+                    [*RANKQ, "node", "drain", f"--url={self.url(name)}", "--timeout=30"],
+                    env=member.env,
+                    capture_output=True,
+                    timeout=40,
+                    cwd=REPO,
+                )
                 member.proc.terminate()
                 try:
                     member.proc.wait(15)
@@ -295,8 +336,9 @@ def drop_finalizers(k8s, namespace: str) -> None:
     """After the operator stopped: release its finalizers so the namespace can go."""
     proc = k8s.kubectl("get", "queues", "-n", namespace, "-o", "name", check=False)
     for name in proc.stdout.split():
-        k8s.kubectl("patch", name, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
-                    check=False)
+        k8s.kubectl(
+            "patch", name, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False
+        )
 
 
 def unique(prefix: str) -> str:
@@ -314,8 +356,14 @@ class WorkerStandIns(_KubeletLoop):
 
     label = "worker stand-ins"
 
-    def __init__(self, kubeconfig: Path, namespace: str, servers: StandIns, workdir: Path,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        servers: StandIns,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         from kubernetes import client, config
 
         self.core = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
@@ -330,14 +378,17 @@ class WorkerStandIns(_KubeletLoop):
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
-
     def running(self) -> int:
         with self.lock:
             return sum(1 for _, p, _ in self.procs.values() if p.poll() is None)
 
     def sync(self) -> None:
-        pods = {p.metadata.name: p for p in self.core.list_namespaced_pod(
-            self.namespace, label_selector="app.kubernetes.io/name=rankq-worker").items}
+        pods = {
+            p.metadata.name: p
+            for p in self.core.list_namespaced_pod(
+                self.namespace, label_selector="app.kubernetes.io/name=rankq-worker"
+            ).items
+        }
         with self.lock:
             for name, (uid, proc, grace) in list(self.procs.items()):
                 pod = pods.get(name)

@@ -8,9 +8,8 @@ gate on.
 
 from __future__ import annotations
 
-import pytest
-
 import autoscale_scenario as scenario
+import pytest
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(600)]
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytest
-
 import autoscale_scenario as scenario
+import pytest
 from k8s_support import Cluster
 from operator_support import OperatorProcess, drop_finalizers, install_chart, unique
 
@@ -46,14 +45,32 @@ def test_keda_pool_on_a_cluster_without_keda_gets_a_warning_and_still_runs(gated
     kubeconfig = install_chart(gated, sys_ns, release, tmp_path)
     op = OperatorProcess(kubeconfig, sys_ns, tmp_path / "endpoints.json", tmp_path / "operator.log").start()
     try:
-        gated.apply({"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
-                     "spec": {"replicas": 1, "storage": {"ephemeral": True},
-                              "workers": [{"name": "pool", "handler": "autoscale_jobs:handle",
-                                           "autoscaling": {"provider": "keda", "minReplicas": 1}}]}}, namespace=ns)
+        gated.apply(
+            {
+                "apiVersion": "rankq.io/v1alpha1",
+                "kind": "Queue",
+                "metadata": {"name": "q"},
+                "spec": {
+                    "replicas": 1,
+                    "storage": {"ephemeral": True},
+                    "workers": [
+                        {
+                            "name": "pool",
+                            "handler": "autoscale_jobs:handle",
+                            "autoscaling": {"provider": "keda", "minReplicas": 1},
+                        }
+                    ],
+                },
+            },
+            namespace=ns,
+        )
 
         def warned() -> list[dict]:
-            return [e for e in gated.get_json("events", namespace=ns)["items"]
-                    if e.get("reason") == "KedaNotInstalled" and e.get("type") == "Warning"]
+            return [
+                e
+                for e in gated.get_json("events", namespace=ns)["items"]
+                if e.get("reason") == "KedaNotInstalled" and e.get("type") == "Warning"
+            ]
 
         events = gated.wait_for(warned, 60, "the KedaNotInstalled Event")
         assert "ScaledObject" in events[0]["message"] or "TriggerAuthentication" in events[0]["message"]

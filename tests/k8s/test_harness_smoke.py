@@ -36,9 +36,7 @@ def _is_ready(pod: dict[str, Any]) -> bool:
 
 
 def _running_ready(pods: list[dict[str, Any]]) -> bool:
-    return all(
-        p["status"].get("phase") == "Running" and _is_ready(p) and p["status"].get("podIP") for p in pods
-    )
+    return all(p["status"].get("phase") == "Running" and _is_ready(p) and p["status"].get("podIP") for p in pods)
 
 
 def _deployment(name: str, replicas: int, labels: dict[str, str]) -> dict[str, Any]:
@@ -94,11 +92,17 @@ def test_crd_and_custom_object_apply(k8s: Cluster, namespace: str) -> None:
     k8s.kubectl("apply", "-f", "-", input=json.dumps(CRD))
     try:
         k8s.kubectl("wait", "--for=condition=Established", "crd/widgets.smoke.rankq.test", "--timeout=30s", timeout=40)
-        widget = {"apiVersion": "smoke.rankq.test/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}}
+        widget = {
+            "apiVersion": "smoke.rankq.test/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w1"},
+            "spec": {"size": 3},
+        }
         # Discovery of a just-established CRD can lag a moment behind the condition.
         k8s.wait_for(
-            lambda: k8s.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(widget), check=False).returncode
-            == 0,
+            lambda: (
+                k8s.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(widget), check=False).returncode == 0
+            ),
             timeout=30,
             what="kubectl apply of a Widget",
         )
@@ -113,8 +117,15 @@ def test_crd_and_custom_object_apply(k8s: Cluster, namespace: str) -> None:
 
         # Server-side apply and the status subresource work on custom objects.
         k8s.kubectl(
-            "patch", "widget", "w1", "-n", namespace, "--subresource=status", "--type=merge",
-            "-p", json.dumps({"status": {"phase": "Ready"}}),
+            "patch",
+            "widget",
+            "w1",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"phase": "Ready"}}),
         )
         assert k8s.get_json("widget", "w1", namespace=namespace)["status"] == {"phase": "Ready"}
     finally:
@@ -272,8 +283,13 @@ def test_rbac_denies_serviceaccount_without_permissions(k8s: Cluster, namespace:
     # A Role and RoleBinding grant exactly what they say.
     k8s.kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
     k8s.kubectl(
-        "create", "rolebinding", "nobody-reads-pods", "--role=pod-reader",
-        f"--serviceaccount={namespace}:nobody", "-n", namespace,
+        "create",
+        "rolebinding",
+        "nobody-reads-pods",
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:nobody",
+        "-n",
+        namespace,
     )
     k8s.wait_for(
         lambda: k8s.kubectl("get", "pods", kubeconfig=sa_kubeconfig, check=False).returncode == 0,
@@ -337,7 +353,9 @@ class _AggregatedHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
         subject = dict(x[0] for x in peer["subject"]) if peer else {}
-        type(self).seen.append({"path": self.path, "user": self.headers.get("X-Remote-User"), "cert_cn": subject.get("commonName")})
+        type(self).seen.append(
+            {"path": self.path, "user": self.headers.get("X-Remote-User"), "cert_cn": subject.get("commonName")}
+        )
         if self.path.split("?")[0] == f"/apis/{GROUP}/v1alpha1":
             body = json.dumps(DISCOVERY).encode()
             self.send_response(200)
@@ -354,17 +372,36 @@ class _AggregatedHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def aggregated_server(k8s: Cluster, namespace: str, tmp_path: Path) -> Iterator[tuple[int, str, type[_AggregatedHandler]]]:
+def aggregated_server(
+    k8s: Cluster, namespace: str, tmp_path: Path
+) -> Iterator[tuple[int, str, type[_AggregatedHandler]]]:
     """A stdlib HTTPS server on 127.0.0.1 that only accepts the apiserver's front-proxy client cert."""
     service_host = f"smoke-api.{namespace}.svc"
     key, crt = tmp_path / "tls.key", tmp_path / "tls.crt"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", str(key), "-out", str(crt), "-days", "1", "-subj", f"/CN={service_host}",
-            "-addext", f"subjectAltName=DNS:{service_host}",
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={service_host}",
+            "-addext",
+            f"subjectAltName=DNS:{service_host}",
         ],
-        check=True, capture_output=True, timeout=30,
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(crt, key)
@@ -440,14 +477,27 @@ def test_helm_installs_a_chart(k8s: Cluster, namespace: str, tmp_path: Path) -> 
         "data:\n  greeting: {{ .Values.greeting | quote }}\n"
     )
     cmd = [
-        str(k8s.helm_path), "install", "smoke", str(chart), "--namespace", namespace,
-        "--set", "greeting=hi", "--wait", "--timeout", "60s",
+        str(k8s.helm_path),
+        "install",
+        "smoke",
+        str(chart),
+        "--namespace",
+        namespace,
+        "--set",
+        "greeting=hi",
+        "--wait",
+        "--timeout",
+        "60s",
     ]
     proc = subprocess.run(cmd, env=k8s.env, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     assert k8s.get_json("configmap", "smoke-cm", namespace=namespace)["data"] == {"greeting": "hi"}
     listed = subprocess.run(
-        [str(k8s.helm_path), "list", "-n", namespace, "-o", "json"], env=k8s.env, capture_output=True, text=True, timeout=30
+        [str(k8s.helm_path), "list", "-n", namespace, "-o", "json"],
+        env=k8s.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert [r["status"] for r in json.loads(listed.stdout)] == ["deployed"]
 

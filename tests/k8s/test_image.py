@@ -130,9 +130,7 @@ def test_image_runs_under_runc(image_archive: Path, rootfs: Path, tmp_path: Path
     )
     (bundle / "config.json").write_text(json.dumps(spec))
     name = f"rankq-image-test-{os.getpid()}"
-    proc = subprocess.run(
-        ["runc", "run", "--bundle", str(bundle), name], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run(["runc", "run", "--bundle", str(bundle), name], capture_output=True, text=True, timeout=120)
     subprocess.run(["runc", "delete", "--force", name], capture_output=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip(), "rankq --version printed nothing"

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from operator_support import REPO, OperatorProcess, install_chart, unique
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(240)]
@@ -32,8 +31,9 @@ def op(k8s, tmp_path_factory):
         yield proc
     finally:
         proc.stop()
-        k8s.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
-                    check=False)
+        k8s.kubectl(
+            "delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}", check=False
+        )
         k8s.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
@@ -47,9 +47,17 @@ def queue_manifest(name: str, **spec) -> dict:
 
 
 def wait_children(k8s, ns, name, op):
-    kinds = [("statefulset", name), ("service", name), ("service", f"{name}-peers"), ("configmap", f"{name}-config"),
-             ("secret", f"{name}-raft"), ("poddisruptionbudget", name), ("serviceaccount", name), ("role", name),
-             ("rolebinding", name)]
+    kinds = [
+        ("statefulset", name),
+        ("service", name),
+        ("service", f"{name}-peers"),
+        ("configmap", f"{name}-config"),
+        ("secret", f"{name}-raft"),
+        ("poddisruptionbudget", name),
+        ("serviceaccount", name),
+        ("role", name),
+        ("rolebinding", name),
+    ]
 
     def all_there():
         got = {(k, n): get(k8s, k, n, ns) for k, n in kinds}
@@ -98,14 +106,21 @@ def test_example_queue_produces_every_child_with_the_right_shape(k8s, op, namesp
         pods = k8s.get_json("pods", "-l", "rankq.io/queue=orders", namespace=namespace)["items"]
         roles = sorted(p["metadata"]["labels"].get("rankq.io/role", "") for p in pods)
         return roles == ["follower"] * 3
+
     k8s.wait_for(pods_labelled, 60, "three pods labelled follower")
 
     # Status fills in, and the printer columns show it.
     def status_ok():
         st = (get(k8s, "queue", "orders", namespace) or {}).get("status") or {}
         types = {c["type"]: c for c in st.get("conditions", [])}
-        return st if st.get("replicas") == 3 and st.get("observedGeneration") == 1 and \
-            {"Ready", "LeaderElected", "Progressing", "Degraded"} <= set(types) else None
+        return (
+            st
+            if st.get("replicas") == 3
+            and st.get("observedGeneration") == 1
+            and {"Ready", "LeaderElected", "Progressing", "Degraded"} <= set(types)
+            else None
+        )
+
     st = k8s.wait_for(status_ok, 30, "status of Queue orders")
     assert st["selector"] == "app.kubernetes.io/name=rankq,rankq.io/queue=orders"
     conds = {c["type"]: c for c in st["conditions"]}
@@ -118,8 +133,9 @@ def test_example_queue_produces_every_child_with_the_right_shape(k8s, op, namesp
     # The example's claims have no provisioner here, so its pods stay Pending: 0 ready.
     assert table.splitlines()[1].split()[1:3] == ["3", "0"]
 
-    events = k8s.get_json("events", "--field-selector", "involvedObject.name=orders,involvedObject.kind=Queue",
-                          namespace=namespace)["items"]
+    events = k8s.get_json(
+        "events", "--field-selector", "involvedObject.name=orders,involvedObject.kind=Queue", namespace=namespace
+    )["items"]
     assert any(e["reason"] == "Created" and "StatefulSet orders" in e["message"] for e in events)
 
 
@@ -137,8 +153,9 @@ INVALID = [
 
 @pytest.mark.parametrize("spec,message", INVALID, ids=[m for _, m in INVALID])
 def test_invalid_manifests_are_rejected_with_clear_messages(k8s, namespace, spec, message):
-    proc = k8s.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(queue_manifest("bad", **spec)),
-                       check=False)
+    proc = k8s.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=json.dumps(queue_manifest("bad", **spec)), check=False
+    )
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
 
@@ -155,14 +172,22 @@ def test_deleted_child_is_recreated_and_status_writes_cause_no_work(k8s, op, nam
     old_uid = children[("service", "rc")]["metadata"]["uid"]
     k8s.kubectl("delete", "service", "rc", "-n", namespace)
     k8s.kubectl("delete", "configmap", "rc-config", "-n", namespace)
-    k8s.wait_for(lambda: (s := get(k8s, "service", "rc", namespace)) and s["metadata"]["uid"] != old_uid
-                 and get(k8s, "configmap", "rc-config", namespace), 30, "Service rc and ConfigMap rc-config recreated")
+    k8s.wait_for(
+        lambda: (
+            (s := get(k8s, "service", "rc", namespace))
+            and s["metadata"]["uid"] != old_uid
+            and get(k8s, "configmap", "rc-config", namespace)
+        ),
+        30,
+        "Service rc and ConfigMap rc-config recreated",
+    )
 
     # Settled: over two refresh periods neither the children nor the Queue change.
     def versions():
         sts = get(k8s, "statefulset", "rc", namespace)
         q = get(k8s, "queue", "rc", namespace)
         return sts["metadata"]["resourceVersion"], q["metadata"]["resourceVersion"]
+
     k8s.wait_for(lambda: get(k8s, "queue", "rc", namespace).get("status", {}).get("replicas") == 3, 30, "status")
     first = versions()
     deadline = time.monotonic() + 12
@@ -172,22 +197,31 @@ def test_deleted_child_is_recreated_and_status_writes_cause_no_work(k8s, op, nam
 
 
 def test_unrealisable_spec_is_degraded_with_reason_and_event(k8s, op, namespace):
-    k8s.apply(queue_manifest("dg", replicas=1, storage={"ephemeral": True},
-                             auth={"secretRef": {"name": "missing-token"}}), namespace=namespace)
+    k8s.apply(
+        queue_manifest("dg", replicas=1, storage={"ephemeral": True}, auth={"secretRef": {"name": "missing-token"}}),
+        namespace=namespace,
+    )
 
     def degraded():
         st = (get(k8s, "queue", "dg", namespace) or {}).get("status") or {}
         conds = {c["type"]: c for c in st.get("conditions", [])}
         d = conds.get("Degraded")
         return st if d and d["status"] == "True" and d["reason"] == "AuthSecretMissing" else None
+
     st = k8s.wait_for(degraded, 30, "Degraded=True reason AuthSecretMissing")
     assert st["phase"] == "Degraded"
     events = k8s.get_json("events", "--field-selector", "involvedObject.name=dg", namespace=namespace)["items"]
     assert any(e["type"] == "Warning" and e["reason"] == "AuthSecretMissing" for e in events)
     # Fixing the cause heals it.
     k8s.kubectl("create", "secret", "generic", "missing-token", "--from-literal=token=t", "-n", namespace)
-    k8s.wait_for(lambda: {c["type"]: c for c in get(k8s, "queue", "dg", namespace)["status"]["conditions"]}
-                 ["Degraded"]["status"] == "False", 30, "Degraded cleared once the Secret exists")
+    k8s.wait_for(
+        lambda: (
+            {c["type"]: c for c in get(k8s, "queue", "dg", namespace)["status"]["conditions"]}["Degraded"]["status"]
+            == "False"
+        ),
+        30,
+        "Degraded cleared once the Secret exists",
+    )
     assert get(k8s, "statefulset", "dg", namespace)
 
 
@@ -209,8 +243,11 @@ def test_queue_deletion_removes_children(k8s, op, namespace):
     k8s.apply(queue_manifest("gone", replicas=1, storage={"ephemeral": True}), namespace=namespace)
     wait_children(k8s, namespace, "gone", op)
     k8s.kubectl("delete", "queue", "gone", "-n", namespace, "--timeout=30s")
-    k8s.wait_for(lambda: get(k8s, "statefulset", "gone", namespace) is None and
-                 get(k8s, "service", "gone", namespace) is None, 60, "children garbage-collected")
+    k8s.wait_for(
+        lambda: get(k8s, "statefulset", "gone", namespace) is None and get(k8s, "service", "gone", namespace) is None,
+        60,
+        "children garbage-collected",
+    )
 
 
 def test_chart_lints_and_renders():
@@ -224,13 +261,17 @@ def test_chart_lints_and_renders():
     lint = subprocess.run([str(helm), "lint", "--strict", str(REPO / "helm" / "rankq")], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     for extra in ([], ["--set", "serviceMonitor.enabled=true", "--set", "watchNamespaces={a,b}"]):
-        out = subprocess.run([str(helm), "template", "r", str(REPO / "helm" / "rankq"), *extra],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [str(helm), "template", "r", str(REPO / "helm" / "rankq"), *extra], capture_output=True, text=True
+        )
         assert out.returncode == 0, out.stderr
         kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
         assert "Deployment" in kinds and ("ClusterRole" in kinds or "Role" in kinds)
-    bad = subprocess.run([str(helm), "template", "r", str(REPO / "helm" / "rankq"), "--set", "replicas=-1"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(helm), "template", "r", str(REPO / "helm" / "rankq"), "--set", "replicas=-1"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "replicas" in bad.stderr
     assert (REPO / "helm" / "rankq" / "crds" / "queue.yaml").read_text() == (REPO / "crds" / "queue.yaml").read_text()
     assert Path(REPO / "helm" / "rankq" / "templates" / "NOTES.txt").read_text().count("kind: Queue") == 1

@@ -16,7 +16,6 @@ import uuid
 
 import httpx
 import pytest
-
 from operator_support import OperatorProcess, StandIns, drop_finalizers, install_chart, unique
 
 pytestmark = pytest.mark.k8s
@@ -38,8 +37,12 @@ def env(k8s, tmp_path_factory):
     k8s.kubectl("create", "namespace", ns)
     k8s.wait_for(lambda: k8s.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0, 30, "default SA")
     stand = StandIns(k8s.kubeconfig, ns, tmp / "pods", endpoints).reserve("q").start()
-    manifest = {"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
-                "spec": {"replicas": 3, "storage": {"ephemeral": True}, "queue": {"name": QUEUE}}}
+    manifest = {
+        "apiVersion": "rankq.io/v1alpha1",
+        "kind": "Queue",
+        "metadata": {"name": "q"},
+        "spec": {"replicas": 3, "storage": {"ephemeral": True}, "queue": {"name": QUEUE}},
+    }
     k8s.apply(manifest, namespace=ns)
     ctx = type("Ctx", (), {})()
     ctx.k8s, ctx.ns, ctx.op, ctx.stand, ctx.tmp = k8s, ns, op, stand, tmp
@@ -53,8 +56,9 @@ def env(k8s, tmp_path_factory):
         op.stop()
         drop_finalizers(k8s, ns)
         k8s.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        k8s.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
-                    check=False)
+        k8s.kubectl(
+            "delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}", check=False
+        )
         k8s.kubectl("delete", "namespace", sys_ns, "--wait=false", check=False)
 
 
@@ -71,8 +75,12 @@ def labelled_leader(ctx) -> str | None:
 
 def service_targets(ctx) -> set[str]:
     slices = ctx.k8s.get_json("endpointslices", "-l", "kubernetes.io/service-name=q", namespace=ctx.ns)["items"]
-    return {e["targetRef"]["name"] for s in slices for e in (s.get("endpoints") or [])
-            if e.get("targetRef") and (e.get("conditions") or {}).get("ready", True)}
+    return {
+        e["targetRef"]["name"]
+        for s in slices
+        for e in (s.get("endpoints") or [])
+        if e.get("targetRef") and (e.get("conditions") or {}).get("ready", True)
+    }
 
 
 def raft_leader(ctx) -> str | None:
@@ -95,9 +103,19 @@ def wait_running(ctx, replicas: int, timeout: float = 90) -> str:
         st = queue_status(ctx)
         leader = labelled_leader(ctx)
         members = st.get("members") or []
-        return leader if (st.get("phase") == "Running" and leader and st.get("leader") == leader
-                          and len(members) == replicas and all(m["healthy"] for m in members)
-                          and service_targets(ctx) == {leader}) else None
+        return (
+            leader
+            if (
+                st.get("phase") == "Running"
+                and leader
+                and st.get("leader") == leader
+                and len(members) == replicas
+                and all(m["healthy"] for m in members)
+                and service_targets(ctx) == {leader}
+            )
+            else None
+        )
+
     try:
         return ctx.k8s.wait_for(ok, timeout, f"Queue q Running with {replicas} healthy members", interval=0.5)
     except BaseException:
@@ -116,8 +134,10 @@ class Workload:
         self.produced = threading.Event()  # the producer has stopped: acked_enqueues is final
         self.errors = 0
         self.tag = uuid.uuid4().hex[:8]  # dedup keys unique to this workload
-        self.threads = [threading.Thread(target=self.produce, daemon=True),
-                        threading.Thread(target=self.consume, daemon=True)]
+        self.threads = [
+            threading.Thread(target=self.produce, daemon=True),
+            threading.Thread(target=self.consume, daemon=True),
+        ]
 
     def urls(self) -> list[str]:
         return [self.ctx.stand.url(p) for p in sorted(self.ctx.stand.members)]
@@ -137,8 +157,10 @@ class Workload:
     def produce(self) -> None:
         n = 0
         while not self.stop.is_set():
-            r = self._post(f"/api/v1/queues/{QUEUE}/messages", {"payload": {"n": n, "tag": self.tag},
-                                                                "dedup_key": f"{self.tag}-{n}"})
+            r = self._post(
+                f"/api/v1/queues/{QUEUE}/messages",
+                {"payload": {"n": n, "tag": self.tag}, "dedup_key": f"{self.tag}-{n}"},
+            )
             if r is not None and r.status_code == 201:
                 self.acked_enqueues.add(n)
                 n += 1
@@ -162,10 +184,11 @@ class Workload:
     FLOWING = 10  # acknowledged enqueues that show traffic is flowing, before and after the change
 
     def wait_flowing(self, at_least: int) -> None:
-        self.ctx.k8s.wait_for(lambda: len(self.acked_enqueues) >= at_least, 60,
-                              f"{at_least} enqueues acknowledged", interval=0.05)
+        self.ctx.k8s.wait_for(
+            lambda: len(self.acked_enqueues) >= at_least, 60, f"{at_least} enqueues acknowledged", interval=0.05
+        )
 
-    def __enter__(self) -> "Workload":
+    def __enter__(self) -> Workload:
         self.drain_deadline = float("inf")
         for t in self.threads:
             t.start()
@@ -187,18 +210,25 @@ class Workload:
         """Payload numbers of this workload in the dead-letter queue (delivered, but out of tries)."""
         for url in self.urls():
             try:
-                r = httpx.get(f"{url}/api/v1/queues/{QUEUE}/dlq", params={"limit": 1000}, timeout=3, headers=self.ctx.auth)
+                r = httpx.get(
+                    f"{url}/api/v1/queues/{QUEUE}/dlq", params={"limit": 1000}, timeout=3, headers=self.ctx.auth
+                )
                 if r.status_code == 200:
-                    return {m["payload"]["n"] for m in r.json()["messages"]
-                            if isinstance(m.get("payload"), dict) and m["payload"].get("tag") == self.tag}
+                    return {
+                        m["payload"]["n"]
+                        for m in r.json()["messages"]
+                        if isinstance(m.get("payload"), dict) and m["payload"].get("tag") == self.tag
+                    }
             except httpx.HTTPError:
                 pass
         return set()
 
     def assert_nothing_lost(self) -> None:
         lost = self.acked_enqueues - self.received - self.dead_lettered()
-        print(f"\nworkload: {len(self.acked_enqueues)} enqueues acknowledged, {len(self.received)} received, "
-              f"{self.errors} rounds with no member answering")
+        print(
+            f"\nworkload: {len(self.acked_enqueues)} enqueues acknowledged, {len(self.received)} received, "
+            f"{self.errors} rounds with no member answering"
+        )
         assert len(self.acked_enqueues) > 20, f"workload too small: {len(self.acked_enqueues)}"
         assert not lost, f"{len(lost)} acknowledged messages never delivered, e.g. {sorted(lost)[:10]}"
 
@@ -246,14 +276,28 @@ def test_leader_service_fails_over_quickly(env):
 def test_live_settings_change_without_restarts(env):
     leader = wait_running(env, 3)
     pids = {n: m.proc.pid for n, m in env.stand.members.items()}
-    patch = {"spec": {"queue": {"visibilityTimeoutSeconds": 45, "maxLength": 500, "policy": "strict"},
-                      "deadLetter": {"maxDeliveries": 2, "retentionSeconds": 60}}}
+    patch = {
+        "spec": {
+            "queue": {"visibilityTimeoutSeconds": 45, "maxLength": 500, "policy": "strict"},
+            "deadLetter": {"maxDeliveries": 2, "retentionSeconds": 60},
+        }
+    }
     env.k8s.kubectl("patch", "queue", "q", "-n", env.ns, "--type=merge", "-p", json.dumps(patch))
 
     def applied():
         s = httpx.get(env.stand.url(leader) + f"/api/v1/queues/{QUEUE}", timeout=2, headers=env.auth).json()["settings"]
-        return s if (s["visibility_timeout"] == 45 and s["max_length"] == 500 and s["policy"] == "strict"
-                     and s["max_deliveries"] == 2 and s["dead_letter_retention"] == 60) else None
+        return (
+            s
+            if (
+                s["visibility_timeout"] == 45
+                and s["max_length"] == 500
+                and s["policy"] == "strict"
+                and s["max_deliveries"] == 2
+                and s["dead_letter_retention"] == 60
+            )
+            else None
+        )
+
     env.k8s.wait_for(applied, 20, "settings applied through the leader")
     # Replicated: every member has them; no process was restarted.
     for pod in env.stand.members:
@@ -264,12 +308,22 @@ def test_live_settings_change_without_restarts(env):
     assert any(e["reason"] == "SettingsApplied" for e in events)
     # A second live change, which the workloads below rely on: short leases, retry forever (a
     # delivery whose ack was cut off by a restart comes back quickly instead of dead-lettering).
-    patch = {"spec": {"queue": {"visibilityTimeoutSeconds": 3, "maxLength": None},
-                      "deadLetter": {"maxDeliveries": 0}}}
+    patch = {"spec": {"queue": {"visibilityTimeoutSeconds": 3, "maxLength": None}, "deadLetter": {"maxDeliveries": 0}}}
     env.k8s.kubectl("patch", "queue", "q", "-n", env.ns, "--type=merge", "-p", json.dumps(patch))
-    env.k8s.wait_for(lambda: (s := httpx.get(env.stand.url(leader) + f"/api/v1/queues/{QUEUE}", timeout=2, headers=env.auth)
-                              .json()["settings"])["visibility_timeout"] == 3 and s["max_deliveries"] == 0
-                     and s["max_length"] is None, 20, "second change applied (and maxLength cleared)")
+    env.k8s.wait_for(
+        lambda: (
+            (
+                s := httpx.get(env.stand.url(leader) + f"/api/v1/queues/{QUEUE}", timeout=2, headers=env.auth).json()[
+                    "settings"
+                ]
+            )["visibility_timeout"]
+            == 3
+            and s["max_deliveries"] == 0
+            and s["max_length"] is None
+        ),
+        20,
+        "second change applied (and maxLength cleared)",
+    )
 
 
 @pytest.mark.timeout(420)
@@ -287,8 +341,10 @@ def test_scale_3_5_3_under_load(env):
         assert env.k8s.get_json("statefulset", "q", namespace=env.ns)["spec"]["replicas"] == 3
         print(f"\n3 -> 5 -> 3 took {time.monotonic() - t0:.1f}s")
     load.assert_nothing_lost()
-    events = [e["reason"] for e in env.k8s.get_json("events", "--field-selector", "involvedObject.name=q",
-                                                   namespace=env.ns)["items"]]
+    events = [
+        e["reason"]
+        for e in env.k8s.get_json("events", "--field-selector", "involvedObject.name=q", namespace=env.ns)["items"]
+    ]
     assert events.count("MemberAdded") >= 2 and events.count("MemberRemoved") >= 2
 
 
@@ -303,8 +359,12 @@ def test_rolling_image_change_followers_first_leader_last(env):
         def rolled():
             now = pods(env)
             images = {p["spec"]["containers"][0]["image"] for p in now.values()}
-            return images == {"rankq:0.2.0"} and len(now) == 3 and \
-                all(now[n]["metadata"]["uid"] != before[n] for n in before if n in now)
+            return (
+                images == {"rankq:0.2.0"}
+                and len(now) == 3
+                and all(now[n]["metadata"]["uid"] != before[n] for n in before if n in now)
+            )
+
         t0 = time.monotonic()
         env.k8s.wait_for(rolled, 240, "every pod recreated on the new image", interval=1)
         wait_running(env, 3, timeout=90)
@@ -312,17 +372,22 @@ def test_rolling_image_change_followers_first_leader_last(env):
     load.assert_nothing_lost()
     # Events in the order they were written (timestamps have one-second resolution; the operator
     # posts its events one after another, so their resourceVersions follow that order).
-    events = [e for e in env.k8s.get_json("events", "--field-selector", "involvedObject.name=q",
-                                          namespace=env.ns)["items"] if e["reason"] in ("RollingUpdate", "LeaderTransferred")]
+    events = [
+        e
+        for e in env.k8s.get_json("events", "--field-selector", "involvedObject.name=q", namespace=env.ns)["items"]
+        if e["reason"] in ("RollingUpdate", "LeaderTransferred")
+    ]
     events.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))
-    steps = [(e["reason"], e["message"].split()[1] if e["reason"] == "RollingUpdate" else e["message"].split()[3])
-             for e in events]
+    steps = [
+        (e["reason"], e["message"].split()[1] if e["reason"] == "RollingUpdate" else e["message"].split()[3])
+        for e in events
+    ]
     restarted = [pod for reason, pod in steps if reason == "RollingUpdate"]
     assert sorted(restarted) == sorted(before), steps
     # Followers first, the leader last: the last member restarted is the one that was leading by
     # then (normally the leader at the start; an election during the roll may have moved it), and
     # leadership was moved off it before it was deleted.
     last = restarted[-1]
-    assert ("LeaderTransferred", last) in steps[:steps.index(("RollingUpdate", last))], steps
+    assert ("LeaderTransferred", last) in steps[: steps.index(("RollingUpdate", last))], steps
     if last != leader:
         print(f"\nleadership moved during the roll: {leader} at the start, {last} restarted last; {steps}")

@@ -11,7 +11,6 @@ import json
 import time
 
 import pytest
-
 from operator_support import OperatorProcess, install_chart, unique
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(240)]
@@ -32,8 +31,9 @@ def op(k8s, tmp_path_factory):
         yield proc
     finally:
         proc.stop()
-        k8s.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
-                    check=False)
+        k8s.kubectl(
+            "delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}", check=False
+        )
         k8s.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
@@ -59,25 +59,46 @@ def test_spec_change_and_pod_deletion_are_acted_on_within_two_seconds(k8s, op, n
     core = client.CoreV1Api(api(k8s))
     custom = client.CustomObjectsApi(api(k8s))
     name = "rx"
-    custom.create_namespaced_custom_object("rankq.io", "v1alpha1", namespace, "queues", {
-        "apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": name},
-        "spec": {"replicas": 1, "storage": {"ephemeral": True}, "queue": {"visibilityTimeoutSeconds": 30}}})
+    custom.create_namespaced_custom_object(
+        "rankq.io",
+        "v1alpha1",
+        namespace,
+        "queues",
+        {
+            "apiVersion": "rankq.io/v1alpha1",
+            "kind": "Queue",
+            "metadata": {"name": name},
+            "spec": {"replicas": 1, "storage": {"ephemeral": True}, "queue": {"visibilityTimeoutSeconds": 30}},
+        },
+    )
 
     def labelled_pod():
         pods = core.list_namespaced_pod(namespace, label_selector=f"rankq.io/queue={name}").items
         return [p for p in pods if (p.metadata.labels or {}).get("rankq.io/role") and not p.metadata.deletion_timestamp]
+
     try:
         k8s.wait_for(labelled_pod, 60, "the Queue's pod labelled")
         # Let it settle, so the operator is in its slowest state.
-        k8s.wait_for(lambda: (custom.get_namespaced_custom_object("rankq.io", "v1alpha1", namespace, "queues", name)
-                              .get("status") or {}).get("observedGeneration") == 1, 30, "status written")
+        k8s.wait_for(
+            lambda: (
+                (
+                    custom.get_namespaced_custom_object("rankq.io", "v1alpha1", namespace, "queues", name).get("status")
+                    or {}
+                ).get("observedGeneration")
+                == 1
+            ),
+            30,
+            "status written",
+        )
         time.sleep(3)  # not a condition: the operator's checks back off while settled; this is what we time against
 
         def settings():
             cm = core.read_namespaced_config_map(f"{name}-config", namespace)
             return json.loads(cm.data["settings.json"])["visibility_timeout"]
-        custom.patch_namespaced_custom_object("rankq.io", "v1alpha1", namespace, "queues", name,
-                                              {"spec": {"queue": {"visibilityTimeoutSeconds": 77}}})
+
+        custom.patch_namespaced_custom_object(
+            "rankq.io", "v1alpha1", namespace, "queues", name, {"spec": {"queue": {"visibilityTimeoutSeconds": 77}}}
+        )
         spec_s = timed(lambda: settings() == 77)
 
         [old] = labelled_pod()
@@ -86,6 +107,7 @@ def test_spec_change_and_pod_deletion_are_acted_on_within_two_seconds(k8s, op, n
         def replacement():
             pods = core.list_namespaced_pod(namespace, label_selector=f"rankq.io/queue={name}").items
             return [p for p in pods if p.metadata.uid != old.metadata.uid and not p.metadata.deletion_timestamp]
+
         timed(replacement, 60)  # the StatefulSet controller's part, not timed
         pod_s = timed(lambda: any((p.metadata.labels or {}).get("rankq.io/role") for p in replacement()))
     except BaseException:

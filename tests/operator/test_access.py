@@ -42,13 +42,20 @@ class MemoryKube:
 
 
 def body(spec: dict | None = None) -> dict:
-    return {"apiVersion": "rankq.io/v1alpha1", "kind": "Queue",
-            "metadata": {"name": "orders", "namespace": "shop", "uid": "u-1", "generation": 1}, "spec": spec or {}}
+    return {
+        "apiVersion": "rankq.io/v1alpha1",
+        "kind": "Queue",
+        "metadata": {"name": "orders", "namespace": "shop", "uid": "u-1", "generation": 1},
+        "spec": spec or {},
+    }
 
 
 def secret(name: str, **data: str) -> dict:
-    return {"kind": "Secret", "metadata": {"name": name},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+    return {
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
 
 
 def reconcile(kube: MemoryKube, spec: dict | None = None) -> QueueController:
@@ -60,6 +67,7 @@ def reconcile(kube: MemoryKube, spec: dict | None = None) -> QueueController:
         finally:
             await ctl.close()
         return ctl
+
     return asyncio.run(run())
 
 

@@ -62,7 +62,15 @@ def test_defaults_in_crd_match_model_defaults() -> None:
 def test_printer_columns_and_subresources() -> None:
     version = crd.build_crd()["spec"]["versions"][0]
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Replicas", "Ready", "Leader", "Depth", "DLQ", "Workers", "Phase", "Age"]
+        "Replicas",
+        "Ready",
+        "Leader",
+        "Depth",
+        "DLQ",
+        "Workers",
+        "Phase",
+        "Age",
+    ]
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert "status" in version["subresources"]
 

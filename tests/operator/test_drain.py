@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from serverproc import ServerProcess, free_port
 
 from rankq.node_cli import drain
-from serverproc import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
 

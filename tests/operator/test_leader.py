@@ -38,8 +38,11 @@ def test_role_changes_demote_before_promoting_and_skip_what_is_right() -> None:
 
 
 def members(*healthy):
-    return {"members": [{"id": f"q-{i}", "role": "leader" if i == 0 else "follower", "healthy": h}
-                        for i, h in enumerate(healthy)]}
+    return {
+        "members": [
+            {"id": f"q-{i}", "role": "leader" if i == 0 else "follower", "healthy": h} for i, h in enumerate(healthy)
+        ]
+    }
 
 
 def test_quorum_critical() -> None:

@@ -11,18 +11,27 @@ from rankq.server.auth import TOKEN_ENV
 
 
 def queue(spec: dict | None = None, name: str = "orders", ns: str = "shop") -> QueueResource:
-    return QueueResource.from_body({
-        "apiVersion": "rankq.io/v1alpha1", "kind": "Queue",
-        "metadata": {"name": name, "namespace": ns, "uid": "u-1", "generation": 1},
-        "spec": spec or {},
-    })
+    return QueueResource.from_body(
+        {
+            "apiVersion": "rankq.io/v1alpha1",
+            "kind": "Queue",
+            "metadata": {"name": name, "namespace": ns, "uid": "u-1", "generation": 1},
+            "spec": spec or {},
+        }
+    )
 
 
 def test_every_child_is_owned_by_the_queue() -> None:
     for child in specs.build_children(queue(), password="pw"):
         [ref] = child["metadata"]["ownerReferences"]
-        assert ref == {"apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "name": "orders", "uid": "u-1",
-                       "controller": True, "blockOwnerDeletion": True}
+        assert ref == {
+            "apiVersion": "rankq.io/v1alpha1",
+            "kind": "Queue",
+            "name": "orders",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
         assert child["metadata"]["namespace"] == "shop"
         assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rankq-operator"
 
@@ -72,8 +81,9 @@ def test_statefulset_storage_policies() -> None:
 def test_scheduling_knobs_replace_defaults() -> None:
     tol = [{"key": "dedicated", "operator": "Equal", "value": "queues", "effect": "NoSchedule"}]
     aff = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
-    pod = specs.build_statefulset(queue({"tolerations": tol, "affinity": aff, "topologySpreadConstraints": [],
-                                         "nodeSelector": {"disk": "ssd"}}))["spec"]["template"]["spec"]
+    pod = specs.build_statefulset(
+        queue({"tolerations": tol, "affinity": aff, "topologySpreadConstraints": [], "nodeSelector": {"disk": "ssd"}})
+    )["spec"]["template"]["spec"]
     assert pod["tolerations"] == tol and pod["affinity"] == aff
     assert pod["topologySpreadConstraints"] == [] and pod["nodeSelector"] == {"disk": "ssd"}
 
@@ -101,25 +111,36 @@ def test_without_auth_the_operator_generates_an_all_scope_token() -> None:
     """Server pods bind 0.0.0.0, so they always get a token: an open API is never the default."""
     q = queue()
     assert token_env(q) == {"RANKQ_API_TOKEN": {"name": "orders-token", "key": "token"}}
-    [secret] = [c for c in specs.build_children(q, password="pw", token="gen") if c["metadata"]["name"] == "orders-token"]
+    [secret] = [
+        c for c in specs.build_children(q, password="pw", token="gen") if c["metadata"]["name"] == "orders-token"
+    ]
     assert secret["stringData"] == {"token": "gen"} and secret["kind"] == "Secret"
 
 
 def test_a_secret_per_scope() -> None:
     q = queue({"auth": {"produce": {"name": "p"}, "consume": {"name": "c", "key": "k"}}})
-    assert token_env(q) == {"RANKQ_PRODUCE_TOKEN": {"name": "p", "key": "token"},
-                            "RANKQ_CONSUME_TOKEN": {"name": "c", "key": "k"},
-                            "RANKQ_ADMIN_TOKEN": {"name": "orders-token", "key": "token"}}  # generated, admin only
+    assert token_env(q) == {
+        "RANKQ_PRODUCE_TOKEN": {"name": "p", "key": "token"},
+        "RANKQ_CONSUME_TOKEN": {"name": "c", "key": "k"},
+        "RANKQ_ADMIN_TOKEN": {"name": "orders-token", "key": "token"},
+    }  # generated, admin only
     assert ("Secret", "orders-token") in kinds(q)
     q = queue({"auth": {"produce": {"name": "p"}, "admin": {"name": "a"}}})
-    assert token_env(q) == {"RANKQ_PRODUCE_TOKEN": {"name": "p", "key": "token"},
-                            "RANKQ_ADMIN_TOKEN": {"name": "a", "key": "token"}}
+    assert token_env(q) == {
+        "RANKQ_PRODUCE_TOKEN": {"name": "p", "key": "token"},
+        "RANKQ_ADMIN_TOKEN": {"name": "a", "key": "token"},
+    }
     assert ("Secret", "orders-token") not in kinds(q) and specs.operator_token_ref(q).name == "a"
 
 
 def test_every_auth_spec_gives_the_pods_a_token() -> None:
-    for auth in ({}, {"produce": {"name": "p"}}, {"consume": {"name": "c"}}, {"admin": {"name": "a"}},
-                 {"secretRef": {"name": "s"}}):
+    for auth in (
+        {},
+        {"produce": {"name": "p"}},
+        {"consume": {"name": "c"}},
+        {"admin": {"name": "a"}},
+        {"secretRef": {"name": "s"}},
+    ):
         env = token_env(queue({"auth": auth}))
         assert env and ("RANKQ_ADMIN_TOKEN" in env or "RANKQ_API_TOKEN" in env), auth
 
@@ -130,8 +151,11 @@ def test_tls_from_a_cert_manager_secret() -> None:
     pod = specs.build_statefulset(q)["spec"]["template"]["spec"]
     assert {"name": "tls", "secret": {"secretName": "orders-cert", "defaultMode": 0o444}} in pod["volumes"]
     assert {"name": "tls", "mountPath": specs.TLS_DIR, "readOnly": True} in c["volumeMounts"]
-    assert {f"--tls-cert={specs.TLS_DIR}/tls.crt", f"--tls-key={specs.TLS_DIR}/tls.key",
-            f"--tls-ca={specs.TLS_DIR}/ca.crt"} <= set(c["args"])
+    assert {
+        f"--tls-cert={specs.TLS_DIR}/tls.crt",
+        f"--tls-key={specs.TLS_DIR}/tls.key",
+        f"--tls-ca={specs.TLS_DIR}/ca.crt",
+    } <= set(c["args"])
     assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS" and c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
     drain = c["lifecycle"]["preStop"]["exec"]["command"]
     assert "--url=https://127.0.0.1:8080" in drain and f"--ca={specs.TLS_DIR}/ca.crt" in drain
@@ -142,8 +166,11 @@ def test_tls_from_a_cert_manager_secret() -> None:
 def test_tls_generated_by_the_operator() -> None:
     q = queue({"tls": {"generate": True}, "storage": {"ephemeral": True}})
     pem = {"tls.crt": "C", "tls.key": "K", "ca.crt": "A"}
-    [secret] = [c for c in specs.build_children(q, password="pw", token="t", tls_pem=pem)
-                if c["metadata"]["name"] == "orders-tls"]
+    [secret] = [
+        c
+        for c in specs.build_children(q, password="pw", token="t", tls_pem=pem)
+        if c["metadata"]["name"] == "orders-tls"
+    ]
     assert secret["type"] == "kubernetes.io/tls" and secret["stringData"] == pem
     volumes = {v["name"]: v for v in specs.build_statefulset(q)["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "orders-tls" and "emptyDir" in volumes["data"]
@@ -173,8 +200,11 @@ def test_generated_certificate_covers_every_member() -> None:
 def test_leader_service_selects_only_the_leader() -> None:
     svc = specs.build_leader_service(queue())
     assert svc["metadata"]["name"] == "orders"
-    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "rankq", "rankq.io/queue": "orders",
-                                       "rankq.io/role": "leader"}
+    assert svc["spec"]["selector"] == {
+        "app.kubernetes.io/name": "rankq",
+        "rankq.io/queue": "orders",
+        "rankq.io/role": "leader",
+    }
     assert {p["name"] for p in svc["spec"]["ports"]} == {"http", "grpc"}
 
 
@@ -193,14 +223,26 @@ def test_pdb_never_allows_losing_quorum() -> None:
 
 
 def test_configmap_holds_settings_and_peers() -> None:
-    q = queue({"replicas": 3, "queue": {"name": "jobs", "policy": "strict", "weights": {"2": 5, "1": 9},
-                                        "visibilityTimeoutSeconds": 12, "maxLength": 100},
-               "deadLetter": {"enabled": False, "maxDeliveries": 2, "retentionSeconds": 60}})
+    q = queue(
+        {
+            "replicas": 3,
+            "queue": {
+                "name": "jobs",
+                "policy": "strict",
+                "weights": {"2": 5, "1": 9},
+                "visibilityTimeoutSeconds": 12,
+                "maxLength": 100,
+            },
+            "deadLetter": {"enabled": False, "maxDeliveries": 2, "retentionSeconds": 60},
+        }
+    )
     data = specs.build_configmap(q)["data"]
     assert data["queue"] == "jobs"
-    assert data["peers"] == ("orders-0=orders-0.orders-peers.shop.svc:7070,"
-                             "orders-1=orders-1.orders-peers.shop.svc:7070,"
-                             "orders-2=orders-2.orders-peers.shop.svc:7070")
+    assert data["peers"] == (
+        "orders-0=orders-0.orders-peers.shop.svc:7070,"
+        "orders-1=orders-1.orders-peers.shop.svc:7070,"
+        "orders-2=orders-2.orders-peers.shop.svc:7070"
+    )
     settings = json.loads(data["settings.json"])
     assert settings["policy"] == "strict" and settings["visibility_timeout"] == 12.0
     assert settings["weights"] == {"1": 9, "2": 5}

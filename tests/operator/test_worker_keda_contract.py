@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from serverproc import ServerProcess
 
 from rankq.operator import worker_specs as ws
 from rankq.operator.models import QueueResource
-from serverproc import ServerProcess
 
 ALL, CONSUME = "all-scopes-token-for-setup", "consume-token-keda-uses"
 
@@ -26,8 +26,10 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("keda")
     (root / "tokens").write_text(ALL + "\n")
     (root / "consume").write_text(CONSUME + "\n")
-    srv = ServerProcess(str(root / "node"), extra=["--api-token-file", str(root / "tokens"),
-                                                   "--consume-token-file", str(root / "consume")]).start()
+    srv = ServerProcess(
+        str(root / "node"),
+        extra=["--api-token-file", str(root / "tokens"), "--consume-token-file", str(root / "consume")],
+    ).start()
     yield srv
     srv.stop()
 
@@ -40,12 +42,24 @@ def value_at(document: dict, location: str):
 
 
 def test_the_trigger_reads_the_backlog_with_the_consume_token(server):
-    q = QueueResource.from_body({
-        "apiVersion": "rankq.io/v1alpha1", "kind": "Queue", "metadata": {"name": "shop", "namespace": "ns"},
-        "spec": {"queue": {"name": "orders"}, "auth": {"consume": {"name": "workers"}},
-                 "workers": [{"name": "mail", "handler": "app:handle",
-                              "autoscaling": {"provider": "keda", "targetBacklogPerReplica": 2,
-                                              "activationBacklog": 5}}]}})
+    q = QueueResource.from_body(
+        {
+            "apiVersion": "rankq.io/v1alpha1",
+            "kind": "Queue",
+            "metadata": {"name": "shop", "namespace": "ns"},
+            "spec": {
+                "queue": {"name": "orders"},
+                "auth": {"consume": {"name": "workers"}},
+                "workers": [
+                    {
+                        "name": "mail",
+                        "handler": "app:handle",
+                        "autoscaling": {"provider": "keda", "targetBacklogPerReplica": 2, "activationBacklog": 5},
+                    }
+                ],
+            },
+        }
+    )
     pool = q.spec.workers[0]
     auth, so = ws.build_pool_children(q, pool)
     trigger = so["spec"]["triggers"][0]
@@ -56,8 +70,9 @@ def test_the_trigger_reads_the_backlog_with_the_consume_token(server):
     admin = {"Authorization": f"Bearer {ALL}"}
     assert httpx.post(f"{api}/queues", json={"name": "orders"}, headers=admin).status_code == 201
     messages = [{"payload": i} for i in range(7)] + [{"payload": "later", "delay": 3600}] * 2
-    assert httpx.post(f"{api}/queues/orders/messages/batch", json={"messages": messages},
-                      headers=admin).status_code == 201
+    assert (
+        httpx.post(f"{api}/queues/orders/messages/batch", json={"messages": messages}, headers=admin).status_code == 201
+    )
     leased = httpx.post(f"{api}/queues/orders/dequeue", json={"max": 3}, headers=admin).json()["messages"]
     assert len(leased) == 3
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from test_access import MemoryKube
 
 from rankq.operator.models import QueueResource
 from rankq.operator.workers import WorkerPools, summary
-from test_access import MemoryKube
 
 
 class Kube(MemoryKube):
@@ -17,13 +17,21 @@ class Kube(MemoryKube):
 
 
 def queue(pools: list[dict]) -> QueueResource:
-    return QueueResource.from_body({"apiVersion": "rankq.io/v1alpha1", "kind": "Queue",
-                                    "metadata": {"name": "orders", "namespace": "shop", "uid": "u-1", "generation": 1},
-                                    "spec": {"workers": pools}})
+    return QueueResource.from_body(
+        {
+            "apiVersion": "rankq.io/v1alpha1",
+            "kind": "Queue",
+            "metadata": {"name": "orders", "namespace": "shop", "uid": "u-1", "generation": 1},
+            "spec": {"workers": pools},
+        }
+    )
 
 
-POOL = {"name": "mail", "handler": "app:handle",
-        "autoscaling": {"minReplicas": 0, "maxReplicas": 10, "targetBacklogPerReplica": 100, "cooldownSeconds": 0}}
+POOL = {
+    "name": "mail",
+    "handler": "app:handle",
+    "autoscaling": {"minReplicas": 0, "maxReplicas": 10, "targetBacklogPerReplica": 100, "cooldownSeconds": 0},
+}
 
 
 def run(coro):
@@ -51,8 +59,11 @@ def test_pool_children_activation_and_removal():
     assert events[-1][0] == "WorkersActivated" and status[0]["lastScaleReason"].endswith("0 -> 1")
 
     # The HPA scaled to 5; while work is leased nothing is touched.
-    dep = {**kube.objects[("Deployment", "orders-mail")], "spec": {**dep["spec"], "replicas": 5},
-           "status": {"replicas": 5, "readyReplicas": 5}}
+    dep = {
+        **kube.objects[("Deployment", "orders-mail")],
+        "spec": {**dep["spec"], "replicas": 5},
+        "status": {"replicas": 5, "readyReplicas": 5},
+    }
     n = len(events)
     status = run(pools.reconcile(q, [dep], {"ready": 0, "leased": 40}, False, event))
     assert len(events) == n and status[0]["replicas"] == 5 and summary(status) == "5/5"
@@ -65,7 +76,10 @@ def test_pool_children_activation_and_removal():
 
     # The pool leaves the spec: its Deployment and HPA go.
     run(pools.reconcile(queue([]), [dep], None, True, event))
-    assert ("Deployment", "orders-mail") not in kube.objects and ("HorizontalPodAutoscaler", "orders-mail") not in kube.objects
+    assert ("Deployment", "orders-mail") not in kube.objects and (
+        "HorizontalPodAutoscaler",
+        "orders-mail",
+    ) not in kube.objects
 
 
 def test_with_scale_to_zero_the_hpa_owns_zero_and_keda_replaces_it():

@@ -16,8 +16,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SERVER_ONLY = ("fastapi", "uvicorn", "grpc", "grpc_reflection", "pysyncobj", "kopf", "lightkube", "psycopg",
-               "pydantic_settings")
+SERVER_ONLY = (
+    "fastapi",
+    "uvicorn",
+    "grpc",
+    "grpc_reflection",
+    "pysyncobj",
+    "kopf",
+    "lightkube",
+    "psycopg",
+    "pydantic_settings",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +38,30 @@ def bare(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "rankq", src / "rankq", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(work / "dist"), str(src)], check=True, timeout=180)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(work / "dist"),
+            str(src),
+        ],
+        check=True,
+        timeout=180,
+    )
     wheel = next((work / "dist").glob("rankq-*.whl"))
     venv.create(work / "env", with_pip=True)
     bin_dir = work / "env" / "bin"
-    subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    str(wheel)], check=True, timeout=240)
+    subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+        check=True,
+        timeout=240,
+    )
     return bin_dir
 
 

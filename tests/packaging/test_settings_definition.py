@@ -100,8 +100,12 @@ def test_queue_resource(spec):
         assert ge == (None if spec.low is None or spec.low <= INT64_MIN else -(-spec.low // scale))
         assert le == (None if spec.high is None or spec.high >= INT64_MAX else spec.high // scale)
     # The resource's value reaches the server under the setting's wire name.
-    sample = {bool: True, int: spec.high // scale if spec.high and spec.high < INT64_MAX else 7,
-              str: spec.choices[-1] if spec.choices else "x", dict: {"2": 9}}[spec.kind]
+    sample = {
+        bool: True,
+        int: spec.high // scale if spec.high and spec.high < INT64_MAX else 7,
+        str: spec.choices[-1] if spec.choices else "x",
+        dict: {"2": 9},
+    }[spec.kind]
     resource = models.QueueResource(metadata={"name": "q"}, spec={section: {field_name: sample}})
     sent = queue_settings(resource)
     expected = {"2": 9} if spec.kind is dict else sample

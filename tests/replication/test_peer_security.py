@@ -18,7 +18,6 @@ import zlib
 
 import httpx
 import pytest
-
 from serverproc import Cluster, ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,7 +48,7 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> tuple[bool, int]:
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             break
         except ConnectionResetError:
             return True, received
@@ -66,8 +65,8 @@ def push(sock: socket.socket, junk: bytes, limit: int, deadline: float) -> int:
     sock.settimeout(1)
     while sent < limit and time.monotonic() < deadline:
         try:
-            sent += sock.send(view[sent % len(junk):])
-        except socket.timeout:
+            sent += sock.send(view[sent % len(junk) :])
+        except TimeoutError:
             continue  # the receiver is slow: keep pushing until the deadline
         except OSError:
             break  # dropped by the peer
@@ -154,9 +153,22 @@ def test_a_lone_node_generates_its_secret_once_with_mode_0600(lone):
 
 def test_a_group_member_without_a_secret_refuses_to_start(tmp_path):
     peers = f"a=127.0.0.1:{free_port()},b=127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "rankq.cli", "server", "--data-dir", str(tmp_path / "d"),
-           "--http-port", str(free_port()), "--grpc-port", "0", "--raft-port", str(free_port()),
-           "--peers", peers]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rankq.cli",
+        "server",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--http-port",
+        str(free_port()),
+        "--grpc-port",
+        "0",
+        "--raft-port",
+        str(free_port()),
+        "--peers",
+        peers,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RANKQ_RAFT_PASSWORD"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode != 0
@@ -182,8 +194,9 @@ def test_a_member_holding_another_secret_cannot_be_added(lone, tmp_path):
     other = ServerProcess(str(tmp_path / "other"))
     other.start()
     try:
-        r = httpx.post(lone.url + "/api/v1/cluster/members", json={"address": f"127.0.0.1:{other.raft_port}"},
-                       timeout=10)
+        r = httpx.post(
+            lone.url + "/api/v1/cluster/members", json={"address": f"127.0.0.1:{other.raft_port}"}, timeout=10
+        )
         assert r.status_code == 409, r.text
         assert "secret" in r.json()["detail"]
         assert len(status(lone)["members"]) == 1
@@ -214,8 +227,9 @@ def test_64_mib_of_junk_at_the_leader_leaves_the_term_unchanged(tmp_path):
 def admin(node: ServerProcess, *args: str) -> str:
     """PySyncObj's own admin tool against the node's Raft port (its utility-command path)."""
     tool = os.path.join(os.path.dirname(sys.executable), "syncobj_admin")
-    out = subprocess.run([tool, "-conn", f"127.0.0.1:{node.raft_port}", *args], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [tool, "-conn", f"127.0.0.1:{node.raft_port}", *args], capture_output=True, text=True, timeout=60
+    )
     return out.stdout + out.stderr
 
 

@@ -18,9 +18,9 @@ from pysyncobj.batteries import ReplCounter
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE
+from serverproc import free_port, wait_for
 
 from rankq.replication.transport import PeerConnection, PeerTransport, sealed_frame_keys, sealed_master_key
-from serverproc import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,8 +54,9 @@ def sealed_frames(send_key: bytes, messages: list) -> list[bytes]:
     """The frames (header included) a sealed connection sends for `messages`, in order."""
     a, b = socket.socketpair()
     with a, b:
-        conn = PeerConnection(NoPoller(), getEncryptor(SECRET), timeout=10, send_buffer_size=1 << 20,
-                              recv_buffer_size=1 << 20, sock=a)
+        conn = PeerConnection(
+            NoPoller(), getEncryptor(SECRET), timeout=10, send_buffer_size=1 << 20, recv_buffer_size=1 << 20, sock=a
+        )
         conn.use_sealed_frames(send_key=send_key, recv_key=os.urandom(32))
         frames = []
         b.settimeout(5)
@@ -73,8 +74,9 @@ class Receiver:
     def __init__(self, recv_key: bytes) -> None:
         self.peer, sock = socket.socketpair()
         sock.setblocking(False)  # as the peer server hands sockets over
-        self.conn = PeerConnection(NoPoller(), getEncryptor(SECRET), timeout=10, send_buffer_size=1 << 20,
-                                   recv_buffer_size=1 << 20, sock=sock)
+        self.conn = PeerConnection(
+            NoPoller(), getEncryptor(SECRET), timeout=10, send_buffer_size=1 << 20, recv_buffer_size=1 << 20, sock=sock
+        )
         self.conn.authenticated = True  # as after the handshake
         self.conn.use_sealed_frames(send_key=os.urandom(32), recv_key=recv_key)
         self.got: list = []
@@ -186,21 +188,26 @@ def member(address: str, others: list[str], kind: str) -> tuple[SyncObj, ReplCou
 
 def connections(obj: SyncObj) -> dict[str, object]:
     transport = obj._SyncObj__transport
-    return {node.address: conn for node, conn in transport._connections.items()
-            if conn.state == CONNECTION_STATE.CONNECTED}
+    return {
+        node.address: conn for node, conn in transport._connections.items() if conn.state == CONNECTION_STATE.CONNECTED
+    }
 
 
-@pytest.mark.parametrize("kinds", [
-    ("sealed", "sealed", "sealed"),
-    ("sealed", "pysyncobj", "sealed"),
-    ("sealed", "rankq-fernet", "sealed"),
-    ("rankq-fernet", "sealed", "pysyncobj"),
-])
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        ("sealed", "sealed", "sealed"),
+        ("sealed", "pysyncobj", "sealed"),
+        ("sealed", "rankq-fernet", "sealed"),
+        ("rankq-fernet", "sealed", "pysyncobj"),
+    ],
+)
 def test_a_group_forms_and_each_link_speaks_what_both_ends_do(kinds):
     # The middle address initiates to one member and accepts from the other: both roles are used.
     addresses = [f"127.0.0.1:{p}" for p in sorted(free_port() for _ in kinds)]
     group = [member(a, [o for o in addresses if o != a], k) for a, k in zip(addresses, kinds)]
     try:
+
         def linked() -> bool:
             return all(len(connections(obj)) == 2 for obj, _ in group)
 

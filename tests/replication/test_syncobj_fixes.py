@@ -6,10 +6,10 @@ import threading
 import time
 
 import pytest
+from serverproc import free_port, wait_for
 
 from rankq.engine import commands as c
 from rankq.replication import RaftNode, RaftSettings
-from serverproc import free_port, wait_for
 
 
 @pytest.fixture
@@ -58,8 +58,14 @@ def test_overlapping_append_entries_keep_what_the_follower_holds(node):
         term = log[-1][2]
         sync = node.syncobj
         # Everything already held, from the sender's own term: answered at our last entry, nothing cut.
-        msg = {"type": "append_entries", "term": term, "prevLogIdx": log[2][1], "prevLogTerm": log[2][2],
-               "entries": log[3:6], "commit_index": 0}
+        msg = {
+            "type": "append_entries",
+            "term": term,
+            "prevLogIdx": log[2][1],
+            "prevLogTerm": log[2][2],
+            "entries": log[3:6],
+            "commit_index": 0,
+        }
         out = sync._trim_known_entries(msg)
         assert out["entries"] == [] and out["prevLogIdx"] == log[-1][1]
         # Partly new: only the new tail is passed on, after our last entry.
@@ -83,6 +89,12 @@ def test_a_snapshot_chunk_cannot_commit_a_followers_unverified_tail(node):
     chunk = {"type": "append_entries", "term": 99, "commit_index": commit + 1000, "serialized": ("x", False, False)}
     rewritten = snapshot_chunk_without_commit(chunk, commit)
     assert rewritten["commit_index"] == commit and rewritten["serialized"] == chunk["serialized"]
-    regular = {"type": "append_entries", "term": 99, "commit_index": commit + 5, "prevLogIdx": 1, "prevLogTerm": 1,
-               "entries": []}
+    regular = {
+        "type": "append_entries",
+        "term": 99,
+        "commit_index": commit + 5,
+        "prevLogIdx": 1,
+        "prevLogTerm": 1,
+        "entries": [],
+    }
     assert "prevLogIdx" in regular  # the regular path keeps PySyncObj's own rule (entries verified first)

@@ -41,16 +41,17 @@ def read_frames(sock: socket.socket, count: int) -> list[bytes]:
         while len(buf) < 4 or len(buf) < 4 + struct.unpack_from("<i", buf)[0]:
             buf += sock.recv(1 << 20)
         size = struct.unpack_from("<i", buf)[0]
-        out.append(buf[4:4 + size])
-        buf = buf[4 + size:]
+        out.append(buf[4 : 4 + size])
+        buf = buf[4 + size :]
     return out
 
 
 def sent_frames(encryptor: Fernet, messages: list) -> list[bytes]:
     a, b = socket.socketpair()
     with a, b:
-        conn = PeerConnection(NoPoller(), encryptor, timeout=10, send_buffer_size=1 << 20,
-                              recv_buffer_size=1 << 20, sock=a)
+        conn = PeerConnection(
+            NoPoller(), encryptor, timeout=10, send_buffer_size=1 << 20, recv_buffer_size=1 << 20, sock=a
+        )
         for message in messages:
             conn.send(message)
         return read_frames(b, len(messages))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import httpx
 import pytest
+from serverproc import ServerProcess
 
 from rankq.server.proto import rankq_pb2_grpc as pb_grpc
-from serverproc import ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -36,11 +36,19 @@ def before_call(context, case, kwargs):
             params["id"] = ids[(turn // 4) % len(ids)]
     body = case.body
     if isinstance(body, dict):
-        if case.operation.path.endswith("/dequeue") and isinstance(body.get("wait"), (int, float)) \
-                and not isinstance(body.get("wait"), bool) and body["wait"] > 0.2:
+        if (
+            case.operation.path.endswith("/dequeue")
+            and isinstance(body.get("wait"), (int, float))
+            and not isinstance(body.get("wait"), bool)
+            and body["wait"] > 0.2
+        ):
             body["wait"] = 0.2
-        if case.operation.path.endswith("/cluster/members") and case.method.upper() == "POST" \
-                and isinstance(body.get("address"), str) and _ADDRESS.match(body["address"]):
+        if (
+            case.operation.path.endswith("/cluster/members")
+            and case.method.upper() == "POST"
+            and isinstance(body.get("address"), str)
+            and _ADDRESS.match(body["address"])
+        ):
             body["address"] = os.environ["RANKQ_ST_SELF"]
 
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from rankq import Client, ForbiddenError, TransportError, UnauthorizedError
 from rankq.server import auth
-from rankq.server.auth import HTTP_SCOPES, GRPC_SCOPES, AuthConfigError, Scope
+from rankq.server.auth import GRPC_SCOPES, HTTP_SCOPES, AuthConfigError, Scope
 from rankq.server.proto import rankq_pb2 as pb
 from rankq.server.proto import rankq_pb2_grpc as pb_grpc
 
@@ -37,9 +37,18 @@ def secured(tmp_path_factory):
     (root / "tokens").write_text(f"# comment\n{ALL}\n\n{ADMIN} admin\n")
     (root / "produce").write_text(PRODUCE + "\n")
     (root / "consume").write_text(CONSUME + "\n")
-    srv = ServerProcess(str(root / "node"), grpc=True, extra=[
-        "--api-token-file", str(root / "tokens"), "--produce-token-file", str(root / "produce"),
-        "--consume-token-file", str(root / "consume")]).start()
+    srv = ServerProcess(
+        str(root / "node"),
+        grpc=True,
+        extra=[
+            "--api-token-file",
+            str(root / "tokens"),
+            "--produce-token-file",
+            str(root / "produce"),
+            "--consume-token-file",
+            str(root / "consume"),
+        ],
+    ).start()
     yield srv
     srv.stop()
 
@@ -132,6 +141,7 @@ def test_clients_send_the_token(secured, scheme, tmp_path):
 
 def test_grpc_codes_per_scope(secured):
     """Refusals carry gRPC's own codes, for unary and streaming calls alike."""
+
     async def run():
         async with grpc.aio.insecure_channel(f"127.0.0.1:{secured.grpc_port}") as channel:
             stub = pb_grpc.RankQStub(channel)
@@ -165,6 +175,7 @@ def test_grpc_codes_per_scope(secured):
 
 # ---- the table --------------------------------------------------------------------------------------
 
+
 def test_every_route_and_rpc_has_a_scope():
     from rankq.server.http_api import build_app
 
@@ -182,8 +193,13 @@ def test_every_route_and_rpc_has_a_scope():
 def test_token_file_format():
     lines = auth.parse_token_lines("# c\nt1\nt2 produce,consume\n t3  admin \n", "f")
     assert lines == {"t1": auth.ALL_SCOPES, "t2": {Scope.PRODUCE, Scope.CONSUME}, "t3": {Scope.ADMIN}}
-    for bad, why in [("", "empty"), ("# only a comment\n", "empty"), ("t1 read", "unknown scope"), ("t1 ,", "unknown scope"),
-                     ("t1 admin extra", "expected")]:
+    for bad, why in [
+        ("", "empty"),
+        ("# only a comment\n", "empty"),
+        ("t1 read", "unknown scope"),
+        ("t1 ,", "unknown scope"),
+        ("t1 admin extra", "expected"),
+    ]:
         with pytest.raises(AuthConfigError, match=why):
             auth.parse_token_lines(bad, "f")
     with pytest.raises(AuthConfigError, match="one token per line"):
@@ -197,6 +213,7 @@ def test_token_file_format():
 
 # ---- protected mode ----------------------------------------------------------------------------------
 
+
 def start_server(tmp_path, *args: str, env_token: str | None = None, wait: float = 60):
     """Run `rankq server` with `args`; returns the finished process, or the running one."""
     from serverproc import free_port
@@ -204,15 +221,30 @@ def start_server(tmp_path, *args: str, env_token: str | None = None, wait: float
     env = {k: v for k, v in os.environ.items() if k not in auth.TOKEN_ENV}
     if env_token is not None:
         env["RANKQ_API_TOKEN"] = env_token
-    cmd = [sys.executable, "-m", "rankq.cli", "server", "--data-dir", str(tmp_path / "data"),
-           "--http-port", str(free_port()), "--grpc-port", "0", "--raft-port", str(free_port()), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rankq.cli",
+        "server",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--http-port",
+        str(free_port()),
+        "--grpc-port",
+        "0",
+        "--raft-port",
+        str(free_port()),
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=wait)
 
 
 def test_non_loopback_bind_without_token_refuses_to_start(tmp_path):
     done = start_server(tmp_path, "--host", "0.0.0.0")
     assert done.returncode == 2
-    assert "--insecure-no-auth" in done.stderr and "--api-token-file" in done.stderr and "RANKQ_API_TOKEN" in done.stderr
+    assert (
+        "--insecure-no-auth" in done.stderr and "--api-token-file" in done.stderr and "RANKQ_API_TOKEN" in done.stderr
+    )
     assert not (tmp_path / "data").exists() or not os.listdir(tmp_path / "data")
 
 
@@ -235,8 +267,11 @@ def test_non_loopback_bind_starts_with_a_token_or_insecure_no_auth(tmp_path, how
 @pytest.mark.parametrize("empty", ["file", "env", "scope-file"])  # finding 6
 def test_empty_token_is_refused(tmp_path, empty):
     (tmp_path / "token").write_text("  \n\n")
-    args = {"file": ["--api-token-file", str(tmp_path / "token")],
-            "scope-file": ["--admin-token-file", str(tmp_path / "token")], "env": []}[empty]
+    args = {
+        "file": ["--api-token-file", str(tmp_path / "token")],
+        "scope-file": ["--admin-token-file", str(tmp_path / "token")],
+        "env": [],
+    }[empty]
     done = start_server(tmp_path, "--host", "127.0.0.1", *args, env_token="" if empty == "env" else None)
     assert done.returncode == 2, done.stderr
     assert "empty" in done.stderr
@@ -256,6 +291,7 @@ def test_protected_mode_rules():
 
 # ---- TLS --------------------------------------------------------------------------------------------
 
+
 def make_ca_and_cert(root) -> tuple[str, str, str]:
     """A throwaway CA and a server certificate for 127.0.0.1 / localhost signed by it."""
     from cryptography import x509
@@ -263,31 +299,46 @@ def make_ca_and_cert(root) -> tuple[str, str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rankq test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = [os.path.join(root, n) for n in ("ca.crt", "tls.crt", "tls.key")]
     with open(paths[0], "wb") as fh:
         fh.write(ca.public_bytes(serialization.Encoding.PEM))
     with open(paths[1], "wb") as fh:
         fh.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(paths[2], "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     os.chmod(paths[2], 0o600)
     return tuple(paths)  # type: ignore[return-value]
 
@@ -299,8 +350,12 @@ def tls_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
     ca, cert, key = make_ca_and_cert(str(root))
     (root / "token").write_text(ALL + "\n")
-    srv = ServerProcess(str(root / "node"), grpc=True, ca=ca, extra=[
-        "--tls-cert", cert, "--tls-key", key, "--api-token-file", str(root / "token")]).start()
+    srv = ServerProcess(
+        str(root / "node"),
+        grpc=True,
+        ca=ca,
+        extra=["--tls-cert", cert, "--tls-key", key, "--api-token-file", str(root / "token")],
+    ).start()
     yield srv
     srv.stop()
 
@@ -336,8 +391,11 @@ def test_cli_with_ca_and_token_file(tls_server, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, [*base, "queue", "list"], env={"RANKQ_API_TOKEN": None})
     assert r.exit_code == 0 and "tls-cli" in r.output
-    r = runner.invoke(main, ["--url", tls_server.url, "--token-file", str(tmp_path / "token"), "--timeout", "3",
-                             "queue", "list"], env={"RANKQ_API_TOKEN": None})
+    r = runner.invoke(
+        main,
+        ["--url", tls_server.url, "--token-file", str(tmp_path / "token"), "--timeout", "3", "queue", "list"],
+        env={"RANKQ_API_TOKEN": None},
+    )
     assert r.exit_code == 1 and "error" in r.output
 
 
@@ -357,7 +415,16 @@ def test_group_over_tls_forwards_a_transfer_to_the_leader(tmp_path):
     group = Cluster(str(tmp_path / "g"), 3)
     for node in group.nodes:
         node.ca = ca
-        node.extra += ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca, "--api-token-file", str(tmp_path / "tokens")]
+        node.extra += [
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--tls-ca",
+            ca,
+            "--api-token-file",
+            str(tmp_path / "tokens"),
+        ]
     verify = ssl.create_default_context(cafile=ca)
     try:
         group.start()

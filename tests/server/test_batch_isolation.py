@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from serverproc import free_port
 
 from rankq.engine import Invalid
 from rankq.engine import commands as c
 from rankq.replication import RaftNode, RaftSettings
 from rankq.server.service import QueueService
-from serverproc import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

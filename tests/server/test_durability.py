@@ -6,7 +6,6 @@ import os
 import threading
 
 import httpx
-
 from serverproc import wait_for
 
 
@@ -17,19 +16,35 @@ def client(srv) -> httpx.Client:
 def test_state_survives_kill_9(server_factory):
     srv = server_factory("durable")
     with client(srv) as api:
-        assert api.post("/queues", json={"name": "jobs", "visibility_timeout": 120, "policy": "weighted"}).status_code == 201
+        assert (
+            api.post("/queues", json={"name": "jobs", "visibility_timeout": 120, "policy": "weighted"}).status_code
+            == 201
+        )
         assert api.post("/queues", json={"name": "short", "max_deliveries": 1}).status_code == 201
-        r = api.post("/queues/jobs/messages/batch", json={"messages": [{"payload": {"n": i}, "priority": 1 + i % 5} for i in range(500)]})
+        r = api.post(
+            "/queues/jobs/messages/batch",
+            json={"messages": [{"payload": {"n": i}, "priority": 1 + i % 5} for i in range(500)]},
+        )
         assert r.status_code == 201
         dedup = api.post("/queues/jobs/messages", json={"payload": "once", "dedup_key": "order-7"}).json()["id"]
         delayed = api.post("/queues/jobs/messages", json={"payload": "later", "delay": 3600}).json()["id"]
         leased = api.post("/queues/jobs/dequeue", json={"max": 20}).json()["messages"]
         for m in leased[:10]:
-            assert api.post(f"/queues/jobs/messages/{m['id']}/ack", json={"lease_token": m["lease_token"], "result": m["id"]}).status_code == 200
+            assert (
+                api.post(
+                    f"/queues/jobs/messages/{m['id']}/ack", json={"lease_token": m["lease_token"], "result": m["id"]}
+                ).status_code
+                == 200
+            )
         still_leased = leased[10:]
         api.post("/queues/short/messages", json={"payload": "doomed"})
         [d] = api.post("/queues/short/dequeue", json={}).json()["messages"]
-        assert api.post(f"/queues/short/messages/{d['id']}/nack", json={"lease_token": d["lease_token"], "error": "bad"}).json()["state"] == "dead"
+        assert (
+            api.post(
+                f"/queues/short/messages/{d['id']}/nack", json={"lease_token": d["lease_token"], "error": "bad"}
+            ).json()["state"]
+            == "dead"
+        )
         before = {q: api.get(f"/queues/{q}").json()["counts"] for q in ("jobs", "short")}
 
     srv.kill9()
@@ -43,12 +58,17 @@ def test_state_survives_kill_9(server_factory):
         assert api.get(f"/queues/jobs/messages/{leased[0]['id']}").json()["result"] == leased[0]["id"]
         assert api.get(f"/queues/jobs/messages/{delayed}").json()["state"] == "delayed"
         assert api.post("/queues/jobs/messages", json={"payload": "once", "dedup_key": "order-7"}).json() == {
-            "id": dedup, "seq": dedup, "duplicate": True}
+            "id": dedup,
+            "seq": dedup,
+            "duplicate": True,
+        }
         assert api.get("/queues/short/dlq").json()["messages"][0]["last_error"] == "bad"
         # Leases survive too: the holder of a lease from before the crash can still ack.
         m = still_leased[0]
         assert api.get(f"/queues/jobs/messages/{m['id']}").json()["state"] == "leased"
-        assert api.post(f"/queues/jobs/messages/{m['id']}/ack", json={"lease_token": m["lease_token"]}).status_code == 200
+        assert (
+            api.post(f"/queues/jobs/messages/{m['id']}/ack", json={"lease_token": m["lease_token"]}).status_code == 200
+        )
 
 
 def test_acknowledged_enqueues_survive_kill_9_under_load(server_factory):

@@ -16,19 +16,17 @@ import grpc
 import httpx
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from serverproc import free_port  # noqa: E402  (tests/ is on sys.path)
 
 from rankq.client import errors
 from rankq.client.grpc_transport import GrpcTransport
 from rankq.client.types import EnqueueResult, Message, MessageStatus, NewMessage, QueueInfo
 from rankq.server.proto import rankq_pb2 as pb
 from rankq.server.proto import rankq_pb2_grpc as pb_grpc
-from serverproc import free_port  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.timeout(60)
 
 START_DEADLINE = 30.0
-
-
 
 
 class Server:
@@ -50,9 +48,25 @@ def server(tmp_path_factory):
     log_path = str(data / "server.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rankq.cli", "server", "--data-dir", str(data / "data"), "--host", "127.0.0.1",
-             "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--raft-port", str(raft_port)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                sys.executable,
+                "-m",
+                "rankq.cli",
+                "server",
+                "--data-dir",
+                str(data / "data"),
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+                "--raft-port",
+                str(raft_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     srv = Server(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path)
     try:
@@ -126,8 +140,9 @@ def as_json(value) -> pb.NewMessage:
 def test_reflection_lists_the_service(server):
     with grpc.insecure_channel(server.grpc) as channel:
         refl = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                                 timeout=10))
+        answers = list(
+            refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        )
     names = {s.name for s in answers[0].list_services_response.service}
     assert "rankq.v1.RankQ" in names
 
@@ -146,9 +161,19 @@ def test_each_rpc_is_logged_like_an_http_request(server, stub):
 
 def test_queue_lifecycle_with_setting_presence(stub):
     name = "life-" + uuid.uuid4().hex[:8]
-    created = stub.CreateQueue(pb.CreateQueueRequest(name=name, settings=pb.QueueSettings(
-        policy="weighted", max_length=5, visibility_timeout=7.5, weights=pb.Weights(classes={1: 3, 2: 1}),
-        default_priority=2)), timeout=10)
+    created = stub.CreateQueue(
+        pb.CreateQueueRequest(
+            name=name,
+            settings=pb.QueueSettings(
+                policy="weighted",
+                max_length=5,
+                visibility_timeout=7.5,
+                weights=pb.Weights(classes={1: 3, 2: 1}),
+                default_priority=2,
+            ),
+        ),
+        timeout=10,
+    )
     assert created.name == name
     assert created.settings.policy == "weighted"
     assert dict(created.settings.weights.classes) == {1: 3, 2: 1}
@@ -160,14 +185,16 @@ def test_queue_lifecycle_with_setting_presence(stub):
     assert name in {q.name for q in stub.ListQueues(pb.ListQueuesRequest(), timeout=10).queues}
 
     # Only the fields that are set change; a zero is a value, not "unset".
-    updated = stub.UpdateQueue(pb.UpdateQueueRequest(name=name, settings=pb.QueueSettings(max_deliveries=0)),
-                               timeout=10)
+    updated = stub.UpdateQueue(
+        pb.UpdateQueueRequest(name=name, settings=pb.QueueSettings(max_deliveries=0)), timeout=10
+    )
     assert updated.settings.max_deliveries == 0
     assert updated.settings.max_length == 5
     assert updated.settings.visibility_timeout == 7.5
 
-    cleared = stub.UpdateQueue(pb.UpdateQueueRequest(name=name, clear=["max_length", "dead_letter_retention"]),
-                               timeout=10)
+    cleared = stub.UpdateQueue(
+        pb.UpdateQueueRequest(name=name, clear=["max_length", "dead_letter_retention"]), timeout=10
+    )
     assert not cleared.settings.HasField("max_length")
     assert not cleared.settings.HasField("dead_letter_retention")
     assert stub.GetQueue(pb.GetQueueRequest(name=name), timeout=10).settings.max_deliveries == 0
@@ -184,8 +211,12 @@ def test_queue_lifecycle_with_setting_presence(stub):
 
 
 def test_invalid_queue_settings_are_invalid_argument(stub):
-    for settings in (pb.QueueSettings(policy="random"), pb.QueueSettings(visibility_timeout=float("nan")),
-                     pb.QueueSettings(max_length=0), pb.QueueSettings(retention=-1)):
+    for settings in (
+        pb.QueueSettings(policy="random"),
+        pb.QueueSettings(visibility_timeout=float("nan")),
+        pb.QueueSettings(max_length=0),
+        pb.QueueSettings(retention=-1),
+    ):
         err = rpc_error(stub.CreateQueue, pb.CreateQueueRequest(name="bad-" + uuid.uuid4().hex[:8], settings=settings))
         assert (err.code(), rankq_status(err)) == (grpc.StatusCode.INVALID_ARGUMENT, 422), settings
     err = rpc_error(stub.CreateQueue, pb.CreateQueueRequest(name="no spaces allowed"))
@@ -196,10 +227,16 @@ def test_invalid_queue_settings_are_invalid_argument(stub):
 
 
 def test_message_operations(stub, queue):
-    first = stub.Enqueue(pb.EnqueueRequest(queue=queue, message=pb.NewMessage(
-        payload=b"one", priority=1, group="g1", headers={"k": "v"}, dedup_key="d1")), timeout=10)
-    again = stub.Enqueue(pb.EnqueueRequest(queue=queue, message=pb.NewMessage(payload=b"other", dedup_key="d1")),
-                         timeout=10)
+    first = stub.Enqueue(
+        pb.EnqueueRequest(
+            queue=queue,
+            message=pb.NewMessage(payload=b"one", priority=1, group="g1", headers={"k": "v"}, dedup_key="d1"),
+        ),
+        timeout=10,
+    )
+    again = stub.Enqueue(
+        pb.EnqueueRequest(queue=queue, message=pb.NewMessage(payload=b"other", dedup_key="d1")), timeout=10
+    )
     assert not first.duplicate and (again.id, again.duplicate) == (first.id, True)
 
     batch = stub.EnqueueBatch(pb.EnqueueBatchRequest(queue=queue, messages=[raw(b"two"), raw(b"three")]), timeout=10)
@@ -217,26 +254,35 @@ def test_message_operations(stub, queue):
     assert (leased.group, dict(leased.headers), leased.deliveries) == ("g1", {"k": "v"}, 1)
     assert leased.lease_expires_at - leased.enqueued_at >= 59_000
 
-    extended = stub.Extend(pb.ExtendRequest(queue=queue, id=leased.id, lease_token=leased.lease_token,
-                                            visibility_timeout=120), timeout=10)
+    extended = stub.Extend(
+        pb.ExtendRequest(queue=queue, id=leased.id, lease_token=leased.lease_token, visibility_timeout=120), timeout=10
+    )
     assert extended.lease_expires_at > leased.lease_expires_at
 
-    nacked = stub.Nack(pb.NackRequest(queue=queue, id=got[0].id, lease_token=got[0].lease_token, delay=0,
-                                      error="boom"), timeout=10)
+    nacked = stub.Nack(
+        pb.NackRequest(queue=queue, id=got[0].id, lease_token=got[0].lease_token, delay=0, error="boom"), timeout=10
+    )
     assert (nacked.state, nacked.HasField("available_at")) == ("ready", False)
     assert stub.GetMessage(pb.GetMessageRequest(queue=queue, id=got[0].id), timeout=10).last_error == "boom"
 
-    acked = stub.Ack(pb.AckRequest(queue=queue, id=leased.id, lease_token=leased.lease_token,
-                                   result_json='{"ok": true}'), timeout=10)
+    acked = stub.Ack(
+        pb.AckRequest(queue=queue, id=leased.id, lease_token=leased.lease_token, result_json='{"ok": true}'), timeout=10
+    )
     assert acked.state == "acked"
     status = stub.GetMessage(pb.GetMessageRequest(queue=queue, id=leased.id), timeout=10)
     assert status.state == "acked" and json.loads(status.result_json) == {"ok": True}
 
     again = stub.Dequeue(pb.DequeueRequest(queue=queue, max=1), timeout=10).messages[0]
-    outcomes = stub.AckBatch(pb.AckBatchRequest(queue=queue, items=[
-        pb.AckItem(id=again.id, lease_token=again.lease_token),
-        pb.AckItem(id=again.id, lease_token=again.lease_token),
-    ]), timeout=10).results
+    outcomes = stub.AckBatch(
+        pb.AckBatchRequest(
+            queue=queue,
+            items=[
+                pb.AckItem(id=again.id, lease_token=again.lease_token),
+                pb.AckItem(id=again.id, lease_token=again.lease_token),
+            ],
+        ),
+        timeout=10,
+    ).results
     assert [(o.ok, o.status) for o in outcomes] == [(True, 200), (False, 409)]
 
 
@@ -263,11 +309,17 @@ def test_dequeue_long_polls_until_a_message_arrives(server, queue):
 def test_dead_letters_and_redrive(stub):
     name = "dlq-" + uuid.uuid4().hex[:8]
     stub.CreateQueue(pb.CreateQueueRequest(name=name, settings=pb.QueueSettings(max_deliveries=1)), timeout=10)
-    ids = [r.id for r in stub.EnqueueBatch(pb.EnqueueBatchRequest(queue=name, messages=[raw(b"a"), raw(b"b")]),
-                                           timeout=10).results]
+    ids = [
+        r.id
+        for r in stub.EnqueueBatch(
+            pb.EnqueueBatchRequest(queue=name, messages=[raw(b"a"), raw(b"b")]), timeout=10
+        ).results
+    ]
     for m in stub.Dequeue(pb.DequeueRequest(queue=name, max=2), timeout=10).messages:
-        assert stub.Nack(pb.NackRequest(queue=name, id=m.id, lease_token=m.lease_token, error="bad"),
-                         timeout=10).state == "dead"
+        assert (
+            stub.Nack(pb.NackRequest(queue=name, id=m.id, lease_token=m.lease_token, error="bad"), timeout=10).state
+            == "dead"
+        )
 
     page = stub.ListDeadLetters(pb.ListDeadLettersRequest(queue=name, limit=1), timeout=10)
     assert [m.id for m in page.messages] == ids[:1] and page.next_after == ids[0]
@@ -324,21 +376,43 @@ def test_full_queue_is_resource_exhausted(stub):
     assert (err.code(), rankq_status(err)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, 429)
 
 
-@pytest.mark.parametrize("make", [
-    lambda q: ("Enqueue", pb.EnqueueRequest(queue=q, message=pb.NewMessage(payload=b"{no", content_type="application/json"))),
-    lambda q: ("Enqueue", pb.EnqueueRequest(queue=q, message=pb.NewMessage(payload=b"NaN", content_type="application/json"))),
-    lambda q: ("Enqueue", pb.EnqueueRequest(queue=q, message=pb.NewMessage(payload=b"x", delay=-1))),
-    lambda q: ("Enqueue", pb.EnqueueRequest(queue=q, message=pb.NewMessage(payload=b"x", group=""))),
-    lambda q: ("EnqueueBatch", pb.EnqueueBatchRequest(queue=q)),
-    lambda q: ("Dequeue", pb.DequeueRequest(queue=q, max=5000)),
-    lambda q: ("Dequeue", pb.DequeueRequest(queue=q, wait=float("inf"))),
-    lambda q: ("Dequeue", pb.DequeueRequest(queue=q, visibility_timeout=float("nan"))),
-    lambda q: ("Ack", pb.AckRequest(queue=q, id=1, lease_token="")),
-    lambda q: ("Ack", pb.AckRequest(queue=q, id=1, lease_token="t", result_json="{")),
-    lambda q: ("ListDeadLetters", pb.ListDeadLettersRequest(queue=q, limit=5000)),
-    lambda q: ("Redrive", pb.RedriveRequest(queue=q, ids=[1], all=True)),
-], ids=["bad-json", "nan-json", "negative-delay", "empty-group", "empty-batch", "max-too-big", "infinite-wait",
-        "nan-visibility", "empty-token", "bad-result-json", "limit-too-big", "ids-and-all"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda q: (
+            "Enqueue",
+            pb.EnqueueRequest(queue=q, message=pb.NewMessage(payload=b"{no", content_type="application/json")),
+        ),
+        lambda q: (
+            "Enqueue",
+            pb.EnqueueRequest(queue=q, message=pb.NewMessage(payload=b"NaN", content_type="application/json")),
+        ),
+        lambda q: ("Enqueue", pb.EnqueueRequest(queue=q, message=pb.NewMessage(payload=b"x", delay=-1))),
+        lambda q: ("Enqueue", pb.EnqueueRequest(queue=q, message=pb.NewMessage(payload=b"x", group=""))),
+        lambda q: ("EnqueueBatch", pb.EnqueueBatchRequest(queue=q)),
+        lambda q: ("Dequeue", pb.DequeueRequest(queue=q, max=5000)),
+        lambda q: ("Dequeue", pb.DequeueRequest(queue=q, wait=float("inf"))),
+        lambda q: ("Dequeue", pb.DequeueRequest(queue=q, visibility_timeout=float("nan"))),
+        lambda q: ("Ack", pb.AckRequest(queue=q, id=1, lease_token="")),
+        lambda q: ("Ack", pb.AckRequest(queue=q, id=1, lease_token="t", result_json="{")),
+        lambda q: ("ListDeadLetters", pb.ListDeadLettersRequest(queue=q, limit=5000)),
+        lambda q: ("Redrive", pb.RedriveRequest(queue=q, ids=[1], all=True)),
+    ],
+    ids=[
+        "bad-json",
+        "nan-json",
+        "negative-delay",
+        "empty-group",
+        "empty-batch",
+        "max-too-big",
+        "infinite-wait",
+        "nan-visibility",
+        "empty-token",
+        "bad-result-json",
+        "limit-too-big",
+        "ids-and-all",
+    ],
+)
 def test_bad_input_is_invalid_argument_never_unknown(stub, queue, make):
     method, request = make(queue)
     err = rpc_error(getattr(stub, method), request)
@@ -348,12 +422,14 @@ def test_bad_input_is_invalid_argument_never_unknown(stub, queue, make):
 @pytest.mark.parametrize("body", [b"\x0a\x02\xff\xfe", b"\x0a\x09garbage"], ids=["bad-utf8", "corrupt"])
 def test_undecodable_requests_are_invalid_argument(server, body):
     with grpc.insecure_channel(server.grpc) as channel:
-        get_queue = channel.unary_unary("/rankq.v1.RankQ/GetQueue", request_serializer=bytes,
-                                        response_deserializer=bytes)
+        get_queue = channel.unary_unary(
+            "/rankq.v1.RankQ/GetQueue", request_serializer=bytes, response_deserializer=bytes
+        )
         err = rpc_error(get_queue, body)
         assert (err.code(), rankq_status(err)) == (grpc.StatusCode.INVALID_ARGUMENT, 422)
-        stream = channel.stream_stream("/rankq.v1.RankQ/EnqueueStream", request_serializer=bytes,
-                                       response_deserializer=bytes)
+        stream = channel.stream_stream(
+            "/rankq.v1.RankQ/EnqueueStream", request_serializer=bytes, response_deserializer=bytes
+        )
         with pytest.raises(grpc.RpcError) as info:
             list(stream(iter([body]), timeout=10))
         assert (info.value.code(), rankq_status(info.value)) == (grpc.StatusCode.INVALID_ARGUMENT, 422)
@@ -364,10 +440,12 @@ def test_client_raises_the_same_exception_classes_as_http(server, queue):
         t = GrpcTransport(server.grpc, timeout=10)
         try:
             caught = []
-            for coro in (t.get_queue("nope-" + uuid.uuid4().hex[:8]),
-                         t.create_queue(queue, {}),
-                         t.dequeue(queue, max=100_000),
-                         t.extend(queue, 1, "stale-token")):
+            for coro in (
+                t.get_queue("nope-" + uuid.uuid4().hex[:8]),
+                t.create_queue(queue, {}),
+                t.dequeue(queue, max=100_000),
+                t.extend(queue, 1, "stale-token"),
+            ):
                 try:
                     await coro
                 except errors.ApiError as err:
@@ -377,7 +455,9 @@ def test_client_raises_the_same_exception_classes_as_http(server, queue):
             await t.close()
 
     assert run(scenario()) == [
-        (errors.NotFoundError, 404), (errors.ConflictError, 409), (errors.InvalidRequestError, 422),
+        (errors.NotFoundError, 404),
+        (errors.ConflictError, 409),
+        (errors.InvalidRequestError, 422),
         (errors.NotFoundError, 404),
     ]
 
@@ -401,15 +481,19 @@ def test_enqueue_stream_acks_every_message_and_survives_errors(stub):
     name = "s-" + uuid.uuid4().hex[:8]
     stub.CreateQueue(pb.CreateQueueRequest(name=name, settings=pb.QueueSettings(policy="weighted")), timeout=10)
     frames = [
-        pb.EnqueueStreamRequest(requests=[
-            pb.EnqueueRequest(queue=name, message=raw(b"a"), ref=10),
-            pb.EnqueueRequest(message=pb.NewMessage(payload=b"b", priority=99), ref=11),  # not a class
-            pb.EnqueueRequest(message=as_json({"c": 1}), ref=12),
-        ]),
-        pb.EnqueueStreamRequest(requests=[
-            pb.EnqueueRequest(message=pb.NewMessage(payload=b"{", content_type="application/json"), ref=20),
-            pb.EnqueueRequest(queue="missing-" + uuid.uuid4().hex[:6], message=raw(b"d"), ref=21),
-        ]),
+        pb.EnqueueStreamRequest(
+            requests=[
+                pb.EnqueueRequest(queue=name, message=raw(b"a"), ref=10),
+                pb.EnqueueRequest(message=pb.NewMessage(payload=b"b", priority=99), ref=11),  # not a class
+                pb.EnqueueRequest(message=as_json({"c": 1}), ref=12),
+            ]
+        ),
+        pb.EnqueueStreamRequest(
+            requests=[
+                pb.EnqueueRequest(message=pb.NewMessage(payload=b"{", content_type="application/json"), ref=20),
+                pb.EnqueueRequest(queue="missing-" + uuid.uuid4().hex[:6], message=raw(b"d"), ref=21),
+            ]
+        ),
         pb.EnqueueStreamRequest(requests=[pb.EnqueueRequest(queue=name, message=raw(b"e"), ref=30)]),
     ]
     acks = {}
@@ -453,8 +537,9 @@ def test_enqueue_stream_helper_keeps_going_after_a_refusal(server):
 
 def commit_index(server) -> int:
     text = httpx.get(server.http + "/metrics", timeout=5).text
-    return int(float(next(line.split()[1] for line in text.splitlines()
-                          if line.startswith("rankq_raft_commit_index "))))
+    return int(
+        float(next(line.split()[1] for line in text.splitlines() if line.startswith("rankq_raft_commit_index ")))
+    )
 
 
 def test_enqueue_stream_throughput_smoke(server):
@@ -576,12 +661,21 @@ def test_dequeue_stream_on_unknown_queue_fails_with_not_found(server):
 
 def test_payloads_cross_between_http_and_grpc(server, stub, queue):
     api = f"{server.http}/api/v1/queues/{queue}"
-    http_id = httpx.post(f"{api}/messages", json={"payload": {"from": "http", "n": [1, 2]}, "priority": 1},
-                         timeout=10).json()["id"]
-    raw_id = stub.Enqueue(pb.EnqueueRequest(queue=queue, message=pb.NewMessage(payload=b"\x00\xffraw", priority=2)),
-                          timeout=10).id
-    json_id = stub.Enqueue(pb.EnqueueRequest(queue=queue, message=pb.NewMessage(
-        payload=b'{"from": "grpc"}', content_type="application/json; charset=utf-8", priority=3)), timeout=10).id
+    http_id = httpx.post(
+        f"{api}/messages", json={"payload": {"from": "http", "n": [1, 2]}, "priority": 1}, timeout=10
+    ).json()["id"]
+    raw_id = stub.Enqueue(
+        pb.EnqueueRequest(queue=queue, message=pb.NewMessage(payload=b"\x00\xffraw", priority=2)), timeout=10
+    ).id
+    json_id = stub.Enqueue(
+        pb.EnqueueRequest(
+            queue=queue,
+            message=pb.NewMessage(
+                payload=b'{"from": "grpc"}', content_type="application/json; charset=utf-8", priority=3
+            ),
+        ),
+        timeout=10,
+    ).id
 
     # gRPC reads: JSON text as UTF-8 bytes tagged application/json; raw bytes as they were sent.
     status = stub.GetMessage(pb.GetMessageRequest(queue=queue, id=http_id), timeout=10)
@@ -647,4 +741,3 @@ def test_transport_returns_client_types(server):
     assert (dead, after) == ([], None)
     assert (redrive.redriven, redrive.not_found) == ([], [])
     assert info.name in {q.name for q in listed}
-

@@ -24,14 +24,20 @@ pytestmark = pytest.mark.timeout(600)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RankQ"]
 SERVER_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 
 INT64 = (-(2**63), 2**63 - 1)
 RANGES = {
-    F.TYPE_INT64: INT64, F.TYPE_SINT64: INT64, F.TYPE_SFIXED64: INT64,
-    F.TYPE_INT32: (-(2**31), 2**31 - 1), F.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    F.TYPE_UINT32: (0, 2**32 - 1), F.TYPE_UINT64: (0, 2**64 - 1), F.TYPE_FIXED64: (0, 2**64 - 1),
+    F.TYPE_INT64: INT64,
+    F.TYPE_SINT64: INT64,
+    F.TYPE_SFIXED64: INT64,
+    F.TYPE_INT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    F.TYPE_UINT32: (0, 2**32 - 1),
+    F.TYPE_UINT64: (0, 2**64 - 1),
+    F.TYPE_FIXED64: (0, 2**64 - 1),
 }
 
 
@@ -40,23 +46,55 @@ def deep(n: int) -> str:
 
 
 json_texts = st.one_of(
-    st.sampled_from(['{"a": 1}', "[]", "null", "1e400", "NaN", "[Infinity]", "-Infinity", '"\\ud800"', '{"\\udfff": 1}',
-                     "{", "", deep(64), deep(65), deep(5000), deep(100_000), '{"a": ' * 3000 + "1" + "}" * 3000]),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                 max_leaves=8).map(json.dumps),
+    st.sampled_from(
+        [
+            '{"a": 1}',
+            "[]",
+            "null",
+            "1e400",
+            "NaN",
+            "[Infinity]",
+            "-Infinity",
+            '"\\ud800"',
+            '{"\\udfff": 1}',
+            "{",
+            "",
+            deep(64),
+            deep(65),
+            deep(5000),
+            deep(100_000),
+            '{"a": ' * 3000 + "1" + "}" * 3000,
+        ]
+    ),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=8,
+    ).map(json.dumps),
     st.text(max_size=30),
 )
-payloads = st.one_of(json_texts.map(str.encode), st.binary(max_size=64),
-                     st.sampled_from([b"\xff\xfe", b'"\xed\xa0\x80"', b"\xc3\x28", b"x" * 300_000]))
-names = st.one_of(st.sampled_from(["q", "q", "q", "fuzz-empty", "nope", "", "Q" * 200, "bad name"]), st.text(max_size=12))
+payloads = st.one_of(
+    json_texts.map(str.encode),
+    st.binary(max_size=64),
+    st.sampled_from([b"\xff\xfe", b'"\xed\xa0\x80"', b"\xc3\x28", b"x" * 300_000]),
+)
+names = st.one_of(
+    st.sampled_from(["q", "q", "q", "fuzz-empty", "nope", "", "Q" * 200, "bad name"]), st.text(max_size=12)
+)
 ids = st.one_of(st.integers(min_value=1, max_value=60), st.sampled_from(INT64 + (0, -1)))
-doubles = st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 0.001, 1e305, -1e305, 2.0**63, 43200.0, 43200.1,
-                                                  365 * 86400.0, 365 * 86400.0 + 1]))
+doubles = st.one_of(
+    st.floats(),
+    st.sampled_from([0.0, -0.0, 0.001, 1e305, -1e305, 2.0**63, 43200.0, 43200.1, 365 * 86400.0, 365 * 86400.0 + 1]),
+)
 BY_NAME = {
-    "queue": names, "name": names, "result_json": json_texts, "payload": payloads, "id": ids,
-    "content_type": st.sampled_from(["", "application/json", "application/json; charset=utf-8",
-                                     "application/octet-stream", "text/plain"]),
+    "queue": names,
+    "name": names,
+    "result_json": json_texts,
+    "payload": payloads,
+    "id": ids,
+    "content_type": st.sampled_from(
+        ["", "application/json", "application/json; charset=utf-8", "application/octet-stream", "text/plain"]
+    ),
     "lease_token": st.one_of(st.text(max_size=10), st.sampled_from(["", "t" * 129])),
     "clear": st.sampled_from(["max_length", "group_max_inflight", "dead_letter_retention", "policy", "x"]),
     "policy": st.sampled_from(["strict", "weighted", "", "lifo"]),
@@ -131,10 +169,15 @@ def server(grpc_server):
 def channel(server):
     ch = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=[("grpc.max_send_message_length", -1)])
     stub = pb_grpc.RankQStub(ch)
-    stub.CreateQueue(pb.CreateQueueRequest(name="q", settings=pb.QueueSettings(visibility_timeout=3600, max_deliveries=2)))
+    stub.CreateQueue(
+        pb.CreateQueueRequest(name="q", settings=pb.QueueSettings(visibility_timeout=3600, max_deliveries=2))
+    )
     stub.CreateQueue(pb.CreateQueueRequest(name="fuzz-empty"))
-    stub.EnqueueBatch(pb.EnqueueBatchRequest(queue="q", messages=[pb.NewMessage(payload=b"%d" % i, content_type="application/json")
-                                                                  for i in range(50)]))
+    stub.EnqueueBatch(
+        pb.EnqueueBatchRequest(
+            queue="q", messages=[pb.NewMessage(payload=b"%d" % i, content_type="application/json") for i in range(50)]
+        )
+    )
     stub.Dequeue(pb.DequeueRequest(queue="q", max=20))
     yield ch
     ch.close()
@@ -153,9 +196,11 @@ UNARY = [m for m in SERVICE.methods if not m.client_streaming and not m.server_s
 
 @pytest.mark.parametrize("method", UNARY, ids=[m.name for m in UNARY])
 def test_unary_requests_never_get_a_server_fault(channel, server, method):
-    call = channel.unary_unary(f"/{SERVICE.full_name}/{method.name}",
-                               request_serializer=lambda m: m.SerializeToString(),
-                               response_deserializer=getattr(pb, method.output_type.name).FromString)
+    call = channel.unary_unary(
+        f"/{SERVICE.full_name}/{method.name}",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=getattr(pb, method.output_type.name).FromString,
+    )
     seen = set()
 
     @FUZZ
@@ -173,16 +218,22 @@ def test_unary_requests_never_get_a_server_fault(channel, server, method):
 def test_bytes_that_are_no_request_are_invalid_argument(channel, method):
     raw = lambda data: data  # noqa: E731 - send the bytes as they are
     if method.client_streaming:
-        call = channel.stream_stream(f"/{SERVICE.full_name}/{method.name}", request_serializer=raw,
-                                     response_deserializer=raw)
+        call = channel.stream_stream(
+            f"/{SERVICE.full_name}/{method.name}", request_serializer=raw, response_deserializer=raw
+        )
         invoke = lambda data: list(call(iter([data]), timeout=5))  # noqa: E731
     else:
-        call = channel.unary_unary(f"/{SERVICE.full_name}/{method.name}", request_serializer=raw,
-                                   response_deserializer=raw)
+        call = channel.unary_unary(
+            f"/{SERVICE.full_name}/{method.name}", request_serializer=raw, response_deserializer=raw
+        )
         invoke = lambda data: call(data, timeout=30)  # noqa: E731
 
     @settings(max_examples=15, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-    @given(st.one_of(st.binary(min_size=1, max_size=64), st.sampled_from([b"\x0a\x02\xff\xfe", b"\x0a\x09garbage", b"\xff" * 8])))
+    @given(
+        st.one_of(
+            st.binary(min_size=1, max_size=64), st.sampled_from([b"\x0a\x02\xff\xfe", b"\x0a\x09garbage", b"\xff" * 8])
+        )
+    )
     def run(data):
         code = code_of(lambda: invoke(data))
         assert code not in SERVER_FAULTS, (method.name, data)
@@ -191,9 +242,11 @@ def test_bytes_that_are_no_request_are_invalid_argument(channel, method):
 
 
 def test_enqueue_stream_frames_never_get_a_server_fault(channel, server):
-    call = channel.stream_stream(f"/{SERVICE.full_name}/EnqueueStream",
-                                 request_serializer=lambda m: m.SerializeToString(),
-                                 response_deserializer=pb.EnqueueStreamResponse.FromString)
+    call = channel.stream_stream(
+        f"/{SERVICE.full_name}/EnqueueStream",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=pb.EnqueueStreamResponse.FromString,
+    )
 
     @FUZZ
     @given(st.lists(message(pb.EnqueueStreamRequest.DESCRIPTOR), min_size=1, max_size=3))
@@ -210,9 +263,11 @@ def test_enqueue_stream_frames_never_get_a_server_fault(channel, server):
 
 
 def test_dequeue_stream_grants_never_get_a_server_fault(channel):
-    call = channel.stream_stream(f"/{SERVICE.full_name}/DequeueStream",
-                                 request_serializer=lambda m: m.SerializeToString(),
-                                 response_deserializer=pb.DequeueResponse.FromString)
+    call = channel.stream_stream(
+        f"/{SERVICE.full_name}/DequeueStream",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=pb.DequeueResponse.FromString,
+    )
 
     @settings(max_examples=15, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(message(pb.Grant.DESCRIPTOR), min_size=1, max_size=3))

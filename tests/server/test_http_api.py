@@ -10,7 +10,6 @@ from collections import Counter
 
 import httpx
 import pytest
-
 from serverproc import wait_for
 
 
@@ -42,8 +41,15 @@ def test_queue_lifecycle_and_live_settings(api):
     info = make_queue(api, "life", policy="weighted", visibility_timeout=5)
     assert info["settings"]["policy"] == "weighted"
     assert info["settings"]["visibility_timeout"] == 5
-    assert info["counts"] == {"ready": 0, "delayed": 0, "leased": 0, "dead": 0, "acked_retained": 0, "backlog": 0,
-                              "waiting": 0}
+    assert info["counts"] == {
+        "ready": 0,
+        "delayed": 0,
+        "leased": 0,
+        "dead": 0,
+        "acked_retained": 0,
+        "backlog": 0,
+        "waiting": 0,
+    }
     assert api.post("/queues", json={"name": "life"}).status_code == 409
     assert "life" in [q["name"] for q in api.get("/queues").json()["queues"]]
     r = api.patch("/queues/life", json={"max_length": 10, "fair_groups": True})
@@ -114,8 +120,10 @@ def test_nack_without_delay_backs_off(api):
 
 def test_batches_dedup_priority_change_and_cancel(api):
     make_queue(api, "batch")
-    r = api.post("/queues/batch/messages/batch", json={"messages": [
-        {"payload": i, "priority": 5} for i in range(5)] + [{"payload": "d", "dedup_key": "k"}]})
+    r = api.post(
+        "/queues/batch/messages/batch",
+        json={"messages": [{"payload": i, "priority": 5} for i in range(5)] + [{"payload": "d", "dedup_key": "k"}]},
+    )
     assert r.status_code == 201
     ids = [x["id"] for x in r.json()["results"]]
     again = api.post("/queues/batch/messages", json={"payload": "d", "dedup_key": "k"}).json()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import httpx
@@ -24,16 +24,21 @@ from rankq.server.proto import rankq_pb2 as pb
 
 pytestmark = pytest.mark.timeout(600)
 
-POISON = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+POISON = settings(
+    max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 _queues = itertools.count()
 
 # Text with everything Python strings can hold, lone surrogates included.
-texts = st.text(st.characters(codec=None, categories=None), max_size=12) | st.sampled_from(["\ud800", "a\udfff", "\U0001f600"])
+texts = st.text(st.characters(codec=None, categories=None), max_size=12) | st.sampled_from(
+    ["\ud800", "a\udfff", "\U0001f600"]
+)
 numbers = st.integers(-(2**70), 2**70) | st.floats() | st.sampled_from([2**63 - 1, -(2**63), 2**63, float("nan")])
-json_values = st.recursive(st.none() | st.booleans() | numbers | texts,
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
-                           max_leaves=10)
+json_values = st.recursive(
+    st.none() | st.booleans() | numbers | texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=10,
+)
 
 
 def nested(n: int):
@@ -45,18 +50,24 @@ def nested(n: int):
 
 payloads = json_values | st.sampled_from([nested(64), nested(65), {"a": nested(63)}, "x" * 300_000])
 times = st.one_of(
-    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(timezone.utc))
-    .map(lambda d: d.isoformat()),
-    st.sampled_from(["2030-01-01T00:00:00", "0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59-01:00", "1969-12-31T23:59:59Z"]),
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)).map(
+        lambda d: d.isoformat()
+    ),
+    st.sampled_from(
+        ["2030-01-01T00:00:00", "0001-01-01T00:30:00+01:00", "9999-12-31T23:59:59-01:00", "1969-12-31T23:59:59Z"]
+    ),
 )
-http_messages = st.fixed_dictionaries({"payload": payloads}, optional={
-    "headers": st.dictionaries(texts, texts, max_size=3),
-    "priority": st.integers(-(2**64), 2**64) | st.booleans(),
-    "group": texts,
-    "dedup_key": texts,
-    "deliver_at": times,
-    "delay": st.sampled_from([0, 0.5, 1e305]),
-})
+http_messages = st.fixed_dictionaries(
+    {"payload": payloads},
+    optional={
+        "headers": st.dictionaries(texts, texts, max_size=3),
+        "priority": st.integers(-(2**64), 2**64) | st.booleans(),
+        "group": texts,
+        "dedup_key": texts,
+        "deliver_at": times,
+        "delay": st.sampled_from([0, 0.5, 1e305]),
+    },
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +96,10 @@ def full_cycle(api, stub, q: str, mid: int, delayed: bool) -> dict:
         return first
     [m] = ok(api.post(f"/queues/{q}/dequeue", json={"max": 10}))["messages"]
     assert m["id"] == mid
-    assert ok(api.post(f"/queues/{q}/messages/{mid}/nack", json={"lease_token": m["lease_token"], "error": "x"}))["state"] == "dead"
+    assert (
+        ok(api.post(f"/queues/{q}/messages/{mid}/nack", json={"lease_token": m["lease_token"], "error": "x"}))["state"]
+        == "dead"
+    )
     [dead] = ok(api.get(f"/queues/{q}/dlq"))["messages"]
     assert dead["id"] == mid
     [dead_grpc] = stub.ListDeadLetters(pb.ListDeadLettersRequest(queue=q)).messages
@@ -112,7 +126,7 @@ def test_every_message_http_accepts_goes_the_whole_way(api, stub):
         else:
             mid = r.json()["id"]
             at = message.get("deliver_at")
-            delayed = message.get("delay", 0) > 0 or (at is not None and datetime.fromisoformat(at) > datetime.now(timezone.utc))
+            delayed = message.get("delay", 0) > 0 or (at is not None and datetime.fromisoformat(at) > datetime.now(UTC))
             m = full_cycle(api, stub, q, mid, delayed)
             if not delayed:
                 assert m["payload"] == json.loads(json.dumps(message["payload"]))
@@ -124,7 +138,8 @@ def test_every_message_http_accepts_goes_the_whole_way(api, stub):
 
 grpc_messages = st.builds(
     pb.NewMessage,
-    payload=st.binary(max_size=40) | json_values.map(lambda v: json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass"))
+    payload=st.binary(max_size=40)
+    | json_values.map(lambda v: json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass"))
     | st.sampled_from([b"\xed\xa0\x80", b'"\xed\xa0\x80"', b"[" * 70 + b"]" * 70]),
     content_type=st.sampled_from(["", "application/json", "application/octet-stream", "text/plain"]),
     priority=st.integers(-(2**63), 2**63 - 1),
@@ -144,7 +159,7 @@ def test_every_message_grpc_accepts_goes_the_whole_way(api, stub):
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
             assert ok(api.get(f"/queues/{q}"))["counts"]["ready"] == 0
         else:
-            delayed = message.deliver_at > datetime.now(timezone.utc).timestamp() * 1000
+            delayed = message.deliver_at > datetime.now(UTC).timestamp() * 1000
             m = full_cycle(api, stub, q, mid, delayed)
             if not delayed:
                 if m.get("payload_base64") is not None:
@@ -159,10 +174,15 @@ def test_every_message_grpc_accepts_goes_the_whole_way(api, stub):
 def test_listing_keeps_working_with_every_kind_of_message(api, stub):
     """One queue holding the edge cases at once still lists, over both APIs."""
     q = new_queue(api)
-    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
-    bodies = [{"payload": nested(64)}, {"payload": "\U0001f600", "headers": {"\u00e9": "\U0001f600"}},
-              {"payload": 1, "priority": 2**63 - 1}, {"payload": 1, "priority": -(2**63)},
-              {"payload": 1, "deliver_at": "9999-12-31T23:59:59.999Z"}, {"payload": 1, "deliver_at": future}]
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    bodies = [
+        {"payload": nested(64)},
+        {"payload": "\U0001f600", "headers": {"\u00e9": "\U0001f600"}},
+        {"payload": 1, "priority": 2**63 - 1},
+        {"payload": 1, "priority": -(2**63)},
+        {"payload": 1, "deliver_at": "9999-12-31T23:59:59.999Z"},
+        {"payload": 1, "deliver_at": future},
+    ]
     for body in bodies:
         ok(api.post(f"/queues/{q}/messages", json=body), 201)
     got = ok(api.post(f"/queues/{q}/dequeue", json={"max": 10}))["messages"]

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from serverproc import ServerProcess
 
 pytestmark = pytest.mark.timeout(900)
@@ -55,9 +54,29 @@ def launch(srv: ServerProcess, token: str | None, workdir: Path) -> tuple[subpro
         "RANKQ_ST_SELF": f"127.0.0.1:{srv.raft_port}",
         "RANKQ_ST_LOG": str(log),
     }
-    cmd = [str(ST), "run", srv.url + "/openapi.json", "--checks", "all", "--exclude-checks", "positive_data_acceptance,ensure_resource_availability",
-           "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--workers", "1", "--suppress-health-check", "all",
-           "--request-timeout", "30", "--report", "json", "--report-dir", str(workdir / "report")]
+    cmd = [
+        str(ST),
+        "run",
+        srv.url + "/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance,ensure_resource_availability",
+        "--max-examples",
+        str(EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--workers",
+        "1",
+        "--suppress-health-check",
+        "all",
+        "--request-timeout",
+        "30",
+        "--report",
+        "json",
+        "--report-dir",
+        str(workdir / "report"),
+    ]
     if token:
         cmd += ["--header", f"Authorization: Bearer {token}"]
     out = open(workdir / "st.out", "w")

@@ -10,32 +10,40 @@ import sys
 
 import httpx
 import pytest
+from serverproc import free_port, wait_for
 
+from rankq.replication import RaftSettings
 from rankq.server.command import server as server_command
 from rankq.server.config import ServerSettings, option_name
-from rankq.replication import RaftSettings
-from serverproc import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def rankq_server(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RANKQ_")}
-    return subprocess.run([sys.executable, "-m", "rankq.cli", "server", *args], capture_output=True, text=True,
-                          env={**base, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rankq.cli", "server", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize("args, env, says", [
-    (["--http-port", "70000"], {}, "--http-port"),
-    (["--raft-port", "-1"], {}, "--raft-port"),
-    (["--grpc-port", "many"], {}, "--grpc-port"),
-    ([], {"RANKQ_HTTP_PORT": "0"}, "RANKQ_HTTP_PORT"),
-    (["--log-level", "LOUD"], {}, "--log-level"),
-    ([], {"RANKQ_LOG_FORMAT": "xml"}, "--log-format"),
-    (["--tls-cert", "/no/such/cert.pem"], {}, "no such file"),
-    (["--api-token-file", "/"], {}, "not a file"),
-    (["--snapshot-entries", "3"], {}, "--snapshot-entries"),
-])
+@pytest.mark.parametrize(
+    "args, env, says",
+    [
+        (["--http-port", "70000"], {}, "--http-port"),
+        (["--raft-port", "-1"], {}, "--raft-port"),
+        (["--grpc-port", "many"], {}, "--grpc-port"),
+        ([], {"RANKQ_HTTP_PORT": "0"}, "RANKQ_HTTP_PORT"),
+        (["--log-level", "LOUD"], {}, "--log-level"),
+        ([], {"RANKQ_LOG_FORMAT": "xml"}, "--log-format"),
+        (["--tls-cert", "/no/such/cert.pem"], {}, "no such file"),
+        (["--api-token-file", "/"], {}, "not a file"),
+        (["--snapshot-entries", "3"], {}, "--snapshot-entries"),
+    ],
+)
 def test_a_bad_setting_is_one_line_and_exit_2(tmp_path, args, env, says):
     out = rankq_server("--data-dir", str(tmp_path / "d"), *args, env=env)
     assert out.returncode == 2, out.stderr
@@ -60,11 +68,22 @@ def test_environment_sets_what_the_command_line_does_not(tmp_path):
     env_port, cli_port, raft_port = free_port(), free_port(), free_port()
     data_dir = tmp_path / "from-env"
     base = {k: v for k, v in os.environ.items() if not k.startswith("RANKQ_")}
-    env = {**base, "RANKQ_HTTP_PORT": str(env_port), "RANKQ_RAFT_PORT": str(raft_port), "RANKQ_GRPC_PORT": "0",
-           "RANKQ_DATA_DIR": str(data_dir), "RANKQ_LOG_LEVEL": "debug"}
-    proc = subprocess.Popen([sys.executable, "-m", "rankq.cli", "server", "--http-port", str(cli_port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **base,
+        "RANKQ_HTTP_PORT": str(env_port),
+        "RANKQ_RAFT_PORT": str(raft_port),
+        "RANKQ_GRPC_PORT": "0",
+        "RANKQ_DATA_DIR": str(data_dir),
+        "RANKQ_LOG_LEVEL": "debug",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankq.cli", "server", "--http-port", str(cli_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def ready() -> bool:
             assert proc.poll() is None, "server exited"
             try:

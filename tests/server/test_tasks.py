@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import grpc
 import httpx
 import pytest
+from serverproc import wait_for
 
 from rankq.engine.config import MAX_DEPENDENCIES
 from rankq.server.proto import rankq_pb2 as pb
 from rankq.server.proto import rankq_pb2_grpc as pb_grpc
-from serverproc import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,7 +35,7 @@ class Refused(Exception):
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def ms_of(text: str | None) -> int | None:
@@ -80,8 +80,16 @@ class Http:
 
     def dequeue(self, queue, max=1, wait=0.0) -> list[dict]:
         got = self.call("POST", f"/queues/{queue}/dequeue", {"max": max, "wait": wait})["messages"]
-        return [{"id": m["id"], "token": m["lease_token"], "group": m["group"], "payload": m["payload"],
-                 "headers": m["headers"]} for m in got]
+        return [
+            {
+                "id": m["id"],
+                "token": m["lease_token"],
+                "group": m["group"],
+                "payload": m["payload"],
+                "headers": m["headers"],
+            }
+            for m in got
+        ]
 
     def ack(self, queue, mid, token) -> None:
         self.call("POST", f"/queues/{queue}/messages/{mid}/ack", {"lease_token": token})
@@ -94,8 +102,13 @@ class Http:
 
     def status(self, queue, mid) -> dict:
         s = self.call("GET", f"/queues/{queue}/messages/{mid}")
-        return {"state": s["state"], "depends_on": s["depends_on"], "expires_at": ms_of(s["expires_at"]),
-                "dead_reason": s["dead_reason"], "last_error": s["last_error"]}
+        return {
+            "state": s["state"],
+            "depends_on": s["depends_on"],
+            "expires_at": ms_of(s["expires_at"]),
+            "dead_reason": s["dead_reason"],
+            "last_error": s["last_error"],
+        }
 
     def counts(self, queue) -> dict:
         return self.call("GET", f"/queues/{queue}")["counts"]
@@ -153,8 +166,16 @@ class Grpc:
 
     def dequeue(self, queue, max=1, wait=0.0) -> list[dict]:
         got = self.call("Dequeue", pb.DequeueRequest(queue=queue, max=max, wait=wait)).messages
-        return [{"id": m.id, "token": m.lease_token, "group": m.group, "payload": json.loads(m.payload),
-                 "headers": dict(m.headers) or None} for m in got]
+        return [
+            {
+                "id": m.id,
+                "token": m.lease_token,
+                "group": m.group,
+                "payload": json.loads(m.payload),
+                "headers": dict(m.headers) or None,
+            }
+            for m in got
+        ]
 
     def ack(self, queue, mid, token) -> None:
         self.call("Ack", pb.AckRequest(queue=queue, id=mid, lease_token=token))
@@ -167,11 +188,13 @@ class Grpc:
 
     def status(self, queue, mid) -> dict:
         s = self.call("GetMessage", pb.GetMessageRequest(queue=queue, id=mid))
-        return {"state": s.state,
-                "depends_on": [{"queue": d.queue, "id": d.id} for d in s.depends_on] or None,
-                "expires_at": s.expires_at if s.HasField("expires_at") else None,
-                "dead_reason": s.dead_reason if s.HasField("dead_reason") else None,
-                "last_error": s.last_error if s.HasField("last_error") else None}
+        return {
+            "state": s.state,
+            "depends_on": [{"queue": d.queue, "id": d.id} for d in s.depends_on] or None,
+            "expires_at": s.expires_at if s.HasField("expires_at") else None,
+            "dead_reason": s.dead_reason if s.HasField("dead_reason") else None,
+            "last_error": s.last_error if s.HasField("last_error") else None,
+        }
 
     def counts(self, queue) -> dict:
         c = self.call("GetQueue", pb.GetQueueRequest(name=queue)).counts
@@ -179,8 +202,14 @@ class Grpc:
 
     @staticmethod
     def _job(j: pb.RedriveJob) -> dict:
-        return {"rate": j.rate, "total": j.total, "moved": j.moved, "remaining": j.remaining,
-                "started_at": j.started_at, "state": j.state}
+        return {
+            "rate": j.rate,
+            "total": j.total,
+            "moved": j.moved,
+            "remaining": j.remaining,
+            "started_at": j.started_at,
+            "state": j.state,
+        }
 
     def redrive(self, queue, ids=None, rate=None) -> dict:
         res = self.call("Redrive", pb.RedriveRequest(queue=queue, ids=ids or [], all=ids is None, rate=rate))
@@ -228,6 +257,7 @@ def refused(fn, *args, **kw) -> Refused:
 
 # ---- dependencies ----------------------------------------------------------------------------------
 
+
 def test_dependent_waits_until_its_dependency_is_acked(rq, make_queue):
     q = make_queue("deps")
     first = rq.enqueue(q, "first")
@@ -250,11 +280,14 @@ def test_batch_items_depend_on_earlier_items_and_on_other_queues(rq, make_queue)
     upstream = make_queue("deps-up")
     q = make_queue("deps-batch")
     other = rq.enqueue(upstream, "elsewhere")
-    a, b, c = rq.enqueue_batch(q, [
-        {"payload": "a"},
-        {"payload": "b", "depends_on": [{"batch_index": 0}]},
-        {"payload": "c", "depends_on": [{"batch_index": 1}, {"queue": upstream, "id": other}]},
-    ])
+    a, b, c = rq.enqueue_batch(
+        q,
+        [
+            {"payload": "a"},
+            {"payload": "b", "depends_on": [{"batch_index": 0}]},
+            {"payload": "c", "depends_on": [{"batch_index": 1}, {"queue": upstream, "id": other}]},
+        ],
+    )
     assert rq.status(q, b)["depends_on"] == [{"queue": q, "id": a}]  # the batch index resolved to its id
     assert rq.status(q, c)["depends_on"] == [{"queue": q, "id": b}, {"queue": upstream, "id": other}]
     assert rq.counts(q)["waiting"] == 2
@@ -307,8 +340,11 @@ def test_dependency_mistakes_are_refused(rq, make_queue):
     err = refused(rq.enqueue, q, "x", depends_on=[{"batch_index": 0}])
     assert err.status == 422 and "batch" in err.detail
     for index in (1, 2):  # itself, or a later item: a cycle could follow, so neither is allowed
-        err = refused(rq.enqueue_batch, q, [{"payload": 0}, {"payload": 1, "depends_on": [{"batch_index": index}]},
-                                            {"payload": 2}])
+        err = refused(
+            rq.enqueue_batch,
+            q,
+            [{"payload": 0}, {"payload": 1, "depends_on": [{"batch_index": index}]}, {"payload": 2}],
+        )
         assert err.status == 422 and "earlier" in err.detail, err.detail
     mid = rq.enqueue(q, "ok")
     err = refused(rq.enqueue, q, "x", depends_on=[{"id": mid}] * (MAX_DEPENDENCIES + 1))
@@ -318,6 +354,7 @@ def test_dependency_mistakes_are_refused(rq, make_queue):
 
 
 # ---- message TTL -------------------------------------------------------------------------------------
+
 
 def test_expired_messages_are_dead_lettered_as_expired(rq, make_queue):
     q = make_queue("ttl")
@@ -361,6 +398,7 @@ def test_expires_at_without_a_zone_is_refused_over_http(api):
 
 # ---- rate limits, in-flight cap, weighted groups ----------------------------------------------------
 
+
 def test_rate_limit_bounds_deliveries_and_long_polls_wait_for_a_token(rq, make_queue):
     rate = 20
     q = make_queue("rate", rate_limit=rate, rate_burst=5)
@@ -400,6 +438,7 @@ def test_weighted_fair_groups(rq, make_queue):
 
 
 # ---- paced redrive and dead-letter routing -----------------------------------------------------------
+
 
 def dead_letters(rq, q, n: int) -> list[int]:
     ids = rq.enqueue_batch(q, [{"payload": i} for i in range(n)])
@@ -455,6 +494,7 @@ def test_dead_letters_can_be_routed_to_another_queue(rq, make_queue):
 
 # ---- 429 ---------------------------------------------------------------------------------------------
 
+
 def test_full_queue_answers_429_with_retry_after(rq, make_queue):
     q = make_queue("full", max_length=1)
     rq.enqueue(q, 1)
@@ -468,8 +508,9 @@ def test_enqueue_stream_takes_dependencies(api, channel):
     parent = api.post("/queues/stream-deps/messages", json={"payload": 1}).json()["id"]
     msg = Grpc._msg("child", depends_on=[{"id": parent}])
     bad = Grpc._msg("bad", depends_on=[{"batch_index": 0}])
-    frame = pb.EnqueueStreamRequest(requests=[pb.EnqueueRequest(queue="stream-deps", message=msg, ref=1),
-                                              pb.EnqueueRequest(message=bad, ref=2)])
+    frame = pb.EnqueueStreamRequest(
+        requests=[pb.EnqueueRequest(queue="stream-deps", message=msg, ref=1), pb.EnqueueRequest(message=bad, ref=2)]
+    )
     acks = {a.ref: a for res in pb_grpc.RankQStub(channel).EnqueueStream(iter([frame]), timeout=30) for a in res.acks}
     assert acks[1].status == 0 and acks[2].status == 422 and "batch" in acks[2].detail
     child = api.get(f"/queues/stream-deps/messages/{acks[1].id}").json()

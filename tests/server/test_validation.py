@@ -113,15 +113,26 @@ def test_far_deliver_at_is_refused_over_grpc(stub):
             stub.Enqueue(pb.EnqueueRequest(queue="far", message=pb.NewMessage(payload=b"x", deliver_at=at)))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # The latest instant that can be written as ISO 8601 is accepted and shown.
-    mid = stub.Enqueue(pb.EnqueueRequest(queue="far", message=pb.NewMessage(payload=b"x", deliver_at=253_402_300_799_999))).id
+    mid = stub.Enqueue(
+        pb.EnqueueRequest(queue="far", message=pb.NewMessage(payload=b"x", deliver_at=253_402_300_799_999))
+    ).id
     assert stub.GetMessage(pb.GetMessageRequest(queue="far", id=mid)).available_at == 253_402_300_799_999
 
 
 def test_settings_out_of_bounds_are_refused_and_list_queues_keeps_working(api, stub):
-    for settings in ({"max_length": 2**63}, {"visibility_timeout": 1e305}, {"retention": 1e305},
-                     {"dedup_window": 10**400}, {"retry_max": -1}, {"default_priority": True},
-                     {"weights": {"1": 2**63}}, {"weights": {"x": 1}}, {"fair_groups": 1},
-                     {"max_deliveries": "5"}, {"dead_letter_retention": 400 * 86400}):
+    for settings in (
+        {"max_length": 2**63},
+        {"visibility_timeout": 1e305},
+        {"retention": 1e305},
+        {"dedup_window": 10**400},
+        {"retry_max": -1},
+        {"default_priority": True},
+        {"weights": {"1": 2**63}},
+        {"weights": {"x": 1}},
+        {"fair_groups": 1},
+        {"max_deliveries": "5"},
+        {"dead_letter_retention": 400 * 86400},
+    ):
         r = api.post("/queues", json={"name": "bounds", **settings})
         assert r.status_code == 422, (settings, r.text)
         assert api.get("/queues/bounds").status_code == 404
@@ -130,8 +141,12 @@ def test_settings_out_of_bounds_are_refused_and_list_queues_keeps_working(api, s
     make_queue(api, "bounds", max_length=INT64_MAX)
     assert api.patch("/queues/bounds", json={"max_length": 2**63}).status_code == 422
     assert api.patch("/queues/bounds", json={"retry_base": 1e305}).status_code == 422
-    for settings in (pb.QueueSettings(visibility_timeout=1e305), pb.QueueSettings(retention=float("inf")),
-                     pb.QueueSettings(dedup_window=float("nan")), pb.QueueSettings(max_payload_bytes=2**62)):
+    for settings in (
+        pb.QueueSettings(visibility_timeout=1e305),
+        pb.QueueSettings(retention=float("inf")),
+        pb.QueueSettings(dedup_window=float("nan")),
+        pb.QueueSettings(max_payload_bytes=2**62),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             stub.UpdateQueue(pb.UpdateQueueRequest(name="bounds", settings=settings))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -143,8 +158,11 @@ def test_deep_json_over_grpc_is_invalid_argument(stub):
     stub.CreateQueue(pb.CreateQueueRequest(name="deepgrpc"))
     for n in (MAX_JSON_DEPTH + 1, 100_000):
         with pytest.raises(grpc.RpcError) as err:
-            stub.Enqueue(pb.EnqueueRequest(queue="deepgrpc", message=pb.NewMessage(
-                payload=deep(n).encode(), content_type="application/json")))
+            stub.Enqueue(
+                pb.EnqueueRequest(
+                    queue="deepgrpc", message=pb.NewMessage(payload=deep(n).encode(), content_type="application/json")
+                )
+            )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     stub.Enqueue(pb.EnqueueRequest(queue="deepgrpc", message=pb.NewMessage(payload=b"1")))
     [m] = stub.Dequeue(pb.DequeueRequest(queue="deepgrpc", max=1)).messages
@@ -157,8 +175,13 @@ def test_deep_json_over_grpc_is_invalid_argument(stub):
 
 def test_body_errors_are_422_with_a_json_detail(api):
     make_queue(api, "bodies")
-    for body in (b'{"payload": "\xed\xa0\x80"}', b'{"payload": "\xff"}', '{"payload": 1}'.encode("utf-16"),
-                 b'{"payload": 1', deep(100_000).encode()):
+    for body in (
+        b'{"payload": "\xed\xa0\x80"}',
+        b'{"payload": "\xff"}',
+        '{"payload": 1}'.encode("utf-16"),
+        b'{"payload": 1',
+        deep(100_000).encode(),
+    ):
         r = post_raw(api, "/queues/bodies/messages", body)
         assert r.status_code == 422, (body[:40], r.status_code, r.text)
         assert isinstance(r.json()["detail"], str)
@@ -176,7 +199,9 @@ def test_cluster_routes_document_their_real_422_body(api, server):
     spec = httpx.get(server.url + "/openapi.json").json()
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
-            ref = op.get("responses", {}).get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            ref = (
+                op.get("responses", {}).get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            )
             if ref:
                 assert ref.get("$ref", "").endswith("/ErrorBody"), (method, path, ref)
     r = api.post("/cluster/members", json={"address": "no port"})
@@ -208,9 +233,14 @@ def test_headers_count_toward_max_payload_bytes(api, stub):
     r = api.post("/queues/withheaders/messages", json={"payload": payload, "headers": {"h": "y" * 500}})
     assert r.status_code == 413, r.text
     assert "headers" in r.json()["detail"]
-    assert api.post("/queues/withheaders/messages", json={"payload": payload, "headers": {"h": "y" * 399}}).status_code == 201
+    assert (
+        api.post("/queues/withheaders/messages", json={"payload": payload, "headers": {"h": "y" * 399}}).status_code
+        == 201
+    )
     with pytest.raises(grpc.RpcError) as err:
-        stub.Enqueue(pb.EnqueueRequest(queue="withheaders", message=pb.NewMessage(payload=b"x" * 600, headers={"h": "y" * 500})))
+        stub.Enqueue(
+            pb.EnqueueRequest(queue="withheaders", message=pb.NewMessage(payload=b"x" * 600, headers={"h": "y" * 500}))
+        )
     assert dict(err.value.trailing_metadata())["rankq-status"] == "413"
 
 
@@ -231,8 +261,10 @@ def test_a_chunked_body_over_the_limit_is_refused_while_reading(server, api):
     sent = 0
     answer = b""
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
-        sock.sendall(b"POST /api/v1/queues/chunked/messages HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(
+            b"POST /api/v1/queues/chunked/messages HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         frame = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
         try:
             while sent < total:
@@ -262,10 +294,15 @@ def test_a_chunked_body_over_the_limit_is_refused_while_reading(server, api):
 
 async def http_post(reader, writer, path: str, body: bytes) -> int:
     """One request on a kept-alive connection (plain asyncio: a thousand of them stay cheap)."""
-    writer.write(b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                 % (path.encode(), len(body)) + body)
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        % (path.encode(), len(body))
+        + body
+    )
     head = await reader.readuntil(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     await reader.readexactly(length)
     return int(head.split(b" ", 2)[1])
 
@@ -286,7 +323,11 @@ def test_a_malformed_ack_fails_alone_among_a_thousand_enqueues(server, api):
         try:
             for i in range(per_connection):
                 try:
-                    out.append(await http_post(reader, writer, "/api/v1/queues/isolation/messages", b'{"payload": %d}' % (c * 100 + i)))
+                    out.append(
+                        await http_post(
+                            reader, writer, "/api/v1/queues/isolation/messages", b'{"payload": %d}' % (c * 100 + i)
+                        )
+                    )
                 except (ConnectionError, asyncio.IncompleteReadError):  # counted as failed; go on
                     out.append(0)
                     writer.close()
@@ -317,5 +358,7 @@ def test_a_malformed_ack_fails_alone_among_a_thousand_enqueues(server, api):
     assert bad_status == 422
     assert counts(api, "isolation")["ready"] == connections * per_connection
     # The lease survived the refused ack.
-    r = api.post(f"/queues/isolation/messages/{m['id']}/ack", json={"lease_token": m["lease_token"], "result": {"ok": 1}})
+    r = api.post(
+        f"/queues/isolation/messages/{m['id']}/ack", json={"lease_token": m["lease_token"], "result": {"ok": 1}}
+    )
     assert r.status_code == 200

@@ -76,9 +76,14 @@ def test_overview_is_live_and_clean(group, browser, shot):
 
     with httpx.Client(base_url=group.followers()[0].url, timeout=10) as other:  # another client, another node
         for i in range(3):
-            assert other.post("/api/v1/queues/orders/messages", json={"payload": {"n": i}, "priority": 1}).status_code == 201
+            assert (
+                other.post("/api/v1/queues/orders/messages", json={"payload": {"n": i}, "priority": 1}).status_code
+                == 201
+            )
     sent = time.monotonic()
-    wait_for(lambda: int(cell(browser, "orders", "ready").replace(",", "")) == before + 3, 2.0, "the ready count to change")
+    wait_for(
+        lambda: int(cell(browser, "orders", "ready").replace(",", "")) == before + 3, 2.0, "the ready count to change"
+    )
     print(f"overview showed the enqueue {time.monotonic() - sent:.2f}s after it was acknowledged")
 
     members = browser.find_elements(By.CSS_SELECTOR, "#members tbody tr")
@@ -98,14 +103,21 @@ def test_dead_letter_found_and_redriven_from_the_dlq_page(group, browser, shot):
         keep = c.post("/api/v1/queues/payments/messages", json={"payload": {"charge": 7}}).json()["id"]
         got = c.post("/api/v1/queues/payments/dequeue", json={"max": 1}).json()["messages"][0]
         assert got["id"] == mid
-        r = c.post(f"/api/v1/queues/payments/messages/{mid}/nack", json={"lease_token": got["lease_token"], "error": "card declined"})
+        r = c.post(
+            f"/api/v1/queues/payments/messages/{mid}/nack",
+            json={"lease_token": got["lease_token"], "error": "card declined"},
+        )
         assert r.json()["state"] == "dead"
 
     browser.get(leader.url + "/ui#/queue/payments")
     row = f'#dlq tr[data-id="{mid}"]'
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, row), 10, "the dead letter in the DLQ table")
     assert "card declined" in text(browser, row)
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#peek tr[data-id="{keep}"]'), 10, "the ready message in the peek")
+    wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, f'#peek tr[data-id="{keep}"]'),
+        10,
+        "the ready message in the peek",
+    )
 
     browser.find_element(By.ID, "lookup-id").send_keys(str(mid))
     click(browser, "#lookup-go")
@@ -114,12 +126,20 @@ def test_dead_letter_found_and_redriven_from_the_dlq_page(group, browser, shot):
     shot("dlq")
 
     click(browser, row + " input[type=checkbox]")
-    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, row + " input[type=checkbox]").is_selected(), 10, "the row selected")
+    wait_for(
+        lambda: browser.find_element(By.CSS_SELECTOR, row + " input[type=checkbox]").is_selected(),
+        10,
+        "the row selected",
+    )
     click(browser, "#redrive-selected")
     wait_for(lambda: "Redrove 1" in browser.find_element(By.ID, "banner").text, 10, "the redrive confirmation")
     wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, row), 10, "the dead letter to leave the table")
     assert httpx.get(f"{leader.url}/api/v1/queues/payments/messages/{mid}", timeout=5).json()["state"] == "ready"
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#peek tr[data-id="{mid}"]'), 10, "the redriven message in the peek")
+    wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, f'#peek tr[data-id="{mid}"]'),
+        10,
+        "the redriven message in the peek",
+    )
     shot("after-redrive")
     # peeking leased nothing
     assert httpx.get(f"{leader.url}/api/v1/queues/payments", timeout=5).json()["counts"]["leased"] == 0
@@ -131,7 +151,11 @@ def test_the_page_works_against_a_follower(group, browser, shot):
     leader = group.leader()
     make_queue(leader.url, "emails", max_deliveries=1)
     browser.get(follower.url + "/ui")
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#queues tr[data-queue="emails"]'), 10, "the queue row on a follower")
+    wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, '#queues tr[data-queue="emails"]'),
+        10,
+        "the queue row on a follower",
+    )
     wait_for(lambda: "follower" in browser.find_element(By.ID, "node").text, 10, "the node's role in the header")
     httpx.post(leader.url + "/api/v1/queues/emails/messages", json={"payload": "hi"}, timeout=10)
     wait_for(lambda: cell(browser, "emails", "ready") == "1", 5, "the follower's page to follow the leader's write")
@@ -145,14 +169,28 @@ def test_the_page_works_against_a_follower(group, browser, shot):
     keep, drop = dead
     browser.get(follower.url + "/ui#/queue/emails")
     rows = {mid: f'#dlq tr[data-id="{mid}"]' for mid in dead}
-    wait_for(lambda: all(browser.find_elements(By.CSS_SELECTOR, r) for r in rows.values()), 10, "the dead letters on the follower's page")
+    wait_for(
+        lambda: all(browser.find_elements(By.CSS_SELECTOR, r) for r in rows.values()),
+        10,
+        "the dead letters on the follower's page",
+    )
     click(browser, rows[drop] + " input[type=checkbox]")
-    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, rows[drop] + " input[type=checkbox]").is_selected(), 10, "the row selected")
+    wait_for(
+        lambda: browser.find_element(By.CSS_SELECTOR, rows[drop] + " input[type=checkbox]").is_selected(),
+        10,
+        "the row selected",
+    )
     click(browser, "#delete-selected")
-    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, rows[drop]), 10, "the deleted dead letter to leave the table")
+    wait_for(
+        lambda: not browser.find_elements(By.CSS_SELECTOR, rows[drop]), 10, "the deleted dead letter to leave the table"
+    )
     assert httpx.get(f"{leader.url}/api/v1/queues/emails/messages/{drop}", timeout=5).status_code == 404
     click(browser, "#redrive-all")
-    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, rows[keep]), 10, "the redriven dead letter to leave the table")
+    wait_for(
+        lambda: not browser.find_elements(By.CSS_SELECTOR, rows[keep]),
+        10,
+        "the redriven dead letter to leave the table",
+    )
     assert httpx.get(f"{leader.url}/api/v1/queues/emails/messages/{keep}", timeout=5).json()["state"] == "ready"
     shot("follower")
     assert console_errors(browser) == []
@@ -192,7 +230,11 @@ def test_with_a_token_the_page_asks_for_it(protected, browser, shot):
 
     browser.find_element(By.ID, "token-input").send_keys(protected.token)
     browser.find_element(By.ID, "token-save").click()
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#queues tr[data-queue="secret-jobs"]'), 10, "the queues after the token")
+    wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, '#queues tr[data-queue="secret-jobs"]'),
+        10,
+        "the queues after the token",
+    )
     assert protected.token not in browser.current_url
     assert browser.execute_script("return sessionStorage.getItem('rankq.token')") == protected.token
     shot("token-accepted")
@@ -216,14 +258,18 @@ def test_read_only_tokens_cannot_redrive(tmp_path, browser, shot):
         browser.get(srv.url + "/ui#/queue/ro")
         browser.refresh()
         row = f'#dlq tr[data-id="{mid}"]'
-        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, row), 10, "the dead letter, readable with a read-only token")
+        wait_for(
+            lambda: browser.find_elements(By.CSS_SELECTOR, row), 10, "the dead letter, readable with a read-only token"
+        )
         click(browser, row + " input[type=checkbox]")
         click(browser, "#redrive-selected")
         wait_for(lambda: "read-only" in browser.find_element(By.ID, "banner").text, 10, "the read-only message")
         assert not browser.find_element(By.ID, "redrive-selected").is_enabled()
         assert not browser.find_element(By.ID, "delete-selected").is_enabled()
         shot("read-only")
-        state = httpx.get(f"{srv.url}/api/v1/queues/ro/messages/{mid}", headers={"authorization": f"Bearer {full}"}, timeout=5)
+        state = httpx.get(
+            f"{srv.url}/api/v1/queues/ro/messages/{mid}", headers={"authorization": f"Bearer {full}"}, timeout=5
+        )
         assert state.json()["state"] == "dead"
     finally:
         srv.stop()

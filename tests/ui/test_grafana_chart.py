@@ -16,7 +16,9 @@ CHART = Path(__file__).resolve().parents[2] / "helm" / "rankq"
 
 
 def _helm() -> str:
-    found = shutil.which("helm") or next(iter(sorted(glob.glob(os.path.expanduser("~/.cache/rankq/k8s-*/bin/helm")))), None)
+    found = shutil.which("helm") or next(
+        iter(sorted(glob.glob(os.path.expanduser("~/.cache/rankq/k8s-*/bin/helm")))), None
+    )
     if not found:
         pytest.skip("helm is not installed (make k8s-prepare builds it)")
     return found
@@ -39,7 +41,11 @@ def test_dashboard_configmap_holds_the_repository_json():
 
 
 def test_service_monitor_follows_watch_namespaces():
-    [sm] = [d for d in render("serviceMonitor.enabled=true", "watchNamespaces={team-a,team-b}") if d["kind"] == "ServiceMonitor"]
+    [sm] = [
+        d
+        for d in render("serviceMonitor.enabled=true", "watchNamespaces={team-a,team-b}")
+        if d["kind"] == "ServiceMonitor"
+    ]
     assert sm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     [sm] = [d for d in render("serviceMonitor.enabled=true") if d["kind"] == "ServiceMonitor"]
     assert sm["spec"]["namespaceSelector"] == {"any": True}

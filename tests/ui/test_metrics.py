@@ -43,9 +43,13 @@ def dashboard_series() -> set[str]:
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
         for target in panel.get("targets", []):
             expr = re.sub(r'"[^"]*"|\$\w+|\{[^}]*\}|\[[^\]]*\]', " ", target["expr"])  # matchers, ranges, variables out
-            names.update(n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr)
-                         if n not in PROMQL_WORDS and not n.isdigit() and n not in ("pod", "queue", "state", "route", "status",
-                                                                                     "method", "code", "member", "generation"))
+            names.update(
+                n
+                for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr)
+                if n not in PROMQL_WORDS
+                and not n.isdigit()
+                and n not in ("pod", "queue", "state", "route", "status", "method", "code", "member", "generation")
+            )
     return names
 
 
@@ -59,7 +63,9 @@ def test_every_metric_the_dashboard_queries_exists(group):
     wanted = dashboard_series()
     assert "rankq_queue_backlog" in wanted and "rankq_http_request_duration_seconds_bucket" in wanted
     assert sorted(wanted - names) == []
-    for route, _ in [(dict(k[1]).get("route"), v) for k, v in samples(leader.url).items() if k[0] == "rankq_http_requests_total"]:
+    for route, _ in [
+        (dict(k[1]).get("route"), v) for k, v in samples(leader.url).items() if k[0] == "rankq_http_requests_total"
+    ]:
         assert "{name}" in route or "/m/" not in route, "routes are labelled by template, not raw path"
 
 
@@ -74,7 +80,11 @@ def test_sum_over_pods_equals_the_leader(group):
     wait_for(lambda: samples(leader.url).get(key) == 7, 10, "the leader to count 7 enqueues")
     # every member has applied them too, so a role-blind exporter would report 21 in total
     for n in group.nodes:
-        wait_for(lambda n=n: httpx.get(f"{n.url}/api/v1/queues/summed", timeout=5).json()["totals"]["enqueued"] == 7, 10, "replication")
+        wait_for(
+            lambda n=n: httpx.get(f"{n.url}/api/v1/queues/summed", timeout=5).json()["totals"]["enqueued"] == 7,
+            10,
+            "replication",
+        )
     per_pod = [samples(n.url) for n in group.nodes]
     assert sum(p.get(key, 0) for p in per_pod) == 7
     ready = ("rankq_queue_messages", (("queue", "summed"), ("state", "ready")))
@@ -91,13 +101,16 @@ def test_request_ids_are_echoed_and_logged(group):
     assert r.headers["x-request-id"] == "trace-http-1"
     assert len(httpx.get(leader.url + "/healthz", timeout=5).headers["x-request-id"]) >= 8  # assigned when absent
     with grpc.insecure_channel(f"127.0.0.1:{leader.grpc_port}") as ch:
-        _, call = pb_grpc.RankQStub(ch).ListQueues.with_call(pb.ListQueuesRequest(), timeout=5,
-                                                              metadata=(("x-request-id", "trace-grpc-1"),))
+        _, call = pb_grpc.RankQStub(ch).ListQueues.with_call(
+            pb.ListQueuesRequest(), timeout=5, metadata=(("x-request-id", "trace-grpc-1"),)
+        )
         assert ("x-request-id", "trace-grpc-1") in tuple(call.initial_metadata())
         with pytest.raises(grpc.RpcError) as refused:
             pb_grpc.RankQStub(ch).GetQueue(pb.GetQueueRequest(name="no-such-queue"), timeout=5)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
-    wait_for(lambda: "Completed GET request for /api/v1/queues with status 200" in leader.logs(), 5, "the completion line")
+    wait_for(
+        lambda: "Completed GET request for /api/v1/queues with status 200" in leader.logs(), 5, "the completion line"
+    )
     calls = samples(leader.url)
     assert calls.get(("rankq_grpc_requests_total", (("code", "OK"), ("method", "ListQueues"))), 0) >= 1
     assert calls.get(("rankq_grpc_requests_total", (("code", "NOT_FOUND"), ("method", "GetQueue"))), 0) == 1

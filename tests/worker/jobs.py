@@ -13,8 +13,15 @@ from rankq import Reject, Retry
 
 
 def _write(event: str, msg, **extra) -> None:
-    line = {"event": event, "id": msg.id, "n": msg.payload.get("n"), "deliveries": msg.deliveries,
-            "pid": os.getpid(), "t": time.time(), **extra}
+    line = {
+        "event": event,
+        "id": msg.id,
+        "n": msg.payload.get("n"),
+        "deliveries": msg.deliveries,
+        "pid": os.getpid(),
+        "t": time.time(),
+        **extra,
+    }
     fd = os.open(os.environ["RANKQ_TEST_JOURNAL"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(line) + "\n").encode())

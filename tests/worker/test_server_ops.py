@@ -88,8 +88,11 @@ def test_long_poll_whose_client_left_leases_nothing(grpc_server, transport):
     with Client(grpc_server.url) as rq:
         rq.create_queue(q)
         if transport == "http":
-            subprocess.run([sys.executable, "-c", CLIENT_HANGS_UP, f"{grpc_server.url}/api/v1/queues/{q}/dequeue"],
-                           check=True, timeout=30)
+            subprocess.run(
+                [sys.executable, "-c", CLIENT_HANGS_UP, f"{grpc_server.url}/api/v1/queues/{q}/dequeue"],
+                check=True,
+                timeout=30,
+            )
         else:
             import grpc
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+from serverproc import free_port
+
 from rankq.engine import commands as c
 from rankq.replication import RaftNode, RaftSettings
 from rankq.server.service import QueueService
-from serverproc import free_port
 
 
 async def _cancelled_after_proposal(data_dir: str) -> None:

@@ -8,9 +8,9 @@ import time
 
 import httpx
 import pytest
+from serverproc import wait_for
 
 from rankq import Client
-from serverproc import wait_for
 
 
 def fill(rq: Client, queue: str, n: int, **payload) -> list[int]:
@@ -29,15 +29,17 @@ def drained(rq: Client, queue: str) -> bool:
 def run_exactly_once(server_url, rq, workers, journal, queue, n, n_workers, concurrency, timeout):
     rq.create_queue(queue, visibility_timeout=10)
     ids = fill(rq, queue, n)
-    procs = [workers(server_url, queue, "--concurrency", str(concurrency), "--poll-wait", "1")
-             for _ in range(n_workers)]
+    procs = [
+        workers(server_url, queue, "--concurrency", str(concurrency), "--poll-wait", "1") for _ in range(n_workers)
+    ]
     wait_for(lambda: rq.get_queue(queue).totals["acked"] == n, timeout, f"{n} acks")
     assert drained(rq, queue)
     done = journal.counts("done")
     assert set(done) == set(range(n)) and max(done.values()) == 1, "every message handled exactly once"
     assert len(journal.events("start")) == n
-    assert {p.metric("rankq_worker_processed_total") for p in procs} and \
-        sum(p.metric("rankq_worker_processed_total") for p in procs) == n
+    assert {p.metric("rankq_worker_processed_total") for p in procs} and sum(
+        p.metric("rankq_worker_processed_total") for p in procs
+    ) == n
     assert all(p.metric("rankq_worker_inflight") == 0 for p in procs)
     for i in (ids[0], ids[-1]):
         assert rq.get_message(queue, i).state == "acked"
@@ -63,8 +65,10 @@ def test_sigterm_mid_flight_loses_nothing_and_runs_nothing_twice(shared_server, 
     with Client(shared_server.url) as rq:
         rq.create_queue(queue, visibility_timeout=10)
         fill(rq, queue, n, sleep=0.1)
-        first = [workers(shared_server.url, queue, "--concurrency", "8", "--poll-wait", "2", "--drain-timeout", "15")
-                 for _ in range(2)]
+        first = [
+            workers(shared_server.url, queue, "--concurrency", "8", "--poll-wait", "2", "--drain-timeout", "15")
+            for _ in range(2)
+        ]
         wait_for(lambda: len(journal.events("done")) >= 40, 60, "some messages handled")
         started = time.monotonic()
         for p in first:
@@ -187,10 +191,23 @@ def test_prefetched_messages_are_released_at_once_on_drain(shared_server, worker
     with Client(shared_server.url) as rq:
         rq.create_queue(queue, visibility_timeout=30)
         ids = fill(rq, queue, 4, sleep=2)
-        w = workers(shared_server.url, queue, "--concurrency", "1", "--prefetch", "3", "--poll-wait", "1",
-                    "--drain-timeout", "20")
-        wait_for(lambda: journal.events("start") and rq.get_queue(queue).counts.leased == 4, 20,
-                 "one running, three prefetched")
+        w = workers(
+            shared_server.url,
+            queue,
+            "--concurrency",
+            "1",
+            "--prefetch",
+            "3",
+            "--poll-wait",
+            "1",
+            "--drain-timeout",
+            "20",
+        )
+        wait_for(
+            lambda: journal.events("start") and rq.get_queue(queue).counts.leased == 4,
+            20,
+            "one running, three prefetched",
+        )
         assert len(journal.events("start")) == 1, "prefetched messages wait for a slot"
         w.signal(signal.SIGTERM)
         assert w.wait(20) == 0

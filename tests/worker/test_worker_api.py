@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
+from serverproc import free_port, wait_for
 
 from rankq import Client, Reject, Retry, Worker
-from serverproc import free_port, wait_for
 
 
 def run_in_thread(worker: Worker) -> threading.Thread:
@@ -28,8 +28,9 @@ def test_outcomes(grpc_server, kind, transport):
     with Client(grpc_server.url) as rq:
         rq.create_queue(queue, max_deliveries=3, retry_base=0.1)
         ok, retry, reject, slow = (rq.enqueue(queue, {"kind": k}).id for k in ("ok", "retry", "reject", "slow"))
-        worker = Worker(url, queue=queue, concurrency=4, poll_wait=1, metrics_port=free_port(),
-                        metrics_host="127.0.0.1")
+        worker = Worker(
+            url, queue=queue, concurrency=4, poll_wait=1, metrics_port=free_port(), metrics_host="127.0.0.1"
+        )
         runs: list[tuple[str, int]] = []
 
         def body(msg):
@@ -42,12 +43,14 @@ def test_outcomes(grpc_server, kind, transport):
             return {"echo": kind_}
 
         if kind == "sync":
+
             @worker.handler(timeout=0.5)
             def handle(msg):
                 if msg.payload["kind"] == "slow" and msg.deliveries == 1:
                     time.sleep(2)
                 return body(msg)
         else:
+
             @worker.handler(timeout=0.5)
             async def handle(msg):
                 if msg.payload["kind"] == "slow" and msg.deliveries == 1:
@@ -58,8 +61,14 @@ def test_outcomes(grpc_server, kind, transport):
         try:
             assert httpx.get(f"http://127.0.0.1:{worker.endpoint_port}/readyz").status_code == 200
             assert httpx.get(f"http://127.0.0.1:{worker.endpoint_port}/healthz").status_code == 200
-            wait_for(lambda: rq.get_message(queue, reject).state == "dead"
-                     and all(rq.get_message(queue, i).state == "acked" for i in (ok, retry, slow)), 30, "outcomes")
+            wait_for(
+                lambda: (
+                    rq.get_message(queue, reject).state == "dead"
+                    and all(rq.get_message(queue, i).state == "acked" for i in (ok, retry, slow))
+                ),
+                30,
+                "outcomes",
+            )
             assert rq.get_message(queue, ok).result == {"echo": "ok"}
             assert rq.get_message(queue, retry).deliveries == 2
             dead = rq.get_message(queue, reject)

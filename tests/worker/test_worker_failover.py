@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 import signal
 
-from rankq import Client
 from serverproc import Cluster, wait_for
+
+from rankq import Client
 
 
 def test_leader_kill_while_workers_run(tmp_path, workers, journal):

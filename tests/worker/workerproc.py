@@ -10,24 +10,38 @@ import subprocess
 import sys
 
 import httpx
-
 from serverproc import free_port, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class WorkerProcess:
-    def __init__(self, url: str, queue: str, journal: str, log_dir: str, *args: str,
-                 target: str = "jobs:handle") -> None:
+    def __init__(
+        self, url: str, queue: str, journal: str, log_dir: str, *args: str, target: str = "jobs:handle"
+    ) -> None:
         self.metrics_port = free_port()
-        self.cmd = [sys.executable, "-m", "rankq.cli", "worker", target, "--queue", queue, "--url", url,
-                    "--metrics-port", str(self.metrics_port), "--metrics-host", "127.0.0.1", *args]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "rankq.cli",
+            "worker",
+            target,
+            "--queue",
+            queue,
+            "--url",
+            url,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--metrics-host",
+            "127.0.0.1",
+            *args,
+        ]
         self.env = {**os.environ, "RANKQ_TEST_JOURNAL": journal, "PYTHONPATH": HERE}
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"worker-{self.metrics_port}.log")
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 20.0) -> "WorkerProcess":
+    def start(self, timeout: float = 20.0) -> WorkerProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmd, cwd=HERE, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
 

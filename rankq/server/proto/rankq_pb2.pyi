@@ -1,8 +1,10 @@
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar
+
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from google.protobuf.internal import containers as _containers
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -14,13 +16,39 @@ class Weights(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: int
         value: int
-        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+        def __init__(self, key: int | None = ..., value: int | None = ...) -> None: ...
+
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     classes: _containers.ScalarMap[int, int]
-    def __init__(self, classes: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    def __init__(self, classes: _Mapping[int, int] | None = ...) -> None: ...
 
 class QueueSettings(_message.Message):
-    __slots__ = ("policy", "weights", "default_priority", "fair_groups", "group_max_inflight", "visibility_timeout", "max_deliveries", "dead_letter", "dead_letter_retention", "retention", "max_length", "max_payload_bytes", "dedup_window", "retry_base", "retry_max", "archive", "rate_limit", "rate_burst", "group_rate_limit", "max_inflight", "group_weights", "message_ttl", "dependency_failure", "dead_letter_queue")
+    __slots__ = (
+        "policy",
+        "weights",
+        "default_priority",
+        "fair_groups",
+        "group_max_inflight",
+        "visibility_timeout",
+        "max_deliveries",
+        "dead_letter",
+        "dead_letter_retention",
+        "retention",
+        "max_length",
+        "max_payload_bytes",
+        "dedup_window",
+        "retry_base",
+        "retry_max",
+        "archive",
+        "rate_limit",
+        "rate_burst",
+        "group_rate_limit",
+        "max_inflight",
+        "group_weights",
+        "message_ttl",
+        "dependency_failure",
+        "dead_letter_queue",
+    )
     POLICY_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -69,7 +97,33 @@ class QueueSettings(_message.Message):
     message_ttl: float
     dependency_failure: str
     dead_letter_queue: str
-    def __init__(self, policy: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., default_priority: _Optional[int] = ..., fair_groups: _Optional[bool] = ..., group_max_inflight: _Optional[int] = ..., visibility_timeout: _Optional[float] = ..., max_deliveries: _Optional[int] = ..., dead_letter: _Optional[bool] = ..., dead_letter_retention: _Optional[float] = ..., retention: _Optional[float] = ..., max_length: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., dedup_window: _Optional[float] = ..., retry_base: _Optional[float] = ..., retry_max: _Optional[float] = ..., archive: _Optional[bool] = ..., rate_limit: _Optional[int] = ..., rate_burst: _Optional[int] = ..., group_rate_limit: _Optional[int] = ..., max_inflight: _Optional[int] = ..., group_weights: _Optional[_Union[GroupWeights, _Mapping]] = ..., message_ttl: _Optional[float] = ..., dependency_failure: _Optional[str] = ..., dead_letter_queue: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        policy: str | None = ...,
+        weights: Weights | _Mapping | None = ...,
+        default_priority: int | None = ...,
+        fair_groups: bool | None = ...,
+        group_max_inflight: int | None = ...,
+        visibility_timeout: float | None = ...,
+        max_deliveries: int | None = ...,
+        dead_letter: bool | None = ...,
+        dead_letter_retention: float | None = ...,
+        retention: float | None = ...,
+        max_length: int | None = ...,
+        max_payload_bytes: int | None = ...,
+        dedup_window: float | None = ...,
+        retry_base: float | None = ...,
+        retry_max: float | None = ...,
+        archive: bool | None = ...,
+        rate_limit: int | None = ...,
+        rate_burst: int | None = ...,
+        group_rate_limit: int | None = ...,
+        max_inflight: int | None = ...,
+        group_weights: GroupWeights | _Mapping | None = ...,
+        message_ttl: float | None = ...,
+        dependency_failure: str | None = ...,
+        dead_letter_queue: str | None = ...,
+    ) -> None: ...
 
 class GroupWeights(_message.Message):
     __slots__ = ("groups",)
@@ -79,10 +133,11 @@ class GroupWeights(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: int
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+        def __init__(self, key: str | None = ..., value: int | None = ...) -> None: ...
+
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     groups: _containers.ScalarMap[str, int]
-    def __init__(self, groups: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    def __init__(self, groups: _Mapping[str, int] | None = ...) -> None: ...
 
 class QueueCounts(_message.Message):
     __slots__ = ("ready", "delayed", "leased", "dead", "acked_retained", "backlog", "waiting")
@@ -100,7 +155,16 @@ class QueueCounts(_message.Message):
     acked_retained: int
     backlog: int
     waiting: int
-    def __init__(self, ready: _Optional[int] = ..., delayed: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., acked_retained: _Optional[int] = ..., backlog: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        ready: int | None = ...,
+        delayed: int | None = ...,
+        leased: int | None = ...,
+        dead: int | None = ...,
+        acked_retained: int | None = ...,
+        backlog: int | None = ...,
+        waiting: int | None = ...,
+    ) -> None: ...
 
 class QueueInfo(_message.Message):
     __slots__ = ("name", "settings", "counts", "totals", "created_at")
@@ -110,7 +174,8 @@ class QueueInfo(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: int
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+        def __init__(self, key: str | None = ..., value: int | None = ...) -> None: ...
+
     NAME_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
@@ -121,7 +186,14 @@ class QueueInfo(_message.Message):
     counts: QueueCounts
     totals: _containers.ScalarMap[str, int]
     created_at: int
-    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ..., counts: _Optional[_Union[QueueCounts, _Mapping]] = ..., totals: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        name: str | None = ...,
+        settings: QueueSettings | _Mapping | None = ...,
+        counts: QueueCounts | _Mapping | None = ...,
+        totals: _Mapping[str, int] | None = ...,
+        created_at: int | None = ...,
+    ) -> None: ...
 
 class CreateQueueRequest(_message.Message):
     __slots__ = ("name", "settings")
@@ -129,7 +201,7 @@ class CreateQueueRequest(_message.Message):
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     settings: QueueSettings
-    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: str | None = ..., settings: QueueSettings | _Mapping | None = ...) -> None: ...
 
 class ListQueuesRequest(_message.Message):
     __slots__ = ()
@@ -139,13 +211,13 @@ class ListQueuesResponse(_message.Message):
     __slots__ = ("queues",)
     QUEUES_FIELD_NUMBER: _ClassVar[int]
     queues: _containers.RepeatedCompositeFieldContainer[QueueInfo]
-    def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ...) -> None: ...
+    def __init__(self, queues: _Iterable[QueueInfo | _Mapping] | None = ...) -> None: ...
 
 class GetQueueRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: str | None = ...) -> None: ...
 
 class UpdateQueueRequest(_message.Message):
     __slots__ = ("name", "settings", "clear")
@@ -155,27 +227,45 @@ class UpdateQueueRequest(_message.Message):
     name: str
     settings: QueueSettings
     clear: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ..., clear: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(
+        self,
+        name: str | None = ...,
+        settings: QueueSettings | _Mapping | None = ...,
+        clear: _Iterable[str] | None = ...,
+    ) -> None: ...
 
 class DeleteQueueRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: str | None = ...) -> None: ...
 
 class DeleteQueueResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class NewMessage(_message.Message):
-    __slots__ = ("payload", "content_type", "priority", "group", "delay", "deliver_at", "headers", "dedup_key", "ttl", "expires_at", "depends_on")
+    __slots__ = (
+        "payload",
+        "content_type",
+        "priority",
+        "group",
+        "delay",
+        "deliver_at",
+        "headers",
+        "dedup_key",
+        "ttl",
+        "expires_at",
+        "depends_on",
+    )
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -198,7 +288,20 @@ class NewMessage(_message.Message):
     ttl: float
     expires_at: int
     depends_on: _containers.RepeatedCompositeFieldContainer[Dependency]
-    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., delay: _Optional[float] = ..., deliver_at: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., dedup_key: _Optional[str] = ..., ttl: _Optional[float] = ..., expires_at: _Optional[int] = ..., depends_on: _Optional[_Iterable[_Union[Dependency, _Mapping]]] = ...) -> None: ...
+    def __init__(
+        self,
+        payload: bytes | None = ...,
+        content_type: str | None = ...,
+        priority: int | None = ...,
+        group: str | None = ...,
+        delay: float | None = ...,
+        deliver_at: int | None = ...,
+        headers: _Mapping[str, str] | None = ...,
+        dedup_key: str | None = ...,
+        ttl: float | None = ...,
+        expires_at: int | None = ...,
+        depends_on: _Iterable[Dependency | _Mapping] | None = ...,
+    ) -> None: ...
 
 class Dependency(_message.Message):
     __slots__ = ("queue", "id", "batch_index")
@@ -208,7 +311,7 @@ class Dependency(_message.Message):
     queue: str
     id: int
     batch_index: int
-    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., batch_index: _Optional[int] = ...) -> None: ...
+    def __init__(self, queue: str | None = ..., id: int | None = ..., batch_index: int | None = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
     __slots__ = ("queue", "message", "ref")
@@ -218,7 +321,9 @@ class EnqueueRequest(_message.Message):
     queue: str
     message: NewMessage
     ref: int
-    def __init__(self, queue: _Optional[str] = ..., message: _Optional[_Union[NewMessage, _Mapping]] = ..., ref: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self, queue: str | None = ..., message: NewMessage | _Mapping | None = ..., ref: int | None = ...
+    ) -> None: ...
 
 class EnqueueResponse(_message.Message):
     __slots__ = ("id", "duplicate")
@@ -226,7 +331,7 @@ class EnqueueResponse(_message.Message):
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     id: int
     duplicate: bool
-    def __init__(self, id: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: int | None = ..., duplicate: bool | None = ...) -> None: ...
 
 class EnqueueBatchRequest(_message.Message):
     __slots__ = ("queue", "messages")
@@ -234,25 +339,25 @@ class EnqueueBatchRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     queue: str
     messages: _containers.RepeatedCompositeFieldContainer[NewMessage]
-    def __init__(self, queue: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[NewMessage, _Mapping]]] = ...) -> None: ...
+    def __init__(self, queue: str | None = ..., messages: _Iterable[NewMessage | _Mapping] | None = ...) -> None: ...
 
 class EnqueueBatchResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[EnqueueResponse]
-    def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResponse, _Mapping]]] = ...) -> None: ...
+    def __init__(self, results: _Iterable[EnqueueResponse | _Mapping] | None = ...) -> None: ...
 
 class EnqueueStreamRequest(_message.Message):
     __slots__ = ("requests",)
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[EnqueueRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[EnqueueRequest, _Mapping]]] = ...) -> None: ...
+    def __init__(self, requests: _Iterable[EnqueueRequest | _Mapping] | None = ...) -> None: ...
 
 class EnqueueStreamResponse(_message.Message):
     __slots__ = ("acks",)
     ACKS_FIELD_NUMBER: _ClassVar[int]
     acks: _containers.RepeatedCompositeFieldContainer[EnqueueAck]
-    def __init__(self, acks: _Optional[_Iterable[_Union[EnqueueAck, _Mapping]]] = ...) -> None: ...
+    def __init__(self, acks: _Iterable[EnqueueAck | _Mapping] | None = ...) -> None: ...
 
 class EnqueueAck(_message.Message):
     __slots__ = ("ref", "id", "duplicate", "status", "code", "detail")
@@ -268,7 +373,15 @@ class EnqueueAck(_message.Message):
     status: int
     code: int
     detail: str
-    def __init__(self, ref: _Optional[int] = ..., id: _Optional[int] = ..., duplicate: _Optional[bool] = ..., status: _Optional[int] = ..., code: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        ref: int | None = ...,
+        id: int | None = ...,
+        duplicate: bool | None = ...,
+        status: int | None = ...,
+        code: int | None = ...,
+        detail: str | None = ...,
+    ) -> None: ...
 
 class DequeueRequest(_message.Message):
     __slots__ = ("queue", "max", "wait", "visibility_timeout")
@@ -280,17 +393,35 @@ class DequeueRequest(_message.Message):
     max: int
     wait: float
     visibility_timeout: float
-    def __init__(self, queue: _Optional[str] = ..., max: _Optional[int] = ..., wait: _Optional[float] = ..., visibility_timeout: _Optional[float] = ...) -> None: ...
+    def __init__(
+        self,
+        queue: str | None = ...,
+        max: int | None = ...,
+        wait: float | None = ...,
+        visibility_timeout: float | None = ...,
+    ) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("id", "payload", "content_type", "priority", "group", "deliveries", "lease_token", "lease_expires_at", "enqueued_at", "headers")
+    __slots__ = (
+        "id",
+        "payload",
+        "content_type",
+        "priority",
+        "group",
+        "deliveries",
+        "lease_token",
+        "lease_expires_at",
+        "enqueued_at",
+        "headers",
+    )
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+
     ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -311,13 +442,25 @@ class Delivery(_message.Message):
     lease_expires_at: int
     enqueued_at: int
     headers: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[int] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., deliveries: _Optional[int] = ..., lease_token: _Optional[str] = ..., lease_expires_at: _Optional[int] = ..., enqueued_at: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(
+        self,
+        id: int | None = ...,
+        payload: bytes | None = ...,
+        content_type: str | None = ...,
+        priority: int | None = ...,
+        group: str | None = ...,
+        deliveries: int | None = ...,
+        lease_token: str | None = ...,
+        lease_expires_at: int | None = ...,
+        enqueued_at: int | None = ...,
+        headers: _Mapping[str, str] | None = ...,
+    ) -> None: ...
 
 class DequeueResponse(_message.Message):
     __slots__ = ("messages",)
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[Delivery]
-    def __init__(self, messages: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
+    def __init__(self, messages: _Iterable[Delivery | _Mapping] | None = ...) -> None: ...
 
 class Grant(_message.Message):
     __slots__ = ("queue", "visibility_timeout", "credits")
@@ -327,7 +470,9 @@ class Grant(_message.Message):
     queue: str
     visibility_timeout: float
     credits: int
-    def __init__(self, queue: _Optional[str] = ..., visibility_timeout: _Optional[float] = ..., credits: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self, queue: str | None = ..., visibility_timeout: float | None = ..., credits: int | None = ...
+    ) -> None: ...
 
 class SetPriorityRequest(_message.Message):
     __slots__ = ("queue", "id", "priority")
@@ -337,7 +482,7 @@ class SetPriorityRequest(_message.Message):
     queue: str
     id: int
     priority: int
-    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+    def __init__(self, queue: str | None = ..., id: int | None = ..., priority: int | None = ...) -> None: ...
 
 class GetMessageRequest(_message.Message):
     __slots__ = ("queue", "id")
@@ -345,17 +490,38 @@ class GetMessageRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     queue: str
     id: int
-    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+    def __init__(self, queue: str | None = ..., id: int | None = ...) -> None: ...
 
 class MessageStatus(_message.Message):
-    __slots__ = ("id", "queue", "state", "priority", "group", "deliveries", "enqueued_at", "available_at", "lease_expires_at", "acked_at", "last_error", "result_json", "headers", "dedup_key", "payload", "content_type", "depends_on", "expires_at", "dead_reason")
+    __slots__ = (
+        "id",
+        "queue",
+        "state",
+        "priority",
+        "group",
+        "deliveries",
+        "enqueued_at",
+        "available_at",
+        "lease_expires_at",
+        "acked_at",
+        "last_error",
+        "result_json",
+        "headers",
+        "dedup_key",
+        "payload",
+        "content_type",
+        "depends_on",
+        "expires_at",
+        "dead_reason",
+    )
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+
     ID_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -394,7 +560,28 @@ class MessageStatus(_message.Message):
     depends_on: _containers.RepeatedCompositeFieldContainer[Dependency]
     expires_at: int
     dead_reason: str
-    def __init__(self, id: _Optional[int] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., priority: _Optional[int] = ..., group: _Optional[str] = ..., deliveries: _Optional[int] = ..., enqueued_at: _Optional[int] = ..., available_at: _Optional[int] = ..., lease_expires_at: _Optional[int] = ..., acked_at: _Optional[int] = ..., last_error: _Optional[str] = ..., result_json: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., dedup_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., depends_on: _Optional[_Iterable[_Union[Dependency, _Mapping]]] = ..., expires_at: _Optional[int] = ..., dead_reason: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        id: int | None = ...,
+        queue: str | None = ...,
+        state: str | None = ...,
+        priority: int | None = ...,
+        group: str | None = ...,
+        deliveries: int | None = ...,
+        enqueued_at: int | None = ...,
+        available_at: int | None = ...,
+        lease_expires_at: int | None = ...,
+        acked_at: int | None = ...,
+        last_error: str | None = ...,
+        result_json: str | None = ...,
+        headers: _Mapping[str, str] | None = ...,
+        dedup_key: str | None = ...,
+        payload: bytes | None = ...,
+        content_type: str | None = ...,
+        depends_on: _Iterable[Dependency | _Mapping] | None = ...,
+        expires_at: int | None = ...,
+        dead_reason: str | None = ...,
+    ) -> None: ...
 
 class CancelMessageRequest(_message.Message):
     __slots__ = ("queue", "id")
@@ -402,7 +589,7 @@ class CancelMessageRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     queue: str
     id: int
-    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+    def __init__(self, queue: str | None = ..., id: int | None = ...) -> None: ...
 
 class CancelMessageResponse(_message.Message):
     __slots__ = ("id", "state", "was")
@@ -412,7 +599,7 @@ class CancelMessageResponse(_message.Message):
     id: int
     state: str
     was: str
-    def __init__(self, id: _Optional[int] = ..., state: _Optional[str] = ..., was: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: int | None = ..., state: str | None = ..., was: str | None = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("queue", "id", "lease_token", "result_json")
@@ -424,7 +611,13 @@ class AckRequest(_message.Message):
     id: int
     lease_token: str
     result_json: str
-    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ..., result_json: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        queue: str | None = ...,
+        id: int | None = ...,
+        lease_token: str | None = ...,
+        result_json: str | None = ...,
+    ) -> None: ...
 
 class AckResponse(_message.Message):
     __slots__ = ("id", "state")
@@ -432,7 +625,7 @@ class AckResponse(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     id: int
     state: str
-    def __init__(self, id: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: int | None = ..., state: str | None = ...) -> None: ...
 
 class AckItem(_message.Message):
     __slots__ = ("id", "lease_token", "result_json")
@@ -442,7 +635,7 @@ class AckItem(_message.Message):
     id: int
     lease_token: str
     result_json: str
-    def __init__(self, id: _Optional[int] = ..., lease_token: _Optional[str] = ..., result_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: int | None = ..., lease_token: str | None = ..., result_json: str | None = ...) -> None: ...
 
 class AckBatchRequest(_message.Message):
     __slots__ = ("queue", "items")
@@ -450,7 +643,7 @@ class AckBatchRequest(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     items: _containers.RepeatedCompositeFieldContainer[AckItem]
-    def __init__(self, queue: _Optional[str] = ..., items: _Optional[_Iterable[_Union[AckItem, _Mapping]]] = ...) -> None: ...
+    def __init__(self, queue: str | None = ..., items: _Iterable[AckItem | _Mapping] | None = ...) -> None: ...
 
 class AckOutcome(_message.Message):
     __slots__ = ("id", "ok", "status", "detail")
@@ -462,13 +655,15 @@ class AckOutcome(_message.Message):
     ok: bool
     status: int
     detail: str
-    def __init__(self, id: _Optional[int] = ..., ok: _Optional[bool] = ..., status: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self, id: int | None = ..., ok: bool | None = ..., status: int | None = ..., detail: str | None = ...
+    ) -> None: ...
 
 class AckBatchResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[AckOutcome]
-    def __init__(self, results: _Optional[_Iterable[_Union[AckOutcome, _Mapping]]] = ...) -> None: ...
+    def __init__(self, results: _Iterable[AckOutcome | _Mapping] | None = ...) -> None: ...
 
 class NackRequest(_message.Message):
     __slots__ = ("queue", "id", "lease_token", "delay", "error", "dead")
@@ -484,7 +679,15 @@ class NackRequest(_message.Message):
     delay: float
     error: str
     dead: bool
-    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ..., delay: _Optional[float] = ..., error: _Optional[str] = ..., dead: _Optional[bool] = ...) -> None: ...
+    def __init__(
+        self,
+        queue: str | None = ...,
+        id: int | None = ...,
+        lease_token: str | None = ...,
+        delay: float | None = ...,
+        error: str | None = ...,
+        dead: bool | None = ...,
+    ) -> None: ...
 
 class NackResponse(_message.Message):
     __slots__ = ("id", "state", "available_at")
@@ -494,7 +697,7 @@ class NackResponse(_message.Message):
     id: int
     state: str
     available_at: int
-    def __init__(self, id: _Optional[int] = ..., state: _Optional[str] = ..., available_at: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: int | None = ..., state: str | None = ..., available_at: int | None = ...) -> None: ...
 
 class ExtendRequest(_message.Message):
     __slots__ = ("queue", "id", "lease_token", "visibility_timeout")
@@ -506,7 +709,13 @@ class ExtendRequest(_message.Message):
     id: int
     lease_token: str
     visibility_timeout: float
-    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ..., visibility_timeout: _Optional[float] = ...) -> None: ...
+    def __init__(
+        self,
+        queue: str | None = ...,
+        id: int | None = ...,
+        lease_token: str | None = ...,
+        visibility_timeout: float | None = ...,
+    ) -> None: ...
 
 class ExtendResponse(_message.Message):
     __slots__ = ("id", "lease_expires_at")
@@ -514,7 +723,7 @@ class ExtendResponse(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     id: int
     lease_expires_at: int
-    def __init__(self, id: _Optional[int] = ..., lease_expires_at: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: int | None = ..., lease_expires_at: int | None = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("queue", "id", "lease_token")
@@ -524,7 +733,7 @@ class ReleaseRequest(_message.Message):
     queue: str
     id: int
     lease_token: str
-    def __init__(self, queue: _Optional[str] = ..., id: _Optional[int] = ..., lease_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, queue: str | None = ..., id: int | None = ..., lease_token: str | None = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("id", "state")
@@ -532,7 +741,7 @@ class ReleaseResponse(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     id: int
     state: str
-    def __init__(self, id: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: int | None = ..., state: str | None = ...) -> None: ...
 
 class ListDeadLettersRequest(_message.Message):
     __slots__ = ("queue", "after", "limit")
@@ -542,7 +751,7 @@ class ListDeadLettersRequest(_message.Message):
     queue: str
     after: int
     limit: int
-    def __init__(self, queue: _Optional[str] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    def __init__(self, queue: str | None = ..., after: int | None = ..., limit: int | None = ...) -> None: ...
 
 class ListDeadLettersResponse(_message.Message):
     __slots__ = ("messages", "next_after")
@@ -550,7 +759,9 @@ class ListDeadLettersResponse(_message.Message):
     NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[MessageStatus]
     next_after: int
-    def __init__(self, messages: _Optional[_Iterable[_Union[MessageStatus, _Mapping]]] = ..., next_after: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self, messages: _Iterable[MessageStatus | _Mapping] | None = ..., next_after: int | None = ...
+    ) -> None: ...
 
 class RedriveRequest(_message.Message):
     __slots__ = ("queue", "ids", "all", "rate")
@@ -562,7 +773,9 @@ class RedriveRequest(_message.Message):
     ids: _containers.RepeatedScalarFieldContainer[int]
     all: bool
     rate: int
-    def __init__(self, queue: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ..., all: _Optional[bool] = ..., rate: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self, queue: str | None = ..., ids: _Iterable[int] | None = ..., all: bool | None = ..., rate: int | None = ...
+    ) -> None: ...
 
 class RedriveResponse(_message.Message):
     __slots__ = ("redriven", "not_found", "job")
@@ -572,13 +785,18 @@ class RedriveResponse(_message.Message):
     redriven: _containers.RepeatedScalarFieldContainer[int]
     not_found: _containers.RepeatedScalarFieldContainer[int]
     job: RedriveJob
-    def __init__(self, redriven: _Optional[_Iterable[int]] = ..., not_found: _Optional[_Iterable[int]] = ..., job: _Optional[_Union[RedriveJob, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        redriven: _Iterable[int] | None = ...,
+        not_found: _Iterable[int] | None = ...,
+        job: RedriveJob | _Mapping | None = ...,
+    ) -> None: ...
 
 class RedriveJobRequest(_message.Message):
     __slots__ = ("queue",)
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     queue: str
-    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+    def __init__(self, queue: str | None = ...) -> None: ...
 
 class RedriveJob(_message.Message):
     __slots__ = ("rate", "total", "moved", "remaining", "started_at", "state")
@@ -594,4 +812,12 @@ class RedriveJob(_message.Message):
     remaining: int
     started_at: int
     state: str
-    def __init__(self, rate: _Optional[int] = ..., total: _Optional[int] = ..., moved: _Optional[int] = ..., remaining: _Optional[int] = ..., started_at: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        rate: int | None = ...,
+        total: int | None = ...,
+        moved: int | None = ...,
+        remaining: int | None = ...,
+        started_at: int | None = ...,
+        state: str | None = ...,
+    ) -> None: ...
