@@ -37,7 +37,7 @@ class LeaderHeaders:
                 return await self._answer(send, *refusal)
             if body is None:  # the client left before its body was complete
                 return
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
 
         async def send_with_leader(message):
             if message["type"] == "http.response.start":
@@ -97,7 +97,7 @@ class LeaderHeaders:
         await send({"type": "http.response.body", "body": body})
 
 
-def _replay(body: bytes, receive):
+def replay_body(body: bytes, receive):
     """A receive that hands the app the body already read, then the client's later messages."""
     sent = False
 

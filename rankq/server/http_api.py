@@ -26,6 +26,7 @@ from .http_dashboard import add_dashboard
 from .http_dead_letters import build_dead_letters_router
 from .http_errors import add_error_handlers
 from .http_health import add_health_routes
+from .http_hot import HotRoutes
 from .http_messages import build_messages_router
 from .http_queues import build_queues_router
 from .http_redrive import build_redrive_router
@@ -59,6 +60,9 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
     )
     add_error_handlers(app)
 
+    messages = build_messages_router(service, log_request)
+    # innermost: the hot routes skip FastAPI's routing, not the middleware below
+    app.add_middleware(HotRoutes, service=service, routes=messages.routes, handlers=app.exception_handlers)
     app.add_middleware(AnswerOnShutdown, service=service)  # inside LeaderHeaders: its answers name the leader
     app.add_middleware(LeaderHeaders, service=service)
     if tokens:
@@ -67,7 +71,7 @@ def build_app(service: QueueService, tokens: Tokens | None = None, peer_ca: str 
 
     # The order of the routers is the order of the paths in the OpenAPI document.
     app.include_router(build_queues_router(service, log_request))
-    app.include_router(build_messages_router(service, log_request))
+    app.include_router(messages)
     app.include_router(build_dead_letters_router(service, log_request))
     app.include_router(build_cluster_router(service, log_request, peer_ca))
     app.include_router(build_backup_router(service, log_request))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import Request
@@ -21,11 +21,23 @@ RequestHook = Callable[[Request], Awaitable[None]]  # what the router factories 
 
 async def log_request(request: Request) -> None:
     """Every /api/ router depends on this: the request line with its trace id."""
-    route = request.scope.get("route")
-    client = request.client.host if request.client else "-"
-    tid = logs.trace_id.get() or request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-    logs.trace_id.set(tid)
-    logs.request_line(getattr(route, "path", request.url.path), request.method, str(request.url.path), client, tid)
+    note_request(request.scope)
+
+
+def note_request(scope: MutableMapping[str, Any]) -> None:
+    """The request line of an /api/ call, with its trace id (FastAPI routes and the hot routes)."""
+    route = scope.get("route")
+    client = scope.get("client")
+    path = scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")  # as request.url.path
+    tid = logs.trace_id.get()
+    if not tid:
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                tid = value.decode("latin-1")
+                break
+        tid = tid or uuid.uuid4().hex[:16]
+        logs.trace_id.set(tid)
+    logs.request_line(getattr(route, "path", path), scope["method"], path, client[0] if client else "-", tid)
 
 
 def raw(body: str, status: int = 200) -> Response:

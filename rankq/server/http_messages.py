@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -19,6 +19,8 @@ from ..validation import check_depends_on, json_text
 from .http_common import RequestHook, message_status, raw
 from .http_errors import COMMON_ERRORS, QUEUE_FULL, error_responses, status_of
 from .service import QueueService
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]  # an ASGI receive: the client's next message
 
 # Module-level encoder: json.dumps with options builds a new encoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -37,8 +39,7 @@ def build_messages_router(service: QueueService, log_request: RequestHook) -> AP
     )
     async def enqueue(name: str, body: s.EnqueueRequest):
         """Enqueue one message; 201 with its id (the original id when the dedup key was seen)."""
-        [(mid, dup)] = await service.enqueue(name, [new_message(body, name)])
-        return raw('{"id":%d,"seq":%d,"duplicate":%s}' % (mid, mid, "true" if dup else "false"), 201)
+        return raw(await enqueue_answer(service, name, body), 201)
 
     @router.post(
         "/queues/{name}/messages/batch",
@@ -56,38 +57,19 @@ def build_messages_router(service: QueueService, log_request: RequestHook) -> AP
     @router.post("/queues/{name}/dequeue", response_model=s.DequeueResult, responses=COMMON_ERRORS, tags=["messages"])
     async def dequeue(name: str, request: Request, body: s.DequeueRequest | None = None):
         """Lease up to `max` messages. With `wait`, return as soon as one is ready (or [] when the wait ends)."""
-        body = body or s.DequeueRequest()
-        call = service.dequeue(name, body.max, body.wait, s.to_ms(body.visibility_timeout))
-        if body.wait:
-            got = await until_disconnected(request, call, lambda mid, token: service.release(name, mid, token))
-        else:
-            got = await call
-        return raw(delivered_json(got))
+        return raw(await dequeue_answer(service, name, body or s.DequeueRequest(), request.receive))
 
     @router.post(
         "/queues/{name}/messages/{id:int}/ack", response_model=s.AckResult, responses=COMMON_ERRORS, tags=["leases"]
     )
     async def ack(name: str, id: int, body: s.AckRequest):
         """Finish a leased message. A stale or wrong lease token gets 409."""
-        [res] = await service.ack(name, [c.AckItem(id, body.lease_token, body.result)])
-        if res is not None:
-            raise res
-        return raw('{"id":%d,"state":"acked"}' % id)
+        return raw(await ack_answer(service, name, id, body))
 
     @router.post("/queues/{name}/ack", response_model=s.AckBatchResult, responses=COMMON_ERRORS, tags=["leases"])
     async def ack_batch(name: str, body: s.AckBatchRequest):
         """Ack many messages; each item succeeds or fails on its own."""
-        out = await service.ack(name, [c.AckItem(i.id, i.lease_token, i.result) for i in body.items])
-        results = [
-            {
-                "id": i.id,
-                "ok": r is None,
-                "status": 200 if r is None else status_of(r),
-                "detail": None if r is None else r.detail,
-            }
-            for i, r in zip(body.items, out)
-        ]
-        return JSONResponse({"results": results})
+        return raw(await ack_batch_answer(service, name, body))
 
     @router.post(
         "/queues/{name}/messages/{id:int}/nack", response_model=s.NackResult, responses=COMMON_ERRORS, tags=["leases"]
@@ -147,6 +129,48 @@ def build_messages_router(service: QueueService, log_request: RequestHook) -> AP
     return router
 
 
+# ---- the hot routes' work, shared by the FastAPI routes above and by http_hot ----------------
+
+
+async def enqueue_answer(service: QueueService, name: str, body: s.EnqueueRequest) -> str:
+    """Enqueue one message; the 201 body."""
+    [(mid, dup)] = await service.enqueue(name, [new_message(body, name)])
+    return '{"id":%d,"seq":%d,"duplicate":%s}' % (mid, mid, "true" if dup else "false")
+
+
+async def dequeue_answer(service: QueueService, name: str, body: s.DequeueRequest, receive: Receive) -> str:
+    """Lease up to `body.max` messages (a long poll with `wait`, ended early if the client leaves)."""
+    call = service.dequeue(name, body.max, body.wait, s.to_ms(body.visibility_timeout))
+    if body.wait:
+        got = await until_disconnected(receive, call, lambda mid, token: service.release(name, mid, token))
+    else:
+        got = await call
+    return delivered_json(got)
+
+
+async def ack_answer(service: QueueService, name: str, id: int, body: s.AckRequest) -> str:
+    """Ack one leased message; a stale or wrong lease token raises (409)."""
+    [res] = await service.ack(name, [c.AckItem(id, body.lease_token, body.result)])
+    if res is not None:
+        raise res
+    return '{"id":%d,"state":"acked"}' % id
+
+
+async def ack_batch_answer(service: QueueService, name: str, body: s.AckBatchRequest) -> str:
+    """Ack many messages; each item's own outcome."""
+    out = await service.ack(name, [c.AckItem(i.id, i.lease_token, i.result) for i in body.items])
+    results = [
+        {
+            "id": i.id,
+            "ok": r is None,
+            "status": 200 if r is None else status_of(r),
+            "detail": None if r is None else r.detail,
+        }
+        for i, r in zip(body.items, out)
+    ]
+    return _COMPACT.encode({"results": results})
+
+
 def new_message(m: s.EnqueueRequest, queue: str, index: int | None = None) -> c.NewMessage:
     """The engine's message for one enqueued item (`index`: its place in a batch, None alone)."""
     where = "payload" if index is None else f"messages.{index}.payload"
@@ -196,7 +220,7 @@ def delivered_json(deliveries: Iterable[Delivery]) -> str:
 
 
 async def until_disconnected(
-    request: Request, call: Awaitable[list[Delivery]], release: Callable[[int, str], Awaitable[Any]]
+    receive: Receive, call: Awaitable[list[Delivery]], release: Callable[[int, str], Awaitable[Any]]
 ) -> list[Delivery]:
     """Run a long poll, cancelled when its client hangs up: the server does not notice a closed
     connection by itself, and a poll finishing for nobody would strand the messages it leased.
@@ -205,7 +229,7 @@ async def until_disconnected(
     task = asyncio.ensure_future(call)
 
     async def gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
+        while (await receive())["type"] != "http.disconnect":
             pass
 
     watcher = asyncio.ensure_future(gone())

@@ -445,7 +445,15 @@ def test_group_over_tls_forwards_a_transfer_to_the_leader(tmp_path):
             lead = next((m for m in st["members"] if m["role"] == "leader"), {})
             return st.get("leader") == leader_id and (lead.get("http_url") or "").startswith("https://")
 
+        def both_know_the_target() -> bool:  # node ids are published through the log too
+            return all(
+                target.node_id in {m["id"] for m in status(n)["members"]}
+                for n in group.nodes
+                if n.node_id in (leader_id, follower.node_id)
+            )
+
         wait_for(follower_can_reach_the_leader, 20, "the follower to know the leader's URL")
+        wait_for(both_know_the_target, 20, "the follower and the leader to know the target's node id")
         url = follower.url + "/api/v1/cluster/transfer-leader"
         r = httpx.post(url, json={"to": target.node_id}, headers=bearer(PRODUCE), verify=verify, timeout=15)
         assert r.status_code == 403
