@@ -58,7 +58,7 @@ typecheck: $(STAMP) ## mypy: strict for rankq.engine and rankq.client (settings 
 chaos: $(STAMP) ## The full chaos suite (kills, pauses, partitions in network namespaces; needs root)
 	$(PY) -m pytest tests/chaos -m chaos -q
 
-bench: $(STAMP) ## Benchmarks; results in bench/results/ (latest.{json,md}, backup.json, archive.json, worker.{json,md}, autoscaling.{json,md}, security_cost.{json,md}, tasks.{json,md})
+bench: $(STAMP) ## Benchmarks; results in bench/results/ (latest.{json,md}, backup.json, archive.json, worker.{json,md}, autoscaling.{json,md}, security_cost.{json,md}, tasks.{json,md}, hotpath.{json,md})
 	$(PY) -m bench.run
 	$(PY) -m bench.backup
 	$(PY) -m bench.archive
@@ -66,6 +66,7 @@ bench: $(STAMP) ## Benchmarks; results in bench/results/ (latest.{json,md}, back
 	$(PY) -m bench.autoscaling
 	$(PY) -m bench.security_cost
 	$(PY) -m bench.tasks
+	$(PY) -m bench.hotpath
 
 proto: $(STAMP) ## Regenerate the gRPC modules from rankq/server/proto/rankq.proto
 	PYTHON=$(PY) bash rankq/server/proto/generate.sh

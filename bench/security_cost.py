@@ -124,7 +124,9 @@ def baseline_build(rev: str) -> Build:
         subprocess.run([sys.executable, "-m", "venv", str(home / "venv")], check=True)
         pip = [str(home / "venv" / "bin" / "python"), "-m", "pip", "install", "-q"]
         with open(home / "install.log", "wb") as out:
-            done = subprocess.run(pip + [str(home / "src")], stdout=out, stderr=subprocess.STDOUT, timeout=900)
+            # every extra (commits since packaging extras need [all] for the server; older ones warn)
+            src = f"{home / 'src'}[all]"
+            done = subprocess.run(pip + [src], stdout=out, stderr=subprocess.STDOUT, timeout=900)
         if done.returncode != 0 or not rankq.exists():
             raise Failure(f"installing the baseline failed; see {home / 'install.log'}")
         stamp.write_text(commit + "\n")
