@@ -24,20 +24,28 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_handed_out: set[int] = set()  # ports this process has given out: each at most once
+
+
 def free_port() -> int:
     """A port nothing listens on now, picked below the kernel's ephemeral range: a port taken from
     that range can become the local end of any outgoing connection on the machine before the
-    server binds it (seen as "address already in use" under load)."""
+    server binds it (seen as "address already in use" under load). Never one handed out before in
+    this run: a group's ports are picked before any of its servers binds, so a random pick could
+    repeat one of them (seen: a member's Raft port taken by another member of the same test)."""
     low = _ephemeral_low()
     if low - PORTS_FROM > 1000:
         for _ in range(100):
             port = random.randrange(PORTS_FROM, low)
+            if port in _handed_out:
+                continue
             with socket.socket() as s:
                 try:
                     s.bind(("", port))
                 except OSError:
                     continue
-                return port
+            _handed_out.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

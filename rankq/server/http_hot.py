@@ -3,7 +3,7 @@ routing and dependency machinery.
 
 Why: one message per request is what most clients send, and per request FastAPI's routing,
 dependency solving, Request objects and exception middleware cost more than the queue work
-(`python -m bench.hotpath` measures both paths in one run). The routes stay declared in FastAPI,
+(`python -m bench.hotpath` compares with the build before these routes, and with null servers). The routes stay declared in FastAPI,
 which documents them (OpenAPI) and answers everything this layer does not take on: another method
 or content type, a body that does not parse or validate, a mounted root path. Those go on to
 FastAPI untouched, so refusals are worded by the same handlers. What a hot route does is the same
@@ -32,7 +32,6 @@ from .http_common import note_request
 from .http_messages import Receive, ack_answer, ack_batch_answer, dequeue_answer, enqueue_answer
 from .service import QueueService
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 # answer(service, path parameters, parsed body, receive) -> the JSON text of the answer
 Answer = Callable[[QueueService, tuple[str, ...], Any, Receive], Awaitable[str]]
 
