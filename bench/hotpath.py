@@ -168,13 +168,11 @@ def run_null(b: sc.Bench, kind: str) -> dict:
 def engine_floor(messages: int = 100_000) -> dict:
     """The engine alone, in this process (no I/O): µs per message to enqueue (batches of 100) and to
     lease + ack (dequeue 100, ack 100). Every member of a group applies every one of these."""
-    import os as _os
-
     from rankq.engine import Engine
     from rankq.engine import commands as c
 
     engine = Engine()
-    engine.apply(c.CreateQueue("q", {}, _os.urandom(16)), 0)
+    engine.apply(c.CreateQueue("q", {}, os.urandom(16)), 0)
     payload = '"' + "x" * 98 + '"'
     t0 = time.perf_counter()
     for _ in range(0, messages, 100):

@@ -25,11 +25,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.routing import BaseRoute
+from starlette.types import Receive
 
 from .. import schemas as s
 from .asgi import replay_body
 from .http_common import note_request
-from .http_messages import Receive, ack_answer, ack_batch_answer, dequeue_answer, enqueue_answer
+from .http_messages import ack_answer, ack_batch_answer, dequeue_answer, enqueue_answer
 from .service import QueueService
 
 # answer(service, path parameters, parsed body, receive) -> the JSON text of the answer

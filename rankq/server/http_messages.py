@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.types import Receive
 
 from .. import schemas as s
 from ..engine import Delivery
@@ -19,8 +20,6 @@ from ..validation import check_depends_on, json_text
 from .http_common import RequestHook, message_status, raw
 from .http_errors import COMMON_ERRORS, QUEUE_FULL, error_responses, status_of
 from .service import QueueService
-
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]  # an ASGI receive: the client's next message
 
 # Module-level encoder: json.dumps with options builds a new encoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
